@@ -1,0 +1,17 @@
+"""The functional core: ``attention`` with one signature and many backends."""
+
+from qkv.attention.api import AttentionStats, attention, attention_stats, attention_weights
+from qkv.attention.masks import MaskSpec
+from qkv.attention.registry import Backend, available_backends, get_backend, register
+
+__all__ = [
+    "attention",
+    "attention_weights",
+    "attention_stats",
+    "AttentionStats",
+    "MaskSpec",
+    "Backend",
+    "available_backends",
+    "get_backend",
+    "register",
+]

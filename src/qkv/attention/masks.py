@@ -1,0 +1,234 @@
+"""One description of what each query may see, compiled for every backend.
+
+A call to :func:`qkv.attention` may combine four kinds of masking: bottom-right
+``causal``, an inclusive ``window=(left, right)``, an arbitrary ``mask`` (bool, True =
+may attend, or float, added to the scores) and a ``key_padding_mask`` (True = real
+token). :class:`MaskSpec` holds all of them once, validated, and each backend asks it
+for the form it needs: a dense boolean mask (SDPA), a per-block mask and a verdict on
+whether a block can be skipped (tiled), or the scores filled in place (reference).
+Nothing is ever dropped: a backend that cannot honour a field raises before it runs.
+
+Positions. Queries are the *last* Nq of the Nk key positions, as in FlashAttention and
+a KV cache: query ``i`` sits at position ``p = i + Nk - Nq``. ``causal`` lets it see keys
+``j <= p``; ``window=(left, right)`` lets it see ``p - left <= j <= p + right``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+__all__ = ["MaskSpec", "BlockVisibility", "normalize_window", "slice_tile"]
+
+
+def slice_tile(t: Tensor, q_start: int, q_end: int, k_start: int, k_end: int) -> Tensor:
+    """The tile [q_start:q_end, k_start:k_end] of a (..., Nq|1, Nk|1) tensor.
+
+    Dimensions of size 1 are broadcast, so they are kept whole rather than sliced.
+    """
+    rows = slice(None) if t.shape[-2] == 1 else slice(q_start, q_end)
+    cols = slice(None) if t.shape[-1] == 1 else slice(k_start, k_end)
+    return t[..., rows, cols]
+
+
+class BlockVisibility(Enum):
+    """How much of a (query block, key block) tile the causal/window structure shows."""
+
+    EMPTY = "empty"  # no query in the block sees any key in the block: skip the tile
+    FULL = "full"  # every pair is visible: no structural mask needed
+    PARTIAL = "partial"  # build the mask for this tile
+
+
+def normalize_window(
+    window: int | tuple[int | None, int | None] | None, causal: bool
+) -> tuple[int | None, int | None]:
+    """Turn ``window`` and ``causal`` into inclusive ``(left, right)`` bounds.
+
+    ``None`` on a side means unbounded. An int ``w`` means ``(w, w)``; ``causal=True``
+    sets ``right`` to 0. A Hugging Face / Mistral ``sliding_window=W`` (each token sees
+    W tokens including itself) is ``window=(W - 1, 0)`` with ``causal=True``.
+
+    Raises:
+        TypeError: ``window`` is not None, an int or a pair.
+        ValueError: a bound is negative.
+    """
+    if window is None:
+        left, right = None, None
+    elif isinstance(window, bool) or not isinstance(window, (numbers.Integral, tuple, list)):
+        raise TypeError(
+            f"window must be None, an int w (meaning (w, w)) or a pair (left, right) of "
+            f"non-negative ints or None; got {type(window).__name__} {window!r}"
+        )
+    elif isinstance(window, numbers.Integral):
+        left, right = int(window), int(window)
+    else:
+        if len(window) != 2:
+            raise ValueError(
+                f"window must be a pair (left, right); got {len(window)} values {tuple(window)!r}"
+            )
+        left, right = window
+    for side, bound in (("left", left), ("right", right)):
+        if bound is None:
+            continue
+        if isinstance(bound, bool) or not isinstance(bound, numbers.Integral):
+            raise TypeError(
+                f"window {side} bound must be a non-negative int or None (unbounded); "
+                f"got {type(bound).__name__} {bound!r}"
+            )
+        if bound < 0:
+            raise ValueError(
+                f"window {side} bound must be >= 0 (the number of positions seen on that "
+                f"side, inclusive); got {bound}. Use None for an unbounded side."
+            )
+    if causal:
+        right = 0
+    return (None if left is None else int(left)), (None if right is None else int(right))
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Everything that decides which keys each query sees, for one attention call.
+
+    Fields are validated by :func:`qkv.attention` before a spec is built.
+    """
+
+    nq: int  # number of queries
+    nk: int  # number of keys
+    left: int | None = None  # a query at position p sees keys >= p - left (None: all)
+    right: int | None = None  # ... and keys <= p + right (None: all; 0 when causal)
+    mask: Tensor | None = None  # bool or float, broadcastable to (B, Hq, Nq, Nk)
+    key_padding_mask: Tensor | None = None  # (B, Nk) bool, True = real token
+
+    # ---- what the spec contains -------------------------------------------------
+    @property
+    def offset(self) -> int:
+        """Position of query 0 among the keys (bottom-right alignment)."""
+        return self.nk - self.nq
+
+    @property
+    def has_structure(self) -> bool:
+        """True when causal or a window restricts the visible keys."""
+        return self.left is not None or self.right is not None
+
+    @property
+    def bool_mask(self) -> Tensor | None:
+        """The user's mask when it is boolean, else None."""
+        if self.mask is not None and self.mask.dtype == torch.bool:
+            return self.mask
+        return None
+
+    @property
+    def float_bias(self) -> Tensor | None:
+        """The user's mask when it is a float bias added to the scores, else None."""
+        if self.mask is not None and self.mask.dtype != torch.bool:
+            return self.mask
+        return None
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no masking of any kind applies."""
+        return not self.has_structure and self.mask is None and self.key_padding_mask is None
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """Only causal masking with Nq == Nk, which PyTorch's ``is_causal`` means too."""
+        return (
+            self.left is None
+            and self.right == 0
+            and self.mask is None
+            and self.key_padding_mask is None
+            and self.nq == self.nk
+        )
+
+    # ---- structure (causal / window) --------------------------------------------
+    def structure_mask(
+        self, q_start: int, q_end: int, k_start: int, k_end: int, device: torch.device
+    ) -> Tensor | None:
+        """Causal/window visibility of a tile: (q_end - q_start, k_end - k_start) bool.
+
+        Returns None when the spec has no structure.
+        """
+        if not self.has_structure:
+            return None
+        positions = torch.arange(q_start, q_end, device=device)[:, None] + self.offset
+        keys = torch.arange(k_start, k_end, device=device)[None, :]
+        visible = torch.ones(q_end - q_start, k_end - k_start, dtype=torch.bool, device=device)
+        if self.left is not None:
+            visible &= keys >= positions - self.left
+        if self.right is not None:
+            visible &= keys <= positions + self.right
+        return visible
+
+    def block_visibility(
+        self, q_start: int, q_end: int, k_start: int, k_end: int
+    ) -> BlockVisibility:
+        """Whether the causal/window structure hides, shows or cuts through a tile."""
+        first_position = q_start + self.offset
+        last_position = q_end - 1 + self.offset
+        lowest_seen = -(10**18) if self.left is None else first_position - self.left
+        highest_seen = 10**18 if self.right is None else last_position + self.right
+        if k_end - 1 < lowest_seen or k_start > highest_seen:
+            return BlockVisibility.EMPTY
+        always_low = -(10**18) if self.left is None else last_position - self.left
+        always_high = 10**18 if self.right is None else first_position + self.right
+        if k_start >= always_low and k_end - 1 <= always_high:
+            return BlockVisibility.FULL
+        return BlockVisibility.PARTIAL
+
+    # ---- everything together ----------------------------------------------------
+    def tile_mask(
+        self, q_start: int, q_end: int, k_start: int, k_end: int, device: torch.device
+    ) -> Tensor | None:
+        """Boolean visibility of a tile from structure, bool mask and key padding.
+
+        Shape broadcastable to (B, Hq, q_end - q_start, k_end - k_start); None when all
+        of it is visible. The float bias is not included (see :meth:`tile_bias`).
+        """
+        visible = None
+        if self.block_visibility(q_start, q_end, k_start, k_end) is not BlockVisibility.FULL:
+            visible = self.structure_mask(q_start, q_end, k_start, k_end, device)
+        if self.bool_mask is not None:
+            part = slice_tile(self.bool_mask, q_start, q_end, k_start, k_end)
+            visible = part if visible is None else visible & part
+        if self.key_padding_mask is not None:
+            part = self.key_padding_mask[:, None, None, k_start:k_end]  # (B, 1, 1, bk)
+            visible = part if visible is None else visible & part
+        return visible
+
+    def tile_bias(self, q_start: int, q_end: int, k_start: int, k_end: int) -> Tensor | None:
+        """The float bias of a tile, broadcastable to (B, Hq, bq, bk), or None."""
+        if self.float_bias is None:
+            return None
+        return slice_tile(self.float_bias, q_start, q_end, k_start, k_end)
+
+    def dense_mask(self, device: torch.device) -> Tensor | None:
+        """Boolean visibility of every pair, broadcastable to (B, Hq, Nq, Nk), or None."""
+        return self.tile_mask(0, self.nq, 0, self.nk, device)
+
+    def unread_keys(self, device: torch.device) -> Tensor | None:
+        """Keys that no query can see: bool broadcastable to (B, Hq, Nk), True = unread.
+
+        Backends zero these keys and values before use, so that NaN or huge numbers
+        in padding never reach a visible output or a gradient (0 * NaN is NaN).
+        Returns None when every key is read by some query.
+        """
+        read = None
+        if self.has_structure and self.nq > 0:
+            lowest = 0 if self.left is None else self.offset - self.left
+            highest = self.nk - 1 if self.right is None else self.nk - 1 + self.right
+            keys = torch.arange(self.nk, device=device)
+            if lowest > 0 or highest < self.nk - 1:
+                read = ((keys >= lowest) & (keys <= highest))[None, None, :]  # (1, 1, Nk)
+        if self.bool_mask is not None:
+            seen = self.bool_mask.any(dim=-2)  # (B|1, Hq|1, Nk|1)
+            read = seen if read is None else read & seen
+        if self.key_padding_mask is not None:
+            seen = self.key_padding_mask[:, None, :]  # (B, 1, Nk)
+            read = seen if read is None else read & seen
+        if read is None or bool(read.all()):
+            return None
+        return ~read

@@ -1,0 +1,124 @@
+"""Self-attention exactly as the textbook explains it: the oracle for every backend.
+
+Each query asks "what am I looking for?", each key answers "what do I offer?", and
+each value is "what I carry". For one query, the step by step recipe is:
+
+1. scores: the dot product of the query with every key, times ``scale``;
+2. masking: keys the query may not see get a score of -inf (a float mask is added);
+3. weights: a softmax over the keys turns the scores into weights that sum to 1;
+4. output: the weighted average of the values.
+
+This file does exactly that, on whole (B, H, Nq, Nk) tensors. It is kept readable
+rather than fast and never changes to suit a fast path: every other backend is tested
+against it in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.attention.masks import MaskSpec
+
+__all__ = ["attention_scores", "mask_scores", "softmax_weights", "reference_attention"]
+
+
+def repeat_kv_heads(x: Tensor, num_query_heads: int) -> Tensor:
+    """Repeat key/value heads for grouped-query attention.
+
+    Args:
+        x: (B, Hkv, N, D) keys or values.
+        num_query_heads: Hq, a multiple of Hkv.
+
+    Returns:
+        (B, Hq, N, D), query head h reading key/value head h // (Hq // Hkv).
+    """
+    group = num_query_heads // x.shape[1]
+    return x if group == 1 else x.repeat_interleave(group, dim=1)
+
+
+def attention_scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """Step 1: how well each query matches each key.
+
+    Args:
+        q: (B, Hq, Nq, D) queries.
+        k: (B, Hq, Nk, D) keys (already repeated for grouped-query attention).
+        scale: multiplies the dot products, usually 1/sqrt(D).
+
+    Returns:
+        (B, Hq, Nq, Nk) scores.
+    """
+    return torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Nq, Nk)
+
+
+def mask_scores(scores: Tensor, spec: MaskSpec) -> Tensor:
+    """Step 2: add the float bias, then hide what each query may not see with -inf.
+
+    Args:
+        scores: (B, Hq, Nq, Nk).
+        spec: the call's masking.
+
+    Returns:
+        (B, Hq, Nq, Nk) scores, -inf where a key is hidden from a query.
+    """
+    if spec.float_bias is not None:
+        scores = scores + spec.float_bias.to(scores.dtype)
+    visible = spec.dense_mask(scores.device)  # broadcastable to (B, H, Nq, Nk)
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return scores
+
+
+def softmax_weights(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Step 3: softmax over the keys, and its log-normaliser (the LSE).
+
+    A query row that sees no key at all gets weights of 0 and an LSE of -inf, with no
+    NaN in the values or in the gradients (the usual softmax would give 0/0).
+
+    Args:
+        scores: (B, H, Nq, Nk), -inf where hidden.
+
+    Returns:
+        weights (B, H, Nq, Nk) summing to 1 over visible keys, and lse (B, H, Nq).
+    """
+    # NaN counts as seen, so that a NaN in a visible input still comes out as NaN.
+    row_sees_something = ~(scores == float("-inf")).all(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    # Empty rows are given finite scores so that neither exp nor its gradient meets -inf - -inf.
+    safe_scores = scores.masked_fill(~row_sees_something, 0.0)
+    lse = torch.logsumexp(safe_scores, dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    weights = torch.exp(safe_scores - lse).masked_fill(~row_sees_something, 0.0)
+    lse = lse.masked_fill(~row_sees_something, float("-inf")).squeeze(-1)  # (B, H, Nq)
+    return weights, lse
+
+
+def reference_weights(q: Tensor, k: Tensor, spec: MaskSpec, scale: float) -> tuple[Tensor, Tensor]:
+    """Steps 1-3: the attention weights (B, Hq, Nq, Nk) and the LSE (B, Hq, Nq)."""
+    k = repeat_kv_heads(k, q.shape[1])
+    scores = attention_scores(q, k, scale)  # (B, H, Nq, Nk)
+    scores = mask_scores(scores, spec)
+    return softmax_weights(scores)
+
+
+def reference_attention(
+    q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, return_lse: bool
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The whole mechanism: each query's output is the weighted average of the values.
+
+    Args:
+        q: (B, Hq, Nq, D) queries.
+        k: (B, Hkv, Nk, D) keys; Hq is a multiple of Hkv.
+        v: (B, Hkv, Nk, Dv) values.
+        spec: the call's masking.
+        scale: multiplies q k^T.
+        return_lse: also return the LSE.
+
+    Returns:
+        out (B, Hq, Nq, Dv), and lse (B, Hq, Nq) in float32 (float64 for float64
+        inputs) when ``return_lse``.
+    """
+    weights, lse = reference_weights(q, k, spec, scale)  # (B, H, Nq, Nk), (B, H, Nq)
+    v = repeat_kv_heads(v, q.shape[1])
+    out = torch.matmul(weights, v)  # step 4: (B, H, Nq, Dv)
+    if return_lse:
+        return out, lse.to(torch.promote_types(lse.dtype, torch.float32))
+    return out

@@ -1,0 +1,155 @@
+"""Attention backends and what each can do.
+
+Every backend has the same signature, ``fn(q, k, v, spec, scale, return_lse)``, and a
+:class:`Backend` record of its capabilities. :func:`check_capabilities` refuses a call
+a backend cannot honour, naming the backends that can; ``"auto"`` picks the first
+backend in preference order that supports the call. Later backends (sliding window,
+approximate, Triton) register themselves here with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from qkv.attention.masks import MaskSpec
+from qkv.attention.reference import reference_attention
+from qkv.attention.sdpa import sdpa_attention
+from qkv.attention.tiled import tiled_attention
+
+__all__ = ["Backend", "register", "get_backend", "available_backends", "resolve_backend"]
+
+BackendFn = Callable[[Tensor, Tensor, Tensor, MaskSpec, float, bool], "Tensor | tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named attention implementation and the arguments it honours."""
+
+    name: str  # the value of ``backend=``
+    fn: BackendFn  # fn(q, k, v, spec, scale, return_lse)
+    description: str  # one line for listings
+    exact: bool = True  # computes softmax attention exactly (up to rounding)
+    returns_lse: bool = False  # can return the log-sum-exp
+    supports_grad: bool = True  # differentiable w.r.t. q, k, v (and a float mask)
+    supports_mask: bool = True  # honours ``mask=`` (bool and float)
+    supports_key_padding: bool = True  # honours ``key_padding_mask=``
+    supports_causal: bool = True  # honours ``causal=True``
+    supports_window: bool = True  # honours ``window=``
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})  # device types it runs on
+    auto_rank: int | None = None  # preference for "auto" (lower first); None: never picked
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    """Add (or replace) a backend in the registry."""
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def available_backends() -> list[str]:
+    """Names accepted by ``backend=``, besides "auto"."""
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``; ValueError listing the known ones otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown backend={name!r}; choose one of {['auto', *available_backends()]}"
+        )
+    return _REGISTRY[name]
+
+
+@dataclass(frozen=True)
+class CallNeeds:
+    """What one attention call asks of a backend."""
+
+    return_lse: bool
+    grad: bool
+    mask: bool
+    key_padding: bool
+    causal: bool
+    window: bool
+    device: str
+
+    def unmet_by(self, backend: Backend) -> str | None:
+        """A phrase naming the first need ``backend`` cannot meet, or None."""
+        if self.device not in backend.devices:
+            return f"run on device type {self.device!r}"
+        checks = [
+            (self.return_lse, backend.returns_lse, "return the log-sum-exp (return_lse=True)"),
+            (self.grad, backend.supports_grad, "compute gradients (inputs require grad)"),
+            (self.mask, backend.supports_mask, "honour mask="),
+            (self.key_padding, backend.supports_key_padding, "honour key_padding_mask="),
+            (self.causal, backend.supports_causal, "honour causal=True"),
+            (self.window, backend.supports_window, "honour window="),
+        ]
+        for needed, supported, phrase in checks:
+            if needed and not supported:
+                return phrase
+        return None
+
+
+def resolve_backend(name: str, needs: CallNeeds) -> Backend:
+    """The backend to run: ``name`` if it can serve the call, or the best one for "auto".
+
+    Raises:
+        ValueError: the named backend cannot meet a need; the message names the
+            backends that can.
+    """
+    if name == "auto":
+        candidates = sorted(
+            (b for b in _REGISTRY.values() if b.auto_rank is not None and b.exact),
+            key=lambda b: b.auto_rank,
+        )
+        for backend in candidates:
+            if needs.unmet_by(backend) is None:
+                return backend
+        raise ValueError(
+            f"no exact backend can serve this call on device type {needs.device!r}: "
+            f"{', '.join(f'{b.name} cannot {needs.unmet_by(b)}' for b in candidates)}"
+        )
+    backend = get_backend(name)
+    unmet = needs.unmet_by(backend)
+    if unmet is not None:
+        able = [b.name for b in _REGISTRY.values() if needs.unmet_by(b) is None]
+        raise ValueError(
+            f"backend={name!r} cannot {unmet}; backends that can serve this call: "
+            f"{able or 'none'}"
+        )
+    return backend
+
+
+register(
+    Backend(
+        name="reference",
+        fn=reference_attention,
+        description="the mechanism step by step on whole (Nq, Nk) matrices; the oracle",
+        returns_lse=True,
+        auto_rank=None,
+    )
+)
+register(
+    Backend(
+        name="sdpa",
+        fn=sdpa_attention,
+        description="torch.nn.functional.scaled_dot_product_attention (fused, fast exact)",
+        returns_lse=False,
+        auto_rank=0,
+    )
+)
+register(
+    Backend(
+        name="tiled",
+        fn=tiled_attention,
+        description="FlashAttention algorithm in PyTorch: tiles, online softmax, LSE",
+        returns_lse=True,
+        auto_rank=1,
+    )
+)
+

@@ -1,0 +1,239 @@
+"""The ``qkv`` command.
+
+``qkv walkthrough`` runs self-attention step by step on one sentence, printing every
+intermediate number, and checks each step against the library (:func:`qkv.attention`,
+:func:`qkv.attention_weights`). ``qkv bench`` forwards to :mod:`qkv.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from torch import Tensor
+
+import qkv
+
+__all__ = ["main", "tokenize", "walkthrough_numbers"]
+
+DEFAULT_SENTENCE = "She deposited her check at the bank."
+TOLERANCE = 1e-6  # hand computation vs library, in float64
+_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # words (with an apostrophe part) or punctuation
+
+
+def tokenize(sentence: str) -> list[str]:
+    """Split ``sentence`` into words and punctuation marks: "bank." -> ["bank", "."]."""
+    return _TOKEN.findall(sentence)
+
+
+def _focus_index(tokens: list[str], focus: str) -> int:
+    """Position of the first token equal to ``focus`` (case-insensitive); ValueError if none."""
+    for i, token in enumerate(tokens):
+        if token.lower() == focus.lower():
+            return i
+    listing = ", ".join(map(repr, tokens))
+    raise ValueError(f"focus word {focus!r} is not in the sentence; its tokens are: {listing}")
+
+
+def walkthrough_numbers(
+    sentence: str = DEFAULT_SENTENCE,
+    focus: str = "bank",
+    dim: int = 4,
+    seed: int = 0,
+    causal: bool = False,
+) -> dict[str, Any]:
+    """Every number of one self-attention step for the ``focus`` token, on random vectors.
+
+    The numbers are computed by hand (scores, softmax, weighted average) and by the
+    library; a RuntimeError is raised if the two differ by more than 1e-6.
+
+    Returns:
+        A dict with ``tokens`` (N strings), ``focus_index``, ``x`` (N, D) embeddings,
+        ``w_q``, ``w_k``, ``w_v`` (D, D) projections, ``q`` (D,) the focus token's query,
+        ``k`` and ``v`` (N, D), ``raw`` (N,) dot products q·k, ``scores`` (N,) scaled
+        (-inf where causal hides a key), ``weights`` (N,) summing to 1, ``output`` (D,),
+        and ``library_weights`` (N,), ``library_output`` (D,) from qkv. Tensors are float64.
+
+    Raises:
+        ValueError: ``dim`` < 1, an empty sentence, or ``focus`` not among the tokens.
+    """
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1; got {dim}")
+    tokens = tokenize(sentence)
+    if not tokens:
+        raise ValueError(f"the sentence {sentence!r} has no tokens")
+    i = _focus_index(tokens, focus)
+    N, D = len(tokens), dim
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, D, generator=gen, dtype=torch.float64)  # (N, D) random embeddings
+    w_q, w_k, w_v = (
+        torch.randn(D, D, generator=gen, dtype=torch.float64) / math.sqrt(D) for _ in range(3)
+    )
+    queries, k, v = x @ w_q, x @ w_k, x @ w_v  # (N, D) each
+
+    # By hand, for the focus token only.
+    scale = 1.0 / math.sqrt(D)
+    q = queries[i]  # (D,)
+    raw = k @ q  # (N,) dot products
+    scores = raw * scale
+    if causal:
+        scores = scores.masked_fill(torch.arange(N) > i, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)  # (N,)
+    output = weights @ v  # (D,)
+
+    # The library, on (B, H, N, D) = (1, 1, N, D). All N queries go in, not just the focus
+    # token's: qkv's causal mask is bottom-right aligned, so a lone query would sit at the
+    # last position and see every key.
+    q4, k4, v4 = (t.view(1, 1, N, D) for t in (queries, k, v))
+    library_weights = qkv.attention_weights(q4, k4, causal=causal)[0, 0, i]  # (N,)
+    library_output = qkv.attention(q4, k4, v4, causal=causal, backend="reference")[0, 0, i]
+
+    for name, mine, theirs in (
+        ("weights", weights, library_weights),
+        ("output", output, library_output),
+    ):
+        err = (mine - theirs).abs().max().item()
+        if not err <= TOLERANCE:
+            raise RuntimeError(f"hand-computed {name} differ from qkv's by {err:.3g} > {TOLERANCE}")
+
+    return {
+        "tokens": tokens, "focus_index": i, "x": x, "w_q": w_q, "w_k": w_k, "w_v": w_v,
+        "q": q, "k": k, "v": v, "raw": raw, "scores": scores, "weights": weights,
+        "output": output, "library_weights": library_weights, "library_output": library_output,
+    }
+
+
+def _vec(t: Tensor, decimals: int = 3, limit: int = 8) -> str:
+    """A vector as "[0.123, -0.456, …]", at most ``limit`` entries."""
+    parts = [f"{value:.{decimals}f}" for value in t[:limit].tolist()]
+    return "[" + ", ".join(parts) + (", …" if t.numel() > limit else "") + "]"
+
+
+def _render(n: dict[str, Any], dim: int, causal: bool, console: Console) -> None:
+    """Print the walkthrough of :func:`walkthrough_numbers` ``n`` step by step."""
+    tokens, i = n["tokens"], n["focus_index"]
+    focus = tokens[i]
+    console.print(Panel(
+        f"Self-attention for the token [bold]{focus}[/bold] (position {i}), D = {dim}"
+        + (", causal" if causal else "")
+        + ".\nThese are random vectors, not a trained model; `qkv explain` on a real model "
+        "comes later. Every number below is computed by hand and checked against "
+        "qkv.attention_weights and qkv.attention(backend='reference').",
+        title="qkv walkthrough",
+    ))
+
+    console.print(f"\n[bold]1. Tokens[/bold]: each of the {len(tokens)} tokens gets a random "
+                  f"embedding x (seeded).")
+    table = Table("#", "token", "x")
+    for j, token in enumerate(tokens):
+        table.add_row(str(j), token, _vec(n["x"][j]))
+    console.print(table)
+
+    console.print("\n[bold]2. Projections[/bold]: q = x W_q, k = x W_k, v = x W_v with random "
+                  f"{dim}x{dim} matrices scaled by 1/sqrt({dim}).")
+    console.print(f"query of '{focus}': q = {_vec(n['q'])}")
+    table = Table("#", "token", "key k", "value v")
+    for j, token in enumerate(tokens):
+        table.add_row(str(j), token, _vec(n["k"][j], 2), _vec(n["v"][j], 2))
+    console.print(table)
+
+    console.print(f"\n[bold]3. Scores[/bold]: q·k for every key, times 1/sqrt({dim}) = "
+                  f"{1 / math.sqrt(dim):.3f}" + ("; keys after the focus are hidden (-inf)."
+                                                 if causal else "."))
+    console.print("[bold]4. Weights[/bold]: softmax over the scores; they sum to 1.")
+    table = Table("#", "token", "q·k", "score", "weight", "")
+    for j, token in enumerate(tokens):
+        score = n["scores"][j].item()
+        weight = n["weights"][j].item()
+        table.add_row(
+            str(j), token, f"{n['raw'][j].item():.3f}",
+            f"{score:.3f}" if math.isfinite(score) else "-inf",
+            f"{weight:.3f}", "█" * round(weight * 30),
+        )
+    console.print(table)
+    console.print(f"sum of weights = {n['weights'].sum().item():.6f}")
+
+    top = torch.argsort(n["weights"], descending=True)[:3].tolist()
+    most = ", ".join(f"'{tokens[j]}' ({n['weights'][j].item():.2f})" for j in top)
+    console.print(f"\n[bold]5. Output[/bold]: the weighted average of the values, "
+                  f"sum_j weight_j v_j = {_vec(n['output'])}")
+    console.print(f"'{focus}' attends most to {most}.")
+    console.print(f"Check: matches qkv to within {TOLERANCE:g}.")
+
+
+def _walkthrough(args: argparse.Namespace) -> int:
+    """Run ``qkv walkthrough``; exit code 2 on a bad sentence or focus word."""
+    try:
+        numbers = walkthrough_numbers(args.sentence, args.focus, args.dim, args.seed, args.causal)
+    except ValueError as err:
+        print(f"qkv walkthrough: error: {err}", file=sys.stderr)
+        return 2
+    _render(numbers, args.dim, args.causal, Console())
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    """Run ``qkv bench``: forward the remaining arguments to :func:`qkv.bench.main`."""
+    try:
+        from qkv.bench import main as bench_main
+    except ImportError as err:
+        print(f"qkv bench: error: the benchmarks are not available ({err})", file=sys.stderr)
+        return 1
+    return int(bench_main(argv) or 0)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``qkv`` argument parser, with one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog="qkv", description="Self-attention end to end: see it, check it, measure it."
+    )
+    parser.add_argument("--version", action="version", version=f"qkv {qkv.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    walk = sub.add_parser("walkthrough", help="self-attention step by step on random vectors")
+    walk.add_argument("sentence", nargs="?", default=DEFAULT_SENTENCE,
+                      help=f"the sentence (default: {DEFAULT_SENTENCE!r})")
+    walk.add_argument("--focus", default="bank", help="the token whose attention to show")
+    walk.add_argument("--dim", type=_positive_int, default=4, help="vector size D (>= 1)")
+    walk.add_argument("--seed", type=int, default=0, help="random seed")
+    walk.add_argument("--causal", action="store_true", help="hide tokens after the focus")
+
+    sub.add_parser("bench", help="attention benchmarks (arguments go to qkv.bench)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``qkv`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after "bench", --help included, belongs to it
+        return _bench(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    if args.command == "walkthrough":
+        return _walkthrough(args)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

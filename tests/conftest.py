@@ -1,0 +1,97 @@
+"""Shared helpers: random inputs, the float64 oracle and the 2x error rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+from qkv.attention.api import build_spec, zero_unread_keys
+from qkv.attention.tiled import tiled_attention
+
+# The floor under the 2x rule: a backend's error may exceed twice the error of the plain
+# reference in its own dtype by at most this (FlashAttention's test suite does the same).
+ERROR_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2e-3, torch.float16: 2e-4}
+
+
+def make_qkv(
+    batch: int = 2,
+    q_heads: int = 4,
+    kv_heads: int = 4,
+    nq: int = 17,
+    nk: int = 17,
+    head_dim: int = 8,
+    value_dim: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv)."""
+    generator = torch.Generator().manual_seed(seed)
+    value_dim = head_dim if value_dim is None else value_dim
+    q = torch.randn(batch, q_heads, nq, head_dim, generator=generator, dtype=torch.float64)
+    k = torch.randn(batch, kv_heads, nk, head_dim, generator=generator, dtype=torch.float64)
+    v = torch.randn(batch, kv_heads, nk, value_dim, generator=generator, dtype=torch.float64)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def run_tiled(q, k, v, *, block_q: int, block_k: int, return_lse: bool = False, **masking):
+    """The tiled backend with chosen block sizes, through the same validation as attention()."""
+    spec, scale = build_spec(q, k, v, **{"causal": False, "window": None, "mask": None,
+                                         "key_padding_mask": None, "scale": None, **masking})
+    k, v = zero_unread_keys(k, v, spec)
+    return tiled_attention(q, k, v, spec, scale, return_lse, block_q=block_q, block_k=block_k)
+
+
+def run_backend(backend: str, q, k, v, blocks: tuple[int, int] | None = None, **kwargs):
+    """qkv.attention with ``backend``; ``blocks`` selects tiled tile sizes."""
+    if backend == "tiled" and blocks is not None:
+        return run_tiled(q, k, v, block_q=blocks[0], block_k=blocks[1], **kwargs)
+    return qkv.attention(q, k, v, backend=backend, **kwargs)
+
+
+def outputs_and_grads(fn, q, k, v, grad_out_seed: int = 1):
+    """Run ``fn(q, k, v)``, backpropagate a fixed random gradient, return (out, dq, dk, dv)."""
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v)
+    generator = torch.Generator().manual_seed(grad_out_seed)
+    grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    return (out.detach(), *grads)
+
+
+def assert_two_x_rule(backend: str, dtype: torch.dtype, q, k, v, *, blocks=None, grads=True,
+                      **kwargs) -> None:
+    """A backend's error against the float64 oracle is at most 2x the plain reference's
+    error in the backend's dtype, plus a tiny floor; the same for every gradient."""
+    def oracle(q_, k_, v_):
+        return qkv.attention(q_, k_, v_, backend="reference", **kwargs)
+
+    def tested(q_, k_, v_):
+        return run_backend(backend, q_, k_, v_, blocks=blocks, **kwargs)
+
+    low = [t.to(dtype) for t in (q, k, v)]
+    if grads:
+        truth = outputs_and_grads(oracle, q, k, v)
+        plain = outputs_and_grads(oracle, *low)
+        ours = outputs_and_grads(tested, *low)
+    else:
+        with torch.no_grad():
+            truth, plain, ours = (oracle(q, k, v),), (oracle(*low),), (tested(*low),)
+    names = ["out", "dq", "dk", "dv"]
+    for name, t, p, o in zip(names, truth, plain, ours):
+        assert o.dtype == dtype, f"{name} came back as {o.dtype}, expected {dtype}"
+        assert not torch.isnan(o).any(), f"{backend} {name} has NaN"
+        plain_error = (p.double() - t).abs().max().item()
+        our_error = (o.double() - t).abs().max().item()
+        bound = 2 * plain_error + ERROR_FLOOR[dtype]
+        assert our_error <= bound, (
+            f"{backend} {name} ({dtype}): error {our_error:.3g} > 2 x reference's "
+            f"{plain_error:.3g} + floor"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    """Keep tests reproducible regardless of what a previous test set."""
+    torch.manual_seed(0)
+    yield

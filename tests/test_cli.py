@@ -1,0 +1,149 @@
+"""The ``qkv`` command: walkthrough numbers, output, errors, bench forwarding."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import qkv
+from qkv.cli import main, tokenize, walkthrough_numbers
+
+SCRIPT = Path(sys.executable).parent / "qkv"
+
+
+def _weights_in_table(text: str, tokens: list[str]) -> list[float]:
+    """The weight column of the walkthrough's score table (5th cell of its rows)."""
+    weights = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 6 and cells[0].isdigit():
+            weights.append(float(cells[4]))
+    assert len(weights) == len(tokens)
+    return weights
+
+
+def test_tokenize_splits_words_and_punctuation() -> None:
+    assert tokenize("She deposited her check at the bank.") == [
+        "She", "deposited", "her", "check", "at", "the", "bank", ".",
+    ]
+    assert tokenize("Don't stop, river-bank!") == ["Don't", "stop", ",", "river", "-", "bank", "!"]
+
+
+def test_default_walkthrough_prints_every_step(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["walkthrough"]) == 0
+    out = capsys.readouterr().out
+    assert "bank" in out
+    assert "random vectors, not a trained model" in out
+    assert "█" in out
+    for step in ("1. Tokens", "2. Projections", "3. Scores", "4. Weights", "5. Output"):
+        assert step in out
+    weights = _weights_in_table(out, tokenize("She deposited her check at the bank."))
+    assert sum(weights) == pytest.approx(1.0, abs=5e-3)  # printed to 3 decimals
+    assert "sum of weights = 1.000000" in out
+
+
+@pytest.mark.parametrize("dim", [1, 3, 4, 17])
+def test_numbers_match_the_library(dim: int) -> None:
+    n = walkthrough_numbers("Time flies like an arrow; fruit flies like a banana.", "flies", dim, 3)
+    N = len(n["tokens"])
+    assert n["focus_index"] == 1
+    assert n["weights"].shape == (N,) and n["output"].shape == (dim,)
+    q = (n["x"] @ n["w_q"]).view(1, 1, N, dim)
+    k = n["k"].view(1, 1, N, dim)
+    expected = qkv.attention_weights(q, k)[0, 0, n["focus_index"]]
+    torch.testing.assert_close(n["weights"], expected, atol=1e-12, rtol=0)
+    assert n["weights"].sum().item() == pytest.approx(1.0, abs=1e-12)
+    torch.testing.assert_close(n["scores"], n["raw"] / dim**0.5)
+    torch.testing.assert_close(n["output"], n["weights"] @ n["v"])
+
+
+def test_causal_hides_tokens_after_the_focus() -> None:
+    n = walkthrough_numbers(focus="her", causal=True)
+    i = n["focus_index"]
+    assert i == 2
+    assert torch.all(n["weights"][i + 1:] == 0)
+    assert torch.all(n["weights"][: i + 1] > 0)
+    assert n["weights"].sum().item() == pytest.approx(1.0, abs=1e-12)
+    torch.testing.assert_close(n["library_weights"], n["weights"], atol=1e-12, rtol=0)
+
+
+def test_causal_flag_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["walkthrough", "--focus", "HER", "--causal", "--dim", "3", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    weights = _weights_in_table(out, tokenize("She deposited her check at the bank."))
+    assert weights[3:] == [0.0] * 5
+    assert "-inf" in out
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
+    a, b, c = (walkthrough_numbers(seed=s) for s in (0, 0, 1))
+    assert torch.equal(a["weights"], b["weights"])
+    assert not torch.equal(a["weights"], c["weights"])
+
+
+def test_unknown_focus_word_exits_2_listing_the_tokens(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["walkthrough", "The river bank.", "--focus", "money"]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "'money'" in captured.err
+    for token in ("The", "river", "bank", "."):
+        assert f"'{token}'" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("argv", [["walkthrough", "--dim", "0"], ["walkthrough", "--dim", "x"]])
+def test_bad_dim_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "--dim" in capsys.readouterr().err
+
+
+def test_empty_sentence_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["walkthrough", "   "]) == 2
+    assert "no tokens" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert qkv.__version__ in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "walkthrough" in capsys.readouterr().err
+
+
+def test_bench_forwards_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    fake = types.ModuleType("qkv.bench")
+    fake.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "qkv.bench", fake)
+    assert main(["bench", "--help", "--sizes", "128"]) == 0
+    assert seen == [["--help", "--sizes", "128"]]
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason=f"console script {SCRIPT} is not installed")
+def test_console_script_runs_without_a_terminal() -> None:
+    result = subprocess.run(
+        [str(SCRIPT), "walkthrough", "--focus", "check"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "check" in result.stdout
+    assert not re.search(r"\x1b\[", result.stdout)  # no colour codes when piped
+
+
+def test_a_library_that_disagrees_with_the_hand_computation_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = qkv.attention_weights
+    monkeypatch.setattr(qkv, "attention_weights", lambda q, k, **kw: real(q, k, **kw) * 0.9)
+    with pytest.raises(RuntimeError, match="weights differ"):
+        walkthrough_numbers()
