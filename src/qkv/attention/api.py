@@ -376,12 +376,12 @@ def attention_stats(
     scale: float | None = None,
     topk: int = 8,
     focus: Sequence[int] | Tensor | None = None,
-    block_size: int = 512,
+    block_size: int | tuple[int, int] = (256, 1024),
 ) -> AttentionStats:
     """Summaries of the attention weights in O((Nq + Nk) * H * topk) memory.
 
     Exact (same numbers as :func:`attention_weights`, up to rounding) but never holds
-    more than one (B, Hq, block_size, block_size) tile of weights, so it can inspect
+    more than one (B, Hq, block_q, block_k) tile of weights, so it can inspect
     attention over tens of thousands of tokens.
 
     Args:
@@ -390,7 +390,8 @@ def attention_stats(
         causal, window, mask, key_padding_mask, scale: as :func:`attention`.
         topk: how many most-attended keys to keep per query (capped at Nk).
         focus: key positions (0 .. Nk-1) whose weights to report for every query.
-        block_size: tile side; larger is faster and uses more memory.
+        block_size: tile size, (query rows, keys) or one int for both; the default
+            suits a CPU (wide key tiles make top-k cheaper per key).
 
     Returns:
         :class:`AttentionStats` with ``entropy`` (B, Hq, Nq), ``topk_index`` and
@@ -402,8 +403,11 @@ def attention_stats(
         key_padding_mask=key_padding_mask, scale=scale,
     )
     topk = _check_positive_int("topk", topk)
-    block_size = _check_positive_int("block_size", block_size)
+    if isinstance(block_size, (tuple, list)) and len(block_size) == 2:
+        block_q, block_k = (_check_positive_int("block_size", b) for b in block_size)
+    else:
+        block_q = block_k = _check_positive_int("block_size", block_size)
     focus_index = _check_focus(focus, spec.nk, q.device)
     k, _ = zero_unread_keys(k, None, spec)
     with torch.no_grad():
-        return streaming_stats(q, k, spec, scale, topk, focus_index, block_size, block_size)
+        return streaming_stats(q, k, spec, scale, topk, focus_index, block_q, block_k)

@@ -25,7 +25,7 @@ from qkv.attention.masks import BlockVisibility, MaskSpec, slice_tile
 
 __all__ = ["tiled_attention", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
 
-DEFAULT_BLOCK_Q = 512  # query rows per tile
+DEFAULT_BLOCK_Q = 256  # query rows per tile (tuned on a 2-core CPU: see BENCHMARKS)
 DEFAULT_BLOCK_K = 512  # keys per tile
 NEG_INF = float("-inf")
 

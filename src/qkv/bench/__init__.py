@@ -1,0 +1,27 @@
+"""Benchmark programs: ``python -m qkv.bench attention`` (also ``qkv bench attention``).
+
+Benchmarks print tables and write JSON; they are programs, never timed tests.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["main"]
+
+BENCHMARKS = {"attention": "qkv.bench.attention"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``<benchmark> [options]`` to the benchmark's own ``main``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        known = ", ".join(BENCHMARKS)
+        print(f"usage: python -m qkv.bench {{{known}}} [options]   (each has --help)")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown benchmark {argv[0]!r}; choose one of: {known}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    import importlib
+
+    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])

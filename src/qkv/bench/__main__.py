@@ -1,0 +1,7 @@
+"""``python -m qkv.bench``."""
+
+import sys
+
+from qkv.bench import main
+
+sys.exit(main())
