@@ -54,7 +54,7 @@ def outputs_and_grads(fn, q, k, v, grad_out_seed: int = 1):
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     out = fn(q, k, v)
     generator = torch.Generator().manual_seed(grad_out_seed)
-    grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype)
+    grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device, out.dtype)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     return (out.detach(), *grads)
 

@@ -117,6 +117,16 @@ def skip_reason(candidate: Candidate, n: int, heads: int, memory_budget: int) ->
     return None
 
 
+def measure_cuda_peak(run: Callable[[], object]) -> int:
+    """Peak bytes a run allocates on the GPU beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - baseline
+
+
 def run_attention_bench(
     sizes: tuple[int, ...] = DEFAULT_SIZES,
     heads: int = 8,
@@ -126,18 +136,26 @@ def run_attention_bench(
     measure_memory: bool = True,
     device: str = "cpu",
     console: Console | None = None,
+    backends: tuple[str, ...] | None = None,
 ) -> dict:
-    """Run the sweep; return ``{"machine": ..., "config": ..., "rows": [...], "targets": [...]}``."""
+    """Run the sweep; return ``{"machine": ..., "config": ..., "rows": [...], "targets": [...]}``.
+
+    ``backends`` limits the sweep to candidates of those names (default: all).
+    """
     console = console or Console()
     dtype = torch.float32
-    memory_budget = int(0.8 * available_memory_bytes())
+    if device == "cuda":
+        memory_budget = int(0.8 * torch.cuda.mem_get_info()[0])
+    else:
+        memory_budget = int(0.8 * available_memory_bytes())
+    candidates = [c for c in CANDIDATES if backends is None or c.name in backends]
     rows: list[dict] = []
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("attention bench", total=len(sizes) * len(CANDIDATES))
+        task = progress.add_task("attention bench", total=len(sizes) * len(candidates))
         for n in sizes:
             q, k, v = make_inputs(n, heads, head_dim, dtype, device)
             planned = {}
-            for candidate in CANDIDATES:
+            for candidate in candidates:
                 reason = skip_reason(candidate, n, heads, memory_budget)
                 if reason is None:
                     planned[(candidate.name, candidate.mode)] = candidate
@@ -145,7 +163,7 @@ def run_attention_bench(
                     rows.append({"backend": candidate.name, "mode": candidate.mode, "n": n,
                                  "time_s": None, "peak_bytes": None, "skipped": reason})
                     progress.advance(task)
-            rounds = repeats or (5 if n <= 4096 else 3)
+            rounds = repeats or (7 if n <= 2048 else 5 if n <= 8192 else 3)
             progress.update(task, description=f"N={n}: timing {len(planned)} runs x {rounds}")
             runs = {key: build_run(c, q, k, v, causal) for key, c in planned.items()}
             times = time_round_robin(runs, repeats=rounds, device=device)
@@ -157,7 +175,9 @@ def run_attention_bench(
                     with torch.no_grad():
                         out = IMPLEMENTATIONS[candidate.name](q, k, v, causal)
                     row["max_diff_vs_sdpa"] = (out - reference_out).abs().max().item()
-                if measure_memory:
+                if measure_memory and device == "cuda":
+                    row["peak_bytes"] = measure_cuda_peak(runs[key])
+                elif measure_memory:
                     progress.update(task, description=f"N={n}: memory of {candidate.name} {candidate.mode}")
                     spec = {"name": candidate.name, "mode": candidate.mode, "n": n, "heads": heads,
                             "head_dim": head_dim, "causal": causal, "device": device}
@@ -283,17 +303,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--causal", action="store_true")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5, 3 above 4k)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7 up to 2k, 5 up to 8k, then 3)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-point memory subprocesses")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backends", type=lambda s: tuple(x.strip() for x in s.split(",")),
+                        default=None, help=f"comma-separated subset of: {', '.join(IMPLEMENTATIONS)}")
     parser.add_argument("--json", type=Path, default=Path("bench-results/attention.json"))
     args = parser.parse_args(argv)
+    unknown = set(args.backends or ()) - set(IMPLEMENTATIONS)
+    if unknown:
+        parser.error(f"unknown --backends {sorted(unknown)}; choose from {list(IMPLEMENTATIONS)}")
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     console = Console()
     result = run_attention_bench(
         sizes=sizes, heads=args.heads, head_dim=args.head_dim, causal=args.causal,
         repeats=args.repeats or (2 if args.quick else None), measure_memory=not args.no_memory,
-        device=args.device, console=console,
+        device=args.device, console=console, backends=args.backends,
     )
     print_report(result, console)
     args.json.parent.mkdir(parents=True, exist_ok=True)
