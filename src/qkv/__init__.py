@@ -2,8 +2,14 @@
 
 The functional core is :func:`qkv.attention` (layout (B, H, N, D), many backends);
 :func:`qkv.attention_weights` and :func:`qkv.attention_stats` look inside it.
+:mod:`qkv.nn` builds modules on it, :mod:`qkv.models` runs pretrained BERT and GPT-2
+families through those modules, and :func:`qkv.load` loads them from local files.
 """
 
+from qkv import (
+    models,
+    nn,
+)
 from qkv.attention import (
     AttentionStats,
     attention,
@@ -11,6 +17,7 @@ from qkv.attention import (
     attention_weights,
     available_backends,
 )
+from qkv.models import load
 
 __version__ = "0.1.0"
 
@@ -20,5 +27,8 @@ __all__ = [
     "attention_stats",
     "AttentionStats",
     "available_backends",
+    "load",
+    "nn",
+    "models",
     "__version__",
 ]

@@ -70,10 +70,10 @@ def mask_scores(scores: Tensor, spec: MaskSpec) -> Tensor:
 
 
 def softmax_weights(scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Step 3: softmax over the keys, and its log-normaliser (the LSE).
+    """Step 3: softmax over the keys, exp(score) / sum of exp(scores), and its LSE.
 
-    A query row that sees no key at all gets weights of 0 and an LSE of -inf, with no
-    NaN in the values or in the gradients (the usual softmax would give 0/0).
+    A query row that sees no key gets weights of 0 and an LSE of -inf, with no NaN in
+    the values or in the gradients (the usual softmax would give 0/0).
 
     Args:
         scores: (B, H, Nq, Nk), -inf where hidden.
@@ -82,13 +82,12 @@ def softmax_weights(scores: Tensor) -> tuple[Tensor, Tensor]:
         weights (B, H, Nq, Nk) summing to 1 over visible keys, and lse (B, H, Nq).
     """
     # NaN counts as seen, so that a NaN in a visible input still comes out as NaN.
-    row_sees_something = ~(scores == float("-inf")).all(dim=-1, keepdim=True)  # (B, H, Nq, 1)
-    # Empty rows are given finite scores so that neither exp nor its gradient meets -inf - -inf.
-    safe_scores = scores.masked_fill(~row_sees_something, 0.0)
-    lse = torch.logsumexp(safe_scores, dim=-1, keepdim=True)  # (B, H, Nq, 1)
-    weights = torch.exp(safe_scores - lse).masked_fill(~row_sees_something, 0.0)
-    lse = lse.masked_fill(~row_sees_something, float("-inf")).squeeze(-1)  # (B, H, Nq)
-    return weights, lse
+    row_sees_nothing = (scores == float("-inf")).all(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    # Empty rows get finite scores so that neither softmax nor its gradient meets -inf - -inf.
+    safe_scores = scores.masked_fill(row_sees_nothing, 0.0)
+    weights = torch.softmax(safe_scores, dim=-1).masked_fill(row_sees_nothing, 0.0)
+    lse = torch.logsumexp(safe_scores, dim=-1, keepdim=True).masked_fill(row_sees_nothing, float("-inf"))
+    return weights, lse.squeeze(-1)
 
 
 def reference_weights(q: Tensor, k: Tensor, spec: MaskSpec, scale: float) -> tuple[Tensor, Tensor]:

@@ -131,9 +131,13 @@ def streaming_stats(
         topk_index[..., qs:qe, :] = best_index.masked_fill(best_score == NEG_INF, -1)
 
         # Pass 2: exact probabilities p = exp(s - lse) for entropy, received and focus.
-        shift = block_lse.masked_fill(~seen, float("inf")).unsqueeze(-1)  # empty rows: p = 0
+        # log p = (s - max) - log(sum): subtracting the max first keeps float32 rounding at the
+        # level of the softmax itself rather than of |lse|. Empty rows: p = exp(-inf) = 0.
+        max_shift = row_max.masked_fill(~seen, float("inf")).unsqueeze(-1)  # (B, Hkv, G, bq, 1)
+        log_sum = torch.log(row_sum.masked_fill(~seen, 1.0)).unsqueeze(-1)
         for ks, ke in key_tiles:
-            log_probs = tile_scores(q_tile, k5[..., ks:ke, :], spec, (qs, qe, ks, ke)).sub_(shift)
+            log_probs = tile_scores(q_tile, k5[..., ks:ke, :], spec, (qs, qe, ks, ke))
+            log_probs.sub_(max_shift).sub_(log_sum)
             if needs_clamp:
                 log_probs.clamp_(min=torch.finfo(dtype).min)
             probs = torch.exp(log_probs)  # (B, Hkv, G, bq, bk)

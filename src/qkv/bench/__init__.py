@@ -1,4 +1,4 @@
-"""Benchmark programs: ``python -m qkv.bench attention`` (also ``qkv bench attention``).
+"""Benchmark programs: ``python -m qkv.bench attention|model`` (also ``qkv bench ...``).
 
 Benchmarks print tables and write JSON; they are programs, never timed tests.
 """
@@ -9,7 +9,7 @@ import sys
 
 __all__ = ["main"]
 
-BENCHMARKS = {"attention": "qkv.bench.attention"}
+BENCHMARKS = {"attention": "qkv.bench.attention", "model": "qkv.bench.model"}
 
 
 def main(argv: list[str] | None = None) -> int:

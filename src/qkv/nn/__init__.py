@@ -1,0 +1,22 @@
+"""Modules on top of :func:`qkv.attention`: attention, blocks, stacks, hooks, generation."""
+
+from qkv.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding
+from qkv.nn.generation import GenerationMixin
+from qkv.nn.hooks import ActivationCache, HookedModule, HookPoint
+from qkv.nn.layers import MLP, Embeddings, TransformerBlock
+from qkv.nn.stack import TransformerOutput, TransformerStack
+
+__all__ = [
+    "MultiHeadAttention",
+    "KVCache",
+    "RotaryEmbedding",
+    "MLP",
+    "Embeddings",
+    "TransformerBlock",
+    "TransformerStack",
+    "TransformerOutput",
+    "HookPoint",
+    "HookedModule",
+    "ActivationCache",
+    "GenerationMixin",
+]

@@ -1,0 +1,251 @@
+"""Multi-head attention as a module, on top of :func:`qkv.attention`.
+
+Tokens (B, N, d_model) are projected to queries, keys and values, split into heads
+(B, H, N, Dh), attended with the chosen backend and merged back. With hook points on
+q, k, v, the scores, the weights and the per-head outputs, a caller can read or
+replace each step; while a hook watches the scores or weights the module computes
+them explicitly (the reference steps), otherwise it calls the fast backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor, nn
+
+from qkv.attention import attention
+from qkv.attention.api import build_spec, zero_unread_keys
+from qkv.attention.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
+from qkv.attention.registry import get_backend
+from qkv.nn.hooks import HookPoint
+
+__all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "ATTENTION_OPTIONS"]
+
+# Keyword arguments of qkv.attention that a module may fix for every call.
+ATTENTION_OPTIONS = frozenset(
+    name for name, p in inspect.signature(attention).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+) - {"causal", "key_padding_mask", "mask", "backend", "return_lse"}
+
+
+class KVCache:
+    """Keys and values of positions already seen, per layer, for incremental decoding.
+
+    Buffers grow by doubling, so appending one token costs O(1) amortised copies.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[int, Tensor] = {}
+        self._values: dict[int, Tensor] = {}
+        self._lengths: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        """Positions cached (in the first layer)."""
+        return min(self._lengths.values(), default=0)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append new keys/values of ``layer`` and return all of them.
+
+        Args:
+            layer: index of the attention layer.
+            k: (B, Hkv, n_new, Dh) new keys.
+            v: (B, Hkv, n_new, Dv) new values.
+
+        Returns:
+            keys (B, Hkv, N, Dh) and values (B, Hkv, N, Dv) of every position so far.
+        """
+        length = self._lengths.get(layer, 0)
+        needed = length + k.shape[2]
+        if layer not in self._keys or needed > self._keys[layer].shape[2]:
+            capacity = max(needed, 2 * (self._keys[layer].shape[2] if layer in self._keys else 16))
+            keys = k.new_empty(k.shape[:2] + (capacity, k.shape[3]))
+            values = v.new_empty(v.shape[:2] + (capacity, v.shape[3]))
+            if layer in self._keys:
+                keys[:, :, :length] = self._keys[layer][:, :, :length]
+                values[:, :, :length] = self._values[layer][:, :, :length]
+            self._keys[layer], self._values[layer] = keys, values
+        self._keys[layer][:, :, length:needed] = k
+        self._values[layer][:, :, length:needed] = v
+        self._lengths[layer] = needed
+        return self._keys[layer][:, :, :needed], self._values[layer][:, :, :needed]
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al., 2021), rotating halves as GPT-NeoX and Llama do."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head_dim; got {head_dim}")
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Rotate ``x`` (B, H, N, Dh) by its ``positions`` (B, N) or (N,)."""
+        angles = positions.to(torch.float32)[..., None] * self.inv_freq  # (B|., N, Dh/2)
+        if angles.dim() == 3:
+            angles = angles[:, None]  # (B, 1, N, Dh/2)
+        cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+        first, second = x.chunk(2, dim=-1)
+        rotated = torch.cat([-second, first], dim=-1)
+        return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with MHA, GQA or MQA heads and a choice of backend.
+
+    Args:
+        d_model: width of the token vectors.
+        num_heads: query heads H.
+        num_kv_heads: key/value heads (None: H, multi-head; 1: multi-query; else grouped).
+        head_dim: width of a head (None: d_model // H).
+        bias: biases on the q/k/v projections.
+        out_bias: bias on the output projection.
+        fused_qkv: one (d_model, (H + 2 Hkv) Dh) projection instead of three.
+        causal: each token attends only to itself and earlier tokens.
+        scale: multiplies q k^T (None: 1/sqrt(Dh)).
+        backend: the :func:`qkv.attention` backend ("auto" by default).
+        rotary: rotary position embedding applied to q and k (None: none).
+        layer_index: this layer's index in a KV cache.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        *,
+        bias: bool = True,
+        out_bias: bool = True,
+        fused_qkv: bool = False,
+        causal: bool = False,
+        scale: float | None = None,
+        backend: str = "auto",
+        rotary: RotaryEmbedding | None = None,
+        layer_index: int = 0,
+    ) -> None:
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads < 1 or num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads={num_heads} must be a positive multiple of num_kv_heads={num_kv_heads}"
+            )
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ValueError(
+                    f"d_model={d_model} is not divisible by num_heads={num_heads}; pass head_dim"
+                )
+            head_dim = d_model // num_heads
+        self.d_model, self.num_heads, self.num_kv_heads, self.head_dim = (
+            d_model, num_heads, num_kv_heads, head_dim
+        )
+        self.causal, self.scale, self.rotary, self.layer_index = causal, scale, rotary, layer_index
+        self.fused_qkv = fused_qkv
+        q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
+        if fused_qkv:
+            self.qkv_proj = nn.Linear(d_model, q_width + 2 * kv_width, bias=bias)
+        else:
+            self.q_proj = nn.Linear(d_model, q_width, bias=bias)
+            self.k_proj = nn.Linear(d_model, kv_width, bias=bias)
+            self.v_proj = nn.Linear(d_model, kv_width, bias=bias)
+        self.out_proj = nn.Linear(q_width, d_model, bias=out_bias)
+        self.backend = "auto"
+        self.options: dict[str, object] = {}
+        self.set_backend(backend)
+        self.hook_q = HookPoint()  # (B, H, N, Dh) queries, after rotary
+        self.hook_k = HookPoint()  # (B, Hkv, N, Dh) keys of the new positions
+        self.hook_v = HookPoint()  # (B, Hkv, N, Dh) values of the new positions
+        self.hook_scores = HookPoint()  # (B, H, Nq, Nk) scaled scores, -inf where hidden
+        self.hook_weights = HookPoint()  # (B, H, Nq, Nk) attention weights
+        self.hook_z = HookPoint()  # (B, H, Nq, Dh) per-head outputs: weighted averages of values
+        self.hook_out = HookPoint()  # (B, Nq, d_model) after the output projection
+
+    def set_backend(self, backend: str, **options: object) -> None:
+        """Use ``backend`` (and fixed ``qkv.attention`` options such as ``window``) from now on.
+
+        Raises:
+            ValueError: an unknown backend or option, checked now rather than at the
+                first forward.
+        """
+        if backend != "auto":
+            get_backend(backend)  # raises with the list of backends
+        unknown = set(options) - ATTENTION_OPTIONS
+        if unknown:
+            raise ValueError(
+                f"unknown attention options {sorted(unknown)}; this module passes "
+                f"{sorted(ATTENTION_OPTIONS)} to qkv.attention"
+            )
+        self.backend, self.options = backend, dict(options)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, d_model) -> q (B, H, N, Dh), k and v (B, Hkv, N, Dh)."""
+        batch, n, _ = x.shape
+        if self.fused_qkv:
+            widths = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
+            q, k, v = self.qkv_proj(x).split(widths, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """Attend.
+
+        Args:
+            x: (B, N, d_model) token vectors.
+            key_padding_mask: (B, Nk) bool, True for real tokens, over every key
+                including cached ones.
+            kv_cache: keys and values of earlier positions; the new ones are appended.
+            positions: (B, N) or (N,) positions of x's tokens, for rotary embeddings.
+
+        Returns:
+            (B, N, d_model).
+        """
+        batch, n, _ = x.shape
+        q, k, v = self.project(x)
+        if self.rotary is not None:
+            if positions is None:
+                start = len(kv_cache) if kv_cache is not None else 0
+                positions = torch.arange(start, start + n, device=x.device)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_index, k, v)
+        if self.hook_scores.active or self.hook_weights.active:
+            z = self.explicit_attention(q, k, v, key_padding_mask)
+        else:
+            z = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
+                          scale=self.scale, backend=self.backend, **self.options)
+        z = self.hook_z(z)  # (B, H, N, Dh)
+        out = self.out_proj(z.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
+        return self.hook_out(out)
+
+    def explicit_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None
+    ) -> Tensor:
+        """The reference steps, so hooks can see and replace the scores and the weights."""
+        window = self.options.get("window")
+        scale = self.options.get("scale", self.scale)
+        spec, scale = build_spec(q, k, v, causal=self.causal, window=window, mask=None,
+                                 key_padding_mask=key_padding_mask, scale=scale)
+        k, v = zero_unread_keys(k, v, spec)
+        scores = attention_scores(q, repeat_kv_heads(k, self.num_heads), scale)  # (B, H, Nq, Nk)
+        scores = self.hook_scores(mask_scores(scores, spec))
+        weights, _ = softmax_weights(scores)
+        weights = self.hook_weights(weights)  # (B, H, Nq, Nk)
+        return torch.matmul(weights, repeat_kv_heads(v, self.num_heads))  # (B, H, Nq, Dh)
+
+    def extra_repr(self) -> str:
+        heads = f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}"
+        return f"{heads}, causal={self.causal}, backend={self.backend!r}, options={self.options}"

@@ -1,0 +1,171 @@
+"""A stack of transformer blocks between embeddings and a final norm, with hooks.
+
+:class:`TransformerStack` is the skeleton every model shares (BERT, GPT-2 and the
+models built from scratch): it runs the blocks, collects hidden states, swaps the
+attention backend of chosen layers, and captures named activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from qkv.nn.attention import KVCache
+from qkv.nn.hooks import ActivationCache, HookedModule, matches
+from qkv.nn.layers import Embeddings, TransformerBlock
+
+__all__ = ["TransformerOutput", "TransformerStack"]
+
+
+@dataclass
+class TransformerOutput:
+    """What a forward pass returns."""
+
+    last_hidden_state: Tensor  # (B, N, d_model), after the final norm if the model has one
+    hidden_states: list[Tensor] | None = None  # L + 1 of (B, N, d_model): embeddings, then blocks
+    logits: Tensor | None = None  # (B, N, vocab) for language models
+    pooler_output: Tensor | None = None  # (B, d_model) for BERT with a pooler
+
+
+class TransformerStack(HookedModule):
+    """Embeddings, blocks and an optional final LayerNorm.
+
+    Args:
+        embed: the embedding layer.
+        blocks: the transformer blocks, in order.
+        norm_final: LayerNorm after the last block (pre-LN models), or None.
+    """
+
+    def __init__(
+        self, embed: Embeddings, blocks: Sequence[TransformerBlock], norm_final: nn.LayerNorm | None
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_final = norm_final
+        self.tokenizer = None  # set by qkv.load so that text can be passed directly
+        for index, block in enumerate(self.blocks):
+            block.attn.layer_index = index
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.tokens.weight.device
+
+    def run_blocks(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        positions: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+    ) -> TransformerOutput:
+        """Embed and run every block.
+
+        Args:
+            input_ids: (B, N) token ids.
+            attention_mask: (B, Nk) bool or 0/1, True for real tokens; Nk counts cached
+                positions too. None: every token is real.
+            positions: (B, N) or (N,) position ids (default: after the cached ones).
+            token_type_ids: (B, N) segment ids.
+            kv_cache: keys and values of earlier positions, extended in place.
+            output_hidden_states: also return the embeddings and every block's output.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, N); got shape {tuple(input_ids.shape)}")
+        key_padding_mask = None
+        if attention_mask is not None:
+            key_padding_mask = attention_mask.to(torch.bool)
+            if bool(key_padding_mask.all()):
+                key_padding_mask = None  # nothing to hide: lets the backend take its fastest path
+        if positions is None and kv_cache is not None and len(kv_cache):
+            start = len(kv_cache)
+            positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+        x = self.embed(input_ids, positions=positions, token_type_ids=token_type_ids)
+        hidden_states = [x] if output_hidden_states else None
+        for block in self.blocks:
+            x = block(x, key_padding_mask=key_padding_mask, kv_cache=kv_cache, positions=positions)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        if self.norm_final is not None:
+            x = self.norm_final(x)
+            if hidden_states is not None:
+                hidden_states[-1] = x  # as Hugging Face: the last hidden state is normalised
+        return TransformerOutput(last_hidden_state=x, hidden_states=hidden_states)
+
+    def set_attention(self, backend: str, layers: Iterable[int] | None = None, **options: object) -> None:
+        """Use ``backend`` (with ``qkv.attention`` options such as ``window``) in some layers.
+
+        Args:
+            backend: a :func:`qkv.available_backends` name or "auto".
+            layers: layer indices (negative ones count from the end); None: all.
+            **options: fixed keyword arguments for :func:`qkv.attention`.
+        """
+        count = len(self.blocks)
+        chosen = range(count) if layers is None else list(layers)
+        for index in chosen:
+            if not isinstance(index, int) or not -count <= index < count:
+                raise ValueError(f"layers must be ints in -{count} .. {count - 1}; got {index!r}")
+        for index in chosen:
+            self.blocks[index].attn.set_backend(backend, **options)
+
+    def attention_backends(self) -> list[tuple[str, dict]]:
+        """(backend, options) of every layer."""
+        return [(block.attn.backend, dict(block.attn.options)) for block in self.blocks]
+
+    def prepare(self, inputs: str | list[str] | Tensor | object, padding_side: str = "right") -> dict:
+        """Model keyword arguments from text (through the tokenizer), a Batch or ids."""
+        from qkv.models.tokenizer import Batch  # models build on nn, not the reverse
+
+        batch = None
+        if isinstance(inputs, (str, list)):
+            if self.tokenizer is None:
+                raise ValueError(
+                    "this model has no tokenizer (models from qkv.load have one); pass token "
+                    "ids (B, N) instead of text"
+                )
+            inputs = self.tokenizer(inputs, padding_side=padding_side)
+        if isinstance(inputs, Batch):
+            batch = inputs.to(self.device)
+            kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        elif isinstance(inputs, Tensor):
+            ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+            kwargs = {"input_ids": ids.to(self.device)}
+        else:
+            raise TypeError(
+                f"inputs must be text, a list of texts, a qkv Batch or a (B, N) tensor of ids; "
+                f"got {type(inputs).__name__}"
+            )
+        return {"batch": batch, **kwargs}
+
+    def run_with_cache(
+        self,
+        inputs: str | list[str] | Tensor | object,
+        names: str | Iterable[str] | None = None,
+        **forward_kwargs: object,
+    ) -> tuple[TransformerOutput, ActivationCache]:
+        """Run the model and capture activations by name.
+
+        Args:
+            inputs: text, a list of texts (tokenised and padded), a Batch, or ids (B, N).
+            names: names or glob patterns to capture (None: every hook point), e.g.
+                ``"blocks.*.attn.weights"``. Capturing scores or weights makes those layers
+                compute them explicitly; other layers keep their fast backend.
+            **forward_kwargs: passed to the model's forward.
+
+        Returns:
+            (output, cache); ``cache.batch`` is the tokenised Batch when text was given.
+        """
+        prepared = self.prepare(inputs)
+        batch = prepared.pop("batch")
+        patterns = [names] if isinstance(names, str) else names
+        chosen = [name for name in self.hook_points() if matches(name, patterns)]
+        if not chosen:
+            raise KeyError(f"no hook point matches {patterns}; names look like {list(self.hook_points())[:6]}")
+        with torch.no_grad(), self.capture(chosen) as store:
+            output = self(**prepared, **forward_kwargs)
+        return output, ActivationCache(store, batch=batch)

@@ -1,0 +1,115 @@
+"""Looking inside: named activations, replacing them, and swapping attention backends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+
+TEXT = "She deposited her check at the bank."
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_folder):
+    return qkv.load(minilm_folder)
+
+
+def test_run_with_cache_names_and_shapes(minilm):
+    model, tokenizer = minilm
+    output, cache = model.run_with_cache(TEXT)
+    n = len(tokenizer(TEXT).tokens[0])
+    assert cache.batch.tokens[0][0] == "[CLS]"
+    assert cache["blocks.3.attn.weights"].shape == (1, 12, n, n)
+    assert cache["blocks.3.attn.scores"].shape == (1, 12, n, n)
+    assert cache["blocks.3.attn.q"].shape == (1, 12, n, 32)
+    assert cache["blocks.3.attn.z"].shape == (1, 12, n, 32)
+    assert cache["blocks.3.attn.out"].shape == (1, n, 384)
+    assert cache["blocks.0.resid_pre"].shape == (1, n, 384)
+    assert torch.equal(cache["blocks.5.resid_post"], output.last_hidden_state)
+    assert torch.equal(cache["blocks.0.resid_pre"], cache["embed.embed"])
+    weights = cache.stack("attn.weights")  # (L, B, H, N, N)
+    assert weights.shape == (6, 1, 12, n, n)
+    assert torch.allclose(weights.sum(-1), torch.ones(6, 1, 12, n))
+    # The weights are the softmax of the scores, and z is the weighted average of values.
+    assert torch.allclose(torch.softmax(cache["blocks.2.attn.scores"], -1), cache["blocks.2.attn.weights"])
+    assert torch.allclose(cache["blocks.2.attn.weights"] @ cache["blocks.2.attn.v"], cache["blocks.2.attn.z"],
+                          atol=1e-6)
+
+
+def test_capturing_only_some_names_keeps_other_layers_fast(minilm):
+    model, _ = minilm
+    output_all, _ = model.run_with_cache(TEXT)
+    output, cache = model.run_with_cache(TEXT, names="blocks.1.attn.weights")
+    assert cache.names() == ["blocks.1.attn.weights"]
+    assert torch.allclose(output.last_hidden_state, output_all.last_hidden_state, atol=1e-5)
+    with pytest.raises(KeyError, match="was not captured"):
+        cache["blocks.2.attn.weights"]
+    with pytest.raises(KeyError, match="no hook point matches"):
+        model.run_with_cache(TEXT, names="blocks.*.attn.nonsense")
+
+
+def test_hooks_replace_activations_ablation_and_patching(minilm):
+    model, tokenizer = minilm
+    batch = tokenizer(TEXT)
+    with torch.no_grad():
+        clean = model(batch.input_ids).last_hidden_state
+
+        def zero_head(z, point):
+            z = z.clone()
+            z[:, 4] = 0.0  # head 4's weighted average of values
+            return z
+
+        with model.hooks([("blocks.2.attn.z", zero_head)]):
+            ablated = model(batch.input_ids).last_hidden_state
+        assert (ablated - clean).abs().max() > 1e-3
+        with model.hooks([("blocks.2.attn.z", lambda z, point: None)]):
+            assert torch.equal(model(batch.input_ids).last_hidden_state, clean)
+        # Uniform attention in every layer: replacing the weights really reaches the output.
+        with model.hooks([("blocks.*.attn.weights", lambda w, p: torch.full_like(w, 1.0 / w.shape[-1]))]):
+            uniform = model(batch.input_ids).last_hidden_state
+        assert (uniform - clean).abs().max() > 1e-2
+    assert model(batch.input_ids).last_hidden_state.allclose(clean)  # hooks are gone again
+
+
+def test_hook_returning_a_wrong_shape_is_refused(minilm):
+    model, tokenizer = minilm
+    with model.hooks([("blocks.0.attn.z", lambda z, p: z[:, :3])]), pytest.raises(ValueError, match="must return"):
+        model(tokenizer(TEXT).input_ids)
+
+
+def test_set_attention_swaps_backends(minilm):
+    model, tokenizer = minilm
+    batch = tokenizer([TEXT, "The river bank was muddy."])
+    with torch.no_grad():
+        expected = model(batch.input_ids, batch.attention_mask).last_hidden_state
+        model.set_attention("tiled", layers=[0, -1])
+        assert [b for b, _ in model.attention_backends()] == ["tiled", "auto", "auto", "auto", "auto", "tiled"]
+        swapped = model(batch.input_ids, batch.attention_mask).last_hidden_state
+        assert (swapped - expected)[batch.attention_mask].abs().max() < 1e-5
+        model.set_attention("reference", window=(2, 2))
+        windowed = model(batch.input_ids, batch.attention_mask).last_hidden_state
+        assert (windowed - expected)[batch.attention_mask].abs().max() > 1e-3
+        model.set_attention("auto")
+    with pytest.raises(ValueError, match="unknown backend"):
+        model.set_attention("flash-please")
+    with pytest.raises(ValueError, match="unknown attention options"):
+        model.set_attention("sdpa", windw=3)
+    with pytest.raises(ValueError, match="layers must be ints"):
+        model.set_attention("sdpa", layers=[6])
+
+
+def test_from_scratch_modules_gqa_and_rotary():
+    attn = qkv.nn.MultiHeadAttention(48, num_heads=6, num_kv_heads=2, causal=True,
+                                     rotary=qkv.nn.RotaryEmbedding(8))
+    x = torch.randn(2, 10, 48)
+    full = attn(x)
+    cache = qkv.nn.KVCache()
+    steps = torch.cat([attn(x[:, :4], kv_cache=cache)] + [attn(x[:, i:i + 1], kv_cache=cache)
+                                                         for i in range(4, 10)], dim=1)
+    assert torch.allclose(steps, full, atol=1e-5)
+    assert attn.k_proj.out_features == 2 * 8  # two key/value heads of width 8
+    mqa = qkv.nn.MultiHeadAttention(48, num_heads=6, num_kv_heads=1, fused_qkv=True)
+    assert mqa(x).shape == (2, 10, 48)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        qkv.nn.MultiHeadAttention(48, num_heads=6, num_kv_heads=4)
