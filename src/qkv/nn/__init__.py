@@ -4,7 +4,7 @@ from qkv.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding
 from qkv.nn.generation import GenerationMixin
 from qkv.nn.hooks import ActivationCache, HookedModule, HookPoint
 from qkv.nn.layers import MLP, Embeddings, TransformerBlock
-from qkv.nn.stack import TransformerOutput, TransformerStack
+from qkv.nn.stack import TransformerDecoder, TransformerEncoder, TransformerOutput, TransformerStack
 
 __all__ = [
     "MultiHeadAttention",
@@ -14,6 +14,8 @@ __all__ = [
     "Embeddings",
     "TransformerBlock",
     "TransformerStack",
+    "TransformerEncoder",
+    "TransformerDecoder",
     "TransformerOutput",
     "HookPoint",
     "HookedModule",

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from qkv.nn.attention import KVCache
+from qkv.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding
+from qkv.nn.generation import GenerationMixin
 from qkv.nn.hooks import ActivationCache, HookedModule, matches
-from qkv.nn.layers import Embeddings, TransformerBlock
+from qkv.nn.layers import MLP, Embeddings, TransformerBlock
 
-__all__ = ["TransformerOutput", "TransformerStack"]
+__all__ = ["TransformerOutput", "TransformerStack", "TransformerEncoder", "TransformerDecoder"]
 
 
 @dataclass
@@ -169,3 +170,81 @@ class TransformerStack(HookedModule):
         with torch.no_grad(), self.capture(chosen) as store:
             output = self(**prepared, **forward_kwargs)
         return output, ActivationCache(store, batch=batch)
+
+
+def _blocks(
+    d_model: int, num_heads: int, num_layers: int, d_ff: int | None, num_kv_heads: int | None,
+    causal: bool, rotary: bool, activation: str, norm_first: bool, layer_norm_eps: float,
+) -> list[TransformerBlock]:
+    head_dim = d_model // num_heads
+    return [
+        TransformerBlock(
+            MultiHeadAttention(d_model, num_heads, num_kv_heads, causal=causal,
+                               rotary=RotaryEmbedding(head_dim) if rotary else None),
+            MLP(d_model, d_ff or 4 * d_model, activation=activation),
+            d_model, norm_first=norm_first, layer_norm_eps=layer_norm_eps,
+        )
+        for _ in range(num_layers)
+    ]
+
+
+class TransformerEncoder(TransformerStack):
+    """An encoder built from scratch: bidirectional attention, pre-LN by default.
+
+    Args:
+        vocab_size: token ids.
+        d_model: width of the token vectors.
+        num_heads: query heads per block.
+        num_layers: blocks.
+        d_ff: MLP hidden width (default 4 * d_model).
+        num_kv_heads: key/value heads (grouped-query attention; default num_heads).
+        max_positions: learned positions (ignored with ``rotary=True``).
+        rotary: rotary position embeddings instead of learned positions.
+        norm_first: pre-LN (True) or post-LN as BERT (False).
+        activation: MLP activation name.
+    """
+
+    def __init__(
+        self, vocab_size: int, d_model: int, num_heads: int, num_layers: int, *, d_ff: int | None = None,
+        num_kv_heads: int | None = None, max_positions: int = 512, rotary: bool = False,
+        norm_first: bool = True, activation: str = "gelu", layer_norm_eps: float = 1e-5,
+    ) -> None:
+        embed = Embeddings(vocab_size, d_model, max_positions=0 if rotary else max_positions)
+        blocks = _blocks(d_model, num_heads, num_layers, d_ff, num_kv_heads, False, rotary, activation,
+                         norm_first, layer_norm_eps)
+        super().__init__(embed, blocks, nn.LayerNorm(d_model, eps=layer_norm_eps) if norm_first else None)
+        self.setup_hooks()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                output_hidden_states: bool = False) -> TransformerOutput:
+        """(B, N) ids -> :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model)."""
+        return self.run_blocks(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+
+
+class TransformerDecoder(TransformerStack, GenerationMixin):
+    """A causal language model built from scratch: pre-LN, tied LM head, KV-cache generation.
+
+    Arguments as :class:`TransformerEncoder` (always pre-LN).
+    """
+
+    def __init__(
+        self, vocab_size: int, d_model: int, num_heads: int, num_layers: int, *, d_ff: int | None = None,
+        num_kv_heads: int | None = None, max_positions: int = 1024, rotary: bool = False,
+        activation: str = "gelu", layer_norm_eps: float = 1e-5, eos_token_id: int | None = None,
+    ) -> None:
+        embed = Embeddings(vocab_size, d_model, max_positions=0 if rotary else max_positions)
+        blocks = _blocks(d_model, num_heads, num_layers, d_ff, num_kv_heads, True, rotary, activation,
+                         True, layer_norm_eps)
+        super().__init__(embed, blocks, nn.LayerNorm(d_model, eps=layer_norm_eps))
+        self.eos_token_id = eos_token_id
+        self.setup_hooks()
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, positions: Tensor | None = None,
+        kv_cache: KVCache | None = None, output_hidden_states: bool = False,
+    ) -> TransformerOutput:
+        """(B, N) ids -> :class:`TransformerOutput` with ``logits`` (B, N, vocab) from the tied head."""
+        output = self.run_blocks(input_ids, attention_mask, positions=positions, kv_cache=kv_cache,
+                                 output_hidden_states=output_hidden_states)
+        output.logits = torch.matmul(output.last_hidden_state, self.embed.tokens.weight.t())
+        return output
