@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +17,43 @@ class ConfigError(ValueError):
 
 def _from_dict(cls, values: dict[str, Any], source: str):
     """Build ``cls`` from the keys it knows; Hugging Face configs carry many others."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    required = {f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    missing = sorted(required - set(values))
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a config must be a JSON object; got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    missing = sorted(
+        name for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in values
+    )
     if missing:
         raise ConfigError(f"{source}: config is missing {missing}")
-    return cls(**{k: v for k, v in values.items() if k in known})
+    chosen = {k: v for k, v in values.items() if k in fields}
+    for name, value in chosen.items():
+        if not _fits(value, hints[name]):
+            raise ConfigError(
+                f"{source}: {name} must be {hints[name]}; got {type(value).__name__} {value!r}"
+            )
+    try:
+        return cls(**chosen)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from error
+
+
+def _fits(value: object, hint: object) -> bool:
+    """Whether a JSON value has the annotated type (int passes for float; bool never for int)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is bool and isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option is str and isinstance(value, str):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -100,6 +132,8 @@ SUPPORTED = {"bert": BertConfig, "gpt2": GPT2Config}
 
 def config_from_dict(values: dict[str, Any], source: str = "config.json") -> BertConfig | GPT2Config:
     """The config of the family named by ``model_type``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a config must be a JSON object; got {type(values).__name__}")
     model_type = values.get("model_type")
     if model_type not in SUPPORTED:
         raise ConfigError(

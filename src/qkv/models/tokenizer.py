@@ -126,11 +126,11 @@ class Tokenizer:
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left'; got {padding_side!r}")
         limit = max_length or self.max_length
+        if limit is None:
+            self.backend.no_truncation()
+        else:  # the library keeps [CLS] and [SEP] inside the limit
+            self.backend.enable_truncation(limit)
         encodings = self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
-        if limit is not None:
-            for encoding in encodings:
-                if len(encoding.ids) > limit:
-                    encoding.truncate(limit)
         width = max(len(e.ids) for e in encodings)
         columns: dict[str, list[list]] = {k: [] for k in
                                           ("ids", "mask", "types", "tokens", "offsets", "words", "special")}

@@ -31,7 +31,16 @@ def safetensors_files(folder: Path) -> list[Path]:
     """The checkpoint's safetensors files (one file, or the shards an index lists)."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise WeightsError(
+                f"could not read the shard index {index}: {type(error).__name__}: {error}; it must be "
+                f'JSON with a "weight_map" from tensor names to safetensors files'
+            ) from error
+        missing = [str(folder / shard) for shard in shards if not (folder / shard).is_file()]
+        if missing:
+            raise WeightsError(f"{index} lists shards that do not exist: {missing}")
         return [folder / shard for shard in shards]
     single = folder / "model.safetensors"
     if single.is_file():
