@@ -1,0 +1,225 @@
+"""The whole explanation of one sentence: every step of attention on a real model.
+
+:func:`explain` runs the model once with every activation captured and returns a
+report, a plain dict of lists and numbers (what ``qkv explain --json`` writes and the
+terminal, figure and HTML views read):
+
+1. tokens (word pieces merged into words) and their initial vectors;
+2. one layer and head step by step: the focus token's query, every key, the scaled dot
+   products, the softmax weights and the weighted average of the values;
+3. the focus token's attention in every layer and head, with and without [CLS], [SEP]
+   and punctuation, and the share those receive;
+4. the focus vector against sense prototypes, layer by layer;
+5. attention rollout and flow, and head importance by ablation;
+6. head roles (Clark et al., 2019).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qkv.inspect.ablation import head_ablation
+from qkv.inspect.heads import attention_share, head_roles
+from qkv.inspect.rollout import attention_flow, attention_rollout
+from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES, sense_trajectory
+from qkv.inspect.words import WordView, word_view
+
+__all__ = ["explain", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS"]
+
+DEFAULT_SENTENCE = "She deposited her check at the bank."
+DEFAULT_FOCUS = "bank"
+# Function words: the default head is the one where the focus attends most to the rest.
+STOPWORDS = frozenset((  # noqa: SIM905 (a word list reads best as text)
+    "a an the and or but if of at by for with about to from in on into onto over under up down out off "
+    "is am are was were be been being have has had do does did will would can could should may might must "
+    "i me my mine you your yours he him his she her hers it its we us our ours they them their theirs "
+    "this that these those there here what which who whom whose as than so not no nor too very just s t"
+).split())
+
+
+def _round(values, digits: int = 5):
+    """Tensors to nested lists of rounded floats, for JSON."""
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    if isinstance(values, list):
+        return [_round(v, digits) for v in values]
+    if isinstance(values, float):
+        return round(values, digits) if math.isfinite(values) else None
+    return values
+
+
+def content_mask(view: WordView, focus: int) -> torch.Tensor:
+    """(W,) True for words that carry content: not special, punctuation, stopwords or the focus."""
+    return torch.tensor([
+        kind == "word" and token.lower() not in STOPWORDS and i != focus
+        for i, (token, kind) in enumerate(zip(view.tokens, view.kinds))
+    ])
+
+
+@torch.no_grad()
+def explain(
+    model,
+    tokenizer,
+    sentence: str = DEFAULT_SENTENCE,
+    focus: str = DEFAULT_FOCUS,
+    *,
+    layer: int | None = None,
+    head: int | None = None,
+    senses: dict[str, list[str]] | None = None,
+    contrast: str | None = None,
+    top: int = 3,
+) -> dict:
+    """Explain how ``model`` attends in ``sentence``, following the word ``focus``.
+
+    Args:
+        model: a qkv BERT-family model (e.g. from ``qkv.load()``).
+        tokenizer: its tokenizer.
+        sentence: the text.
+        focus: a word of the sentence (case-insensitive; its first occurrence).
+        layer, head: the head to walk through step by step (default: the head where the
+            focus pays most attention to content words).
+        senses: sense name -> example sentences using ``focus`` in that sense (default
+            for 'bank': money and river contexts; None otherwise skips the section).
+        contrast: a sentence using ``focus`` in another sense.
+        top: how many most-attended tokens to list per head.
+
+    Returns:
+        A JSON-ready dict; see the module docstring for its sections.
+    """
+    batch = tokenizer(sentence)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and batch.input_ids.shape[1] > limit:
+        raise ValueError(f"the sentence has {batch.input_ids.shape[1]} tokens; this model reads at most {limit}")
+    view = word_view(batch)
+    focus_word = view.index_of(focus)
+    focus_pieces = view.pieces[focus_word]
+    _, cache = model.run_with_cache(batch)
+    layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
+    piece_weights = cache.stack("attn.weights")[:, 0]  # (L, H, N, N)
+    weights = view.attention_to_words(piece_weights)  # (L, H, W, W)
+    focus_rows = weights[:, :, focus_word]  # (L, H, W)
+    parked = view.special_mask | view.punctuation_mask  # (W,)
+    content = content_mask(view, focus_word)
+    content_share = focus_rows[..., content].sum(-1)  # (L, H)
+    if layer is None or head is None:
+        flat = int(content_share.flatten().argmax())
+        layer = flat // heads if layer is None else layer
+        head = flat % heads if head is None else head
+    if not (0 <= layer < layers and 0 <= head < heads):
+        raise ValueError(f"layer must be in 0..{layers - 1} and head in 0..{heads - 1}; got {layer}, {head}")
+
+    report = {
+        "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
+                  "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None)},
+        "sentence": sentence,
+        "tokens": view.tokens,
+        "kinds": view.kinds,
+        "pieces": view.piece_tokens,
+        "word_pieces": view.pieces,
+        "focus": {"index": focus_word, "token": view.tokens[focus_word], "pieces": focus_pieces},
+    }
+    report["initial_vectors"] = initial_vectors(model, batch, view)
+    report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view)
+    report["focus_attention"] = _round(focus_rows)  # (L, H, W)
+    report["heads"] = head_summaries(focus_rows, parked, view, top)
+    report["attention_layer_mean"] = _round(weights.mean(dim=1))  # (L, W, W), mean over heads
+    report["attention"] = _round(weights, 4)  # (L, H, W, W): every head, for the interactive page
+    report["content_share"] = _round(content_share)
+
+    last = focus_rows[-1].mean(dim=0)  # (W,) last layer, mean over heads
+    share, kept = attention_share(last, parked)
+    order = [i for i in kept.argsort(descending=True).tolist() if not parked[i] and i != focus_word]
+    report["last_layer"] = {
+        "mean_attention": _round(last),
+        "parked_share": round(float(share), 5),
+        "top_content": [{"index": i, "token": view.tokens[i], "weight": round(float(last[i]), 5)}
+                        for i in order[:top]],
+    }
+    report["rollout"] = _round(attention_rollout(weights)[-1, focus_word])  # (W,)
+    try:
+        report["flow"] = _round(attention_flow(weights, focus_word)[-1])  # (W,)
+    except ValueError:  # too many tokens for exact max-flow in seconds; rollout still shows the paths
+        report["flow"] = None
+    report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces))  # (L, H)
+    sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])
+    roles = head_roles(weights, view.special_mask, view.punctuation_mask, cls_index=0, sep_mask=sep_mask)
+    report["head_roles"] = {name: _round(value) for name, value in roles.items()}  # each (L, H)
+
+    word = view.tokens[focus_word].lower()
+    senses = senses if senses is not None else DEFAULT_SENSES.get(word)
+    contrast = contrast if contrast is not None else DEFAULT_CONTRAST.get(word)
+    if senses:
+        trajectory = sense_trajectory(model, tokenizer, sentence, word, senses, contrast)
+        report["senses"] = {
+            "names": trajectory.senses,
+            "examples": senses,
+            "cosine": _round(trajectory.cosine),  # (L+1, S)
+            "predicted": trajectory.predicted,
+            "contrast_sentence": trajectory.contrast_sentence,
+            "contrast_cosine": None if trajectory.contrast_cosine is None else _round(trajectory.contrast_cosine),
+        }
+    else:
+        report["senses"] = None
+    return report
+
+
+def initial_vectors(model, batch, view: WordView) -> dict:
+    """Token embedding + position embedding of each word (mean of its pieces), before LayerNorm."""
+    ids = batch.input_ids.to(model.device)
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    raw = model.embed.tokens(ids)[0] + model.embed.positions(positions)  # (N, d)
+    words = view.vectors_to_words(raw)  # (W, d)
+    return {"norm": _round(words.norm(dim=-1)), "first_dims": _round(words[:, :8], 4)}
+
+
+def walkthrough(cache, layer: int, head: int, query_piece: int, view: WordView) -> dict:
+    """Query, keys, scores, weights and output of one head for the focus's first piece."""
+    prefix = f"blocks.{layer}.attn."
+    q = cache[prefix + "q"][0, head, query_piece]  # (Dh,)
+    k = cache[prefix + "k"][0]  # (Hkv, N, Dh)
+    v = cache[prefix + "v"][0]
+    group = cache[prefix + "q"].shape[1] // k.shape[0]
+    k, v = k[head // group], v[head // group]  # (N, Dh)
+    dots = k @ q  # (N,)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = dots * scale
+    weights = torch.softmax(scores, dim=-1)
+    output = weights @ v  # (Dh,)
+    captured = cache[prefix + "z"][0, head, query_piece]
+    return {
+        "layer": layer,
+        "head": head,
+        "query_piece": query_piece,
+        "scale": scale,
+        "query": _round(q, 4),
+        "keys": _round(k, 4),
+        "values": _round(v, 4),
+        "dot": _round(dots),
+        "scores": _round(scores),
+        "weights": _round(weights),
+        "output": _round(output, 4),
+        "matches_model": bool(torch.allclose(output, captured, atol=1e-5)),
+        "max_difference": float((output - captured).abs().max()),
+    }
+
+
+def head_summaries(focus_rows: torch.Tensor, parked: torch.Tensor, view: WordView, top: int) -> list[dict]:
+    """Per layer and head: top tokens with and without special/punctuation, and their share."""
+    summaries = []
+    for layer in range(focus_rows.shape[0]):
+        for head in range(focus_rows.shape[1]):
+            row = focus_rows[layer, head]  # (W,)
+            share, kept = attention_share(row, parked)
+            summaries.append({
+                "layer": layer,
+                "head": head,
+                "top": [[view.tokens[i], round(float(row[i]), 4)] for i in row.argsort(descending=True)[:top]],
+                "top_content": [[view.tokens[i], round(float(kept[i]), 4)]
+                                for i in kept.argsort(descending=True)[:top] if not parked[i]],
+                "parked_share": round(float(share), 4),
+                "entropy": round(float(-(row * torch.log(row.clamp(min=1e-12))).sum()), 4),
+            })
+    return summaries
+

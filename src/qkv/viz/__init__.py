@@ -1,0 +1,1 @@
+"""Views of explain reports: terminal tables, matplotlib figures, a self-contained HTML page."""

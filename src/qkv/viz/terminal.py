@@ -1,0 +1,189 @@
+"""The explain report in a terminal: rich tables and bars that fit 100 columns."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["print_report"]
+
+SHADES = " ░▒▓█"
+
+
+def bar(value: float, width: int = 20, full: float = 1.0) -> str:
+    """A horizontal bar of ``value`` out of ``full``."""
+    cells = max(0.0, min(1.0, value / full if full else 0.0)) * width
+    return "█" * int(cells) + ("▌" if cells - int(cells) >= 0.5 else "")
+
+
+def shade(value: float, full: float) -> str:
+    """One character whose darkness shows ``value`` out of ``full``."""
+    level = 0 if full <= 0 else min(len(SHADES) - 1, round(value / full * (len(SHADES) - 1)))
+    return SHADES[level]
+
+
+def fmt_vector(values: list[float], shown: int = 6) -> str:
+    body = ", ".join(f"{v:+.2f}" for v in values[:shown])
+    return f"[{body}{', …' if len(values) > shown else ''}]"
+
+
+def print_report(report: dict, console: Console | None = None) -> None:
+    """Print every section of an :func:`qkv.inspect.explain` report."""
+    console = console or Console(width=100)
+    tokens, focus = report["tokens"], report["focus"]
+    model = report["model"]
+    console.print(Panel(
+        f"[bold]{Text(report['sentence']).plain}[/bold]\nfocus: [bold cyan]{focus['token']}[/] "
+        f"(token {focus['index']}) · model: {model['layers']} layers x {model['heads']} heads, "
+        f"d_model {model['d_model']}, head dim {model['head_dim']}",
+        title="qkv explain", expand=False,
+    ), markup=True)
+    _tokens(report, console)
+    _walkthrough(report, console)
+    _layers(report, console)
+    _senses(report, console)
+    _rollout(report, console)
+    _heads(report, console)
+    last = report["last_layer"]
+    top = ", ".join(f"'{t['token']}' ({t['weight']:.3f})" for t in last["top_content"])
+    console.print(Panel(
+        f"In the last layer, averaged over heads, '{focus['token']}' gives {last['parked_share']:.0%} of its "
+        f"attention to [CLS], [SEP] and punctuation (models park attention there); among the other "
+        f"words it attends most to {top}.", title="in short", expand=False,
+    ))
+    del tokens
+
+
+def _tokens(report: dict, console: Console) -> None:
+    table = Table(title="1. Tokens and their initial vectors (token embedding + position)", title_justify="left")
+    for column in ("#", "token", "pieces", "|x|", "first dimensions"):
+        table.add_column(column, overflow="fold")
+    vectors = report["initial_vectors"]
+    for i, token in enumerate(report["tokens"]):
+        pieces = " ".join(report["pieces"][p] for p in report["word_pieces"][i])
+        style = "bold cyan" if i == report["focus"]["index"] else ("dim" if report["kinds"][i] != "word" else "")
+        table.add_row(str(i), Text(token, style=style), Text(pieces), f"{vectors['norm'][i]:.2f}",
+                      fmt_vector(vectors["first_dims"][i], 4))
+    console.print(table)
+
+
+def _walkthrough(report: dict, console: Console) -> None:
+    w = report["walkthrough"]
+    piece = report["pieces"][w["query_piece"]]
+    console.print(Text(
+        f"\n2. One head step by step: layer {w['layer']}, head {w['head']} (query of '{piece}')", style="bold"
+    ))
+    console.print(f"   query q = {fmt_vector(w['query'])}  ({len(w['query'])} numbers)")
+    table = Table(show_edge=False)
+    for column in ("key of", "k (first dims)", "q·k", f"× {w['scale']:.3f}", "softmax", ""):
+        table.add_column(column)
+    for i, key in enumerate(w["keys"]):
+        table.add_row(Text(report["pieces"][i]), fmt_vector(key, 3), f"{w['dot'][i]:+.2f}",
+                      f"{w['scores'][i]:+.2f}", f"{w['weights'][i]:.3f}", bar(w["weights"][i], 16))
+    console.print(table)
+    check = "equals" if w["matches_model"] else "DIFFERS FROM"
+    console.print(f"   output = Σ weight × v = {fmt_vector(w['output'])}; {check} the model's own "
+                  f"(max difference {w['max_difference']:.1e})")
+
+
+def _layers(report: dict, console: Console) -> None:
+    tokens, focus = report["tokens"], report["focus"]["index"]
+    console.print(Text(f"\n3. Where '{tokens[focus]}' looks, every layer (mean over heads; darker = more)",
+                       style="bold"))
+    table = Table(show_edge=False)
+    table.add_column("layer")
+    for token in tokens:
+        table.add_column(Text(token[:7]), justify="center", max_width=7)
+    table.add_column("to [CLS]/[SEP]/punct.")
+    table.add_column("top words, those set aside", overflow="fold")
+    per_head = {(h["layer"], h["head"]): h for h in report["heads"]}
+    for layer, row in enumerate(report["attention_layer_mean"]):
+        focus_row = row[focus]
+        peak = max(focus_row)
+        heads = [per_head[(layer, h)] for h in range(report["model"]["heads"])]
+        parked = sum(h["parked_share"] for h in heads) / len(heads)
+        kept = [(t, w) for t, w, k in zip(tokens, focus_row, report["kinds"]) if k == "word" and t != tokens[focus]]
+        kept.sort(key=lambda tw: -tw[1])
+        table.add_row(str(layer), *[shade(v, peak) * 3 for v in focus_row], f"{parked:.0%}",
+                      ", ".join(f"{t} {w:.2f}" for t, w in kept[:3]))
+    console.print(table)
+
+
+def _senses(report: dict, console: Console) -> None:
+    senses = report.get("senses")
+    word = report["focus"]["token"]
+    if not senses:
+        console.print(f"\n4. Sense trajectory: no sense examples for '{word}'; pass --senses "
+                      f"\"sense1: sentence | sentence; sense2: sentence\"")
+        return
+    names = senses["names"]
+    console.print(Text(f"\n4. Context changing meaning: '{word}' against sense prototypes, layer by layer",
+                       style="bold"))
+    table = Table(show_edge=False)
+    table.add_column("layer")
+    for name in names:
+        table.add_column(f"cos to {name}")
+    table.add_column("nearest")
+    table.add_column("margin")
+    if senses["contrast_cosine"] is not None:
+        table.add_column("cos to the word in the contrast sentence")
+    for layer, row in enumerate(senses["cosine"]):
+        ranked = sorted(row, reverse=True)
+        cells = [str(layer), *[f"{c:.3f}" for c in row], senses["predicted"][layer],
+                 f"{ranked[0] - ranked[1]:+.3f} " + bar(ranked[0] - ranked[1], 12, 0.15)]
+        if senses["contrast_cosine"] is not None:
+            cells.append(f"{senses['contrast_cosine'][layer]:.3f}")
+        table.add_row(*cells)
+    console.print(table)
+    if senses["contrast_sentence"]:
+        console.print(f"   contrast sentence: {Text(senses['contrast_sentence']).plain!r} · layer 0 is the "
+                      f"embedding, before any attention")
+
+
+def _rollout(report: dict, console: Console) -> None:
+    tokens = report["tokens"]
+    console.print(Text("\n5. What reaches the focus token through all layers: attention rollout and flow "
+                       "(Abnar & Zuidema, 2020)", style="bold"))
+    table = Table(show_edge=False)
+    for column in ("token", "rollout", "", "flow", ""):
+        table.add_column(column)
+    rollout, flow = report["rollout"], report["flow"]
+    top_r = max(rollout)
+    top_f = max(flow) if flow else 1.0
+    for i, token in enumerate(tokens):
+        table.add_row(Text(token), f"{rollout[i]:.3f}", bar(rollout[i], 14, top_r),
+                      "-" if flow is None else f"{flow[i]:.3f}", "" if flow is None else bar(flow[i], 14, top_f))
+    console.print(table)
+
+
+def _heads(report: dict, console: Console) -> None:
+    ablation = report["ablation"]
+    peak = max(max(row) for row in ablation)
+    console.print(Text("\n6. Heads that matter and what heads do", style="bold"))
+    table = Table(title="moving the focus vector when one head is zeroed (1 - cos; darker = matters more)",
+                  show_edge=False, title_justify="left")
+    table.add_column("layer")
+    for h in range(len(ablation[0])):
+        table.add_column(f"h{h}", justify="right")
+    for layer, row in enumerate(ablation):
+        table.add_row(str(layer), *[Text(f"{v:.3f}", style="bold" if v >= 0.5 * peak else "dim") for v in row])
+    console.print(table)
+    roles = report["head_roles"]
+    letters = {"previous": "P", "next": "N", "self": "S", "cls": "C", "sep": "E", "punctuation": "."}
+    table = Table(title="head roles (Clark et al., 2019): the kind of token each head attends to most — P previous, "
+                        "N next, S itself, C [CLS], E [SEP], . punctuation; lower case below 50%",
+                  show_edge=False, title_justify="left")
+    table.add_column("layer")
+    heads = len(roles["previous"][0])
+    for h in range(heads):
+        table.add_column(f"h{h}", justify="center")
+    for layer in range(len(roles["previous"])):
+        cells = []
+        for h in range(heads):
+            name, value = max(((n, roles[n][layer][h]) for n in letters), key=lambda nv: nv[1])
+            letter = letters[name]
+            cells.append(f"{letter if value >= 0.5 else letter.lower()}{value:.0%}".rjust(4))
+        table.add_row(str(layer), *cells)
+    console.print(table)
