@@ -11,6 +11,7 @@ import argparse
 import math
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,6 +191,53 @@ def _bench(argv: list[str]) -> int:
     return int(bench_main(argv) or 0)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    """Run ``qkv explain``: the report in the terminal, and as JSON, HTML and PNG when asked."""
+    import json
+
+    from qkv.inspect.explain import explain
+    from qkv.inspect.senses import parse_senses
+    from qkv.viz.terminal import print_report
+
+    try:
+        senses = parse_senses(args.senses) if args.senses else None
+        model, tokenizer = qkv.load(args.model)
+        report = explain(model, tokenizer, args.sentence, args.focus, layer=args.layer, head=args.head,
+                         senses=senses, contrast=args.contrast)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"qkv explain: error: {err}", file=sys.stderr)
+        return 2
+    report["model"]["name"] = str(args.model)
+    print_report(report, Console(width=100))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report))
+        print(f"wrote {args.json}")
+    if args.html:
+        from qkv.viz.html import render_html
+
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        print(f"wrote {args.html} (self-contained; open it in a browser)")
+    if args.out:
+        from qkv.viz.figures import save_figures
+
+        paths = save_figures(report, args.out)
+        print(f"wrote {len(paths)} figures to {args.out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run ``qkv serve``: the explain report as a local web page."""
+    from qkv.viz.serve import serve
+
+    try:
+        model, tokenizer = qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"qkv serve: error: {err}", file=sys.stderr)
+        return 2
+    serve(model, tokenizer, host=args.host, port=args.port)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -213,6 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("--seed", type=int, default=0, help="random seed")
     walk.add_argument("--causal", action="store_true", help="hide tokens after the focus")
 
+    explain = sub.add_parser("explain", help="every step of attention on a real model, for one word")
+    explain.add_argument("sentence", nargs="?", default=DEFAULT_SENTENCE,
+                         help=f"the sentence (default: {DEFAULT_SENTENCE!r})")
+    explain.add_argument("--focus", default="bank", help="the word to follow (default: bank)")
+    explain.add_argument("--model", default="minilm",
+                         help="'minilm' (all-MiniLM-L6-v2) or a local Hugging Face BERT folder")
+    explain.add_argument("--layer", type=int, default=None, help="layer of the step-by-step head")
+    explain.add_argument("--head", type=int, default=None, help="head of the step-by-step walkthrough")
+    explain.add_argument("--senses", default=None,
+                         help='sense examples: "money: sentence | sentence; river: sentence | sentence"')
+    explain.add_argument("--contrast", default=None, help="the focus word used in another sense")
+    explain.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
+    explain.add_argument("--html", default=None, metavar="PATH", help="write a self-contained interactive page")
+    explain.add_argument("--out", default=None, metavar="DIR", help="write PNG figures")
+
+    serve = sub.add_parser("serve", help="the explain report as a local web page")
+    serve.add_argument("--model", default="minilm", help="'minilm' or a local BERT folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+
     sub.add_parser("bench", help="attention benchmarks (arguments go to qkv.bench)",
                    add_help=False)
     return parser
@@ -231,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         return code if isinstance(code, int) else (0 if code is None else 1)
     if args.command == "walkthrough":
         return _walkthrough(args)
+    if args.command == "explain":
+        return _explain(args)
+    if args.command == "serve":
+        return _serve(args)
     parser.print_help(sys.stderr)
     return 2
 

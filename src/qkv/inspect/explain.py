@@ -88,10 +88,13 @@ def explain(
     Returns:
         A JSON-ready dict; see the module docstring for its sections.
     """
-    batch = tokenizer(sentence)
+    batch = tokenizer(sentence, truncation=False)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and batch.input_ids.shape[1] > limit:
-        raise ValueError(f"the sentence has {batch.input_ids.shape[1]} tokens; this model reads at most {limit}")
+        raise ValueError(
+            f"the sentence has {batch.input_ids.shape[1]} tokens; this model reads at most {limit}. "
+            f"Shorten it (qkv explain shows one sentence or a short passage)."
+        )
     view = word_view(batch)
     focus_word = view.index_of(focus)
     focus_pieces = view.pieces[focus_word]
@@ -139,7 +142,7 @@ def explain(
     }
     report["rollout"] = _round(attention_rollout(weights)[-1, focus_word])  # (W,)
     try:
-        report["flow"] = _round(attention_flow(weights, focus_word)[-1])  # (W,)
+        report["flow"] = _round(attention_flow(weights, focus_word, normalize=True)[-1])  # (W,), sums to 1
     except ValueError:  # too many tokens for exact max-flow in seconds; rollout still shows the paths
         report["flow"] = None
     report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces))  # (L, H)

@@ -107,6 +107,7 @@ class Tokenizer:
         padding_side: str = "right",
         add_special_tokens: bool = True,
         max_length: int | None = None,
+        truncation: bool = True,
     ) -> Batch:
         """Tokenise one text or a batch, padding to the longest.
 
@@ -115,6 +116,7 @@ class Tokenizer:
             padding_side: "right" (encoders) or "left" (batched generation).
             add_special_tokens: add [CLS]/[SEP] or whatever the tokenizer's template says.
             max_length: truncate longer sequences (default: the model's maximum).
+            truncation: False keeps every token (to check a length before refusing it).
 
         Returns:
             A :class:`Batch`.
@@ -125,7 +127,7 @@ class Tokenizer:
             raise TypeError(f"texts must be a string or a non-empty list of strings; got {texts!r:.80}")
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left'; got {padding_side!r}")
-        limit = max_length or self.max_length
+        limit = (max_length or self.max_length) if truncation else None
         if limit is None:
             self.backend.no_truncation()
         else:  # the library keeps [CLS] and [SEP] inside the limit

@@ -89,26 +89,36 @@ def _walkthrough(report: dict, console: Console) -> None:
 
 
 def _layers(report: dict, console: Console) -> None:
-    tokens, focus = report["tokens"], report["focus"]["index"]
+    tokens, focus, kinds = report["tokens"], report["focus"]["index"], report["kinds"]
     console.print(Text(f"\n3. Where '{tokens[focus]}' looks, every layer (mean over heads; darker = more)",
                        style="bold"))
+    console.print("   columns: " + "  ".join(f"{i}={t}" for i, t in enumerate(tokens)))
     table = Table(show_edge=False)
     table.add_column("layer")
-    for token in tokens:
-        table.add_column(Text(token[:7]), justify="center", max_width=7)
-    table.add_column("to [CLS]/[SEP]/punct.")
-    table.add_column("top words, those set aside", overflow="fold")
+    for i in range(len(tokens)):
+        table.add_column(str(i), justify="center")
+    table.add_column("to [CLS]/[SEP]/punct.", justify="right")
     per_head = {(h["layer"], h["head"]): h for h in report["heads"]}
+    best_words = []
     for layer, row in enumerate(report["attention_layer_mean"]):
         focus_row = row[focus]
         peak = max(focus_row)
+        parked = sum(w for w, k in zip(focus_row, kinds) if k != "word")
+        table.add_row(str(layer), *[shade(v, peak) * 2 for v in focus_row], f"{parked:.0%}")
+        kept = sorted(((w, t) for t, w, k in zip(tokens, focus_row, kinds) if k == "word" and t != tokens[focus]),
+                      reverse=True)
         heads = [per_head[(layer, h)] for h in range(report["model"]["heads"])]
-        parked = sum(h["parked_share"] for h in heads) / len(heads)
-        kept = [(t, w) for t, w, k in zip(tokens, focus_row, report["kinds"]) if k == "word" and t != tokens[focus]]
-        kept.sort(key=lambda tw: -tw[1])
-        table.add_row(str(layer), *[shade(v, peak) * 3 for v in focus_row], f"{parked:.0%}",
-                      ", ".join(f"{t} {w:.2f}" for t, w in kept[:3]))
+        sharpest = max(heads, key=lambda h: h["top_content"][0][1] if h["top_content"] else 0.0)
+        best_words.append(
+            f"   layer {layer}: " + ", ".join(f"{t} {w:.2f}" for w, t in kept[:3])
+            + (f"  · sharpest head h{sharpest['head']} → {sharpest['top_content'][0][0]} "
+               f"{sharpest['top_content'][0][1]:.2f}" if sharpest["top_content"] else "")
+        )
     console.print(table)
+    console.print("   most attended words once [CLS], [SEP] and punctuation are set aside (the sharpest head's\n"
+                  "   share is of its attention left after setting them aside):")
+    for line in best_words:
+        console.print(Text(line))
 
 
 def _senses(report: dict, console: Console) -> None:
@@ -145,7 +155,7 @@ def _senses(report: dict, console: Console) -> None:
 def _rollout(report: dict, console: Console) -> None:
     tokens = report["tokens"]
     console.print(Text("\n5. What reaches the focus token through all layers: attention rollout and flow "
-                       "(Abnar & Zuidema, 2020)", style="bold"))
+                       "(Abnar & Zuidema, 2020; flow normalised to sum to 1)", style="bold"))
     table = Table(show_edge=False)
     for column in ("token", "rollout", "", "flow", ""):
         table.add_column(column)
@@ -162,13 +172,14 @@ def _heads(report: dict, console: Console) -> None:
     ablation = report["ablation"]
     peak = max(max(row) for row in ablation)
     console.print(Text("\n6. Heads that matter and what heads do", style="bold"))
-    table = Table(title="moving the focus vector when one head is zeroed (1 - cos; darker = matters more)",
-                  show_edge=False, title_justify="left")
+    table = Table(title="how far the focus vector moves when one head is zeroed: (1 - cos) x 1000; bold = "
+                        "at least half the largest", show_edge=False, title_justify="left")
     table.add_column("layer")
     for h in range(len(ablation[0])):
         table.add_column(f"h{h}", justify="right")
     for layer, row in enumerate(ablation):
-        table.add_row(str(layer), *[Text(f"{v:.3f}", style="bold" if v >= 0.5 * peak else "dim") for v in row])
+        table.add_row(str(layer), *[Text(f"{v * 1000:.1f}", style="bold" if v >= 0.5 * peak else "dim")
+                                    for v in row])
     console.print(table)
     roles = report["head_roles"]
     letters = {"previous": "P", "next": "N", "self": "S", "cls": "C", "sep": "E", "punctuation": "."}

