@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/qkv walkthrough
+	$(BIN)/qkv explain "She deposited her check at the bank." --focus bank \
+		--html qkv-report.html --json qkv-report.json --out qkv-figures
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -30,4 +31,4 @@ bench: $(STAMP)
 	$(BIN)/python -m qkv.bench attention
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache qkv-report.* qkv-figures
