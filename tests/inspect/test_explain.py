@@ -110,3 +110,42 @@ def test_cli_explain_errors(capsys):
     assert "not in the sentence" in capsys.readouterr().err
     assert main(["explain", "--senses", "only one: a bank"]) == 2
     assert "at least two senses" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def long_bert(tmp_path_factory):
+    """A random 2-layer BERT that reads 1,024 positions, with MiniLM's tokenizer."""
+    import shutil
+
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("long-bert")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=37, max_position_embeddings=1024)
+    transformers.BertModel(config).save_pretrained(folder, safe_serialization=True)
+    shutil.copy(qkv.models.default_model_path() / "tokenizer.json", folder / "tokenizer.json")
+    return qkv.load(folder)
+
+
+def test_long_inputs_are_streamed_not_materialised(long_bert):
+    passage = "the river ran past the old bank and the town . " * 60 + "she sat on the bank ."
+    report = explain(*long_bert, passage, "bank", senses=None)
+    assert report["long_view"] and len(report["pieces"]) > 512
+    assert report["attention"] is None and report["rollout"] is None
+    rows = torch.tensor(report["focus_attention"])  # (L, H, W)
+    assert torch.allclose(rows.sum(-1), torch.ones(2, 4), atol=1e-3)
+    assert len(report["streamed"]["layers"]) == 2
+    # The streamed views equal the materialised ones on the same input.
+    full = explain(*long_bert, passage, "bank", senses=None, long_view=False)
+    assert torch.allclose(rows, torch.tensor(full["focus_attention"]), atol=1e-4)
+    for name in ("previous", "next", "self", "cls", "sep", "punctuation"):
+        assert torch.allclose(torch.tensor(report["head_roles"][name]), torch.tensor(full["head_roles"][name]),
+                              atol=1e-4), name
+    from rich.console import Console
+
+    from qkv.viz.terminal import print_report
+
+    console = Console(width=100, record=True)
+    print_report(report, console)
+    text = console.export_text()
+    assert "not for long inputs" in text and "attention received" in text

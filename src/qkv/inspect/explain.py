@@ -16,20 +16,23 @@ terminal, figure and HTML views read):
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
+from qkv.attention import attention_stats, attention_weights
 from qkv.inspect.ablation import head_ablation
 from qkv.inspect.heads import attention_share, head_roles
 from qkv.inspect.rollout import attention_flow, attention_rollout
 from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES, sense_trajectory
 from qkv.inspect.words import WordView, word_view
 
-__all__ = ["explain", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS"]
+__all__ = ["explain", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS", "LONG_INPUT"]
 
 DEFAULT_SENTENCE = "She deposited her check at the bank."
 DEFAULT_FOCUS = "bank"
+LONG_INPUT = 512  # longer inputs get streamed top-k views instead of (N, N) matrices
 # Function words: the default head is the one where the focus attends most to the rest.
 STOPWORDS = frozenset((  # noqa: SIM905 (a word list reads best as text)
     "a an the and or but if of at by for with about to from in on into onto over under up down out off "
@@ -70,6 +73,7 @@ def explain(
     senses: dict[str, list[str]] | None = None,
     contrast: str | None = None,
     top: int = 3,
+    long_view: bool | None = None,
 ) -> dict:
     """Explain how ``model`` attends in ``sentence``, following the word ``focus``.
 
@@ -84,6 +88,9 @@ def explain(
             for 'bank': money and river contexts; None otherwise skips the section).
         contrast: a sentence using ``focus`` in another sense.
         top: how many most-attended tokens to list per head.
+        long_view: compute without materialising any (N, N) matrix: the focus token's
+            rows exactly, every other statistic streamed by :func:`qkv.attention_stats`
+            (no heatmaps, rollout or flow). Default: for inputs over 512 tokens.
 
     Returns:
         A JSON-ready dict; see the module docstring for its sections.
@@ -98,11 +105,17 @@ def explain(
     view = word_view(batch)
     focus_word = view.index_of(focus)
     focus_pieces = view.pieces[focus_word]
-    _, cache = model.run_with_cache(batch)
     layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
-    piece_weights = cache.stack("attn.weights")[:, 0]  # (L, H, N, N)
-    weights = view.attention_to_words(piece_weights)  # (L, H, W, W)
-    focus_rows = weights[:, :, focus_word]  # (L, H, W)
+    long_view = batch.input_ids.shape[1] > LONG_INPUT if long_view is None else long_view
+    if long_view:  # never materialise (N, N): the focus rows exactly, the rest streamed
+        _, cache = model.run_with_cache(batch, names=[f"blocks.*.attn.{n}" for n in ("q", "k", "v", "z")])
+        focus_rows = streamed_focus_rows(model, cache, view, focus_pieces)  # (L, H, W)
+        weights = None
+    else:
+        _, cache = model.run_with_cache(batch)
+        piece_weights = cache.stack("attn.weights")[:, 0]  # (L, H, N, N)
+        weights = view.attention_to_words(piece_weights)  # (L, H, W, W)
+        focus_rows = weights[:, :, focus_word]  # (L, H, W)
     parked = view.special_mask | view.punctuation_mask  # (W,)
     content = content_mask(view, focus_word)
     content_share = focus_rows[..., content].sum(-1)  # (L, H)
@@ -117,6 +130,7 @@ def explain(
         "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
                   "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None)},
         "sentence": sentence,
+        "long_view": long_view,
         "tokens": view.tokens,
         "kinds": view.kinds,
         "pieces": view.piece_tokens,
@@ -127,8 +141,9 @@ def explain(
     report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view)
     report["focus_attention"] = _round(focus_rows)  # (L, H, W)
     report["heads"] = head_summaries(focus_rows, parked, view, top)
-    report["attention_layer_mean"] = _round(weights.mean(dim=1))  # (L, W, W), mean over heads
-    report["attention"] = _round(weights, 4)  # (L, H, W, W): every head, for the interactive page
+    # Every head's (W, W) weights, for the heatmaps; long inputs have top-k views instead.
+    report["attention_layer_mean"] = None if weights is None else _round(weights.mean(dim=1))  # (L, W, W)
+    report["attention"] = None if weights is None else _round(weights, 4)  # (L, H, W, W)
     report["content_share"] = _round(content_share)
 
     last = focus_rows[-1].mean(dim=0)  # (W,) last layer, mean over heads
@@ -140,15 +155,21 @@ def explain(
         "top_content": [{"index": i, "token": view.tokens[i], "weight": round(float(last[i]), 5)}
                         for i in order[:top]],
     }
-    report["rollout"] = _round(attention_rollout(weights)[-1, focus_word])  # (W,)
-    try:
-        report["flow"] = _round(attention_flow(weights, focus_word, normalize=True)[-1])  # (W,), sums to 1
-    except ValueError:  # too many tokens for exact max-flow in seconds; rollout still shows the paths
-        report["flow"] = None
+    report["rollout"], report["flow"] = None, None  # both need every row of every layer
+    if weights is not None:
+        report["rollout"] = _round(attention_rollout(weights)[-1, focus_word])  # (W,)
+        # Refused (ValueError) when exact max-flow would take more than seconds; rollout still shows paths.
+        with contextlib.suppress(ValueError):
+            report["flow"] = _round(attention_flow(weights, focus_word, normalize=True)[-1])  # (W,), sums to 1
     report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces))  # (L, H)
-    sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])
-    roles = head_roles(weights, view.special_mask, view.punctuation_mask, cls_index=0, sep_mask=sep_mask)
+    if weights is not None:
+        sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])
+        roles = head_roles(weights, view.special_mask, view.punctuation_mask, cls_index=0, sep_mask=sep_mask)
+    else:
+        roles = streamed_head_roles(model, cache, view)
     report["head_roles"] = {name: _round(value) for name, value in roles.items()}  # each (L, H)
+    if long_view:
+        report["streamed"] = streamed_summaries(model, cache, view, top)
 
     word = view.tokens[focus_word].lower()
     senses = senses if senses is not None else DEFAULT_SENSES.get(word)
@@ -226,3 +247,77 @@ def head_summaries(focus_rows: torch.Tensor, parked: torch.Tensor, view: WordVie
             })
     return summaries
 
+
+
+def _layer_qk(model, cache, layer: int):
+    """Queries (1, H, N, Dh), keys (1, Hkv, N, Dh) and the scale of one layer."""
+    attn = model.blocks[layer].attn
+    q, k = cache[f"blocks.{layer}.attn.q"], cache[f"blocks.{layer}.attn.k"]
+    return q, k, attn.scale
+
+
+def streamed_focus_rows(model, cache, view: WordView, focus_pieces: list[int]) -> torch.Tensor:
+    """The focus word's attention rows (L, H, W), exactly, from its own queries only."""
+    summing = (view.pooling() > 0).to(torch.float32)  # (W, N)
+    rows = []
+    for layer in range(len(model.blocks)):
+        q, k, scale = _layer_qk(model, cache, layer)
+        piece_rows = attention_weights(q[:, :, focus_pieces], k, scale=scale)[0]  # (H, P, N)
+        rows.append(piece_rows.mean(dim=1).float() @ summing.t())  # (H, W)
+    return torch.stack(rows)
+
+
+def _diagonal_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, shift: int, scale: float | None):
+    """Weight of query i on key i + shift, exp(q_i . k_(i+shift) * scale - lse_i): (1, H, N - |shift|)."""
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    n = q.shape[2]
+    queries = slice(max(0, -shift), n - max(0, shift))
+    keys = slice(max(0, shift), n - max(0, -shift))
+    scores = (q[:, :, queries] * k[:, :, keys]).sum(-1) * scale  # (1, H, N - |shift|)
+    return torch.exp(scores - lse[:, :, queries])
+
+
+def streamed_head_roles(model, cache, view: WordView) -> dict[str, torch.Tensor]:
+    """Clark et al.'s head roles at the piece level, in O(N) memory from the LSE.
+
+    previous, self, next: exp(q_i . k_j * scale - lse_i) for j = i - 1, i, i + 1;
+    [CLS], [SEP] and punctuation: the weight on those positions (``focus`` of attention_stats).
+    """
+    kinds = [view.kinds[w] for w, pieces in enumerate(view.pieces) for _ in pieces]
+    tokens = view.piece_tokens
+    sep = [i for i, t in enumerate(tokens) if t == "[SEP]"]
+    punctuation = [i for i, kind in enumerate(kinds) if kind == "punctuation"]
+    special = [i for i, kind in enumerate(kinds) if kind == "special"]
+    focus = [0, *sep, *punctuation, *special]
+    roles: dict[str, list[torch.Tensor]] = {n: [] for n in ("previous", "next", "self", "cls", "sep",
+                                                            "punctuation", "special")}
+    for layer in range(len(model.blocks)):
+        q, k, scale = _layer_qk(model, cache, layer)
+        stats = attention_stats(q, k, scale=scale, topk=1, focus=focus)
+        weight_on = stats.focus_weight[0]  # (H, N, F)
+        offset = 1
+        roles["cls"].append(weight_on[..., 0].mean(-1))
+        for name, positions in (("sep", sep), ("punctuation", punctuation), ("special", special)):
+            part = weight_on[..., offset:offset + len(positions)].sum(-1)  # (H, N)
+            roles[name].append(part.mean(-1))
+            offset += len(positions)
+        for name, shift in (("previous", -1), ("self", 0), ("next", 1)):
+            roles[name].append(_diagonal_weights(q, k, stats.lse, shift, scale)[0].mean(-1))  # (H,)
+    return {name: torch.stack(values) for name, values in roles.items()}  # each (L, H)
+
+
+def streamed_summaries(model, cache, view: WordView, top: int) -> dict:
+    """Per layer: the words that receive the most attention, and how spread out attention is."""
+    word_of_piece = [w for w, pieces in enumerate(view.pieces) for _ in pieces]
+    layers = []
+    for layer in range(len(model.blocks)):
+        q, k, scale = _layer_qk(model, cache, layer)
+        stats = attention_stats(q, k, scale=scale, topk=top)
+        received = stats.received[0].mean(dim=0)  # (N,) mean over heads
+        best = received.argsort(descending=True)[:top].tolist()
+        layers.append({
+            "most_received": [[view.tokens[word_of_piece[i]], round(float(received[i]), 3)] for i in best],
+            "mean_entropy": round(float(stats.entropy[0].mean()), 4),
+        })
+    return {"layers": layers, "method": "qkv.attention_stats: two streamed passes, O(N) memory"}

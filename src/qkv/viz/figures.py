@@ -42,17 +42,19 @@ def save_figures(report: dict, out: str | Path) -> list[Path]:
         paths.append(path)
 
     walk = report["walkthrough"]
-    figure, axis = plt.subplots(figsize=(6, 5))
-    image = _heatmap(axis, report["attention"][walk["layer"]][walk["head"]], tokens, tokens,
-                     f"attention weights, layer {walk['layer']} head {walk['head']} (rows look at columns)")
-    figure.colorbar(image, ax=axis, shrink=0.8)
-    save(figure, "heatmap_head.png")
+    if report.get("attention") is not None:  # long inputs have no (N, N) matrices
+        figure, axis = plt.subplots(figsize=(6, 5))
+        image = _heatmap(axis, report["attention"][walk["layer"]][walk["head"]], tokens, tokens,
+                         f"attention weights, layer {walk['layer']} head {walk['head']} (rows look at columns)")
+        figure.colorbar(image, ax=axis, shrink=0.8)
+        save(figure, "heatmap_head.png")
 
-    focus_by_layer = [row[focus["index"]] for row in report["attention_layer_mean"]]
-    figure, axis = plt.subplots(figsize=(7, 3.5))
-    _heatmap(axis, focus_by_layer, [f"layer {i}" for i in range(layers)], tokens,
-             f"where '{focus['token']}' looks (mean over heads)", fmt=lambda v: f"{v:.2f}")
-    save(figure, "focus_attention.png")
+    if len(tokens) <= 40:
+        focus_by_layer = [[sum(c) / len(c) for c in zip(*by_head)] for by_head in report["focus_attention"]]
+        figure, axis = plt.subplots(figsize=(7, 3.5))
+        _heatmap(axis, focus_by_layer, [f"layer {i}" for i in range(layers)], tokens,
+                 f"where '{focus['token']}' looks (mean over heads)", fmt=lambda v: f"{v:.2f}")
+        save(figure, "focus_attention.png")
 
     if report.get("senses"):
         senses = report["senses"]
@@ -89,6 +91,8 @@ def save_figures(report: dict, out: str | Path) -> list[Path]:
     figure.colorbar(image, ax=axis, shrink=0.8)
     save(figure, "head_ablation.png")
 
+    if report.get("rollout") is None:
+        return paths
     figure, axis = plt.subplots(figsize=(7, 3))
     xs = range(len(tokens))
     axis.bar([x - 0.2 for x in xs], report["rollout"], width=0.4, label="rollout")

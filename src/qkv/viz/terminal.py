@@ -61,12 +61,22 @@ def _tokens(report: dict, console: Console) -> None:
     for column in ("#", "token", "pieces", "|x|", "first dimensions"):
         table.add_column(column, overflow="fold")
     vectors = report["initial_vectors"]
-    for i, token in enumerate(report["tokens"]):
+    for i in _shown(report):
+        token = report["tokens"][i]
         pieces = " ".join(report["pieces"][p] for p in report["word_pieces"][i])
         style = "bold cyan" if i == report["focus"]["index"] else ("dim" if report["kinds"][i] != "word" else "")
         table.add_row(str(i), Text(token, style=style), Text(pieces), f"{vectors['norm'][i]:.2f}",
                       fmt_vector(vectors["first_dims"][i], 4))
     console.print(table)
+
+
+def _shown(report: dict, around: int = 15) -> list[int]:
+    """Token indices to list: all of a short input, the focus's neighbourhood of a long one."""
+    count, focus = len(report["tokens"]), report["focus"]["index"]
+    if count <= 2 * around + 1:
+        return list(range(count))
+    start = max(0, min(focus - around, count - 2 * around - 1))
+    return list(range(start, start + 2 * around + 1))
 
 
 def _walkthrough(report: dict, console: Console) -> None:
@@ -79,7 +89,12 @@ def _walkthrough(report: dict, console: Console) -> None:
     table = Table(show_edge=False)
     for column in ("key of", "k (first dims)", "q·k", f"× {w['scale']:.3f}", "softmax", ""):
         table.add_column(column)
-    for i, key in enumerate(w["keys"]):
+    keys = range(len(w["keys"]))
+    if len(w["keys"]) > 30:  # a long input: the 30 keys with the largest weights
+        keys = sorted(sorted(keys, key=lambda i: -w["weights"][i])[:30])
+        console.print(f"   (the 30 of {len(w['keys'])} keys with the largest weights)")
+    for i in keys:
+        key = w["keys"][i]
         table.add_row(Text(report["pieces"][i]), fmt_vector(key, 3), f"{w['dot'][i]:+.2f}",
                       f"{w['scores'][i]:+.2f}", f"{w['weights'][i]:.3f}", bar(w["weights"][i], 16))
     console.print(table)
@@ -92,7 +107,8 @@ def _layers(report: dict, console: Console) -> None:
     tokens, focus, kinds = report["tokens"], report["focus"]["index"], report["kinds"]
     console.print(Text(f"\n3. Where '{tokens[focus]}' looks, every layer (mean over heads; darker = more)",
                        style="bold"))
-    console.print("   columns: " + "  ".join(f"{i}={t}" for i, t in enumerate(tokens)))
+    if len(tokens) <= 16:
+        console.print("   columns: " + "  ".join(f"{i}={t}" for i, t in enumerate(tokens)))
     table = Table(show_edge=False)
     table.add_column("layer")
     for i in range(len(tokens)):
@@ -100,11 +116,12 @@ def _layers(report: dict, console: Console) -> None:
     table.add_column("to [CLS]/[SEP]/punct.", justify="right")
     per_head = {(h["layer"], h["head"]): h for h in report["heads"]}
     best_words = []
-    for layer, row in enumerate(report["attention_layer_mean"]):
-        focus_row = row[focus]
+    for layer, by_head in enumerate(report["focus_attention"]):
+        focus_row = [sum(column) / len(column) for column in zip(*by_head)]  # mean over heads
         peak = max(focus_row)
         parked = sum(w for w, k in zip(focus_row, kinds) if k != "word")
-        table.add_row(str(layer), *[shade(v, peak) * 2 for v in focus_row], f"{parked:.0%}")
+        if len(tokens) <= 16:
+            table.add_row(str(layer), *[shade(v, peak) * 2 for v in focus_row], f"{parked:.0%}")
         kept = sorted(((w, t) for t, w, k in zip(tokens, focus_row, kinds) if k == "word" and t != tokens[focus]),
                       reverse=True)
         heads = [per_head[(layer, h)] for h in range(report["model"]["heads"])]
@@ -114,7 +131,8 @@ def _layers(report: dict, console: Console) -> None:
             + (f"  · sharpest head h{sharpest['head']} → {sharpest['top_content'][0][0]} "
                f"{sharpest['top_content'][0][1]:.2f}" if sharpest["top_content"] else "")
         )
-    console.print(table)
+    if len(tokens) <= 16:
+        console.print(table)
     console.print("   most attended words once [CLS], [SEP] and punctuation are set aside (the sharpest head's\n"
                   "   share is of its attention left after setting them aside):")
     for line in best_words:
@@ -156,10 +174,19 @@ def _rollout(report: dict, console: Console) -> None:
     tokens = report["tokens"]
     console.print(Text("\n5. What reaches the focus token through all layers: attention rollout and flow "
                        "(Abnar & Zuidema, 2020; flow normalised to sum to 1)", style="bold"))
+    rollout, flow = report["rollout"], report["flow"]
+    if rollout is None:
+        console.print("   (not for long inputs: both need every token's attention in every layer)")
+        streamed = report.get("streamed")
+        if streamed:
+            console.print(f"   attention received, streamed with {streamed['method']}:")
+            for layer, info in enumerate(streamed["layers"]):
+                words = ", ".join(f"{t} {v:.2f}" for t, v in info["most_received"])
+                console.print(f"   layer {layer}: {words} · mean entropy {info['mean_entropy']:.2f} nats")
+        return
     table = Table(show_edge=False)
     for column in ("token", "rollout", "", "flow", ""):
         table.add_column(column)
-    rollout, flow = report["rollout"], report["flow"]
     top_r = max(rollout)
     top_f = max(flow) if flow else 1.0
     for i, token in enumerate(tokens):
