@@ -207,7 +207,6 @@ def _explain(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"qkv explain: error: {err}", file=sys.stderr)
         return 2
-    report["model"]["name"] = str(args.model)
     print_report(report, Console(width=100))
     if args.json:
         Path(args.json).write_text(json.dumps(report))

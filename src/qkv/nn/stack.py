@@ -48,6 +48,7 @@ class TransformerStack(HookedModule):
         self.blocks = nn.ModuleList(blocks)
         self.norm_final = norm_final
         self.tokenizer = None  # set by qkv.load so that text can be passed directly
+        self.name: str | None = None  # set by qkv.load: "all-MiniLM-L6-v2" or the folder name
         for index, block in enumerate(self.blocks):
             block.attn.layer_index = index
 

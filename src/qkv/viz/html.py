@@ -1,0 +1,717 @@
+"""The explain report as one self-contained, interactive HTML page.
+
+:func:`render_html` turns a :func:`qkv.inspect.explain.explain` report into a single
+file: inline CSS and JavaScript, no network, no fonts or libraries from elsewhere, so it
+works opened straight from disk. The report travels inside the page as JSON, in
+``<script type="application/json" id="report">``, and the script draws every view from
+it.
+
+Safety: the sentence is untrusted text. Server-side text (the title and the heading)
+goes through :func:`html.escape`; the JSON has ``<``, ``>``, ``&``, U+2028 and U+2029
+escaped as ``\\u003c`` and so on, so nothing in it can close the script element; the
+script only ever writes data with ``textContent`` and ``setAttribute``. A Content
+Security Policy allows the page's own script (by its SHA-256 hash) and nothing else: no
+other script, no request to anywhere. Bidirectional-control characters (e.g. U+202E,
+right-to-left override) are shown as visible ``⟨U+202E⟩`` marks instead of reordering the
+text around them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+import re
+
+__all__ = ["render_html", "json_for_script", "show_controls"]
+
+# Bidi embeddings, overrides and isolates, and the invisible marks: shown, never obeyed.
+_CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
+
+
+def show_controls(text: str) -> str:
+    """``text`` with bidirectional-control characters replaced by visible ``⟨U+XXXX⟩`` marks."""
+    return _CONTROLS.sub(lambda m: f"⟨U+{ord(m.group()):04X}⟩", text)
+
+
+def _finite(value):
+    """NaN and infinities to None (JSON has neither), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_for_script(data) -> str:
+    """``data`` as JSON that is safe inside a ``<script>`` element.
+
+    ``<``, ``>`` and ``&`` become ``\\u003c``, ``\\u003e``, ``\\u0026`` (so no ``</script>``
+    or ``<!--`` can appear), and U+2028 / U+2029 are escaped too.
+    """
+    text = json.dumps(_finite(data), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def _script_hash(script: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+
+
+def render_html(report: dict, *, back_href: str | None = None) -> str:
+    """One self-contained HTML page for an explain ``report``.
+
+    Args:
+        report: the dict :func:`qkv.inspect.explain.explain` returns.
+        back_href: if given, a "new sentence" link to this address at the top (the web
+            app uses it); it is escaped.
+
+    Returns:
+        The page, a complete HTML document. Save it with ``Path(...).write_text(page,
+        encoding="utf-8")``; it needs nothing else.
+    """
+    sentence = show_controls(str(report.get("sentence", "")))
+    focus = show_controls(str(report.get("focus", {}).get("token", "")))
+    model = report.get("model", {})
+    summary = (f"{model.get('layers', '?')} layers × {model.get('heads', '?')} heads · "
+               f"d_model {model.get('d_model', '?')} · head dim {model.get('head_dim', '?')}")
+    if model.get("name"):
+        summary = f"{model['name']} · {summary}"
+    csp = (f"default-src 'none'; script-src '{_script_hash(_SCRIPT)}'; style-src 'unsafe-inline'; "
+           "img-src data:; base-uri 'none'; form-action 'none'")
+    back = (f'<p class="back"><a id="back" href="{html.escape(back_href, quote=True)}">← explain another '
+            f"sentence</a></p>" if back_href is not None else "")
+    values = {
+        "CSP": html.escape(csp, quote=True),
+        "TITLE": html.escape(f"qkv · {focus} · {sentence}", quote=True),
+        "BACK": back,
+        "SENTENCE": html.escape(sentence, quote=True),
+        "FOCUS": html.escape(focus, quote=True),
+        "SUMMARY": html.escape(summary, quote=True),
+        "STYLE": _STYLE,
+        "SCRIPT": _SCRIPT,
+        "DATA": json_for_script(report),
+    }
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _PAGE)
+
+
+_PLACEHOLDER = re.compile(r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|STYLE|SCRIPT|DATA)%")
+
+# The page; its %NAME% placeholders are filled in one pass, so text from the report is
+# never scanned for placeholders.
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="%CSP%">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>%TITLE%</title>
+<link rel="icon" href="data:,">
+<style>%STYLE%</style>
+</head>
+<body>
+%BACK%
+<header>
+<h1>How the model reads this sentence</h1>
+<p id="sentence" class="sentence">%SENTENCE%</p>
+<p class="sub">Following the word <strong id="focus-word">%FOCUS%</strong> ·
+<span id="model-summary">%SUMMARY%</span></p>
+<noscript><p class="warn">This page draws its views with JavaScript; turn it on to see them.</p></noscript>
+</header>
+
+<nav id="controls" aria-label="Choose a head">
+<label>Layer <select id="layer-select"></select></label>
+<span class="label">Head</span> <span id="head-buttons" role="group" aria-label="heads"></span>
+<span id="current-head" class="current"></span>
+</nav>
+
+<main>
+<section id="tokens-section">
+<h2>1 · Where each word looks</h2>
+<p class="help">Point at a word (or tab to it): the other words darken by how much attention it pays them in
+the selected head. Click a word to keep it selected. Without a pointer, the focus word is shown.</p>
+<div id="tokens" class="tokens"></div>
+<p id="token-caption" class="caption"></p>
+</section>
+
+<section id="heatmap-section">
+<h2>2 · The selected head, every word at once</h2>
+<p class="help">Row = the word that asks (query), column = the word it looks at (key). Each row sums to 1.</p>
+<div class="two">
+<div id="heatmap-box"></div>
+<div id="head-summary" class="panel"></div>
+</div>
+</section>
+
+<section id="walkthrough-section">
+<h2>3 · One head, step by step</h2>
+<p class="help">The focus word's query is compared with every key (dot product), the products are scaled by
+1/√d, softmax turns them into weights that sum to 1, and the output is the weighted average of the values.
+Rows are word pieces, as the model sees them.</p>
+<p id="walkthrough-info"></p>
+<button type="button" id="walkthrough-select">Show this head above</button>
+<div class="scroll"><table id="walkthrough-table" class="data"></table></div>
+<p id="walkthrough-vectors" class="mono small"></p>
+</section>
+
+<section id="focus-section">
+<h2>4 · Where the focus word looks, layer by layer</h2>
+<p class="help">Much attention goes to [CLS], [SEP] and punctuation, which often act as a place to park
+attention (Clark et al., 2019). The first table shows all tokens with the share those receive; the second
+leaves them out and renormalises what is left.</p>
+<label>Rows show <select id="focus-mode"><option value="mean">the mean over the heads of each layer</option>
+<option value="head">the selected head number in each layer</option></select></label>
+<h3>All tokens</h3>
+<div class="scroll"><table id="focus-table" class="data"></table></div>
+<h3>Without [CLS], [SEP] and punctuation</h3>
+<div class="scroll"><table id="focus-content-table" class="data"></table></div>
+</section>
+
+<section id="senses-section">
+<h2>5 · Which sense, layer by layer</h2>
+<p class="help">Cosine similarity between the focus word's vector at each layer and the mean vector of the word in
+example sentences of each sense (layer 0 = embeddings). Context should pull one sense ahead.</p>
+<div id="senses-box"></div>
+</section>
+
+<section id="rollout-section">
+<h2>6 · Attention rollout and flow</h2>
+<p class="help">Rollout multiplies the layers' attention (with the residual) to trace how much of each input word
+reaches the focus word at the last layer (Abnar &amp; Zuidema, 2020); flow treats it as a max-flow network.</p>
+<div class="scroll"><table id="rollout-table" class="data"></table></div>
+<p id="last-layer" class="caption"></p>
+</section>
+
+<section id="ablation-section">
+<h2>7 · Which heads matter, and what they do</h2>
+<p class="help">Importance: how far the focus word's final vector moves (1 − cosine) when that head is switched off.
+Attention weights show where a head looks, not whether it matters. Click a cell to select the head.</p>
+<div class="two">
+<div><h3>Importance (ablation)</h3><div class="scroll"><table id="ablation-grid" class="grid"></table></div></div>
+<div><h3>Roles <select id="role-select" aria-label="role"></select></h3>
+<div class="scroll"><table id="roles-grid" class="grid"></table></div>
+<p class="help small">Mean attention each head pays to the previous or next word, itself, [CLS], [SEP],
+punctuation or all special tokens, over all words of the sentence.</p></div>
+</div>
+</section>
+
+<section id="vectors-section">
+<h2>8 · Where it starts: the input vectors</h2>
+<p class="help">Token embedding + position embedding of each word, before any attention.</p>
+<div class="scroll"><table id="vectors-table" class="data"></table></div>
+</section>
+</main>
+<footer><p class="small">Made by qkv. This file is self-contained: it loads nothing from the network.</p></footer>
+<script type="application/json" id="report">%DATA%</script>
+<script id="app">%SCRIPT%</script>
+</body>
+</html>
+"""
+
+_STYLE = """
+:root { --ink: #1d2433; --muted: #5b6475; --line: #d8dde6; --accent: #1f5fbf; --bg: #ffffff; --soft: #f4f6fa; }
+* { box-sizing: border-box; }
+body { margin: 0 auto; max-width: 1100px; padding: 0 20px 40px; color: var(--ink); background: var(--bg);
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "DejaVu Sans", sans-serif; }
+h1 { font-size: 1.1rem; margin: 18px 0 4px; color: var(--muted); font-weight: 600; }
+.sentence { font-size: 1.35rem; font-weight: 600; margin: 0 0 6px; max-height: 7.6em; overflow-y: auto;
+  unicode-bidi: isolate; overflow-wrap: anywhere; }
+h2 { font-size: 1.15rem; margin: 0 0 6px; }
+h3 { font-size: 0.98rem; margin: 14px 0 6px; }
+header .sub { color: var(--muted); margin: 0 0 8px; }
+#sentence, .tok, .lbl { unicode-bidi: isolate; }
+section { border-top: 1px solid var(--line); padding: 16px 0 10px; }
+.help { color: var(--muted); margin: 0 0 10px; max-width: 75ch; }
+.small { font-size: 0.85rem; }
+.mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
+.warn { color: #a03000; }
+.back { margin: 12px 0 0; }
+#controls { position: sticky; top: 0; z-index: 5; background: rgba(255,255,255,0.96); padding: 8px 0;
+  border-bottom: 1px solid var(--line); display: flex; flex-wrap: wrap; gap: 6px 10px; align-items: center; }
+#controls .label { color: var(--muted); }
+select, button { font: inherit; }
+.head-btn { min-width: 2.2em; padding: 2px 6px; border: 1px solid var(--line); background: var(--soft);
+  border-radius: 4px; cursor: pointer; color: var(--ink); }
+.head-btn[aria-pressed="true"] { background: var(--accent); color: #fff; border-color: var(--accent); }
+.current { color: var(--muted); margin-left: 6px; }
+.tokens { display: flex; flex-wrap: wrap; gap: 6px; font-size: 1.1rem; padding: 6px 2px; max-height: 17em;
+  overflow-y: auto; }
+.tok { padding: 3px 7px; border-radius: 5px; border: 1px solid var(--line); cursor: pointer; background: #fff;
+  transition: background-color 0.12s; }
+.tok.kind-special, .tok.kind-punctuation { color: var(--muted); font-style: italic; }
+.tok.source { outline: 2px solid #d9480f; outline-offset: 1px; }
+.tok.focus { font-weight: 700; }
+.caption { color: var(--muted); min-height: 1.5em; margin: 6px 0 0; }
+.two { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
+.two > * { min-width: 0; max-width: 100%; }
+#heatmap-box { overflow: auto; max-height: 720px; }
+.panel { background: var(--soft); border-radius: 6px; padding: 10px 14px; min-width: 240px; max-width: 360px; }
+.panel dt { color: var(--muted); font-size: 0.85rem; }
+.panel dd { margin: 0 0 6px; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table.data { border-collapse: collapse; font-size: 0.9rem; }
+table.data th, table.data td { padding: 3px 8px; border-bottom: 1px solid var(--line); text-align: right;
+  white-space: nowrap; }
+table.data th { font-weight: 600; color: var(--muted); }
+table.data td.text, table.data th.text { text-align: left; }
+table.data tr.hl td { background: #fff4d6; }
+.num { font-variant-numeric: tabular-nums; }
+.bar { display: inline-block; height: 10px; background: var(--accent); border-radius: 2px; vertical-align: middle; }
+.bar.alt { background: #e07b39; }
+.barcell { text-align: left !important; min-width: 130px; }
+table.grid { border-collapse: separate; border-spacing: 2px; font-size: 0.72rem; }
+table.grid td { width: 38px; height: 24px; text-align: center; border-radius: 3px; cursor: pointer;
+  font-variant-numeric: tabular-nums; }
+table.grid td.sel { outline: 2px solid #d9480f; }
+table.grid th { color: var(--muted); font-weight: 500; padding: 0 3px; }
+td.shade { text-align: center !important; }
+svg text { font-family: inherit; }
+#heatmap rect.cell { stroke: #fff; stroke-width: 0.5; }
+#heatmap rect.cell.row-hl { stroke: #d9480f; stroke-width: 1; }
+.legend { display: flex; flex-wrap: wrap; gap: 14px; margin: 4px 0; font-size: 0.9rem; }
+.swatch { display: inline-block; width: 18px; height: 4px; vertical-align: middle; margin-right: 5px; }
+.ok { color: #207a3c; } .bad { color: #a03000; }
+footer { border-top: 1px solid var(--line); color: var(--muted); margin-top: 10px; }
+"""
+
+# Only textContent, setAttribute and DOM nodes: never innerHTML, never a string built into markup.
+_SCRIPT = r"""
+"use strict";
+(function () {
+  const R = JSON.parse(document.getElementById("report").textContent);
+  const SVG = "http://www.w3.org/2000/svg";
+  const L = R.model.layers, H = R.model.heads, W = R.tokens.length;
+  const FOCUS = R.focus.index;
+  const PALETTE = ["#1f5fbf", "#d9480f", "#2f9e44", "#ae3ec9", "#e8590c", "#0c8599"];
+  const state = { layer: R.walkthrough.layer, head: R.walkthrough.head, source: FOCUS, pinned: FOCUS,
+                  role: "previous", focusMode: "mean" };
+
+  // ---- helpers ----
+  function el(tag, attrs, text) {
+    const node = document.createElement(tag);
+    if (attrs) for (const k of Object.keys(attrs)) node.setAttribute(k, String(attrs[k]));
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    if (attrs) for (const k of Object.keys(attrs)) node.setAttribute(k, String(attrs[k]));
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+  const CONTROLS = /[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]/g;
+  function visible(text) {
+    return String(text).replace(CONTROLS, function (c) {
+      return "\u27e8U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e9";
+    });
+  }
+  function fmt(x, digits) {
+    if (x === null || x === undefined || Number.isNaN(x)) return "–";
+    return Number(x).toFixed(digits === undefined ? 3 : digits);
+  }
+  function pct(x) { return (x === null || x === undefined) ? "–" : (100 * x).toFixed(1) + "%"; }
+  // white -> blue, t in [0, 1]
+  function shade(t) {
+    t = Math.max(0, Math.min(1, Number(t) || 0));
+    const a = [255, 255, 255], b = [16, 70, 160];
+    const c = a.map(function (v, i) { return Math.round(v + (b[i] - v) * Math.sqrt(t)); });
+    return "rgb(" + c[0] + "," + c[1] + "," + c[2] + ")";
+  }
+  function inkOn(t) { return Math.sqrt(Math.max(0, Math.min(1, Number(t) || 0))) > 0.55 ? "#ffffff" : "#1d2433"; }
+  function paint(node, t) {
+    node.style.backgroundColor = shade(t);
+    node.style.color = inkOn(t);
+  }
+  function bar(value, full, alt) {
+    const width = full > 0 ? Math.max(0, Math.min(1, value / full)) * 120 : 0;
+    return el("span", { class: alt ? "bar alt" : "bar", style: "width:" + width.toFixed(1) + "px" });
+  }
+  function row(cells, cls) {
+    const tr = el("tr", cls ? { class: cls } : null);
+    for (const c of cells) tr.appendChild(c);
+    return tr;
+  }
+  function th(text, cls) { return el("th", cls ? { class: cls, scope: "col" } : { scope: "col" }, text); }
+  function td(text, cls) { return el("td", cls ? { class: cls } : null, text); }
+  function tokenLabel(i) { return visible(R.tokens[i]); }
+  function shortLabel(i) { const t = tokenLabel(i); return t.length > 14 ? t.slice(0, 13) + "…" : t; }
+  function maxOf(list) { let m = 0; for (const v of list) if (v !== null && v > m) m = v; return m; }
+  function parked(i) { return R.kinds[i] === "special" || R.kinds[i] === "punctuation"; }
+
+  // ---- controls ----
+  const layerSelect = document.getElementById("layer-select");
+  for (let l = 0; l < L; l++) layerSelect.appendChild(el("option", { value: l }, "layer " + l));
+  layerSelect.addEventListener("change", function () { select(Number(layerSelect.value), state.head); });
+  const headBox = document.getElementById("head-buttons");
+  const headButtons = [];
+  for (let h = 0; h < H; h++) {
+    const b = el("button", { type: "button", class: "head-btn", id: "head-btn-" + h, "data-head": h,
+                             "data-layer": state.layer, "aria-pressed": "false", title: "head " + h }, h);
+    b.addEventListener("click", function () { select(state.layer, h); });
+    headBox.appendChild(b);
+    headButtons.push(b);
+  }
+
+  function select(layer, head) {
+    state.layer = layer; state.head = head;
+    layerSelect.value = String(layer);
+    headButtons.forEach(function (b, h) {
+      b.setAttribute("data-layer", layer);
+      b.setAttribute("aria-pressed", h === head ? "true" : "false");
+    });
+    document.getElementById("current-head").textContent = "showing layer " + layer + ", head " + head;
+    drawTokens(); drawHeatmap(); drawSummary(); drawFocus(); markGrids();
+  }
+
+  // ---- 1. tokens ----
+  const tokenBox = document.getElementById("tokens");
+  const tokenSpans = [];
+  for (let i = 0; i < W; i++) {
+    const s = el("span", { class: "tok kind-" + R.kinds[i] + (i === FOCUS ? " focus" : ""), "data-index": i,
+                           tabindex: 0, role: "button" }, tokenLabel(i));
+    s.addEventListener("mouseenter", function () { state.source = i; drawTokens(); highlightRow(); });
+    s.addEventListener("focus", function () { state.source = i; drawTokens(); highlightRow(); });
+    s.addEventListener("mouseleave", function () { state.source = state.pinned; drawTokens(); highlightRow(); });
+    s.addEventListener("click", function () { state.pinned = i; state.source = i; drawTokens(); highlightRow(); });
+    tokenBox.appendChild(s);
+    tokenSpans.push(s);
+  }
+  function drawTokens() {
+    // Long inputs keep no (W, W) matrices: only the focus word's own attention rows.
+    const weights = R.attention ? R.attention[state.layer][state.head][state.source]
+      : R.focus_attention[state.layer][state.head];
+    if (!R.attention) state.source = FOCUS;
+    const full = maxOf(weights);
+    tokenSpans.forEach(function (s, j) {
+      s.setAttribute("data-weight", fmt(weights[j], 4));
+      s.setAttribute("title", tokenLabel(state.source) + " → " + tokenLabel(j) + ": " + fmt(weights[j], 3));
+      s.classList.toggle("source", j === state.source);
+      if (j === state.source) { s.style.backgroundColor = "#fff4d6"; s.style.color = ""; }
+      else paint(s, full > 0 ? weights[j] / full : 0);
+    });
+    const order = weights.map(function (w, j) { return [w, j]; })
+      .filter(function (p) { return p[1] !== state.source; })
+      .sort(function (a, b) { return b[0] - a[0]; }).slice(0, 3);
+    document.getElementById("token-caption").textContent = "“" + tokenLabel(state.source) + "” in layer " +
+      state.layer + ", head " + state.head + " looks most at: " +
+      order.map(function (p) { return "“" + tokenLabel(p[1]) + "” " + fmt(p[0], 2); }).join(", ");
+  }
+
+  // ---- 2. heatmap ----
+  const hasMatrices = Boolean(R.attention);
+  const cell = Math.max(6, Math.min(30, Math.floor(520 / W)));
+  const showLabels = W <= 80;
+  const pad = showLabels ? 92 : 10;
+  const hm = svg("svg", { id: "heatmap", role: "img", width: pad + W * cell + 4, height: pad + W * cell + 4,
+                          "aria-label": "attention heatmap of the selected head" });
+  const hmCells = [];
+  for (let i = 0; hasMatrices && i < W; i++) {
+    hmCells.push([]);
+    for (let j = 0; j < W; j++) {
+      const r = svg("rect", { class: "cell", x: pad + j * cell, y: pad + i * cell, width: cell, height: cell,
+                               "data-row": i, "data-col": j });
+      r.appendChild(svg("title"));
+      hm.appendChild(r);
+      hmCells[i].push(r);
+    }
+    if (showLabels) {
+      const fs = Math.min(12, cell - 1);
+      hm.appendChild(svg("text", { class: "lbl", x: pad - 4, y: pad + i * cell + cell / 2 + fs / 3,
+                                    "text-anchor": "end", "font-size": fs, "font-weight": i === FOCUS ? 700 : 400 },
+                         shortLabel(i)));
+      hm.appendChild(svg("text", { class: "lbl", x: 0, y: 0, "text-anchor": "start", "font-size": fs,
+                                    "font-weight": i === FOCUS ? 700 : 400,
+                                    transform: "translate(" + (pad + i * cell + cell / 2 + fs / 3) + "," + (pad - 4) +
+                                      ") rotate(-90)" }, shortLabel(i)));
+    }
+  }
+  if (showLabels && hasMatrices) {
+    hm.appendChild(svg("text", { x: 2, y: 14, "font-size": 11, fill: "#5b6475" }, "query ↓"));
+    hm.appendChild(svg("text", { x: 2, y: 30, "font-size": 11, fill: "#5b6475" }, "key →"));
+  }
+  document.getElementById("heatmap-box").appendChild(hasMatrices ? hm : el("p", { class: "help" },
+    "This input is long: the report keeps the focus word's attention and streamed statistics " +
+    "rather than every head's full matrix, so there is no heatmap."));
+  function drawHeatmap() {
+    if (!hasMatrices) return;
+    const A = R.attention[state.layer][state.head];
+    for (let i = 0; i < W; i++) for (let j = 0; j < W; j++) {
+      const r = hmCells[i][j], w = A[i][j];
+      r.setAttribute("fill", shade(w));
+      r.setAttribute("data-weight", fmt(w, 4));
+      r.firstChild.textContent = tokenLabel(i) + " → " + tokenLabel(j) + ": " + fmt(w, 3);
+    }
+    hm.setAttribute("data-layer", state.layer);
+    hm.setAttribute("data-head", state.head);
+    highlightRow();
+  }
+  function highlightRow() {
+    for (let i = 0; hasMatrices && i < W; i++) for (let j = 0; j < W; j++)
+      hmCells[i][j].classList.toggle("row-hl", i === state.source);
+  }
+  function drawSummary() {
+    const box = document.getElementById("head-summary");
+    box.replaceChildren();
+    const s = R.heads[state.layer * H + state.head];
+    box.appendChild(el("h3", null, "Layer " + state.layer + ", head " + state.head + ": the focus word “" +
+                                   visible(R.focus.token) + "”"));
+    const dl = el("dl");
+    function item(term, text) { dl.appendChild(el("dt", null, term)); dl.appendChild(el("dd", null, text)); }
+    function pairs(list) {
+      return list.map(function (p) { return "“" + visible(p[0]) + "” " + fmt(p[1], 2); }).join(", ") || "–";
+    }
+    if (s) {
+      item("looks most at", pairs(s.top));
+      item("among content (without [CLS], [SEP], punctuation)", pairs(s.top_content));
+      item("share to [CLS], [SEP] and punctuation", pct(s.parked_share));
+      item("entropy (nats; 0 = one word, ln W = uniform)", fmt(s.entropy, 2) + " of " + fmt(Math.log(W), 2));
+    }
+    item("importance (ablation)", fmt(R.ablation[state.layer][state.head], 4));
+    box.appendChild(dl);
+  }
+
+  // ---- 3. walkthrough ----
+  (function () {
+    const wt = R.walkthrough;
+    const N = wt.weights.length;
+    const pieces = R.pieces || [];
+    document.getElementById("walkthrough-info").textContent = "Layer " + wt.layer + ", head " + wt.head +
+      ": the query of piece “" + visible(pieces[wt.query_piece]) + "” (position " + wt.query_piece +
+      "), head dimension d = " + wt.query.length + ", scale 1/√d = " + fmt(wt.scale, 4) + ".";
+    document.getElementById("walkthrough-select").addEventListener("click", function () {
+      select(wt.layer, wt.head);
+      document.getElementById("heatmap-section").scrollIntoView();
+    });
+    const table = document.getElementById("walkthrough-table");
+    table.appendChild(row([th("#"), th("key piece", "text"), th("query · key"), th("× 1/√d = score"),
+                           th("softmax weight"), th("", "text")]));
+    const full = maxOf(wt.weights);
+    for (let j = 0; j < N; j++) {
+      const b = td(null, "barcell"); b.appendChild(bar(wt.weights[j], full));
+      table.appendChild(row([td(j, "num"), td(visible(pieces[j] === undefined ? "?" : pieces[j]), "text"),
+                             td(fmt(wt.dot[j], 3), "num"), td(fmt(wt.scores[j], 3), "num"),
+                             td(fmt(wt.weights[j], 4), "num"), b], j === wt.query_piece ? "hl" : null));
+    }
+    const sum = wt.weights.reduce(function (a, b) { return a + (b || 0); }, 0);
+    table.appendChild(row([td(""), td("sum", "text"), td(""), td(""), td(fmt(sum, 4), "num"), td("")]));
+    const box = document.getElementById("walkthrough-vectors");
+    function vec(v) { return "[" + v.slice(0, 8).map(function (x) { return fmt(x, 2); }).join(", ") +
+                             (v.length > 8 ? ", …" : "") + "]"; }
+    box.appendChild(el("span", null, "query = " + vec(wt.query)));
+    box.appendChild(el("br"));
+    box.appendChild(el("span", null, "output = Σ weight × value = " + vec(wt.output)));
+    box.appendChild(el("br"));
+    box.appendChild(el("span", { class: wt.matches_model ? "ok" : "bad" },
+      (wt.matches_model ? "✓ matches the model's own output (max difference "
+                        : "✗ differs from the model's own output (max difference ") +
+        Number(wt.max_difference).toExponential(1) + ")"));
+  })();
+
+  // ---- 4. focus attention per layer ----
+  const focusMode = document.getElementById("focus-mode");
+  focusMode.addEventListener("change", function () { state.focusMode = focusMode.value; drawFocus(); });
+  function focusRow(l) {
+    const rows = R.focus_attention[l];
+    if (state.focusMode === "head") return rows[state.head];
+    const out = new Array(W).fill(0);
+    for (let h = 0; h < H; h++) for (let j = 0; j < W; j++) out[j] += (rows[h][j] || 0) / H;
+    return out;
+  }
+  function drawFocus() {
+    const all = document.getElementById("focus-table"), content = document.getElementById("focus-content-table");
+    all.replaceChildren(); content.replaceChildren();
+    const kept = [];
+    for (let j = 0; j < W; j++) if (!parked(j)) kept.push(j);
+    const label = state.focusMode === "head" ? "head " + state.head : "mean of heads";
+    const head1 = [th(label, "text")], head2 = [th(label, "text")];
+    for (let j = 0; j < W; j++) head1.push(th(tokenLabel(j)));
+    head1.push(th("to [CLS]/[SEP]/punct."));
+    for (const j of kept) head2.push(th(tokenLabel(j)));
+    all.appendChild(row(head1)); content.appendChild(row(head2));
+    for (let l = 0; l < L; l++) {
+      const w = focusRow(l);
+      let share = 0;
+      for (let j = 0; j < W; j++) if (parked(j)) share += w[j];
+      const r1 = [td("layer " + l, "text")], r2 = [td("layer " + l, "text")];
+      for (let j = 0; j < W; j++) { const c = td(fmt(w[j], 2), "shade num"); paint(c, w[j]); r1.push(c); }
+      const sc = td(pct(share), "num"); r1.push(sc);
+      const rest = 1 - share;
+      for (const j of kept) {
+        const v = rest > 1e-9 ? w[j] / rest : 0;
+        const c = td(fmt(v, 2), "shade num"); paint(c, v); r2.push(c);
+      }
+      all.appendChild(row(r1, l === state.layer ? "hl" : null));
+      content.appendChild(row(r2, l === state.layer ? "hl" : null));
+    }
+  }
+
+  // ---- 5. senses ----
+  (function () {
+    const box = document.getElementById("senses-box");
+    const S = R.senses;
+    if (!S || !S.cosine || !S.cosine.length) {
+      box.appendChild(el("p", { class: "help" }, "No sense prototypes for “" + visible(R.focus.token) +
+        "”: pass senses=... to explain() to see this view."));
+      return;
+    }
+    const names = S.names, rows = S.cosine, n = rows.length;
+    const series = names.map(function (name, s) {
+      return { name: name, values: rows.map(function (r) { return r[s]; }) };
+    });
+    if (S.contrast_cosine) {
+      series.push({ name: "the same word in the contrast sentence", values: S.contrast_cosine, dashed: true });
+    }
+    let lo = Infinity, hi = -Infinity;
+    for (const s of series) for (const v of s.values) if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    if (!(hi > lo)) { lo -= 0.05; hi += 0.05; }
+    const margin = (hi - lo) * 0.08; lo -= margin; hi += margin;
+    const Wp = 620, Hp = 300, left = 56, right = 16, top = 14, bottom = 40;
+    const x = function (i) { return left + (n > 1 ? i / (n - 1) : 0.5) * (Wp - left - right); };
+    const y = function (v) { return top + (hi - v) / (hi - lo) * (Hp - top - bottom); };
+    const plot = svg("svg", { id: "sense-plot", width: Wp, height: Hp, role: "img",
+                              "aria-label": "cosine to each sense by layer" });
+    for (let k = 0; k <= 4; k++) {
+      const v = lo + (hi - lo) * k / 4;
+      plot.appendChild(svg("line", { x1: left, x2: Wp - right, y1: y(v), y2: y(v), stroke: "#e3e7ee" }));
+      plot.appendChild(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#5b6475" },
+                           v.toFixed(2)));
+    }
+    for (let i = 0; i < n; i++) {
+      plot.appendChild(svg("text", { x: x(i), y: Hp - bottom + 16, "text-anchor": "middle", "font-size": 11,
+                                     fill: "#5b6475" }, i === 0 ? "emb" : i));
+    }
+    plot.appendChild(svg("text", { x: (left + Wp - right) / 2, y: Hp - 4, "text-anchor": "middle", "font-size": 12,
+                                   fill: "#5b6475" }, "layer"));
+    const mid = top + (Hp - top - bottom) / 2;
+    plot.appendChild(svg("text", { x: 12, y: mid, "text-anchor": "middle", "font-size": 12, fill: "#5b6475",
+                                   transform: "rotate(-90 12 " + mid + ")" }, "cosine"));
+    const legend = el("div", { class: "legend" });
+    series.forEach(function (s, k) {
+      const colour = s.dashed ? "#868e96" : PALETTE[k % PALETTE.length];
+      const pts = [];
+      s.values.forEach(function (v, i) { if (v !== null) pts.push(x(i).toFixed(1) + "," + y(v).toFixed(1)); });
+      const line = svg("polyline", { class: "sense-line", "data-sense": s.name, points: pts.join(" "), fill: "none",
+                                     stroke: colour, "stroke-width": 2.5 });
+      if (s.dashed) line.setAttribute("stroke-dasharray", "6 4");
+      plot.appendChild(line);
+      s.values.forEach(function (v, i) {
+        if (v === null) return;
+        const dot = svg("circle", { cx: x(i), cy: y(v), r: 3.5, fill: colour });
+        dot.appendChild(svg("title", null, visible(s.name) + ", layer " + i + ": " + fmt(v, 3)));
+        plot.appendChild(dot);
+      });
+      const item = el("span");
+      item.appendChild(el("span", { class: "swatch", style: "background:" + colour }));
+      item.appendChild(document.createTextNode(visible(s.name)));
+      legend.appendChild(item);
+    });
+    box.appendChild(legend);
+    box.appendChild(plot);
+    if (S.predicted) {
+      box.appendChild(el("p", { class: "caption" }, "Nearest sense by layer: " + S.predicted.map(function (p, i) {
+        return (i === 0 ? "emb" : i) + " " + visible(p); }).join(" · ")));
+    }
+    if (S.contrast_sentence) {
+      box.appendChild(el("p", { class: "caption" }, "Contrast sentence: “" + visible(S.contrast_sentence) + "”"));
+    }
+  })();
+
+  // ---- 6. rollout and flow ----
+  (function () {
+    const table = document.getElementById("rollout-table");
+    const roll = R.rollout || [], flow = R.flow;
+    table.appendChild(row([th("token", "text"), th("rollout"), th("", "text"),
+                           th(flow ? "flow" : "flow (too long to compute)"), th("", "text")]));
+    const fr = maxOf(roll), ff = flow ? maxOf(flow) : 0;
+    for (let j = 0; j < W; j++) {
+      const b1 = td(null, "barcell"); b1.appendChild(bar(roll[j], fr));
+      const b2 = td(null, "barcell"); if (flow) b2.appendChild(bar(flow[j], ff, true));
+      table.appendChild(row([td(tokenLabel(j), "text"), td(fmt(roll[j], 3), "num"), b1,
+                             td(flow ? fmt(flow[j], 3) : "–", "num"), b2], j === FOCUS ? "hl" : null));
+    }
+    const last = R.last_layer;
+    if (last) {
+      document.getElementById("last-layer").textContent = "Last layer, mean of heads: " + pct(last.parked_share) +
+        " of the focus word's attention goes to [CLS], [SEP] and punctuation; among the rest it looks most at " +
+        (last.top_content || []).map(function (t) {
+          return "“" + visible(t.token) + "” " + fmt(t.weight, 2);
+        }).join(", ") + ".";
+    }
+  })();
+
+  // ---- 7. ablation and roles ----
+  const gridCells = [];
+  function grid(tableId, values, full, name, digits) {
+    const table = document.getElementById(tableId);
+    table.replaceChildren();
+    const header = [el("th")];
+    for (let h = 0; h < H; h++) header.push(el("th", { scope: "col" }, h));
+    table.appendChild(row(header));
+    for (let l = 0; l < L; l++) {
+      const cells = [el("th", { scope: "row" }, "L" + l)];
+      for (let h = 0; h < H; h++) {
+        const v = values[l][h];
+        const c = el("td", { "data-layer": l, "data-head": h, "data-value": fmt(v, 4),
+                             title: name + ", layer " + l + ", head " + h + ": " + fmt(v, 4) }, fmt(v, digits));
+        paint(c, full > 0 ? v / full : 0);
+        c.addEventListener("click", function () { select(l, h); });
+        gridCells.push(c);
+        cells.push(c);
+      }
+      table.appendChild(row(cells));
+    }
+  }
+  function markGrids() {
+    for (const c of gridCells) {
+      if (!c.isConnected) continue;
+      c.classList.toggle("sel", Number(c.getAttribute("data-layer")) === state.layer &&
+                                Number(c.getAttribute("data-head")) === state.head);
+    }
+  }
+  let ablMax = 0;
+  for (const r of R.ablation) ablMax = Math.max(ablMax, maxOf(r));
+  grid("ablation-grid", R.ablation, ablMax, "importance", 3);
+  const roleSelect = document.getElementById("role-select");
+  const roles = Object.keys(R.head_roles || {});
+  for (const name of roles) roleSelect.appendChild(el("option", { value: name }, name));
+  function drawRoles() {
+    if (!roles.length) return;
+    grid("roles-grid", R.head_roles[state.role], 1, state.role, 2);
+    markGrids();
+  }
+  if (roles.length) {
+    state.role = roles.indexOf("previous") >= 0 ? "previous" : roles[0];
+    roleSelect.value = state.role;
+  }
+  roleSelect.addEventListener("change", function () { state.role = roleSelect.value; drawRoles(); });
+  drawRoles();
+
+  // ---- 8. initial vectors ----
+  (function () {
+    const iv = R.initial_vectors;
+    const table = document.getElementById("vectors-table");
+    if (!iv) return;
+    const dims = (iv.first_dims && iv.first_dims[0]) ? iv.first_dims[0].length : 0;
+    const header = [th("token", "text"), th("norm"), th("", "text")];
+    for (let d = 0; d < dims; d++) header.push(th("x" + d));
+    table.appendChild(row(header));
+    const full = maxOf(iv.norm);
+    for (let j = 0; j < W; j++) {
+      const b = td(null, "barcell"); b.appendChild(bar(iv.norm[j], full));
+      const cells = [td(tokenLabel(j), "text"), td(fmt(iv.norm[j], 2), "num"), b];
+      for (let d = 0; d < dims; d++) cells.push(td(fmt(iv.first_dims[j][d], 2), "num"));
+      table.appendChild(row(cells, j === FOCUS ? "hl" : null));
+    }
+  })();
+
+  select(state.layer, state.head);
+  document.body.setAttribute("data-ready", "true");
+})();
+"""

