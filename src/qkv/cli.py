@@ -237,6 +237,96 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wsd(args: argparse.Namespace) -> int:
+    """Run ``qkv wsd``: sense disambiguation per layer, table, JSON and plot."""
+    import json
+
+    from rich.progress import Progress
+
+    from qkv.inspect.wsd import plot_wsd, read_dataset, run_wsd
+
+    try:
+        dataset = read_dataset(args.data, args.words.split(",") if args.words else None)
+        model, tokenizer = qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"qkv wsd: error: {err}", file=sys.stderr)
+        return 2
+    console = Console(width=100)
+    with Progress(console=console, transient=True) as progress:
+        result = run_wsd(model, tokenizer, dataset, method=args.method, batch_size=args.batch_size,
+                         progress=progress)
+    layers = result["layers"]
+    table = Table(title=f"word-sense disambiguation, {args.method}, {model.name}: F1 (%) averaged over "
+                        f"{len(dataset)} words")
+    table.add_column("layer")
+    table.add_column("micro-F1", justify="right")
+    table.add_column("macro-F1", justify="right")
+    for layer in layers:
+        label = "0 (embeddings)" if layer == "0" else ("last 4 summed" if layer == "last4" else layer)
+        scores = result["average"][layer]
+        table.add_row(label, f"{scores['micro_f1']:.1f}", f"{scores['macro_f1']:.1f}")
+    table.add_row("most frequent sense", f"{result['mfs']['micro_f1']:.1f}", f"{result['mfs']['macro_f1']:.1f}",
+                  style="dim")
+    console.print(table)
+    per_word = Table(title="micro-F1 per word and layer")
+    per_word.add_column("word")
+    for layer in layers:
+        per_word.add_column(layer, justify="right")
+    per_word.add_column("MFS", justify="right")
+    for word, scores in result["words"].items():
+        per_word.add_row(word, *[f"{scores[layer]['micro_f1']:.1f}" for layer in layers],
+                         f"{scores['mfs']['micro_f1']:.1f}")
+    console.print(per_word)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        console.print(f"wrote {args.json}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        plot_wsd(result, Path(args.out) / f"wsd_{args.method}.png")
+        console.print(f"wrote {Path(args.out) / f'wsd_{args.method}.png'}")
+    return 0
+
+
+def _contextuality(args: argparse.Namespace) -> int:
+    """Run ``qkv contextuality``: Ethayarajh's measures per layer, table, JSON and plot."""
+    import json
+
+    from rich.progress import Progress
+
+    from qkv.inspect.contextuality import contextuality, plot_contextuality
+    from qkv.inspect.wsd import read_dataset
+
+    try:
+        dataset = read_dataset(args.data)
+        model, tokenizer = qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"qkv contextuality: error: {err}", file=sys.stderr)
+        return 2
+    console = Console(width=100)
+    with Progress(console=console, transient=True) as progress:
+        total = sum(min(args.max_sentences, len(w.train) + len(w.test)) for w in dataset)
+        task = progress.add_task("contextuality", total=total)
+        result = contextuality(model, tokenizer, dataset, max_sentences_per_word=args.max_sentences,
+                               on_batch=lambda n: progress.advance(task, n))
+    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {model.name}, {result['sentences']} sentences")
+    columns = ["self_similarity", "intra_similarity", "anisotropy", "adjusted_self_similarity",
+               "adjusted_intra_similarity"]
+    table.add_column("layer")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for i, layer in enumerate(result["layers"]):
+        table.add_row("0 (embeddings)" if layer == "0" else layer, *[f"{result[c][i]:.3f}" for c in columns])
+    console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        console.print(f"wrote {args.json}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        plot_contextuality(result, Path(args.out) / "contextuality.png")
+        console.print(f"wrote {Path(args.out) / 'contextuality.png'}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -280,6 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
 
+    wsd = sub.add_parser("wsd", help="word-sense disambiguation from each layer's vectors (CoarseWSD-20 format)")
+    wsd.add_argument("--data", required=True, help="folder with one CoarseWSD-20 folder per word")
+    wsd.add_argument("--model", default="minilm", help="'minilm' or a local BERT folder")
+    wsd.add_argument("--method", choices=["1nn", "probe"], default="1nn",
+                     help="1nn: nearest sense centroid by cosine (default); probe: logistic regression")
+    wsd.add_argument("--words", default=None, help="comma-separated subset of the words")
+    wsd.add_argument("--batch-size", type=_positive_int, default=32)
+    wsd.add_argument("--json", default=None, metavar="PATH", help="write the scores as JSON")
+    wsd.add_argument("--out", default=None, metavar="DIR", help="write a PNG of F1 against layer")
+
+    context = sub.add_parser("contextuality", help="self-similarity, intra-sentence similarity and anisotropy "
+                                                   "per layer (Ethayarajh, 2019)")
+    context.add_argument("--data", required=True, help="folder with one CoarseWSD-20 folder per word")
+    context.add_argument("--model", default="minilm", help="'minilm' or a local BERT folder")
+    context.add_argument("--max-sentences", type=_positive_int, default=200, help="sentences sampled per word")
+    context.add_argument("--json", default=None, metavar="PATH", help="write the measures as JSON")
+    context.add_argument("--out", default=None, metavar="DIR", help="write a PNG plot")
+
     sub.add_parser("bench", help="attention benchmarks (arguments go to qkv.bench)",
                    add_help=False)
     return parser
@@ -302,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         return _explain(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "wsd":
+        return _wsd(args)
+    if args.command == "contextuality":
+        return _contextuality(args)
     parser.print_help(sys.stderr)
     return 2
 

@@ -35,7 +35,7 @@ DEFAULT_FOCUS = "bank"
 LONG_INPUT = 512  # longer inputs get streamed top-k views instead of (N, N) matrices
 MAX_MATRIX_WORDS = 128  # beyond this the report leaves out every head's (W, W) matrix (heatmaps)
 # Function words: the default head is the one where the focus attends most to the rest.
-STOPWORDS = frozenset((  # noqa: SIM905 (a word list reads best as text)
+STOPWORDS = frozenset((
     "a an the and or but if of at by for with about to from in on into onto over under up down out off "
     "is am are was were be been being have has had do does did will would can could should may might must "
     "i me my mine you your yours he him his she her hers it its we us our ours they them their theirs "
