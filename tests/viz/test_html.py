@@ -11,8 +11,6 @@ import pytest
 
 from qkv.viz.html import json_for_script, render_html, show_controls
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 HOSTILE = 'She said "><script>alert(1)</script> & \'hi\' \u202e at the bank.'
 
 
@@ -37,22 +35,6 @@ def hostile_report(model_and_tokenizer):
     from qkv.inspect.explain import explain
 
     return explain(*model_and_tokenizer, HOSTILE, "bank")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("browser tests need the Python package playwright")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class Watched:
