@@ -248,9 +248,22 @@ def _load_data_and_model(command: str, args: argparse.Namespace, words: list[str
         return None
 
 
+def _save_outputs(console: Console, args: argparse.Namespace, result: dict, plot, filename: str) -> None:
+    """Write ``result`` as JSON to ``--json`` and its plot to ``--out``/``filename`` when asked."""
+    import json
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        console.print(f"wrote {args.json}")
+    if args.out:
+        path = Path(args.out) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, path)
+        console.print(f"wrote {path}")
+
+
 def _wsd(args: argparse.Namespace) -> int:
     """Run ``qkv wsd``: sense disambiguation per layer, table, JSON and plot."""
-    import json
 
     from rich.progress import Progress
 
@@ -286,19 +299,12 @@ def _wsd(args: argparse.Namespace) -> int:
         per_word.add_row(word, *[f"{scores[layer]['micro_f1']:.1f}" for layer in layers],
                          f"{scores['mfs']['micro_f1']:.1f}")
     console.print(per_word)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        console.print(f"wrote {args.json}")
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        plot_wsd(result, Path(args.out) / f"wsd_{args.method}.png")
-        console.print(f"wrote {Path(args.out) / f'wsd_{args.method}.png'}")
+    _save_outputs(console, args, result, plot_wsd, f"wsd_{args.method}.png")
     return 0
 
 
 def _contextuality(args: argparse.Namespace) -> int:
     """Run ``qkv contextuality``: Ethayarajh's measures per layer, table, JSON and plot."""
-    import json
 
     from rich.progress import Progress
 
@@ -323,13 +329,7 @@ def _contextuality(args: argparse.Namespace) -> int:
     for i, layer in enumerate(result["layers"]):
         table.add_row("0 (embeddings)" if layer == "0" else layer, *[f"{result[c][i]:.3f}" for c in columns])
     console.print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        console.print(f"wrote {args.json}")
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        plot_contextuality(result, Path(args.out) / "contextuality.png")
-        console.print(f"wrote {Path(args.out) / 'contextuality.png'}")
+    _save_outputs(console, args, result, plot_contextuality, "contextuality.png")
     return 0
 
 

@@ -21,9 +21,13 @@ def max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None)
     return (a.float() - b.float()).abs().max().item()
 
 
-def compare_encoder(folder, padding_side: str) -> None:
+def compare_with_transformers(folder, kind: str, padding_side: str):
+    """Run ours and transformers on SENTENCES; check hidden states and attention weights.
+
+    Returns (ours, theirs, real-token mask) for family-specific checks.
+    """
     model, tokenizer = qkv.load(folder)
-    theirs = hf_model(folder, "bert")
+    theirs = hf_model(folder, kind)
     batch = tokenizer(SENTENCES, padding_side=padding_side)
     with torch.no_grad():
         expected = theirs(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
@@ -36,6 +40,11 @@ def compare_encoder(folder, padding_side: str) -> None:
     for layer, reference in enumerate(expected.attentions):
         ours = cache[f"blocks.{layer}.attn.weights"]
         assert max_diff(ours, reference, real[:, None, :, None].expand_as(ours)) < 1e-6, f"weights {layer}"
+    return output, expected, real
+
+
+def compare_encoder(folder, padding_side: str) -> None:
+    output, expected, _ = compare_with_transformers(folder, "bert", padding_side)
     assert max_diff(output.pooler_output, expected.pooler_output) < 1e-5
 
 
@@ -66,21 +75,8 @@ def test_minilm_sentence_embeddings_match_transformers(minilm_folder):
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_tiny_gpt2_matches_transformers(tiny_gpt2_folder, padding_side):
-    model, tokenizer = qkv.load(tiny_gpt2_folder)
-    theirs = hf_model(tiny_gpt2_folder, "gpt2")
-    batch = tokenizer(SENTENCES, padding_side=padding_side)
-    with torch.no_grad():
-        expected = theirs(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
-                          output_hidden_states=True, output_attentions=True)
-    output, cache = model.run_with_cache(batch, output_hidden_states=True)
-    real = batch.attention_mask
-    for layer, (ours, reference) in enumerate(zip(output.hidden_states, expected.hidden_states)):
-        assert max_diff(ours, reference, real) < 1e-5, f"hidden state {layer}"
-    for layer, reference in enumerate(expected.attentions):
-        ours = cache[f"blocks.{layer}.attn.weights"]
-        assert max_diff(ours, reference, real[:, None, :, None].expand_as(ours)) < 1e-6, f"weights {layer}"
+    output, expected, real = compare_with_transformers(tiny_gpt2_folder, "gpt2", padding_side)
     assert max_diff(output.logits, expected.logits, real) < 1e-4
-
 
 def test_tiny_gpt2_greedy_generation_matches_transformers(tiny_gpt2_folder):
     model, tokenizer = qkv.load(tiny_gpt2_folder)
