@@ -195,6 +195,46 @@ def _check_focus(focus: object, nk: int, device: torch.device) -> Tensor | None:
     return index
 
 
+def _check_global_tokens(global_tokens: object, window: Window, nk: int) -> tuple[int, ...]:
+    """Validate ``global_tokens`` and return them as sorted, distinct key positions."""
+    if global_tokens is None:
+        return ()
+    if window is None:
+        raise ValueError(
+            "global_tokens exempt positions from the window, but window is None (every token "
+            "already sees every other); pass window=(left, right) too"
+        )
+    if isinstance(global_tokens, Tensor):
+        if global_tokens.dtype == torch.bool:
+            if global_tokens.dim() != 1 or global_tokens.shape[0] != nk:
+                raise ValueError(
+                    f"a bool global_tokens must have shape (Nk,) = ({nk},); got "
+                    f"{_shape(global_tokens)}"
+                )
+            positions = global_tokens.nonzero().flatten().tolist()
+        elif global_tokens.dtype.is_floating_point or global_tokens.dtype.is_complex:
+            raise TypeError(
+                f"global_tokens must hold integer key positions or be a (Nk,) bool tensor; got "
+                f"dtype {global_tokens.dtype}"
+            )
+        else:
+            positions = global_tokens.reshape(-1).tolist()
+    else:
+        items = [global_tokens] if isinstance(global_tokens, numbers.Integral) else global_tokens
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in items
+        ):
+            raise TypeError(
+                f"global_tokens must be an int, a sequence of ints, an integer tensor of key "
+                f"positions or a (Nk,) bool tensor; got {type(global_tokens).__name__} {global_tokens!r}"
+            )
+        positions = [int(i) for i in items]
+    bad = [p for p in positions if not 0 <= p < nk]
+    if bad:
+        raise ValueError(f"global_tokens positions must lie in 0 .. Nk-1 = {nk - 1}; got {bad}")
+    return tuple(sorted(set(positions)))
+
+
 def build_spec(
     q: object,
     k: object,
@@ -205,6 +245,7 @@ def build_spec(
     mask: object,
     key_padding_mask: object,
     scale: object,
+    global_tokens: object = None,
 ) -> tuple[MaskSpec, float]:
     """Validate a call's arguments and describe its masking once for every backend.
 
@@ -220,6 +261,8 @@ def build_spec(
         right=right,
         mask=_check_mask(mask, q, k),
         key_padding_mask=_check_key_padding(key_padding_mask, k),
+        causal=causal,
+        global_tokens=_check_global_tokens(global_tokens, window, k.shape[2]),
     )
     return spec, _check_scale(scale, q.shape[3])
 
@@ -253,7 +296,9 @@ def attention(
     mask: Tensor | None = None,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
+    global_tokens: Sequence[int] | Tensor | None = None,
     backend: str = "auto",
+    options: object | None = None,
     return_lse: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Scaled dot-product attention: each query's output is a weighted average of values.
@@ -278,8 +323,15 @@ def attention(
             Float: added to the scores (-inf hides a key).
         key_padding_mask: (B, Nk) bool, True = real token, False = padding.
         scale: multiplies q k^T; None means 1/sqrt(D).
+        global_tokens: key positions (ints, an integer tensor, or an (Nk,) bool tensor)
+            exempt from ``window``, as Longformer's and BigBird's global attention: a
+            global position sees every key and every query sees it, causality still
+            applying. Needs ``window``.
         backend: "auto" (the fastest exact backend that supports the call), or one of
-            :func:`qkv.available_backends` ("reference", "sdpa", "tiled", ...).
+            :func:`qkv.available_backends` ("reference", "sdpa", "tiled", "sliding",
+            and the approximate "linear", "performer", "nystrom", "linformer").
+        options: the backend's options object, e.g. ``PerformerOptions(features=256)``
+            for "performer" (see :mod:`qkv.attention.approximate`); None: its defaults.
         return_lse: also return the log-sum-exp of each query's scores.
 
     Returns:
@@ -299,7 +351,7 @@ def attention(
     """
     spec, scale = build_spec(
         q, k, v, causal=causal, window=window, mask=mask,
-        key_padding_mask=key_padding_mask, scale=scale,
+        key_padding_mask=key_padding_mask, scale=scale, global_tokens=global_tokens,
     )
     return_lse = _check_flag("return_lse", return_lse)
     if not isinstance(backend, str):
@@ -315,12 +367,19 @@ def attention(
         causal=causal,
         window=window is not None,
         device=q.device.type,
+        global_tokens=bool(spec.global_tokens),
     )
+    if backend == "auto" and options is not None:
+        raise ValueError(
+            f"options ({type(options).__name__}) belong to one backend; name it with backend=... "
+            f"rather than 'auto'"
+        )
     chosen = resolve_backend(backend, needs)
+    chosen.check_options(options)
     if spec.nq == 0 or spec.nk == 0:
         return _empty_result(q, v, return_lse)
     k, v = zero_unread_keys(k, v, spec)
-    return chosen.fn(q, k, v, spec, scale, return_lse)
+    return chosen.call(q, k, v, spec, scale, return_lse, options)
 
 
 def _empty_result(q: Tensor, v: Tensor, return_lse: bool) -> Tensor | tuple[Tensor, Tensor]:
@@ -342,6 +401,7 @@ def attention_weights(
     mask: Tensor | None = None,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
+    global_tokens: Sequence[int] | Tensor | None = None,
 ) -> Tensor:
     """The attention probabilities, materialised: fine for short sequences.
 
@@ -358,7 +418,7 @@ def attention_weights(
     """
     spec, scale = build_spec(
         q, k, None, causal=causal, window=window, mask=mask,
-        key_padding_mask=key_padding_mask, scale=scale,
+        key_padding_mask=key_padding_mask, scale=scale, global_tokens=global_tokens,
     )
     k, _ = zero_unread_keys(k, None, spec)
     weights, _ = reference_weights(q, k, spec, scale)
@@ -374,6 +434,7 @@ def attention_stats(
     mask: Tensor | None = None,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
+    global_tokens: Sequence[int] | Tensor | None = None,
     topk: int = 8,
     focus: Sequence[int] | Tensor | None = None,
     block_size: int | tuple[int, int] = (256, 1024),
@@ -387,7 +448,7 @@ def attention_stats(
     Args:
         q: (B, Hq, Nq, D) queries.
         k: (B, Hkv, Nk, D) keys.
-        causal, window, mask, key_padding_mask, scale: as :func:`attention`.
+        causal, window, mask, key_padding_mask, scale, global_tokens: as :func:`attention`.
         topk: how many most-attended keys to keep per query (capped at Nk).
         focus: key positions (0 .. Nk-1) whose weights to report for every query.
         block_size: tile size, (query rows, keys) or one int for both; the default
@@ -400,7 +461,7 @@ def attention_stats(
     """
     spec, scale = build_spec(
         q, k, None, causal=causal, window=window, mask=mask,
-        key_padding_mask=key_padding_mask, scale=scale,
+        key_padding_mask=key_padding_mask, scale=scale, global_tokens=global_tokens,
     )
     topk = _check_positive_int("topk", topk)
     if isinstance(block_size, (tuple, list)) and len(block_size) == 2:

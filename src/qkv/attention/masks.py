@@ -11,10 +11,16 @@ Nothing is ever dropped: a backend that cannot honour a field raises before it r
 Positions. Queries are the *last* Nq of the Nk key positions, as in FlashAttention and
 a KV cache: query ``i`` sits at position ``p = i + Nk - Nq``. ``causal`` lets it see keys
 ``j <= p``; ``window=(left, right)`` lets it see ``p - left <= j <= p + right``.
+
+Global tokens (Longformer, BigBird) lift the window, not causality: a global position
+sees every key the causal rule allows, and every query the causal rule allows sees it::
+
+    visible(p, j) = causal_ok(p, j) and (in_window(p, j) or p in G or j in G)
 """
 
 from __future__ import annotations
 
+import bisect
 import numbers
 from dataclasses import dataclass
 from enum import Enum
@@ -102,6 +108,14 @@ class MaskSpec:
     right: int | None = None  # ... and keys <= p + right (None: all; 0 when causal)
     mask: Tensor | None = None  # bool or float, broadcastable to (B, Hq, Nq, Nk)
     key_padding_mask: Tensor | None = None  # (B, Nk) bool, True = real token
+    causal: bool = False  # keys after the query's position are hidden (kept apart for globals)
+    global_tokens: tuple[int, ...] = ()  # sorted key positions exempt from the window
+
+    def __post_init__(self) -> None:
+        # Globals change nothing unless a window bound goes beyond what causality hides.
+        window_binds = self.left is not None or (self.right is not None and not self.causal)
+        if self.global_tokens and not window_binds:
+            object.__setattr__(self, "global_tokens", ())
 
     # ---- what the spec contains -------------------------------------------------
     @property
@@ -113,6 +127,15 @@ class MaskSpec:
     def has_structure(self) -> bool:
         """True when causal or a window restricts the visible keys."""
         return self.left is not None or self.right is not None
+
+    def globals_in(self, start: int, end: int) -> bool:
+        """True when a global position lies in [start, end)."""
+        i = bisect.bisect_left(self.global_tokens, start)
+        return i < len(self.global_tokens) and self.global_tokens[i] < end
+
+    def global_index(self, device: torch.device) -> Tensor:
+        """The global positions as a (G,) int64 tensor."""
+        return torch.tensor(self.global_tokens, dtype=torch.long, device=device)
 
     @property
     def bool_mask(self) -> Tensor | None:
@@ -154,13 +177,27 @@ class MaskSpec:
         """
         if not self.has_structure:
             return None
-        positions = torch.arange(q_start, q_end, device=device)[:, None] + self.offset
-        keys = torch.arange(k_start, k_end, device=device)[None, :]
-        visible = torch.ones(q_end - q_start, k_end - k_start, dtype=torch.bool, device=device)
+        positions = torch.arange(q_start + self.offset, q_end + self.offset, device=device)
+        return self.pair_structure(positions, torch.arange(k_start, k_end, device=device))
+
+    def pair_structure(self, positions: Tensor, keys: Tensor) -> Tensor:
+        """Causal/window/global visibility of query ``positions`` (n,) to ``keys`` (m,): (n, m).
+
+        Positions are key positions (query ``i`` sits at ``i + offset``); keys are any
+        key indices, not necessarily contiguous.
+        """
+        positions, keys = positions[:, None], keys[None, :]
+        visible = torch.ones(positions.shape[0], keys.shape[1], dtype=torch.bool, device=keys.device)
         if self.left is not None:
             visible &= keys >= positions - self.left
         if self.right is not None:
             visible &= keys <= positions + self.right
+        if self.global_tokens:
+            table = self.global_index(keys.device)
+            exempt = torch.isin(positions, table) | torch.isin(keys, table)  # (n, m)
+            if self.causal:
+                exempt &= keys <= positions
+            visible |= exempt
         return visible
 
     def block_visibility(
@@ -171,7 +208,12 @@ class MaskSpec:
         last_position = q_end - 1 + self.offset
         lowest_seen = -(10**18) if self.left is None else first_position - self.left
         highest_seen = 10**18 if self.right is None else last_position + self.right
-        if k_end - 1 < lowest_seen or k_start > highest_seen:
+        hidden = k_end - 1 < lowest_seen or k_start > highest_seen
+        if hidden and self.global_tokens:
+            exempt = self.globals_in(first_position, last_position + 1) or self.globals_in(k_start, k_end)
+            causally_hidden = self.causal and k_start > last_position
+            hidden = causally_hidden or not exempt
+        if hidden:
             return BlockVisibility.EMPTY
         always_low = -(10**18) if self.left is None else last_position - self.left
         always_high = 10**18 if self.right is None else first_position + self.right
@@ -220,9 +262,14 @@ class MaskSpec:
         if self.has_structure and self.nq > 0:
             lowest = 0 if self.left is None else self.offset - self.left
             highest = self.nk - 1 if self.right is None else self.nk - 1 + self.right
+            if self.globals_in(self.offset, self.nk):  # a global query reads every key it may
+                lowest, highest = 0, self.nk - 1
             keys = torch.arange(self.nk, device=device)
             if lowest > 0 or highest < self.nk - 1:
-                read = ((keys >= lowest) & (keys <= highest))[None, None, :]  # (1, 1, Nk)
+                window_read = (keys >= lowest) & (keys <= highest)
+                if self.global_tokens:
+                    window_read |= torch.isin(keys, self.global_index(device))
+                read = window_read[None, None, :]  # (1, 1, Nk)
         if self.bool_mask is not None:
             seen = self.bool_mask.any(dim=-2)  # (B|1, Hq|1, Nk|1)
             read = seen if read is None else read & seen

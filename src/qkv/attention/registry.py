@@ -1,6 +1,7 @@
 """Attention backends and what each can do.
 
-Every backend has the same signature, ``fn(q, k, v, spec, scale, return_lse)``, and a
+Every backend has the same signature, ``fn(q, k, v, spec, scale, return_lse)`` (plus
+``options=`` for a backend with an options type, such as Performer's feature count), and a
 :class:`Backend` record of its capabilities. :func:`check_capabilities` refuses a call
 a backend cannot honour, naming the backends that can; ``"auto"`` picks the first
 backend in preference order that supports the call. Later backends (sliding window,
@@ -38,8 +39,38 @@ class Backend:
     supports_key_padding: bool = True  # honours ``key_padding_mask=``
     supports_causal: bool = True  # honours ``causal=True``
     supports_window: bool = True  # honours ``window=``
+    supports_global_tokens: bool = True  # honours ``global_tokens=``
     devices: frozenset[str] = frozenset({"cpu", "cuda"})  # device types it runs on
     auto_rank: int | None = None  # preference for "auto" (lower first); None: never picked
+    options_type: type | None = None  # frozen dataclass of backend options; None: takes none
+    # For approximate backends: weights_fn(q, k, spec, scale, options) -> (B, Hq, Nq, Nk), the
+    # mixing matrix the backend applies to the values (small N only). None: softmax weights.
+    weights_fn: Callable[..., Tensor] | None = None
+
+    def call(
+        self, q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, return_lse: bool,
+        options: object | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Run the backend, with its default options when ``options`` is None."""
+        if self.options_type is None:
+            return self.fn(q, k, v, spec, scale, return_lse)
+        return self.fn(q, k, v, spec, scale, return_lse, options=options or self.options_type())
+
+    def check_options(self, options: object | None) -> None:
+        """Raise unless ``options`` is None or an instance of this backend's options type."""
+        if options is None:
+            return
+        if self.options_type is None:
+            takers = [b.name for b in _REGISTRY.values() if b.options_type is not None]
+            raise ValueError(
+                f"backend={self.name!r} takes no options; got {type(options).__name__}. "
+                f"Backends with options: {takers}"
+            )
+        if not isinstance(options, self.options_type):
+            raise TypeError(
+                f"options for backend={self.name!r} must be a {self.options_type.__name__}; got "
+                f"{type(options).__name__}"
+            )
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -76,6 +107,7 @@ class CallNeeds:
     causal: bool
     window: bool
     device: str
+    global_tokens: bool = False
 
     def unmet_by(self, backend: Backend) -> str | None:
         """A phrase naming the first need ``backend`` cannot meet, or None."""
@@ -88,6 +120,7 @@ class CallNeeds:
             (self.key_padding, backend.supports_key_padding, "honour key_padding_mask="),
             (self.causal, backend.supports_causal, "honour causal=True"),
             (self.window, backend.supports_window, "honour window="),
+            (self.global_tokens, backend.supports_global_tokens, "honour global_tokens="),
         ]
         for needed, supported, phrase in checks:
             if needed and not supported:

@@ -165,19 +165,39 @@ class MultiHeadAttention(nn.Module):
     def set_backend(self, backend: str, **options: object) -> None:
         """Use ``backend`` (and fixed ``qkv.attention`` options such as ``window``) from now on.
 
+        Keywords that are not ``qkv.attention`` options are fields of the backend's
+        options object: ``set_backend("performer", features=128)`` builds
+        ``PerformerOptions(features=128)`` once, here.
+
         Raises:
             ValueError: an unknown backend or option, checked now rather than at the
                 first forward.
         """
-        if backend != "auto":
-            get_backend(backend)  # raises with the list of backends
-        unknown = set(options) - ATTENTION_OPTIONS
-        if unknown:
-            raise ValueError(
-                f"unknown attention options {sorted(unknown)}; this module passes "
-                f"{sorted(ATTENTION_OPTIONS)} to qkv.attention"
-            )
-        self.backend, self.options = backend, dict(options)
+        record = None if backend == "auto" else get_backend(backend)  # raises listing backends
+        call_options = {name: value for name, value in options.items() if name in ATTENTION_OPTIONS}
+        backend_fields = {name: value for name, value in options.items() if name not in ATTENTION_OPTIONS}
+        if backend_fields:
+            options_type = None if record is None else record.options_type
+            if options_type is None:
+                raise ValueError(
+                    f"unknown attention options {sorted(backend_fields)}; backend={backend!r} takes "
+                    f"only {sorted(ATTENTION_OPTIONS)}"
+                )
+            if "options" in call_options:
+                raise ValueError(
+                    f"pass either options= or its fields {sorted(backend_fields)}, not both"
+                )
+            fields = set(inspect.signature(options_type).parameters)
+            unknown = set(backend_fields) - fields
+            if unknown:
+                raise ValueError(
+                    f"unknown options {sorted(unknown)} for backend={backend!r}; it takes "
+                    f"{sorted(ATTENTION_OPTIONS)} and the {options_type.__name__} fields {sorted(fields)}"
+                )
+            call_options["options"] = options_type(**backend_fields)
+        if record is not None:
+            record.check_options(call_options.get("options"))
+        self.backend, self.options = backend, call_options
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, d_model) -> q (B, H, N, Dh), k and v (B, Hkv, N, Dh)."""
@@ -234,15 +254,29 @@ class MultiHeadAttention(nn.Module):
     def explicit_attention(
         self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None
     ) -> Tensor:
-        """The reference steps, so hooks can see and replace the scores and the weights."""
-        window = self.options.get("window")
+        """The reference steps, so hooks can see and replace the scores and the weights.
+
+        An approximate backend has no (Nq, Nk) scores; its weights are the mixing matrix
+        it applies to the values (its ``weights_fn``), so hooks see what it computes.
+        """
         scale = self.options.get("scale", self.scale)
-        spec, scale = build_spec(q, k, v, causal=self.causal, window=window, mask=None,
-                                 key_padding_mask=key_padding_mask, scale=scale)
+        spec, scale = build_spec(q, k, v, causal=self.causal, window=self.options.get("window"),
+                                 mask=None, key_padding_mask=key_padding_mask, scale=scale,
+                                 global_tokens=self.options.get("global_tokens"))
         k, v = zero_unread_keys(k, v, spec)
-        scores = attention_scores(q, repeat_kv_heads(k, self.num_heads), scale)  # (B, H, Nq, Nk)
-        scores = self.hook_scores(mask_scores(scores, spec))
-        weights, _ = softmax_weights(scores)
+        record = None if self.backend == "auto" else get_backend(self.backend)
+        if record is not None and record.weights_fn is not None:
+            if self.hook_scores.active:
+                raise ValueError(
+                    f"backend={self.backend!r} is approximate and computes no (Nq, Nk) scores; "
+                    f"hook the weights (hook_weights) instead"
+                )
+            options = self.options.get("options") or record.options_type()
+            weights = record.weights_fn(q, k, spec, scale, options)  # (B, H, Nq, Nk)
+        else:
+            scores = attention_scores(q, repeat_kv_heads(k, self.num_heads), scale)  # (B, H, Nq, Nk)
+            scores = self.hook_scores(mask_scores(scores, spec))
+            weights, _ = softmax_weights(scores)
         weights = self.hook_weights(weights)  # (B, H, Nq, Nk)
         return torch.matmul(weights, repeat_kv_heads(v, self.num_heads))  # (B, H, Nq, Dh)
 
