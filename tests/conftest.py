@@ -7,6 +7,7 @@ import torch
 
 import qkv
 from qkv.attention.api import build_spec, zero_unread_keys
+from qkv.attention.sliding import sliding_attention
 from qkv.attention.tiled import tiled_attention
 
 # The floor under the 2x rule: a backend's error may exceed twice the error of the plain
@@ -42,10 +43,20 @@ def run_tiled(q, k, v, *, block_q: int, block_k: int, return_lse: bool = False, 
     return tiled_attention(q, k, v, spec, scale, return_lse, block_q=block_q, block_k=block_k)
 
 
-def run_backend(backend: str, q, k, v, blocks: tuple[int, int] | None = None, **kwargs):
-    """qkv.attention with ``backend``; ``blocks`` selects tiled tile sizes."""
+def run_sliding(q, k, v, *, block: int, return_lse: bool = False, **masking):
+    """The sliding backend with a chosen band block, through attention()'s validation."""
+    spec, scale = build_spec(q, k, v, **{"causal": False, "window": None, "mask": None,
+                                         "key_padding_mask": None, "scale": None, **masking})
+    k, v = zero_unread_keys(k, v, spec)
+    return sliding_attention(q, k, v, spec, scale, return_lse, block=block)
+
+
+def run_backend(backend: str, q, k, v, blocks: tuple[int, ...] | None = None, **kwargs):
+    """qkv.attention with ``backend``; ``blocks`` selects tiled tile sizes or sliding's band block."""
     if backend == "tiled" and blocks is not None:
         return run_tiled(q, k, v, block_q=blocks[0], block_k=blocks[1], **kwargs)
+    if backend == "sliding" and blocks is not None:
+        return run_sliding(q, k, v, block=blocks[0], **kwargs)
     return qkv.attention(q, k, v, backend=backend, **kwargs)
 
 

@@ -15,8 +15,9 @@ from qkv.attention.masks import MaskSpec
 from qkv.attention.registry import CallNeeds, resolve_backend
 from qkv.attention.tiled import tiles
 
-FAST = [("sdpa", None), ("tiled", None), ("tiled", (16, 24)), ("tiled", (7, 13))]
-FAST_IDS = ["sdpa", "tiled", "tiled-16x24", "tiled-7x13"]
+FAST = [("sdpa", None), ("tiled", None), ("tiled", (16, 24)), ("tiled", (7, 13)), ("sliding", None),
+        ("sliding", (5,))]
+FAST_IDS = ["sdpa", "tiled", "tiled-16x24", "tiled-7x13", "sliding", "sliding-5"]
 
 # (Nq, Nk, D, Hq, Hkv): lengths 1, 2, 17, 97, 127, 1023 with Nq != Nk both ways, head dims
 # 1, 3, 59, 64, 111 and GQA ratios 1, 2, 4.

@@ -18,6 +18,7 @@ from torch import Tensor
 from qkv.attention.masks import MaskSpec
 from qkv.attention.reference import reference_attention
 from qkv.attention.sdpa import sdpa_attention
+from qkv.attention.sliding import sliding_attention
 from qkv.attention.tiled import tiled_attention
 
 __all__ = ["Backend", "register", "get_backend", "available_backends", "resolve_backend"]
@@ -185,4 +186,12 @@ register(
         auto_rank=1,
     )
 )
-
+register(
+    Backend(
+        name="sliding",
+        fn=sliding_attention,
+        description="exact attention in a sliding window by bands of keys, O(N * w); global tokens",
+        returns_lse=True,
+        auto_rank=None,
+    )
+)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qkv.attention.masks import BlockVisibility, MaskSpec
-from qkv.attention.tiled import NEG_INF, lse_dtype, split_groups, tile_scores
+from qkv.attention.masks import MaskSpec
+from qkv.attention.tiled import NEG_INF, key_blocks, lse_dtype, split_groups, tile_scores
 
 __all__ = ["AttentionStats", "streaming_stats"]
 
@@ -97,11 +97,7 @@ def streaming_stats(
     for qs in range(0, nq, block_q):
         qe = min(qs + block_q, nq)
         q_tile = q5[..., qs:qe, :]
-        key_tiles = [
-            (ks, min(ks + block_k, nk))
-            for ks in range(0, nk, block_k)
-            if spec.block_visibility(qs, qe, ks, min(ks + block_k, nk)) is not BlockVisibility.EMPTY
-        ]
+        key_tiles = key_blocks(spec, qs, qe, block_k)
         # Pass 1: the LSE by an online max and sum, and the top-k scores.
         row_max = torch.full(grouped[:-1] + (qe - qs,), NEG_INF, dtype=dtype, device=q.device)
         row_sum = torch.zeros_like(row_max)  # (B, Hkv, G, bq)

@@ -52,6 +52,27 @@ def group_heads(t: Tensor | None, num_kv_heads: int) -> Tensor | None:
     return t.unflatten(1, (num_kv_heads, t.shape[1] // num_kv_heads))
 
 
+def key_blocks(spec: MaskSpec, q_start: int, q_end: int, block_k: int) -> list[tuple[int, int]]:
+    """(k_start, k_end) of every key block that queries q_start .. q_end - 1 may see.
+
+    Only the blocks the causal/window band touches are visited, plus the blocks holding
+    global keys (every block when a global query is among the rows), so a sliding
+    window costs O(N * w), not O(N^2), in block bookkeeping too.
+    """
+    first, last = q_start + spec.offset, q_end - 1 + spec.offset  # positions of the rows
+    low = 0 if spec.left is None else max(0, first - spec.left)
+    high = spec.nk - 1 if spec.right is None else min(spec.nk - 1, last + spec.right)
+    starts = set(range(low // block_k * block_k, high + 1, block_k)) if low <= high else set()
+    if spec.global_tokens:
+        if spec.globals_in(first, last + 1):
+            starts = set(range(0, spec.nk, block_k))
+        else:
+            starts.update(g // block_k * block_k for g in spec.global_tokens)
+    blocks = [(ks, min(ks + block_k, spec.nk)) for ks in sorted(starts)]
+    return [(ks, ke) for ks, ke in blocks
+            if spec.block_visibility(q_start, q_end, ks, ke) is not BlockVisibility.EMPTY]
+
+
 def tiles(
     spec: MaskSpec, block_q: int, block_k: int, outer: str = "q"
 ) -> Iterator[tuple[int, int, int, int]]:
@@ -59,17 +80,14 @@ def tiles(
 
     ``outer`` names the loop that changes slowest: "q" (forward) or "k" (backward).
     """
-    q_starts = range(0, spec.nq, block_q)
-    k_starts = range(0, spec.nk, block_k)
-    pairs = (
-        ((qs, ks) for qs in q_starts for ks in k_starts)
-        if outer == "q"
-        else ((qs, ks) for ks in k_starts for qs in q_starts)
-    )
-    for qs, ks in pairs:
-        qe, ke = min(qs + block_q, spec.nq), min(ks + block_k, spec.nk)
-        if spec.block_visibility(qs, qe, ks, ke) is not BlockVisibility.EMPTY:
-            yield qs, qe, ks, ke
+    pairs = [
+        (qs, min(qs + block_q, spec.nq), ks, ke)
+        for qs in range(0, spec.nq, block_q)
+        for ks, ke in key_blocks(spec, qs, min(qs + block_q, spec.nq), block_k)
+    ]
+    if outer == "k":
+        pairs.sort(key=lambda tile: (tile[2], tile[0]))
+    yield from pairs
 
 
 def tile_scores(
@@ -124,11 +142,8 @@ def tiled_forward(
         row_max = torch.full(q5.shape[:-2] + (qe - qs,), NEG_INF, dtype=q5.dtype, device=q.device)
         row_sum = torch.zeros_like(row_max)  # (B, Hkv, G, bq)
         acc = out[..., qs:qe, :]  # (B, Hkv, G, bq, Dv), accumulated in place
-        for ks in range(0, spec.nk, block_k):
-            ke = min(ks + block_k, spec.nk)
+        for ks, ke in key_blocks(spec, qs, qe, block_k):
             tile = (qs, qe, ks, ke)
-            if spec.block_visibility(*tile) is BlockVisibility.EMPTY:
-                continue
             scores = tile_scores(q5[..., qs:qe, :], k5[..., ks:ke, :], spec, tile)
             new_max = torch.maximum(row_max, scores.amax(dim=-1))  # (B, Hkv, G, bq)
             # A row that has seen only -inf keeps a finite shift, so exp never meets -inf - -inf.
