@@ -12,6 +12,10 @@ from qkv import (
 )
 from qkv.attention import (
     AttentionStats,
+    LinearOptions,
+    LinformerOptions,
+    NystromOptions,
+    PerformerOptions,
     attention,
     attention_stats,
     attention_weights,
@@ -27,6 +31,10 @@ __all__ = [
     "attention_stats",
     "AttentionStats",
     "available_backends",
+    "LinearOptions",
+    "PerformerOptions",
+    "NystromOptions",
+    "LinformerOptions",
     "load",
     "nn",
     "models",

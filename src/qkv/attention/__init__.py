@@ -1,6 +1,7 @@
 """The functional core: ``attention`` with one signature and many backends."""
 
 from qkv.attention.api import AttentionStats, attention, attention_stats, attention_weights
+from qkv.attention.approximate import LinearOptions, LinformerOptions, NystromOptions, PerformerOptions
 from qkv.attention.masks import MaskSpec
 from qkv.attention.registry import Backend, available_backends, get_backend, register
 
@@ -14,4 +15,8 @@ __all__ = [
     "available_backends",
     "get_backend",
     "register",
+    "LinearOptions",
+    "PerformerOptions",
+    "NystromOptions",
+    "LinformerOptions",
 ]

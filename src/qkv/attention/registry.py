@@ -15,6 +15,20 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from qkv.attention.approximate import (
+    LinearOptions,
+    LinformerOptions,
+    NystromOptions,
+    PerformerOptions,
+    linear_attention,
+    linear_weights,
+    linformer_attention,
+    linformer_weights,
+    nystrom_attention,
+    nystrom_weights,
+    performer_attention,
+    performer_weights,
+)
 from qkv.attention.masks import MaskSpec
 from qkv.attention.reference import reference_attention
 from qkv.attention.sdpa import sdpa_attention
@@ -193,5 +207,63 @@ register(
         description="exact attention in a sliding window by bands of keys, O(N * w); global tokens",
         returns_lse=True,
         auto_rank=None,
+    )
+)
+
+
+# Approximate backends (qkv.attention.approximate): never picked by "auto", no LSE, no
+# mask=/window=/global_tokens=; key padding always, causal where the method allows it.
+register(
+    Backend(
+        name="linear",
+        fn=linear_attention,
+        description="linear attention, phi(x) = elu(x) + 1 (Katharopoulos et al., 2020); O(N D Dv)",
+        exact=False,
+        supports_mask=False,
+        supports_window=False,
+        supports_global_tokens=False,
+        options_type=LinearOptions,
+        weights_fn=linear_weights,
+    )
+)
+register(
+    Backend(
+        name="performer",
+        fn=performer_attention,
+        description="FAVOR+ positive orthogonal random features (Choromanski et al., 2021); O(N m D)",
+        exact=False,
+        supports_mask=False,
+        supports_window=False,
+        supports_global_tokens=False,
+        options_type=PerformerOptions,
+        weights_fn=performer_weights,
+    )
+)
+register(
+    Backend(
+        name="nystrom",
+        fn=nystrom_attention,
+        description="Nystromformer: landmarks and a pseudo-inverse (Xiong et al., 2021); O(N m D), non-causal",
+        exact=False,
+        supports_mask=False,
+        supports_causal=False,
+        supports_window=False,
+        supports_global_tokens=False,
+        options_type=NystromOptions,
+        weights_fn=nystrom_weights,
+    )
+)
+register(
+    Backend(
+        name="linformer",
+        fn=linformer_attention,
+        description="Linformer: keys and values projected to k rows (Wang et al., 2020); O(N k D), non-causal",
+        exact=False,
+        supports_mask=False,
+        supports_causal=False,
+        supports_window=False,
+        supports_global_tokens=False,
+        options_type=LinformerOptions,
+        weights_fn=linformer_weights,
     )
 )
