@@ -333,6 +333,62 @@ def _contextuality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fidelity(args: argparse.Namespace) -> int:
+    """Run ``qkv fidelity``: efficient attention inside the model against the exact model."""
+    from rich.progress import Progress
+
+    from qkv.inspect.fidelity import DEFAULT_TEXT, DEFAULT_VARIANTS, fidelity, plot_fidelity, subsample
+
+    try:
+        text = Path(args.text).read_text(encoding="utf-8") if args.text else DEFAULT_TEXT
+        variants = [v for v in DEFAULT_VARIANTS if not args.backends or v.backend in args.backends.split(",")]
+        if not variants:
+            raise ValueError(f"--backends {args.backends!r} matches none of "
+                             f"{sorted({v.backend for v in DEFAULT_VARIANTS})}")
+        dataset = None
+        if args.data:
+            from qkv.inspect.wsd import read_dataset
+
+            words = args.words.split(",") if args.words else None
+            dataset = subsample(read_dataset(args.data, words), args.max_per_word)
+        model, tokenizer = qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"qkv fidelity: error: {err}", file=sys.stderr)
+        return 2
+    console = Console(width=120)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("fidelity", total=len(variants) + 1)
+
+        def on_step(message: str) -> None:
+            progress.update(task, description=f"fidelity: {message}")
+            if ":" not in message:  # the exact model and each variant; WSD sub-steps share their step
+                progress.advance(task)
+
+        result = fidelity(model, tokenizer, text, variants, dataset=dataset, on_step=on_step)
+    exact = result["exact"]
+    table = Table(title=f"{model.name}: each attention variant against the exact model, {result['tokens']} tokens"
+                        + (f"; WSD on {result['wsd_sentences']} CoarseWSD-20 sentences" if dataset else ""))
+    for column in ("variant", "token cos", "worst token cos", "sentence cos", "attention TV", "WSD F1",
+                   "ms", "speed-up"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    f1 = exact["wsd_micro_f1"]
+    table.add_row("exact", "1.0000", "1.000", "1.0000", "0.000", "-" if f1 is None else f"{f1:.1f}",
+                  f"{exact['time_ms']:.1f}", "1.00", style="bold")
+    for row in result["variants"]:
+        table.add_row(
+            row["label"], f"{row['token_cosine']:.4f}", f"{row['min_token_cosine']:.3f}",
+            f"{row['sentence_cosine']:.4f}", f"{row['attention_distance']:.3f}",
+            "-" if row["wsd_micro_f1"] is None else f"{row['wsd_micro_f1']:.1f}",
+            f"{row['time_ms']:.1f}", f"{row['speedup']:.2f}",
+        )
+    console.print(table)
+    console.print("attention TV: mean total-variation distance of each attention row to the exact one "
+                  "(0 = same, 1 = disjoint; more than 1 where a method's mixing weights are not a "
+                  "distribution). WSD F1: micro-F1 (%), last layer, 1-nearest centroid.")
+    _save_outputs(console, args, result, plot_fidelity, "fidelity.png")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -394,6 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
     context.add_argument("--json", default=None, metavar="PATH", help="write the measures as JSON")
     context.add_argument("--out", default=None, metavar="DIR", help="write a PNG plot")
 
+    fid = sub.add_parser("fidelity", help="what sliding windows and approximate attention cost inside the model")
+    fid.add_argument("--model", default="minilm", help="'minilm' or a local BERT folder")
+    fid.add_argument("--text", default=None, metavar="FILE", help="a text file to encode (default: a built-in "
+                     "paragraph of about 440 tokens)")
+    fid.add_argument("--data", default=None, metavar="DIR", help="CoarseWSD-20 folder: adds word-sense "
+                     "disambiguation F1 per variant")
+    fid.add_argument("--words", default=None, help="comma-separated subset of the words (with --data)")
+    fid.add_argument("--max-per-word", type=_positive_int, default=100,
+                     help="train sentences sampled per word, half as many test (default: 100)")
+    fid.add_argument("--backends", default=None,
+                     help="comma-separated backends to try (default: sliding,linear,performer,nystrom,linformer)")
+    fid.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
+    fid.add_argument("--out", default=None, metavar="DIR", help="write a PNG of quality against speed")
+
     sub.add_parser("bench", help="attention benchmarks (arguments go to qkv.bench)",
                    add_help=False)
     return parser
@@ -420,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         return _wsd(args)
     if args.command == "contextuality":
         return _contextuality(args)
+    if args.command == "fidelity":
+        return _fidelity(args)
     parser.print_help(sys.stderr)
     return 2
 

@@ -1,0 +1,67 @@
+"""qkv fidelity: variants measured against the exact model, through the model's own hooks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qkv.cli import main
+from qkv.inspect.fidelity import Variant, fidelity, subsample
+from qkv.inspect.wsd import read_dataset
+
+TEXT = "She deposited her check at the bank, then walked along the river bank to watch the boats go by."
+
+
+def test_an_exact_variant_measures_as_exact_and_a_narrow_window_does_not(minilm, tiny_dataset):
+    model, tokenizer = minilm
+    before = model.attention_backends()
+    variants = [
+        Variant("window wider than the text", "sliding", {"window": (600, 600)}),
+        Variant("window 1", "sliding", {"window": (1, 1)}),
+        Variant("window 1 + [CLS]", "sliding", {"window": (1, 1), "global_tokens": [0]}),
+    ]
+    dataset = read_dataset(tiny_dataset)
+    result = fidelity(model, tokenizer, TEXT, variants, dataset=dataset, repeats=1)
+    wide, narrow, with_global = result["variants"]
+    assert wide["token_cosine"] > 0.99999 and wide["sentence_cosine"] > 0.99999
+    assert wide["attention_distance"] < 1e-5
+    assert wide["wsd_micro_f1"] == result["exact"]["wsd_micro_f1"]
+    assert narrow["token_cosine"] < 0.95 and narrow["attention_distance"] > 0.3
+    # A global [CLS] gives every token one more key: closer to exact than the bare window.
+    assert with_global["attention_distance"] < narrow["attention_distance"]
+    assert result["tokens"] == len(tokenizer(TEXT).input_ids[0])
+    assert model.attention_backends() == before  # the model is left as it was
+
+
+def test_subsample_is_seeded_and_bounded(tiny_dataset):
+    dataset = read_dataset(tiny_dataset)
+    once, again = subsample(dataset, 2), subsample(dataset, 2)
+    assert [len(w.train) for w in once] == [2, 2] and [len(w.test) for w in once] == [1, 1]
+    assert [e.tokens for w in once for e in w.train] == [e.tokens for w in again for e in w.train]
+    assert subsample(dataset, None) is dataset
+
+
+def test_cli_writes_table_json_and_plot(minilm, tiny_dataset, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "figures"
+    code = main(["fidelity", "--text", str(text), "--data", str(tiny_dataset), "--backends", "sliding",
+                 "--json", str(tmp_path / "fidelity.json"), "--out", str(out)])
+    assert code == 0
+    result = json.loads((tmp_path / "fidelity.json").read_text())
+    assert {row["backend"] for row in result["variants"]} == {"sliding"}
+    assert all(0 < row["token_cosine"] <= 1.0001 and row["wsd_micro_f1"] is not None for row in result["variants"])
+    assert (out / "fidelity.png").stat().st_size > 1000
+    assert "sliding w=8" in capsys.readouterr().out
+    assert main(["fidelity", "--backends", "nonsense"]) == 2
+
+
+@pytest.mark.parametrize("backend,options", [("performer", {"features": 64}), ("nystrom", {"landmarks": 8}),
+                                             ("linformer", {"k": 8}), ("linear", {})])
+def test_approximate_variants_run_inside_the_model(minilm, backend, options):
+    model, tokenizer = minilm
+    result = fidelity(model, tokenizer, TEXT, [Variant(backend, backend, options)], repeats=1)
+    row = result["variants"][0]
+    assert -1 <= row["token_cosine"] <= 1.0001 and row["attention_distance"] >= 0
+    assert row["token_cosine"] < 0.99999  # an approximation, measured as one
