@@ -1,6 +1,6 @@
 """Modules on top of :func:`qkv.attention`: attention, blocks, stacks, hooks, generation."""
 
-from qkv.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding
+from qkv.nn.attention import KVCache, LinformerProjection, MultiHeadAttention, RotaryEmbedding
 from qkv.nn.generation import GenerationMixin
 from qkv.nn.hooks import ActivationCache, HookedModule, HookPoint
 from qkv.nn.layers import MLP, Embeddings, TransformerBlock
@@ -10,6 +10,7 @@ __all__ = [
     "MultiHeadAttention",
     "KVCache",
     "RotaryEmbedding",
+    "LinformerProjection",
     "MLP",
     "Embeddings",
     "TransformerBlock",

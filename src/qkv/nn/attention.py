@@ -9,18 +9,21 @@ them explicitly (the reference steps), otherwise it calls the fast backend.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 
 import torch
 from torch import Tensor, nn
 
 from qkv.attention import attention
 from qkv.attention.api import build_spec, zero_unread_keys
+from qkv.attention.approximate import LinformerOptions
 from qkv.attention.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
 from qkv.attention.registry import get_backend
 from qkv.nn.hooks import HookPoint
 
-__all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "ATTENTION_OPTIONS"]
+__all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "LinformerProjection", "ATTENTION_OPTIONS"]
 
 # Keyword arguments of qkv.attention that a module may fix for every call.
 ATTENTION_OPTIONS = frozenset(
@@ -92,6 +95,50 @@ class RotaryEmbedding(nn.Module):
         return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
 
 
+class LinformerProjection(nn.Module):
+    """Learnable Linformer projections E and F along the sequence (Wang et al., 2020).
+
+    The functional ``"linformer"`` backend uses fixed random projections; the paper
+    learns them. This module holds them as parameters for one attention layer, so they
+    train with the model (or alone, to distil a pretrained layer).
+
+    Args:
+        k: projected length (rows of E and F).
+        max_length: the longest key sequence; a shorter one uses the first Nk columns.
+        init: "random" (N(0, 1/k) entries, as the functional form) or "mean" (row r
+            averages the r-th of k equal segments of max_length: pooling, refined by training).
+        seed: seeds the "random" initialisation.
+    """
+
+    def __init__(self, k: int, max_length: int, init: str = "random", seed: int = 0) -> None:
+        super().__init__()
+        if k < 1 or max_length < 1:
+            raise ValueError(f"k and max_length must be >= 1; got k={k}, max_length={max_length}")
+        if init == "random":
+            generator = torch.Generator().manual_seed(seed)
+            weight = torch.randn(2, k, max_length, generator=generator) / math.sqrt(k)
+        elif init == "mean":
+            segment = torch.arange(max_length) * k // max_length  # segment of each position
+            weight = (segment[None, :] == torch.arange(k)[:, None]).float()  # (k, max_length)
+            weight = (weight / weight.sum(dim=1, keepdim=True).clamp(min=1)).expand(2, -1, -1).clone()
+        else:
+            raise ValueError(f"init must be 'random' or 'mean'; got {init!r}")
+        self.k, self.max_length = k, max_length
+        self.weight = nn.Parameter(weight)  # (2, k, max_length): E, then F
+
+    def forward(self, nk: int) -> Tensor:
+        """E and F for Nk keys: (2, k, Nk)."""
+        if nk > self.max_length:
+            raise ValueError(
+                f"{nk} keys but these Linformer projections were built for max_length={self.max_length}; "
+                f"set the backend again with a larger max_length"
+            )
+        return self.weight[:, :, :nk]
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, max_length={self.max_length}"
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with MHA, GQA or MQA heads and a choice of backend.
 
@@ -153,6 +200,7 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(q_width, d_model, bias=out_bias)
         self.backend = "auto"
         self.options: dict[str, object] = {}
+        self.linformer: LinformerProjection | None = None  # learnable E, F when asked for
         self.set_backend(backend)
         self.hook_q = HookPoint()  # (B, H, N, Dh) queries, after rotary
         self.hook_k = HookPoint()  # (B, Hkv, N, Dh) keys of the new positions
@@ -167,13 +215,29 @@ class MultiHeadAttention(nn.Module):
 
         Keywords that are not ``qkv.attention`` options are fields of the backend's
         options object: ``set_backend("performer", features=128)`` builds
-        ``PerformerOptions(features=128)`` once, here.
+        ``PerformerOptions(features=128)`` once, here. For "linformer",
+        ``learnable=True, max_length=L`` (and ``init="random"|"mean"``) adds a
+        :class:`LinformerProjection` of trainable E and F to this module.
 
         Raises:
             ValueError: an unknown backend or option, checked now rather than at the
                 first forward.
         """
         record = None if backend == "auto" else get_backend(backend)  # raises listing backends
+        options = dict(options)
+        learnable = {name: options.pop(name) for name in ("learnable", "max_length", "init") if name in options}
+        if learnable.pop("learnable", False):
+            if backend != "linformer" or "max_length" not in learnable:
+                raise ValueError(
+                    f"learnable=True gives backend='linformer' trainable projections and needs max_length= "
+                    f"(the longest key sequence); got backend={backend!r}, {learnable or 'no max_length'}"
+                )
+            self.linformer = LinformerProjection(
+                options.get("k", LinformerOptions.k), learnable["max_length"], learnable.get("init", "random"),
+                options.get("seed", 0),
+            ).to(self.out_proj.weight.device)
+        elif learnable:
+            raise ValueError(f"{sorted(learnable)} only go with learnable=True (backend='linformer')")
         call_options = {name: value for name, value in options.items() if name in ATTENTION_OPTIONS}
         backend_fields = {name: value for name, value in options.items() if name not in ATTENTION_OPTIONS}
         if backend_fields:
@@ -198,6 +262,13 @@ class MultiHeadAttention(nn.Module):
         if record is not None:
             record.check_options(call_options.get("options"))
         self.backend, self.options = backend, call_options
+
+    def call_options(self, nk: int) -> dict[str, object]:
+        """The keyword options for this call: the fixed ones, plus learned Linformer projections."""
+        if self.backend != "linformer" or self.linformer is None:
+            return self.options
+        base = self.options.get("options") or LinformerOptions(k=self.linformer.k)
+        return {**self.options, "options": dataclasses.replace(base, projection=self.linformer(nk))}
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, d_model) -> q (B, H, N, Dh), k and v (B, Hkv, N, Dh)."""
@@ -246,7 +317,7 @@ class MultiHeadAttention(nn.Module):
             z = self.explicit_attention(q, k, v, key_padding_mask)
         else:
             z = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
-                          scale=self.scale, backend=self.backend, **self.options)
+                          scale=self.scale, backend=self.backend, **self.call_options(k.shape[2]))
         z = self.hook_z(z)  # (B, H, N, Dh)
         out = self.out_proj(z.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
         return self.hook_out(out)
@@ -271,7 +342,7 @@ class MultiHeadAttention(nn.Module):
                     f"backend={self.backend!r} is approximate and computes no (Nq, Nk) scores; "
                     f"hook the weights (hook_weights) instead"
                 )
-            options = self.options.get("options") or record.options_type()
+            options = self.call_options(k.shape[2]).get("options") or record.options_type()
             weights = record.weights_fn(q, k, spec, scale, options)  # (B, H, Nq, Nk)
         else:
             scores = attention_scores(q, repeat_kv_heads(k, self.num_heads), scale)  # (B, H, Nq, Nk)
