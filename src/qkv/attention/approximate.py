@@ -68,7 +68,8 @@ Methods (N = Nq ~ Nk, D = head dim, Dv = value dim):
     Keys and values are projected along the sequence to k rows, K' = E K and
     V' = F V with E, F of shape (k, Nk); out = softmax(scale Q K'^T) V'. Here E and F
     are fixed random Gaussian matrices with entries N(0, 1/k) from a generator seeded
-    with ``seed`` (the paper learns them), or the caller's ``projection``. Padded keys'
+    with ``seed``, drawn once per (k, Nk, seed) and cached (the paper learns them; so does
+    :class:`qkv.nn.LinformerProjection`), or the caller's ``projection``. Padded keys'
     columns of E and F are zeroed (no renormalisation: random rows have random signs,
     so there is no natural total to restore); a projected row that reads no real key
     through either E or F is masked out of the softmax, so identity projections with
@@ -288,7 +289,10 @@ def _causal_visible(nq: int, nk: int, q_range: tuple[int, int], k_range: tuple[i
 
 def _safe_softmax(scores: Tensor) -> Tensor:
     """Softmax over the last dim; a row that is all -inf gives zeros, not NaN."""
-    empty = (scores == NEG_INF).all(dim=-1, keepdim=True)
+    # The row maximum is -inf only for such rows: one small reduction instead of a full compare.
+    empty = scores.detach().amax(dim=-1, keepdim=True) == NEG_INF  # (..., 1)
+    if not bool(empty.any()):
+        return torch.softmax(scores, dim=-1)
     return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
 
 
@@ -450,25 +454,27 @@ def _performer_features(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, opti
     real = _real_keys(spec)
     m = options.features
     w = _orthogonal_random_features_cached(m, q.shape[-1], options.seed).to(q5.device, q5.dtype)  # (m, D)
-    a, b = _split_scale(scale)
-    x_q, x_k = q5 * a, _drop_padding(k5, real) * b  # x_q . x_k = scale q . k
+    a, b = _split_scale(scale)  # x_q = a q, x_k = b k: x_q . x_k = scale q . k
+    key = _drop_padding(k5, real)
 
-    def exponent(x: Tensor) -> Tensor:
-        return torch.matmul(x, w.T) - 0.5 * (x * x).sum(dim=-1, keepdim=True)  # (..., N, m)
-
-    logit_q = exponent(x_q)  # (B, Hkv, G, Nq, m)
-    logit_k = exponent(x_k)  # (B, Hkv, 1, Nk, m)
+    # phi(x) = exp(w . x - |x|^2 / 2) / sqrt(m), computed in place on one (N, m) buffer per side,
+    # since at long N these elementwise passes, not the matrix products, set the time.
+    log_root = 0.5 * math.log(m)
     # Stabilisers: a max per query row, and one max over every real key and feature of a head.
     # Query i's kernel values are all multiplied by exp(-stab_q_i - stab_k), which cancels in
     # num / (den + eps) once eps is expressed in the same units; so the output does not depend
-    # on them and they are detached.
-    stab_q = logit_q.amax(dim=-1, keepdim=True).detach()  # (B, Hkv, G, Nq, 1)
-    seen = logit_k if real is None else logit_k.masked_fill(~real, NEG_INF)
-    stab_k = seen.amax(dim=(-2, -1), keepdim=True).detach()  # (B, Hkv, 1, 1, 1)
+    # on them and they are detached. For a query row, |x|^2 / 2 is a constant: it cancels too.
+    # The scales a, b go into w (m x D) rather than into the (N x D) inputs: one pass fewer.
+    logit_q = torch.matmul(q5, (a * w).T)  # (B, Hkv, G, Nq, m): w . x_q
+    row_max = logit_q.detach().amax(dim=-1, keepdim=True)  # (B, Hkv, G, Nq, 1)
+    stab_q = row_max - 0.5 * a * a * q5.detach().pow(2).sum(dim=-1, keepdim=True)
+    phi_q = logit_q.sub_(row_max + log_root).exp_()  # exp(w.x - max) / sqrt(m)
+    half_norm = 0.5 * b * b * key.pow(2).sum(dim=-1, keepdim=True)  # |x_k|^2 / 2, (B, Hkv, 1, Nk, 1)
+    logit_k = torch.matmul(key, (b * w).T).sub_(half_norm)  # (B, Hkv, 1, Nk, m)
+    seen = logit_k.detach() if real is None else logit_k.detach().masked_fill(~real, NEG_INF)
+    stab_k = seen.amax(dim=(-2, -1), keepdim=True)  # (B, Hkv, 1, 1, 1)
     stab_k = stab_k.masked_fill(stab_k == NEG_INF, 0.0)  # every key padded
-    root = 1.0 / math.sqrt(m)
-    phi_q = torch.exp(logit_q - stab_q) * root
-    phi_k = _drop_padding(torch.exp(logit_k - stab_k) * root, real)
+    phi_k = _drop_padding(logit_k.sub_(stab_k + log_root).exp_(), real)
     # eps (a floor in the units of the kernel exp(scale q . k)) in the stabilised units, kept finite.
     top = math.log(torch.finfo(q5.dtype).max) - 1.0
     eps = torch.exp((math.log(options.eps) - stab_q - stab_k).clamp(max=top))  # (B, Hkv, G, Nq, 1)
@@ -611,14 +617,24 @@ def nystrom_weights(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options:
 
 
 # ---- Linformer --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def _random_projections(k: int, nk: int, seed: int) -> Tensor:
+    """Linformer's fixed random E and F, (2, k, Nk) float32 with N(0, 1/k) entries, cached.
+
+    A fixed projection is a constant of the layer: drawing it anew at every call would cost
+    more than the attention itself at long N.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, k, nk, generator=generator) / math.sqrt(k)
+
+
 def _linformer_projections(options: LinformerOptions, spec: MaskSpec, device: torch.device,
                            dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
     """E and F, (B|1, 1, k, Nk) with padded columns zeroed, and the projected rows that read
     no real key, (B|1, 1, 1, k) bool (None when there are none)."""
     nk = spec.nk
     if options.projection is None:
-        generator = torch.Generator().manual_seed(options.seed)
-        pair = torch.randn(2, options.k, nk, generator=generator, dtype=torch.float64) / math.sqrt(options.k)
+        pair = _random_projections(options.k, nk, options.seed)
     else:
         p = options.projection
         if p.shape[-1] != nk:
@@ -628,10 +644,24 @@ def _linformer_projections(options: LinformerOptions, spec: MaskSpec, device: to
     pair = pair.to(device=device, dtype=dtype)  # (2, k, Nk)
     e, f = pair[0][None, None], pair[1][None, None]  # (1, 1, k, Nk)
     kpm = spec.key_padding_mask
+    if kpm is None and options.projection is None:  # Gaussian rows: every one reads some key
+        return e, f, None
     real = torch.ones(1, 1, 1, nk, dtype=torch.bool, device=device) if kpm is None else kpm[:, None, None, :]
     e, f = e.masked_fill(~real, 0.0), f.masked_fill(~real, 0.0)  # (B|1, 1, k, Nk)
     empty = ~(((e != 0) & real).any(dim=-1) | ((f != 0) & real).any(dim=-1))  # (B|1, 1, k)
     return e, f, (empty.unsqueeze(-2) if bool(empty.any()) else None)
+
+
+def _project_along_sequence(e: Tensor, x: Tensor) -> Tensor:
+    """E x for every head at once: e (B|1, 1, k, Nk), x (B, Hkv, 1, Nk, D) -> (B, Hkv, 1, k, D).
+
+    One (k, Nk) x (Nk, Hkv * D) product per batch row instead of a batched product that
+    would copy E for every head.
+    """
+    batch, heads, _, nk, dim = x.shape
+    flat = x.squeeze(2).transpose(1, 2).reshape(batch, nk, heads * dim)  # (B, Nk, Hkv * D)
+    projected = torch.matmul(e[:, 0], flat)  # (B, k, Hkv * D)
+    return projected.unflatten(-1, (heads, dim)).transpose(1, 2).unsqueeze(2)
 
 
 def _linformer_mix(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options: LinformerOptions
@@ -639,8 +669,8 @@ def _linformer_mix(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options: 
     """softmax(scale Q (E K)^T) (B, Hkv, G, Nq, k) and F (B|1, 1, 1, k, Nk)."""
     q5, k5, _ = _grouped(q, k, None)
     e, f, empty = _linformer_projections(options, spec, q.device, q5.dtype)
-    k_proj = torch.matmul(e.unsqueeze(2), _drop_padding(k5, _real_keys(spec)))  # (B, Hkv, 1, k, D)
-    scores = torch.matmul(q5 * scale, k_proj.transpose(-2, -1))  # (B, Hkv, G, Nq, k)
+    k_proj = _project_along_sequence(e, _drop_padding(k5, _real_keys(spec)))  # (B, Hkv, 1, k, D)
+    scores = torch.matmul(q5, (k_proj * scale).transpose(-2, -1))  # (B, Hkv, G, Nq, k)
     if empty is not None:
         scores = scores.masked_fill(empty.unsqueeze(2), NEG_INF)
     return _safe_softmax(scores), f.unsqueeze(2)
@@ -669,7 +699,7 @@ def linformer_attention(
     _check_call("linformer", spec, return_lse, causal_ok=False)
     weights, f = _linformer_mix(q, k, spec, scale, options)  # (B, Hkv, G, Nq, k), (B|1, 1, 1, k, Nk)
     _, _, v5 = _grouped(q, k, v)
-    v_proj = torch.matmul(f, _drop_padding(v5, _real_keys(spec)))  # (B, Hkv, 1, k, Dv)
+    v_proj = _project_along_sequence(f.squeeze(2), _drop_padding(v5, _real_keys(spec)))  # (B, Hkv, 1, k, Dv)
     return _ungroup(torch.matmul(weights, v_proj), q.dtype)
 
 
