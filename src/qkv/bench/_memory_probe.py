@@ -1,6 +1,8 @@
 """Child process of the benchmarks: one run of one candidate, its peak memory as JSON.
 
-Usage: ``python -m qkv.bench._memory_probe '{"name": ..., "mode": ..., "n": ..., ...}'``.
+Usage: ``python -m qkv.bench._memory_probe '{"name": ..., "mode": ..., "n": ..., ...}'``; a spec
+with ``"section"`` names a long-context contender (:mod:`qkv.bench.long_context`: a
+window, backend options) and runs its forward call.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     device = spec.get("device", "cpu")
     q, k, v = make_inputs(spec["n"], spec["heads"], spec["head_dim"], torch.float32, device)
-    run = build_run(candidate_by_key(spec["name"], spec["mode"]), q, k, v, spec["causal"])
+    if "section" in spec:
+        from qkv.bench.long_context import build_probe_run
+
+        run = build_probe_run(spec, q, k, v)
+    else:
+        run = build_run(candidate_by_key(spec["name"], spec["mode"]), q, k, v, spec["causal"])
     torch.ones(64, 64) @ torch.ones(64, 64)  # start the thread pool before the baseline
     gc.collect()
     if device == "cuda":

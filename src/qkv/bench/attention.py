@@ -1,11 +1,27 @@
-"""`python -m qkv.bench attention`: exact attention backends against SDPA and a naive baseline.
+"""`python -m qkv.bench attention`: attention backends against SDPA and a naive baseline.
 
-For each sequence length N (B=1, H=8, D=64, float32 by default) it times, side by side,
-a naive PyTorch implementation (softmax(q k^T / sqrt(D)) v, the whole (N, N) matrix), a
-direct call to ``torch.nn.functional.scaled_dot_product_attention``, and every exact
-qkv backend through ``qkv.attention``; forward, and forward + backward for the ones
-that train; and ``qkv.attention_stats``. Peak memory is measured per point in a fresh
-process. Prints a table and the issue's targets, and writes JSON.
+``--section exact`` (the default): for each sequence length N (B=1, H=8, D=64, float32 by
+default) it times, side by side, a naive PyTorch implementation (softmax(q k^T / sqrt(D)) v,
+the whole (N, N) matrix), a direct call to ``torch.nn.functional.scaled_dot_product_attention``,
+and every exact qkv backend through ``qkv.attention``; forward, and forward + backward for
+the ones that train; and ``qkv.attention_stats``. Peak memory is measured per point in a
+fresh process. Prints a table and the issue's targets, and writes JSON.
+
+The long-context sections (issue 6; :mod:`qkv.bench.long_context`, tables and report in
+:mod:`qkv.bench.lra`):
+
+- ``--section sliding``: qkv's "sliding" backend, window (256, 256), against SDPA with the
+  equivalent bool band mask, compiled FlexAttention (warm; mask creation and compile timed
+  apart) and "tiled" with the same window, N = 4k..64k; targets at 8k and the log-log slope.
+- ``--section approximate``: linear, Performer, Nystrom and Linformer (defaults and a
+  budget grid) and sliding against SDPA and naive, N = 1k..64k: time, peak memory,
+  relative error on Gaussian and on peaked inputs; targets at 16k (time) and 32k (memory).
+- ``--section lra``: both, plus the Long Range Arena-style table (speed-up, memory ratio and
+  error vs exact per backend and N), written with plots to ``--report-dir``.
+- ``--section all``: exact, then lra.
+
+``--quick`` runs each section at tiny sizes (well under a minute each); ``--sizes`` replaces
+the sizes of every section that runs.
 """
 
 from __future__ import annotations
@@ -111,7 +127,12 @@ def skip_reason(candidate: Candidate, n: int, heads: int, memory_budget: int) ->
     """Why a point is not run, or None."""
     if candidate.max_n is not None and n > candidate.max_n:
         return f"skipped above N={candidate.max_n} (same memory as naive, slower)"
-    needed = candidate.memory_factor * heads * n * n * 4
+    return memory_skip_reason(candidate.memory_factor, n, heads, memory_budget)
+
+
+def memory_skip_reason(memory_factor: float, n: int, heads: int, memory_budget: int) -> str | None:
+    """Why a point needing ``memory_factor * heads * n * n * 4`` bytes cannot run, or None."""
+    needed = memory_factor * heads * n * n * 4
     if needed > memory_budget:
         return f"needs ~{needed / 2**30:.0f} GiB, more than the {memory_budget / 2**30:.0f} GiB available"
     return None
@@ -282,48 +303,125 @@ def print_report(result: dict, console: Console) -> None:
             row.get("skipped") or row.get("memory_error") or "",
         )
     console.print(table)
-    if result["targets"]:
-        targets = Table(title="targets")
-        for column in ("target", "N", "measured", "limit", "met"):
-            targets.add_column(column)
-        for t in result["targets"]:
-            targets.add_row(t["target"], str(t["n"]), f"{t['measured']:.3f}", f"{t['limit']:.3f}",
-                            "yes" if t["met"] else "[bold red]NO[/]")
-        console.print(targets)
+    print_targets(result["targets"], console)
+
+
+def print_targets(targets: list[dict], console: Console, title: str = "targets") -> None:
+    """The targets as a table: measured, limit (with its rule, ">=" or "<=", where given), met."""
+    if not targets:
+        return
+    table = Table(title=title)
+    for column in ("target", "N", "measured", "limit", "met"):
+        table.add_column(column)
+    for t in targets:
+        cells = target_cells(t)
+        table.add_row(*cells[:-1], "[bold red]NO[/]" if cells[-1] == "NO" else cells[-1])
+    console.print(table)
+
+
+def target_cells(t: dict) -> list[str]:
+    """A target's cells, plain text: target, N, measured, limit (with its rule where given), met."""
+    rule = f"{t['rule']} " if t.get("rule") else ""
+    if t["measured"] is None:
+        measured, met = "-", "not measured"
+    else:
+        measured, met = f"{t['measured']:.3f}", "yes" if t["met"] else "NO"
+    return [t["target"], str(t["n"]), measured, f"{rule}{t['limit']:.3f}", met]
+
+
+SECTIONS_HELP = """sections:
+  exact        (default) exact backends vs SDPA and naive, N=512..16k: time, memory (issue 2)
+  sliding      sliding window (256, 256) vs SDPA + band mask, compiled FlexAttention, tiled; N=4k..64k
+  approximate  linear, Performer, Nystrom, Linformer (+ budget grid), sliding vs SDPA, naive;
+               N=1k..64k: time, peak memory, relative error (Gaussian and peaked inputs)
+  lra          sliding + approximate, then the LRA-style table; writes <report-dir>/long-context-cpu.json,
+               .md, -time.png, -error.png
+  all          exact, then lra
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m qkv.bench attention``."""
-    parser = argparse.ArgumentParser(prog="python -m qkv.bench attention", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qkv.bench attention", description=__doc__.split("\n")[0],
+                                     epilog=SECTIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--section", choices=("exact", "sliding", "approximate", "lra", "all"), default="exact",
+                        help="what to measure (default exact; see below)")
     parser.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
-                        default=None, help="comma-separated N (default 512,...,16384)")
+                        default=None, help="comma-separated N (default: the section's; exact 512,...,16384)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--causal", action="store_true")
+    parser.add_argument("--causal", action="store_true", help="exact section only")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds (default 7 up to 2k, 5 up to 8k, then 3)")
+                        help="timed rounds (default 7 up to 2k, 5 up to 8k, then 3; long-context sections: "
+                             "fewer for the O(N^2) contenders above 16k, at least 5 for the others)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-point memory subprocesses")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="exact section only")
     parser.add_argument("--backends", type=lambda s: tuple(x.strip() for x in s.split(",")),
-                        default=None, help=f"comma-separated subset of: {', '.join(IMPLEMENTATIONS)}")
-    parser.add_argument("--json", type=Path, default=Path("bench-results/attention.json"))
+                        default=None, help=f"exact section: comma-separated subset of: {', '.join(IMPLEMENTATIONS)}")
+    parser.add_argument("--warm-compile", action="store_true",
+                        help="sliding: time FlexAttention's compile with Inductor's on-disk cache as it is "
+                             "(default: a fresh empty cache, a cold compile; --quick implies warm)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where the JSON goes (default bench-results/attention.json, other sections "
+                             "bench-results/attention-<section>.json; with all, lra's goes beside it)")
+    parser.add_argument("--report-dir", type=Path, default=Path("bench-results"),
+                        help="lra and all: folder of long-context-cpu.{json,md} and its PNGs "
+                             "(default bench-results; the committed report lives in benchmarks)")
     args = parser.parse_args(argv)
+    if args.section != "exact" and (args.causal or args.device != "cpu" or args.backends):
+        parser.error("--causal, --device cuda and --backends apply to --section exact only")
     unknown = set(args.backends or ()) - set(IMPLEMENTATIONS)
     if unknown:
         parser.error(f"unknown --backends {sorted(unknown)}; choose from {list(IMPLEMENTATIONS)}")
-    sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     console = Console()
-    result = run_attention_bench(
-        sizes=sizes, heads=args.heads, head_dim=args.head_dim, causal=args.causal,
-        repeats=args.repeats or (2 if args.quick else None), measure_memory=not args.no_memory,
-        device=args.device, console=console, backends=args.backends,
-    )
-    print_report(result, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    console.print(f"wrote {args.json}")
+    if args.section in ("exact", "all"):
+        sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+        result = run_attention_bench(
+            sizes=sizes, heads=args.heads, head_dim=args.head_dim, causal=args.causal,
+            repeats=args.repeats or (2 if args.quick else None), measure_memory=not args.no_memory,
+            device=args.device, console=console, backends=args.backends,
+        )
+        print_report(result, console)
+        write_json(result, args.json or Path("bench-results/attention.json"), console)
+    if args.section != "exact":
+        run_long_context(args, console)
     return 0
+
+
+def write_json(result: dict, path: Path, console: Console) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {path}")
+
+
+def run_long_context(args: argparse.Namespace, console: Console) -> None:
+    """The sliding and/or approximate sections; for lra (and all) the LRA table and report files."""
+    from qkv.bench import long_context, lra
+
+    section = "lra" if args.section == "all" else args.section
+    names = ("sliding", "approximate") if section == "lra" else (section,)
+    results = {}
+    for name in names:
+        results[name] = long_context.run_section(
+            name, args.sizes, heads=args.heads, head_dim=args.head_dim, quick=args.quick,
+            repeats=args.repeats or (2 if args.quick else None), memory=not args.no_memory,
+            cold_compile=False if args.warm_compile else None, console=console,
+        )
+        lra.print_tabs(lra.section_tabs(results[name]), console, [lra.load_note(results[name])])
+    result = results[section] if section != "lra" else lra.combine(results["sliding"], results["approximate"])
+    if "approximate" in results:
+        table = result["lra"] if section == "lra" else lra.lra_table(result)
+        lra.print_tabs(lra.lra_tabs(table), console, [lra.spread_note(table), lra.LRA_REFERENCE,
+                                                      lra.memory_floor_note(results["approximate"])])
+    if section == "lra":
+        paths = lra.write_report(result, args.report_dir)
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+    default = Path(f"bench-results/attention-{section}.json")
+    path = default if args.json is None else args.json
+    if args.section == "all" and args.json is not None:
+        path = args.json.with_name(f"{args.json.stem}-lra{args.json.suffix}")
+    write_json(result, path, console)
 
 
 def candidate_by_key(name: str, mode: str) -> Candidate:
