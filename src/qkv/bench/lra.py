@@ -225,10 +225,18 @@ def agg_figure(width: float, height: float):
     return figure
 
 
+def distinct_colours(axis) -> None:
+    """Twenty colours, so that no two of the many contenders share one."""
+    from matplotlib import colormaps
+
+    axis.set_prop_cycle(color=colormaps["tab20"].colors)
+
+
 def plot_times(rows: list[dict], path: Path) -> None:
     """Median forward time against N, log-log, one line per contender."""
     figure = agg_figure(8, 5.5)
     axis = figure.add_subplot()
+    distinct_colours(axis)
     for name in dict.fromkeys(r["name"] for r in rows):
         points = sorted((r["n"], r["time_s"]) for r in rows if r["name"] == name and r.get("time_s"))
         if points:
@@ -249,6 +257,7 @@ def plot_error_vs_speedup(rows: list[dict], path: Path) -> None:
                 ("rel_error_peaked", "peaked inputs (q, k x 2: sharp attention)"))
     for i, (key, title) in enumerate(variants):
         axis = figure.add_subplot(1, 2, i + 1)
+        distinct_colours(axis)
         for name in dict.fromkeys(r["name"] for r in rows if not r["exact"]):
             points = sorted((r["n"], r["speedup_vs_sdpa"], r[key]) for r in rows
                             if r["name"] == name and r.get("speedup_vs_sdpa") and r.get(key))
