@@ -213,57 +213,33 @@ register(
 
 # Approximate backends (qkv.attention.approximate): never picked by "auto", no LSE, no
 # mask=/window=/global_tokens=; key padding always, causal where the method allows it.
-register(
-    Backend(
-        name="linear",
-        fn=linear_attention,
-        description="linear attention, phi(x) = elu(x) + 1 (Katharopoulos et al., 2020); O(N D Dv)",
-        exact=False,
-        supports_mask=False,
-        supports_window=False,
-        supports_global_tokens=False,
-        options_type=LinearOptions,
-        weights_fn=linear_weights,
+def _register_approximate(name: str, fn: BackendFn, description: str, options_type: type,
+                          weights_fn: Callable[..., Tensor], causal: bool) -> None:
+    register(
+        Backend(
+            name=name,
+            fn=fn,
+            description=description,
+            exact=False,
+            supports_mask=False,
+            supports_causal=causal,
+            supports_window=False,
+            supports_global_tokens=False,
+            options_type=options_type,
+            weights_fn=weights_fn,
+        )
     )
-)
-register(
-    Backend(
-        name="performer",
-        fn=performer_attention,
-        description="FAVOR+ positive orthogonal random features (Choromanski et al., 2021); O(N m D)",
-        exact=False,
-        supports_mask=False,
-        supports_window=False,
-        supports_global_tokens=False,
-        options_type=PerformerOptions,
-        weights_fn=performer_weights,
-    )
-)
-register(
-    Backend(
-        name="nystrom",
-        fn=nystrom_attention,
-        description="Nystromformer: landmarks and a pseudo-inverse (Xiong et al., 2021); O(N m D), non-causal",
-        exact=False,
-        supports_mask=False,
-        supports_causal=False,
-        supports_window=False,
-        supports_global_tokens=False,
-        options_type=NystromOptions,
-        weights_fn=nystrom_weights,
-    )
-)
-register(
-    Backend(
-        name="linformer",
-        fn=linformer_attention,
-        description="Linformer: keys and values projected to k rows (Wang et al., 2020); O(N k D), non-causal",
-        exact=False,
-        supports_mask=False,
-        supports_causal=False,
-        supports_window=False,
-        supports_global_tokens=False,
-        options_type=LinformerOptions,
-        weights_fn=linformer_weights,
-    )
-)
+
+
+_register_approximate("linear", linear_attention,
+                      "linear attention, phi(x) = elu(x) + 1 (Katharopoulos et al., 2020); O(N D Dv)",
+                      LinearOptions, linear_weights, causal=True)
+_register_approximate("performer", performer_attention,
+                      "FAVOR+ positive orthogonal random features (Choromanski et al., 2021); O(N m D)",
+                      PerformerOptions, performer_weights, causal=True)
+_register_approximate("nystrom", nystrom_attention,
+                      "Nystromformer: landmarks and a pseudo-inverse (Xiong et al., 2021); O(N m D), non-causal",
+                      NystromOptions, nystrom_weights, causal=False)
+_register_approximate("linformer", linformer_attention,
+                      "Linformer: keys and values projected to k rows (Wang et al., 2020); O(N k D), non-causal",
+                      LinformerOptions, linformer_weights, causal=False)
