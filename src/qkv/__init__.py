@@ -4,9 +4,11 @@ The functional core is :func:`qkv.attention` (layout (B, H, N, D), many backends
 :func:`qkv.attention_weights` and :func:`qkv.attention_stats` look inside it.
 :mod:`qkv.nn` builds modules on it, :mod:`qkv.models` runs pretrained BERT and GPT-2
 families through those modules, and :func:`qkv.load` loads them from local files.
+:mod:`qkv.distributed` splits one sequence across processes (ring attention).
 """
 
 from qkv import (
+    distributed,
     models,
     nn,
 )
@@ -38,5 +40,6 @@ __all__ = [
     "load",
     "nn",
     "models",
+    "distributed",
     "__version__",
 ]

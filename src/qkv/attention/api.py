@@ -329,9 +329,12 @@ def attention(
             applying. Needs ``window``.
         backend: "auto" (the fastest exact backend that supports the call), or one of
             :func:`qkv.available_backends` ("reference", "sdpa", "tiled", "sliding",
-            and the approximate "linear", "performer", "nystrom", "linformer").
+            the approximate "linear", "performer", "nystrom", "linformer", and the
+            sequence-parallel "ring", where q, k, v are this process's slice of a
+            sequence split across torch.distributed ranks: :mod:`qkv.distributed`).
         options: the backend's options object, e.g. ``PerformerOptions(features=256)``
-            for "performer" (see :mod:`qkv.attention.approximate`); None: its defaults.
+            for "performer" (see :mod:`qkv.attention.approximate`) or
+            ``RingOptions(group=g)`` for "ring"; None: its defaults.
         return_lse: also return the log-sum-exp of each query's scores.
 
     Returns:
@@ -376,7 +379,7 @@ def attention(
         )
     chosen = resolve_backend(backend, needs)
     chosen.check_options(options)
-    if spec.nq == 0 or spec.nk == 0:
+    if (spec.nq == 0 or spec.nk == 0) and not chosen.sequence_parallel:
         return _empty_result(q, v, return_lse)
     k, v = zero_unread_keys(k, v, spec)
     return chosen.call(q, k, v, spec, scale, return_lse, options)

@@ -61,6 +61,10 @@ class Backend:
     # For approximate backends: weights_fn(q, k, spec, scale, options) -> (B, Hq, Nq, Nk), the
     # mixing matrix the backend applies to the values (small N only). None: softmax weights.
     weights_fn: Callable[..., Tensor] | None = None
+    # q, k, v are this process's slice of a sequence split across torch.distributed ranks
+    # (qkv.distributed's "ring"): every rank must call it, even with no tokens, and
+    # explicit scores or weights (hooks) would see only the local keys.
+    sequence_parallel: bool = False
 
     def call(
         self, q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, return_lse: bool,

@@ -152,7 +152,10 @@ class MultiHeadAttention(nn.Module):
         fused_qkv: one (d_model, (H + 2 Hkv) Dh) projection instead of three.
         causal: each token attends only to itself and earlier tokens.
         scale: multiplies q k^T (None: 1/sqrt(Dh)).
-        backend: the :func:`qkv.attention` backend ("auto" by default).
+        backend: the :func:`qkv.attention` backend ("auto" by default). "ring" makes the
+            layer sequence-parallel: x holds this rank's slice of the tokens, and
+            ``set_backend("ring", group=g)`` names the torch.distributed process group
+            (see :mod:`qkv.distributed`).
         rotary: rotary position embedding applied to q and k (None: none).
         layer_index: this layer's index in a KV cache.
     """
@@ -215,7 +218,8 @@ class MultiHeadAttention(nn.Module):
 
         Keywords that are not ``qkv.attention`` options are fields of the backend's
         options object: ``set_backend("performer", features=128)`` builds
-        ``PerformerOptions(features=128)`` once, here. For "linformer",
+        ``PerformerOptions(features=128)`` once, here; ``set_backend("ring", group=g,
+        layout="zigzag")`` builds ``qkv.distributed.RingOptions``. For "linformer",
         ``learnable=True, max_length=L`` (and ``init="random"|"mean"``) adds a
         :class:`LinformerProjection` of trainable E and F to this module.
 
@@ -334,8 +338,14 @@ class MultiHeadAttention(nn.Module):
         spec, scale = build_spec(q, k, v, causal=self.causal, window=self.options.get("window"),
                                  mask=None, key_padding_mask=key_padding_mask, scale=scale,
                                  global_tokens=self.options.get("global_tokens"))
-        k, v = zero_unread_keys(k, v, spec)
         record = None if self.backend == "auto" else get_backend(self.backend)
+        if record is not None and record.sequence_parallel:
+            raise ValueError(
+                f"backend={self.backend!r} holds only this process's slice of the keys, so the (Nq, Nk) "
+                f"scores and weights do not exist in one place; remove the hooks on scores/weights, or "
+                f"run the layer with a one-process backend (set_backend('auto')) to inspect it"
+            )
+        k, v = zero_unread_keys(k, v, spec)
         if record is not None and record.weights_fn is not None:
             if self.hook_scores.active:
                 raise ValueError(

@@ -105,7 +105,10 @@ class TransformerStack(HookedModule):
         Args:
             backend: a :func:`qkv.available_backends` name or "auto".
             layers: layer indices (negative ones count from the end); None: all.
-            **options: fixed keyword arguments for :func:`qkv.attention`.
+            **options: fixed keyword arguments for :func:`qkv.attention`, or fields of the
+                backend's options: ``set_attention("ring", group=group)`` runs the model
+                sequence-parallel (each rank passes its slice of the tokens and their global
+                ``positions=``; see :mod:`qkv.distributed`).
         """
         count = len(self.blocks)
         chosen = range(count) if layers is None else list(layers)
