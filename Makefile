@@ -27,8 +27,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
+# The committed results: benchmarks/bench-*.json and their plots, and BENCHMARKS.md (about 30 min).
 bench: $(STAMP)
-	$(BIN)/python -m qkv.bench attention
+	$(BIN)/qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
+	$(BIN)/qkv bench model --json benchmarks/bench-model-cpu.json --out .
+	$(BIN)/qkv bench ring --json benchmarks/bench-ring-cpu.json --out .
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache qkv-report.* qkv-figures

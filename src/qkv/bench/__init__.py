@@ -1,6 +1,7 @@
-"""Benchmark programs: ``python -m qkv.bench attention|model`` (also ``qkv bench ...``).
+"""Benchmark programs: ``qkv bench attention|model|ring|report`` (also ``python -m qkv.bench ...``).
 
-Benchmarks print tables and write JSON; they are programs, never timed tests.
+Benchmarks print tables and write JSON, plots and BENCHMARKS.md (:mod:`qkv.bench.report`);
+they are programs, never timed tests.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import sys
 
 __all__ = ["main"]
 
-BENCHMARKS = {"attention": "qkv.bench.attention", "model": "qkv.bench.model"}
+BENCHMARKS = {"attention": "qkv.bench.attention", "model": "qkv.bench.model", "ring": "qkv.bench.ring",
+              "report": "qkv.bench.report"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
         known = ", ".join(BENCHMARKS)
-        print(f"usage: python -m qkv.bench {{{known}}} [options]   (each has --help)")
+        print(f"usage: qkv bench {{{known}}} [options]   (each has --help; also python -m qkv.bench)")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"unknown benchmark {argv[0]!r}; choose one of: {known}", file=sys.stderr)
             return 2

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from qkv.bench.attention import build_run, candidate_by_key, make_inputs
-from qkv.bench.measure import peak_rss_bytes, reset_peak_rss, rss_bytes
+from qkv.bench.measure import peak_rss_bytes, peak_tensor_bytes, reset_peak_rss, rss_bytes
 
 
 def main() -> None:
@@ -30,12 +30,8 @@ def main() -> None:
     torch.ones(64, 64) @ torch.ones(64, 64)  # start the thread pool before the baseline
     gc.collect()
     if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
-        run()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - baseline
+        peak = peak_tensor_bytes(run, device)[0]
     else:
         baseline = rss_bytes()
         if not reset_peak_rss():

@@ -1,6 +1,13 @@
-"""`python -m qkv.bench attention`: attention backends against SDPA and a naive baseline.
+"""`qkv bench attention` (also `python -m qkv.bench attention`): attention backends against their peers.
 
-``--section exact`` (the default): for each sequence length N (B=1, H=8, D=64, float32 by
+The default, ``--section sweep`` (issue 7; :mod:`qkv.bench.sweep`, report in
+:mod:`qkv.bench.report`): every qkv backend, a naive implementation, SDPA, compiled
+FlexAttention and (on CUDA) the FlashAttention, cuDNN and memory-efficient kernels behind
+SDPA, over N = 512..64K, full, causal, windowed and causal windowed: time, peak memory,
+error against exact attention, FLOP rate, and each one's scaling exponent; writes
+``<out>/bench-attention-<device>.json``, its plots and ``<out>/BENCHMARKS.md``.
+
+``--section exact`` (issue 2's measurement): for each sequence length N (B=1, H=8, D=64, float32 by
 default) it times, side by side, a naive PyTorch implementation (softmax(q k^T / sqrt(D)) v,
 the whole (N, N) matrix), a direct call to ``torch.nn.functional.scaled_dot_product_attention``,
 and every exact qkv backend through ``qkv.attention``; forward, and forward + backward for
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +48,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 import qkv
+from qkv.attention.masks import MaskSpec, normalize_window
 from qkv.bench.measure import (
     available_memory_bytes,
     machine_info,
     median,
     peak_memory_in_subprocess,
+    peak_tensor_bytes,
     time_round_robin,
 )
 
@@ -64,12 +74,21 @@ class Candidate:
     max_n: int | None = None  # skipped above this N (too slow for what it tells)
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+def visible_mask(n_q: int, n_k: int, causal: bool, window: tuple[int, int] | None,
+                 device: torch.device | str) -> torch.Tensor | None:
+    """(Nq, Nk) bool, True where a query may attend (SDPA's convention), with qkv's meaning of
+    ``causal`` (bottom-right) and ``window=(left, right)``; None when every pair is visible."""
+    left, right = normalize_window(window, causal)
+    return MaskSpec(n_q, n_k, left, right, causal=causal).dense_mask(torch.device(device))
+
+
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                    window: tuple[int, int] | None = None) -> torch.Tensor:
     """What one writes first: the whole (B, H, N, N) score matrix, softmax, weighted sum."""
-    scores = q @ k.transpose(-2, -1) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, N, N)
-    if causal:
-        hidden = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(hidden, float("-inf"))
+    scores = q @ k.transpose(-2, -1) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Nq, Nk)
+    visible = visible_mask(q.shape[-2], k.shape[-2], causal, window, q.device) if causal or window else None
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 
@@ -104,23 +123,38 @@ def make_inputs(n: int, heads: int, head_dim: int, dtype: torch.dtype, device: s
     return [torch.randn(shape, generator=generator).to(device=device, dtype=dtype) for _ in range(3)]
 
 
-def build_run(candidate: Candidate, q, k, v, causal: bool) -> Callable[[], object]:
-    """A callable doing one complete run of ``candidate`` on these inputs."""
-    implementation = IMPLEMENTATIONS[candidate.name]
-    if candidate.mode != "fwd+bwd":
+def mode_run(make_call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Callable[[], object]],
+             q, k, v, mode: str) -> Callable[[], object]:
+    """One complete run in ``mode`` of the call ``make_call(q, k, v)`` builds.
+
+    "fwd" and "stats": the call without autograd, returning what it returns. "fwd+bwd": the
+    call on copies of q, k, v that require grad, then backward of a fixed random output
+    gradient; the gradients are dropped at the end of each run (so that a measured run
+    counts them), and it returns None.
+    """
+    if mode != "fwd+bwd":
+        call = make_call(q, k, v)
+
         def run_without_grad():
             with torch.no_grad():
-                return implementation(q, k, v, causal)
+                return call()
         return run_without_grad
 
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     grad_out = torch.randn_like(v)
+    call = make_call(q, k, v)
 
     def run_with_grad():
+        call().backward(grad_out)
         for t in (q, k, v):
             t.grad = None
-        implementation(q, k, v, causal).backward(grad_out)
     return run_with_grad
+
+
+def build_run(candidate: Candidate, q, k, v, causal: bool) -> Callable[[], object]:
+    """A callable doing one complete run of ``candidate`` on these inputs."""
+    implementation = IMPLEMENTATIONS[candidate.name]
+    return mode_run(lambda q, k, v: lambda: implementation(q, k, v, causal), q, k, v, candidate.mode)
 
 
 def skip_reason(candidate: Candidate, n: int, heads: int, memory_budget: int) -> str | None:
@@ -130,22 +164,13 @@ def skip_reason(candidate: Candidate, n: int, heads: int, memory_budget: int) ->
     return memory_skip_reason(candidate.memory_factor, n, heads, memory_budget)
 
 
-def memory_skip_reason(memory_factor: float, n: int, heads: int, memory_budget: int) -> str | None:
-    """Why a point needing ``memory_factor * heads * n * n * 4`` bytes cannot run, or None."""
-    needed = memory_factor * heads * n * n * 4
+def memory_skip_reason(memory_factor: float, n: int, heads: int, memory_budget: int,
+                       itemsize: int = 4) -> str | None:
+    """Why a point needing ``memory_factor * heads * n * n * itemsize`` bytes cannot run, or None."""
+    needed = memory_factor * heads * n * n * itemsize
     if needed > memory_budget:
         return f"needs ~{needed / 2**30:.0f} GiB, more than the {memory_budget / 2**30:.0f} GiB available"
     return None
-
-
-def measure_cuda_peak(run: Callable[[], object]) -> int:
-    """Peak bytes a run allocates on the GPU beyond what was allocated before it."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    baseline = torch.cuda.memory_allocated()
-    run()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - baseline
 
 
 def run_attention_bench(
@@ -195,7 +220,7 @@ def run_attention_bench(
                         out = IMPLEMENTATIONS[candidate.name](q, k, v, causal)
                     row["max_diff_vs_sdpa"] = (out - reference_out).abs().max().item()
                 if measure_memory and device == "cuda":
-                    row["peak_bytes"] = measure_cuda_peak(runs[key])
+                    row["peak_bytes"] = peak_tensor_bytes(runs[key], device)[0]
                 elif measure_memory:
                     progress.update(task, description=f"N={n}: memory of {candidate.name} {candidate.mode}")
                     spec = {"name": candidate.name, "mode": candidate.mode, "n": n, "heads": heads,
@@ -218,11 +243,15 @@ def run_attention_bench(
     }
 
 
-def add_ratios(rows: list[dict]) -> None:
-    """Each row's time over direct SDPA's in the same mode (stats: over SDPA's forward)."""
-    sdpa = {(r["n"], r["mode"]): r["time_s"] for r in rows if r["backend"] == "sdpa (torch)"}
+def add_ratios(rows: list[dict], same: tuple[str, ...] = ("n",)) -> None:
+    """Each row's time over direct SDPA's in the same mode (stats: over SDPA's forward) at the
+    same point: the same values of the ``same`` fields."""
+    def point(row: dict, mode: str) -> tuple:
+        return (*(json.dumps(row.get(field)) for field in same), mode)
+
+    sdpa = {point(r, r["mode"]): r["time_s"] for r in rows if r["backend"] == "sdpa (torch)"}
     for row in rows:
-        base = sdpa.get((row["n"], "fwd" if row["mode"] == "stats" else row["mode"]))
+        base = sdpa.get(point(row, "fwd" if row["mode"] == "stats" else row["mode"]))
         row["ratio_to_sdpa"] = row["time_s"] / base if row["time_s"] and base else None
 
 
@@ -330,7 +359,11 @@ def target_cells(t: dict) -> list[str]:
 
 
 SECTIONS_HELP = """sections:
-  exact        (default) exact backends vs SDPA and naive, N=512..16k: time, memory (issue 2)
+  sweep        (default) every backend and peer (naive, SDPA, compiled FlexAttention; on CUDA SDPA's flash,
+               cuDNN and efficient kernels), N=512..64k, full / causal / window / causal-window: time,
+               peak memory, error vs exact, FLOP rate, scaling exponent; writes <out>/bench-attention-<device>.json,
+               its PNGs and <out>/BENCHMARKS.md (about 20-30 min on 2 CPU cores; --quick well under a minute)
+  exact        exact backends vs SDPA and naive, N=512..16k: time, memory in fresh processes (issue 2)
   sliding      sliding window (256, 256) vs SDPA + band mask, compiled FlexAttention, tiled; N=4k..64k
   approximate  linear, Performer, Nystrom, Linformer (+ budget grid), sliding vs SDPA, naive;
                N=1k..64k: time, peak memory, relative error (Gaussian and peaked inputs)
@@ -341,40 +374,58 @@ SECTIONS_HELP = """sections:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m qkv.bench attention``."""
-    parser = argparse.ArgumentParser(prog="python -m qkv.bench attention", description=__doc__.split("\n")[0],
+    """Entry point of ``qkv bench attention`` (``python -m qkv.bench attention``)."""
+    from qkv.bench import sweep
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="qkv bench attention", description=__doc__.split("\n")[0],
                                      epilog=SECTIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=("exact", "sliding", "approximate", "lra", "all"), default="exact",
-                        help="what to measure (default exact; see below)")
+    parser.add_argument("--section", choices=("sweep", "exact", "sliding", "approximate", "lra", "all"),
+                        default="sweep", help="what to measure (default sweep; see below)")
     parser.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
-                        default=None, help="comma-separated N (default: the section's; exact 512,...,16384)")
+                        default=None, help="comma-separated N (default: the section's; sweep 512,...,65536)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--causal", action="store_true", help="exact section only")
+    parser.add_argument("--causal", action="store_true", help="exact section only (the sweep runs both)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds (default 7 up to 2k, 5 up to 8k, then 3; long-context sections: "
-                             "fewer for the O(N^2) contenders above 16k, at least 5 for the others)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-point memory subprocesses")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="exact section only")
-    parser.add_argument("--backends", type=lambda s: tuple(x.strip() for x in s.split(",")),
-                        default=None, help=f"exact section: comma-separated subset of: {', '.join(IMPLEMENTATIONS)}")
+                        help="timed rounds (default: sweep from each run's length, 7 down to 2; exact 7 up to 2k, "
+                             "5 up to 8k, then 3; long-context sections: fewer for the O(N^2) contenders above "
+                             "16k, at least 5 for the others)")
+    parser.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="sweep and exact sections")
+    parser.add_argument("--backends", type=lambda s: tuple(x.strip() for x in s.split(",")), default=None,
+                        help="sweep and exact sections: comma-separated subset of the contenders (sweep: "
+                             f"{', '.join(dict.fromkeys(c.name for c in sweep.CONTENDERS))}; exact: "
+                             f"{', '.join(IMPLEMENTATIONS)})")
+    parser.add_argument("--variants", type=lambda s: tuple(x.strip() for x in s.split(",")), default=None,
+                        help=f"sweep: comma-separated subset of {', '.join(sweep.VARIANTS)} (default: all)")
+    parser.add_argument("--window", type=int, default=sweep.WINDOW,
+                        help=f"sweep: the window variants' w, (w, w) and causal (w, 0) (default {sweep.WINDOW})")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="sweep: default float32 on the CPU, bfloat16 on CUDA (FlashAttention takes no float32)")
+    parser.add_argument("--max-run-s", type=float, default=None,
+                        help=f"sweep: skip a point whose run is predicted to take longer (default {sweep.MAX_RUN_S:g}, "
+                             f"--quick {sweep.QUICK_MAX_RUN_S:g}; SDPA's forward gets {sweep.BASELINE_TIME_FACTOR:g}x)")
     parser.add_argument("--warm-compile", action="store_true",
-                        help="sliding: time FlexAttention's compile with Inductor's on-disk cache as it is "
-                             "(default: a fresh empty cache, a cold compile; --quick implies warm)")
+                        help="sweep and sliding: time FlexAttention's compile with Inductor's on-disk cache as it "
+                             "is (default: a fresh empty cache, a cold compile; --quick implies warm)")
     parser.add_argument("--json", type=Path, default=None,
-                        help="where the JSON goes (default bench-results/attention.json, other sections "
-                             "bench-results/attention-<section>.json; with all, lra's goes beside it)")
+                        help="where the JSON goes (default: sweep <out>/bench-attention-<device>.json, exact "
+                             "bench-results/attention.json, other sections bench-results/attention-<section>.json; "
+                             "with all, lra's goes beside it)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"),
+                        help="sweep: the results folder (JSON unless --json, PNGs beside the JSON, BENCHMARKS.md "
+                             "from every bench-*.json beside it; default bench-results)")
     parser.add_argument("--report-dir", type=Path, default=Path("bench-results"),
                         help="lra and all: folder of long-context-cpu.{json,md} and its PNGs "
                              "(default bench-results; the committed report lives in benchmarks)")
     args = parser.parse_args(argv)
-    if args.section != "exact" and (args.causal or args.device != "cpu" or args.backends):
-        parser.error("--causal, --device cuda and --backends apply to --section exact only")
-    unknown = set(args.backends or ()) - set(IMPLEMENTATIONS)
-    if unknown:
-        parser.error(f"unknown --backends {sorted(unknown)}; choose from {list(IMPLEMENTATIONS)}")
+    check_options(parser, args)
     console = Console()
+    if args.section == "sweep":
+        sweep.run_command(args, " ".join(["qkv bench attention", *argv]), console)
+        return 0
     if args.section in ("exact", "all"):
         sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
         result = run_attention_bench(
@@ -387,6 +438,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.section != "exact":
         run_long_context(args, console)
     return 0
+
+
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options that do not apply to the section, unknown names, and CUDA without a GPU."""
+    from qkv.bench import sweep
+
+    if args.section != "exact" and args.causal:
+        parser.error("--causal applies to --section exact only (the sweep measures causal and not)")
+    if args.section not in ("exact", "sweep") and (args.device != "cpu" or args.backends):
+        parser.error("--device cuda and --backends apply to --section sweep and exact only")
+    sweep_only = {"--variants": args.variants, "--dtype": args.dtype, "--max-run-s": args.max_run_s,
+                  "--window": args.window != sweep.WINDOW}
+    used = [flag for flag, value in sweep_only.items() if value]
+    if args.section != "sweep" and used:
+        parser.error(f"{', '.join(used)} apply to --section sweep only")
+    known = dict.fromkeys(c.name for c in sweep.CONTENDERS) if args.section == "sweep" else IMPLEMENTATIONS
+    unknown = set(args.backends or ()) - set(known)
+    if unknown:
+        parser.error(f"unknown --backends {sorted(unknown)}; choose from {list(known)}")
+    unknown = set(args.variants or ()) - set(sweep.VARIANTS)
+    if unknown:
+        parser.error(f"unknown --variants {sorted(unknown)}; choose from {list(sweep.VARIANTS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
 
 
 def write_json(result: dict, path: Path, console: Console) -> None:

@@ -34,6 +34,7 @@ point once (:func:`qkv.bench.measure.peak_memory_in_subprocess`), see MEMORY_NOT
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -47,7 +48,8 @@ from rich.progress import Progress
 
 import qkv
 from qkv.attention import get_backend
-from qkv.bench.attention import make_inputs, memory_skip_reason, naive_attention
+from qkv.attention.masks import normalize_window
+from qkv.bench.attention import make_inputs, memory_skip_reason, mode_run, naive_attention, visible_mask
 from qkv.bench.measure import (
     available_memory_bytes,
     machine_info,
@@ -55,6 +57,7 @@ from qkv.bench.measure import (
     peak_memory_in_subprocess,
     time_round_robin,
 )
+from qkv.bench.points import loglog_slope
 
 __all__ = [
     "Contender",
@@ -100,10 +103,13 @@ class Contender:
     limit_note: str = ""  # why max_n
     lra: bool = False  # a row of the LRA table (approximate ones: also of the targets)
     grid: bool = False  # a budget variant beside the defaults: full runs only
+    mode: str = "fwd"  # the unified sweep (qkv.bench.sweep): "fwd", "fwd+bwd" or "stats"
+    kernel: str | None = None  # kind "sdpa": the SDPBackend member it is pinned to (CUDA kernels)
+    needs_window: bool = False  # the unified sweep runs it only where a window is given
 
     def resolved_options(self) -> object | None:
         """The options dataclass this contender passes (None for backends without options)."""
-        if self.kind != "qkv":
+        if self.kind != "qkv" or self.backend == "auto":
             return None
         options_type = get_backend(self.backend).options_type
         return None if options_type is None else options_type(**dict(self.options))
@@ -180,28 +186,50 @@ class Setup:
     extras: dict  # one-off costs measured while building (FlexAttention: mask, compile)
 
 
-def band_mask(n: int, window: int, device: torch.device) -> torch.Tensor:
-    """(N, N) bool, True where |i - j| <= window (SDPA's convention: True = may attend)."""
-    index = torch.arange(n, device=device)
-    return (index[:, None] - index[None, :]).abs() <= window
+def own_window(contender: Contender, window: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The contender's own (w, w) window where it has one, else ``window``."""
+    return window if contender.window is None else (contender.window, contender.window)
 
 
-def forward_call(contender: Contender, q, k, v) -> Callable[[], torch.Tensor]:
-    """A callable computing the contender's output on (q, k, v)."""
+def sdpa_call(q, k, v, causal: bool, window: tuple[int, int] | None,
+              kernel: str | None = None) -> Callable[[], torch.Tensor]:
+    """A direct ``scaled_dot_product_attention`` call: ``is_causal`` without a window, else the
+    equivalent bool mask (built here, outside any timing); ``kernel`` pins the SDPBackend."""
+    if window is None:
+        call = functools.partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal)
+    else:
+        mask = visible_mask(q.shape[-2], k.shape[-2], causal, window, q.device)  # (Nq, Nk)
+        call = functools.partial(F.scaled_dot_product_attention, q, k, v, attn_mask=mask)
+    if kernel is None:
+        return call
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, kernel)
+
+    def pinned() -> torch.Tensor:
+        with sdpa_kernel(backend):
+            return call()
+    return pinned
+
+
+def forward_call(contender: Contender, q, k, v, causal: bool = False,
+                 window: tuple[int, int] | None = None) -> Callable[[], torch.Tensor]:
+    """A callable computing the contender's output on (q, k, v); ``causal`` and ``window``
+    (left, right) apply where the contender has no window of its own (the unified sweep)."""
+    window = own_window(contender, window)
     if contender.kind == "naive":
-        return lambda: naive_attention(q, k, v, False)
-    if contender.kind == "sdpa":
-        return lambda: F.scaled_dot_product_attention(q, k, v)
+        return lambda: naive_attention(q, k, v, causal, window)
+    if contender.kind in ("sdpa", "sdpa-band"):
+        return sdpa_call(q, k, v, causal, window, contender.kernel)
     if contender.kind == "mean":  # equal weights on every key: ignores q and k
         return lambda: v.mean(dim=-2, keepdim=True).expand(*q.shape[:-1], v.shape[-1]).clone()
-    if contender.kind == "sdpa-band":
-        mask = band_mask(q.shape[-2], contender.window, q.device)  # (N, N), built outside the timing
-        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if contender.kind == "stats":
+        return lambda: qkv.attention_stats(q, k, causal=causal, window=window)
     if contender.kind != "qkv":
         raise ValueError(f"unknown contender kind {contender.kind!r}")
-    window = None if contender.window is None else (contender.window, contender.window)
     options = contender.resolved_options()
-    return lambda: qkv.attention(q, k, v, window=window, backend=contender.backend, options=options)
+    return lambda: qkv.attention(q, k, v, causal=causal, window=window, backend=contender.backend,
+                                 options=options)
 
 
 def inductor_cache(cold: bool):
@@ -213,17 +241,37 @@ def inductor_cache(cold: bool):
     return fresh_cache()
 
 
-def build_flex(contender: Contender, q, k, v, cold_compile: bool) -> Setup:
-    """FlexAttention compiled for these shapes, with the sliding-window block mask; warm on return."""
+def flex_mask_mod(n_q: int, n_k: int, causal: bool, window: tuple[int, int] | None):
+    """FlexAttention's mask_mod for qkv's ``causal`` (bottom-right) and ``window=(left, right)``,
+    or None when every pair is visible."""
+    left, right = normalize_window(window, causal)
+    if left is None and right is None:
+        return None
+    offset = n_k - n_q  # query i sits at key position i + offset
+
+    def visible(b, h, q_idx, kv_idx):
+        position = q_idx + offset
+        if left is None:
+            return kv_idx <= position + right
+        if right is None:
+            return kv_idx >= position - left
+        return (kv_idx >= position - left) & (kv_idx <= position + right)
+
+    return visible
+
+
+def build_flex(contender: Contender, q, k, v, cold_compile: bool, causal: bool = False,
+               window: tuple[int, int] | None = None) -> Setup:
+    """FlexAttention compiled for these shapes, with the block mask of the contender's window
+    (or of ``causal`` and ``window``; none without either); warm on return."""
+    import torch._inductor.config
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    n, window = q.shape[-2], contender.window
-
-    def sliding_window(b, h, q_idx, kv_idx):
-        return (q_idx - kv_idx).abs() <= window
-
+    window = own_window(contender, window)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    mask_mod = flex_mask_mod(n_q, n_k, causal, window)
     start = time.perf_counter()
-    block_mask = create_block_mask(sliding_window, None, None, n, n, device=q.device)
+    block_mask = None if mask_mod is None else create_block_mask(mask_mod, None, None, n_q, n_k, device=q.device)
     block_mask_s = time.perf_counter() - start
     torch._dynamo.reset()  # compile for this N from scratch, static shapes
     compiled = torch.compile(flex_attention, dynamic=False)
@@ -232,7 +280,9 @@ def build_flex(contender: Contender, q, k, v, cold_compile: bool) -> Setup:
         with torch.no_grad():
             return compiled(q, k, v, block_mask=block_mask)
 
-    with inductor_cache(cold_compile):
+    # compile_threads=1: Inductor compiles in this process; a pool of compile workers would
+    # otherwise keep running beside the timed runs that follow (on 2 cores, 2-20x slower).
+    with inductor_cache(cold_compile), torch._inductor.config.patch(compile_threads=1):
         start = time.perf_counter()
         run()
         compile_s = time.perf_counter() - start
@@ -240,17 +290,15 @@ def build_flex(contender: Contender, q, k, v, cold_compile: bool) -> Setup:
                        "compile_cache": "cold" if cold_compile else "warm"})
 
 
-def build(contender: Contender, q, k, v, cold_compile: bool = False) -> Setup:
-    """The contender ready to run on these inputs."""
+def build(contender: Contender, q, k, v, cold_compile: bool = False, causal: bool = False,
+          window: tuple[int, int] | None = None) -> Setup:
+    """The contender ready to run on these inputs, in its mode (see :func:`mode_run`)."""
     if contender.kind == "flex":
-        return build_flex(contender, q, k, v, cold_compile)
-    call = forward_call(contender, q, k, v)
-
-    def run():
-        with torch.no_grad():
-            return call()
-
-    return Setup(run, {})
+        if contender.mode != "fwd":
+            raise ValueError(f"FlexAttention is benchmarked forward only; got mode {contender.mode!r}")
+        return build_flex(contender, q, k, v, cold_compile, causal, window)
+    make_call = functools.partial(forward_call, contender, causal=causal, window=window)
+    return Setup(mode_run(make_call, q, k, v, contender.mode), {})
 
 
 def build_probe_run(spec: dict, q, k, v) -> Callable[[], object]:
@@ -289,9 +337,10 @@ def relative_error(out: torch.Tensor, exact: torch.Tensor) -> float:
 
 def skip_reason(contender: Contender, n: int, heads: int, memory_budget: int, quick: bool) -> str | None:
     """Why a point is not run, or None."""
-    limit = contender.quick_max_n if quick and contender.quick_max_n is not None else contender.max_n
+    quick_limit = quick and contender.quick_max_n is not None
+    limit = contender.quick_max_n if quick_limit else contender.max_n
     if limit is not None and n > limit:
-        why = contender.limit_note or ("--quick" if quick else "")
+        why = "--quick" if quick_limit else contender.limit_note
         return f"run up to N={limit} only" + (f" ({why})" if why else "")
     return memory_skip_reason(contender.memory_factor, n, heads, memory_budget)
 
@@ -427,17 +476,6 @@ def target(name: str, n: int | str, measured: float | None, limit: float, higher
 
 SLIDING_COMPARE_N = 8192
 SLOPE_RANGE = (4096, 65536)
-
-
-def loglog_slope(points: list[tuple[int, float]]) -> float | None:
-    """Least-squares slope of log(time) against log(N); None with fewer than 2 sizes."""
-    if len({n for n, _ in points}) < 2:
-        return None
-    xs = [math.log(n) for n, _ in points]
-    ys = [math.log(t) for _, t in points]
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    covariance = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
-    return covariance / sum((x - mean_x) ** 2 for x in xs)
 
 
 def sliding_targets(rows: list[dict]) -> list[dict]:

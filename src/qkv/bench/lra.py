@@ -34,7 +34,8 @@ LRA_REFERENCE = (
 )
 
 
-TEXT_COLUMNS = ("contender", "backend", "target", "met", "note")  # left-aligned; the others are numbers
+TEXT_COLUMNS = ("contender", "backend", "target", "met", "note", "variant",  # left-aligned; others: numbers
+                "results", "benchmark", "device", "CPU", "GPU", "torch", "Python", "date", "quick")
 
 
 @dataclass
@@ -204,9 +205,11 @@ def memory_floor_note(approximate: dict) -> str:
             "measured this way (inputs excluded, output included) no backend can meet the memory target.")
 
 
-def print_tabs(tabs: list[Tab], console: Console, notes: list[str] = ()) -> None:
+def print_tabs(tabs: list[Tab | None], console: Console, notes: list[str] = ()) -> None:
+    """The tables that have rows, then the notes that are not empty."""
     for tab in tabs:
-        console.print(tab.rich())
+        if tab is not None and tab.rows:
+            console.print(tab.rich())
     for note in notes:
         if note:
             console.print(note)
@@ -232,6 +235,19 @@ def distinct_colours(axis) -> None:
     axis.set_prop_cycle(color=colormaps["tab20"].colors)
 
 
+def log_log(axis, xlabel: str, ylabel: str, title: str, legend_size: float | None = 7, columns: int = 1) -> None:
+    """Log scales on both axes, labels, a light grid and (unless ``legend_size`` is None) a legend."""
+    axis.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    axis.grid(True, which="both", alpha=0.3)
+    if legend_size is not None:
+        axis.legend(fontsize=legend_size, ncol=columns)
+
+
+def save_figure(figure, path: Path, dpi: int = 120) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+
+
 def plot_times(rows: list[dict], path: Path) -> None:
     """Median forward time against N, log-log, one line per contender."""
     figure = agg_figure(8, 5.5)
@@ -242,12 +258,9 @@ def plot_times(rows: list[dict], path: Path) -> None:
         if points:
             axis.plot(*zip(*points), marker="o", markersize=3, label=name,
                       linestyle="--" if name.startswith(("sdpa", "naive", "flex")) else "-")
-    axis.set(xscale="log", yscale="log", xlabel="sequence length N", ylabel="median forward time (s)",
-             title="attention forward on the CPU, B=1 H=8 D=64 float32")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    log_log(axis, "sequence length N", "median forward time (s)",
+            "attention forward on the CPU, B=1 H=8 D=64 float32", columns=2)
+    save_figure(figure, path)
 
 
 def plot_error_vs_speedup(rows: list[dict], path: Path) -> None:
@@ -265,12 +278,8 @@ def plot_error_vs_speedup(rows: list[dict], path: Path) -> None:
                 _, x, y = zip(*points)
                 line = axis.plot(x, y, marker="o", markersize=3, label=name)[0]
                 axis.annotate(size_label(points[-1][0]), (x[-1], y[-1]), fontsize=6, color=line.get_color())
-        axis.set(xscale="log", yscale="log", xlabel="speed-up over SDPA (labels: largest N)",
-                 ylabel="||out - exact|| / ||exact||", title=title)
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+        log_log(axis, "speed-up over SDPA (labels: largest N)", "||out - exact|| / ||exact||", title)
+    save_figure(figure, path)
 
 
 def distinct_call(row: dict) -> tuple:

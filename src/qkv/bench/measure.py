@@ -1,14 +1,26 @@
-"""How benchmarks measure: medians of interleaved runs, peak memory in a fresh process.
+"""How benchmarks measure: medians of interleaved runs, peak memory two ways.
 
 Timing runs the candidates round-robin (A, B, C, A, B, C, ...) after a warm-up, so that
-a noisy neighbour slows all of them alike, and reports medians. Peak memory on the CPU is
-read in a fresh subprocess from the kernel's resident-set high-water mark (VmHWM), reset
-after the inputs are built, so that neither the import of torch nor memory an earlier
-run left in the allocator's caches is counted.
+a noisy neighbour slows all of them alike, and reports medians.
+
+Peak memory, two methods:
+
+- :func:`peak_memory_in_subprocess` (the exact and long-context sections): on the CPU, the
+  kernel's resident-set high-water mark (VmHWM) of a fresh subprocess, reset after the
+  inputs are built, so that neither the import of torch nor memory an earlier run left in
+  the allocator's caches is counted. It includes memory the allocator keeps and non-tensor
+  memory, and varies by some MiB from run to run.
+- :func:`peak_tensor_bytes` (the unified sweep, ``qkv bench attention``): the peak of the
+  bytes held by tensors that one call allocates, beyond those alive before it, in this
+  process: on a GPU ``torch.cuda.max_memory_allocated``; on the CPU the same quantity
+  summed from the allocation and free events of ``torch.profiler`` (``profile_memory``).
+  Deterministic, and the same definition on both devices; memory outside PyTorch's
+  allocator (e.g. a BLAS library's own buffers) is not counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -17,12 +29,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 
-__all__ = ["time_round_robin", "peak_memory_in_subprocess", "machine_info", "available_memory_bytes"]
+__all__ = [
+    "time_round_robin",
+    "peak_memory_in_subprocess",
+    "peak_tensor_bytes",
+    "machine_info",
+    "available_memory_bytes",
+]
 
 
 def synchronize(device: str) -> None:
@@ -32,8 +50,8 @@ def synchronize(device: str) -> None:
 
 
 def time_round_robin(
-    workloads: dict[str, Callable[[], object]],
-    repeats: int,
+    workloads: Mapping[str, Callable[[], object]],
+    repeats: int | Mapping[str, int],
     warmup: int = 1,
     device: str = "cpu",
     on_run: Callable[[], None] | None = None,
@@ -42,20 +60,24 @@ def time_round_robin(
 
     Args:
         workloads: name -> a callable doing one complete run.
-        repeats: timed rounds.
+        repeats: timed rounds, for all or per name (round r runs the workloads that
+            have more than r rounds, still interleaved).
         warmup: untimed rounds first.
         device: "cpu" or "cuda" (synchronised around each run).
         on_run: called after every timed run (e.g. to advance a progress bar).
 
     Returns:
-        name -> list of ``repeats`` durations in seconds.
+        name -> list of that workload's durations in seconds, one per round.
     """
+    rounds = repeats if isinstance(repeats, Mapping) else dict.fromkeys(workloads, repeats)
     for _ in range(warmup):
         for run in workloads.values():
             run()
     times: dict[str, list[float]] = {name: [] for name in workloads}
-    for _ in range(repeats):
+    for round_index in range(max(rounds.values(), default=0)):
         for name, run in workloads.items():
+            if rounds[name] <= round_index:
+                continue
             synchronize(device)
             start = time.perf_counter()
             run()
@@ -114,6 +136,60 @@ def peak_memory_in_subprocess(module: str, spec: dict, timeout_s: float = 1800) 
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (the profiler's C++ start/stop lines), then restore it."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _profiled_peak(run: Callable[[], object]) -> tuple[int, object]:
+    """CPU: peak bytes of the tensors ``run`` allocates, from torch.profiler's memory events."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    host = (DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP)  # as torch.autograd.profiler counts it
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = run()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held = peak = 0
+    for event in events:  # + bytes on allocation, - on free; the CPU's own tensors only
+        if event.device_type() in host:
+            held += event.nbytes()
+            peak = max(peak, held)
+    return peak, result
+
+
+def peak_tensor_bytes(run: Callable[[], object], device: str = "cpu") -> tuple[int, object]:
+    """Peak bytes held by tensors that one ``run()`` allocates beyond those alive before it.
+
+    On a GPU: ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated
+    before. On the CPU: the running sum of torch.profiler's allocation (+) and free (-)
+    events during the call, its maximum (the same quantity; PyTorch keeps no CPU
+    counter). Returns ``(peak_bytes, what run returned)``.
+    """
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        result = run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - baseline, result
+    return _profiled_peak(run)
+
+
 def available_memory_bytes() -> int:
     """MemAvailable from /proc/meminfo (Linux), else total physical memory."""
     try:
@@ -146,7 +222,10 @@ def machine_info(device: str = "cpu") -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device,
+        "gpu": None,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+        info["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+        info["cuda"] = torch.version.cuda
     return info

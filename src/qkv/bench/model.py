@@ -1,30 +1,35 @@
-"""`python -m qkv.bench model`: whole models, ours against Hugging Face transformers.
+"""`qkv bench model` (also `python -m qkv.bench model`): whole models, ours against Hugging Face transformers.
 
 1. MiniLM (all-MiniLM-L6-v2) forward throughput, batch 32 x 128 tokens, float32 on the
-   CPU: qkv's BertModel against transformers' BertModel with attn_implementation="sdpa"
-   (when transformers is installed), timed in interleaved rounds.
+   CPU (or ``--device cuda``): qkv's BertModel against transformers' BertModel with
+   attn_implementation="sdpa" (when transformers is installed), timed in interleaved rounds;
+   peak memory of one more forward (:func:`qkv.bench.measure.peak_tensor_bytes`).
 2. Tiny GPT-2 generation: the time of each new token as the sequence grows to 1,024
    tokens, with the KV cache (one token per step) and without (the whole sequence per
    step), as a table, JSON and a PNG plot.
+
+Rows follow :mod:`qkv.bench.points` (``max_error`` and ``flops_per_s`` are None); the JSON,
+its plot and BENCHMARKS.md are written as :mod:`qkv.bench.report` says.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime
+import sys
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 import qkv
-from qkv.bench.measure import machine_info, median, time_round_robin
+from qkv.bench.measure import machine_info, median, peak_tensor_bytes, synchronize, time_round_robin
+from qkv.bench.points import point_row
 from qkv.models import GPT2Config, GPT2LMHeadModel
 from qkv.nn import KVCache
 
-__all__ = ["bench_minilm_forward", "bench_generation", "main"]
+__all__ = ["bench_minilm_forward", "bench_generation", "run_model_bench", "model_rows", "main"]
 
 
 def random_batch(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -35,10 +40,11 @@ def random_batch(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Te
     return ids
 
 
-def bench_minilm_forward(batch: int = 32, length: int = 128, repeats: int = 7) -> dict:
+def bench_minilm_forward(batch: int = 32, length: int = 128, repeats: int = 7, device: str = "cpu") -> dict:
     """Tokens per second of MiniLM's forward pass, ours and (if installed) transformers'."""
     ours, _ = qkv.load("minilm")
-    ids = random_batch(batch, length, ours.config.vocab_size)
+    ours = ours.to(device)
+    ids = random_batch(batch, length, ours.config.vocab_size).to(device)
     mask = torch.ones_like(ids, dtype=torch.bool)
     runs = {"qkv": lambda: ours(ids, mask)}
     try:
@@ -46,15 +52,16 @@ def bench_minilm_forward(batch: int = 32, length: int = 128, repeats: int = 7) -
 
         theirs = transformers.BertModel.from_pretrained(
             str(qkv.models.default_model_path()), attn_implementation="sdpa"
-        ).eval()
+        ).eval().to(device)
         runs["transformers (sdpa)"] = lambda: theirs(input_ids=ids, attention_mask=mask.long())
     except ImportError:
         theirs = None
     with torch.inference_mode():
-        times = time_round_robin(runs, repeats=repeats, warmup=2)
+        times = time_round_robin(runs, repeats=repeats, warmup=2, device=device)
+        peaks = {name: peak_tensor_bytes(run, device)[0] for name, run in runs.items()}
     tokens = batch * length
-    rows = [{"implementation": name, "time_s": median(t), "times_s": t, "tokens_per_s": tokens / median(t)}
-            for name, t in times.items()]
+    rows = [{"implementation": name, "time_s": median(t), "times_s": t, "tokens_per_s": tokens / median(t),
+             "peak_bytes": peaks[name]} for name, t in times.items()]
     result = {"batch": batch, "length": length, "rows": rows}
     if theirs is not None:
         result["speedup_vs_transformers"] = rows[1]["time_s"] / rows[0]["time_s"]
@@ -69,27 +76,29 @@ def tiny_gpt2(max_length: int) -> GPT2LMHeadModel:
 
 
 @torch.inference_mode()
-def step_times(model: GPT2LMHeadModel, max_length: int, use_cache: bool) -> list[float]:
+def step_times(model: GPT2LMHeadModel, max_length: int, use_cache: bool, device: str = "cpu") -> list[float]:
     """Seconds to produce the token at each length 2 .. max_length (greedy)."""
-    ids = torch.tensor([[1]])
+    ids = torch.tensor([[1]], device=device)
     cache = KVCache() if use_cache else None
     times = []
     for _ in range(max_length - 1):
+        synchronize(device)
         start = time.perf_counter()
         step_input = ids[:, -1:] if use_cache else ids
         logits = model(step_input, kv_cache=cache).logits
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
 
-def bench_generation(max_length: int = 1024, rounds: int = 3) -> dict:
+def bench_generation(max_length: int = 1024, rounds: int = 3, device: str = "cpu") -> dict:
     """Per-token time against sequence length, with and without the KV cache."""
-    model = tiny_gpt2(max_length)
-    step_times(model, 64, True)  # warm-up
+    model = tiny_gpt2(max_length).to(device)
+    step_times(model, 64, True, device)  # warm-up
     curves = {}
     for use_cache in (True, False):
-        runs = [step_times(model, max_length, use_cache) for _ in range(rounds)]
+        runs = [step_times(model, max_length, use_cache, device) for _ in range(rounds)]
         curves["with cache" if use_cache else "without cache"] = [
             median([run[i] for run in runs]) for i in range(max_length - 1)
         ]
@@ -103,54 +112,55 @@ def bench_generation(max_length: int = 1024, rounds: int = 3) -> dict:
     return {"max_length": max_length, "curves": curves, "table": table}
 
 
-def plot_generation(result: dict, path: Path) -> None:
-    """Per-token time against length, log scale."""
-    import matplotlib
+def model_rows(result: dict) -> list[dict]:
+    """The forward and generation numbers as rows of the common schema (:mod:`qkv.bench.points`)."""
+    device, forward = result["config"]["device"], result["forward"]
+    rows = [point_row(r["implementation"], "forward", forward["length"], device=device,
+                      options={"model": "all-MiniLM-L6-v2", "batch": forward["batch"]}, time_s=r["time_s"],
+                      peak_bytes=r["peak_bytes"], times_s=r["times_s"], tokens_per_s=r["tokens_per_s"])
+            for r in forward["rows"]]
+    tiny = {"model": "tiny GPT-2", "layers": 4, "d_model": 128, "heads": 4, "batch": 1}
+    for point in result["generation"]["table"]:
+        for curve, mode in (("with cache", "generate, KV cache"), ("without cache", "generate, no cache")):
+            rows.append(point_row("qkv", mode, point["length"], causal=True, device=device, options=tiny,
+                                  time_s=point[curve], time_per="generated token"))
+    return rows
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name, curve in result["curves"].items():
-        axis.plot(range(2, len(curve) + 2), [t * 1e3 for t in curve], label=name)
-    axis.set_xlabel("sequence length (tokens)")
-    axis.set_ylabel("time for the next token (ms)")
-    axis.set_yscale("log")
-    axis.set_title("tiny GPT-2 generation (4 layers, d=128), CPU")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def run_model_bench(quick: bool = False, device: str = "cpu") -> dict:
+    """Both measurements, with the machine and the rows."""
+    forward = bench_minilm_forward(batch=4 if quick else 32, length=32 if quick else 128,
+                                   repeats=2 if quick else 7, device=device)
+    generation = bench_generation(max_length=128 if quick else 1024, rounds=1 if quick else 3, device=device)
+    result = {"benchmark": "model", "date": datetime.date.today().isoformat(), "machine": machine_info(device),
+              "config": {"device": device, "dtype": "float32", "quick": quick}, "forward": forward,
+              "generation": generation}
+    result["rows"] = model_rows(result)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m qkv.bench model``."""
-    parser = argparse.ArgumentParser(prog="python -m qkv.bench model", description=__doc__.split("\n")[0])
+    """Entry point of ``qkv bench model`` (``python -m qkv.bench model``)."""
+    from qkv.bench import report
+    from qkv.bench.lra import print_tabs
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="qkv bench model", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check that it runs")
-    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where the JSON goes (default <out>/bench-model-<device>.json)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"),
+                        help="results folder: JSON unless --json, the plot beside the JSON, BENCHMARKS.md "
+                             "from every bench-*.json beside it (default bench-results)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     console = Console()
-    args.out.mkdir(parents=True, exist_ok=True)
-    forward = bench_minilm_forward(batch=4 if args.quick else 32, length=32 if args.quick else 128,
-                                   repeats=2 if args.quick else 7)
-    table = Table(title=f"MiniLM forward, batch {forward['batch']} x {forward['length']} tokens, float32")
-    for column in ("implementation", "median time", "tokens/s"):
-        table.add_column(column)
-    for row in forward["rows"]:
-        table.add_row(row["implementation"], f"{row['time_s'] * 1e3:.1f} ms", f"{row['tokens_per_s']:.0f}")
-    console.print(table)
-    if "speedup_vs_transformers" in forward:
-        console.print(f"qkv / transformers throughput: {forward['speedup_vs_transformers']:.3f}x")
-    generation = bench_generation(max_length=128 if args.quick else 1024, rounds=1 if args.quick else 3)
-    table = Table(title="tiny GPT-2: time for the next token")
-    for column in ("length", "with cache", "without cache", "ratio"):
-        table.add_column(column)
-    for row in generation["table"]:
-        table.add_row(str(row["length"]), f"{row['with cache'] * 1e3:.2f} ms",
-                      f"{row['without cache'] * 1e3:.2f} ms", f"{row['without cache'] / row['with cache']:.1f}x")
-    console.print(table)
-    plot_generation(generation, args.out / "generation.png")
-    result = {"benchmark": "model", "machine": machine_info(), "forward": forward, "generation": generation}
-    (args.out / "model.json").write_text(json.dumps(result, indent=2))
-    console.print(f"wrote {args.out / 'model.json'} and {args.out / 'generation.png'}")
+    result = run_model_bench(args.quick, args.device)
+    result["command"] = " ".join(["qkv bench model", *argv])
+    print_tabs(report.model_tabs(result), console)
+    if "speedup_vs_transformers" in result["forward"]:
+        console.print(f"qkv / transformers throughput: {result['forward']['speedup_vs_transformers']:.3f}x")
+    report.publish(result, args.json, args.out, console)
     return 0

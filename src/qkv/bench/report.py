@@ -1,0 +1,490 @@
+"""``qkv bench report``: BENCHMARKS.md and the plots, generated from the benchmarks' JSON.
+
+Where the files go. Each of ``qkv bench attention|model|ring`` takes ``--out DIR`` (default
+``bench-results``) and ``--json PATH``:
+
+- the JSON goes to PATH, else to ``DIR/bench-<benchmark>-<device>.json``;
+- its plots go beside it, named after it (``bench-attention-cpu-time.png``, ``-memory.png``,
+  ``-error.png``; ``bench-model-cpu-generation.png``);
+- ``DIR/BENCHMARKS.md`` is regenerated from every ``bench-*.json`` beside that JSON, so that
+  separate runs (attention on the CPU, on a GPU, the models, ring) collect in one report.
+
+``qkv bench report JSON... [--out DIR]`` regenerates ``DIR/BENCHMARKS.md`` (default: the
+current folder) and the plots from existing JSON files, measuring nothing. The repository's
+report is ``BENCHMARKS.md`` at its root, from ``benchmarks/bench-*.json``::
+
+    qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
+    qkv bench model --json benchmarks/bench-model-cpu.json --out .
+    qkv bench ring --json benchmarks/bench-ring-cpu.json --out .
+    qkv bench attention --device cuda --json benchmarks/bench-attention-cuda.json --out .   # on a GPU
+    qkv bench report benchmarks/bench-*.json --out .                                       # no rerun
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from rich.console import Console
+
+from qkv.bench.attention import format_bytes, target_cells
+from qkv.bench.lra import (
+    Tab,
+    agg_figure,
+    distinct_colours,
+    fmt,
+    format_seconds,
+    log_log,
+    print_tabs,
+    save_figure,
+    size_label,
+)
+from qkv.bench.points import ROW_FIELDS
+from qkv.bench.sweep import CUDA_ONLY, METHOD, label
+
+__all__ = ["publish", "write_report", "attention_tabs", "model_tabs", "main", "REPORT_NAME"]
+
+REPORT_NAME = "BENCHMARKS.md"
+RESULT_PATTERN = "bench-*.json"
+SUMMARY_SIZES = (4096, 16384, 65536)
+DEVICES = {"cpu": "CPU", "cuda": "GPU"}
+ORDER = {"attention": 0, "model": 1, "ring": 2}
+
+
+def default_json(benchmark: str, device: str, out_dir: Path) -> Path:
+    return out_dir / f"bench-{benchmark}-{device}.json"
+
+
+# ----------------------------------------------------------------------------- attention tables
+
+
+def variant_rows(result: dict, variant: str) -> dict[str, dict[int, dict]]:
+    """label -> N -> row, for one variant, in the contenders' order."""
+    table: dict[str, dict[int, dict]] = {}
+    for row in result["rows"]:
+        if row["variant"] == variant:
+            table.setdefault(label(row["backend"], row["mode"]), {})[row["n"]] = row
+    return table
+
+
+def exponent_cell(fit: dict | None) -> str:
+    if not fit or fit["exponent"] is None:
+        return "-"
+    return f"{fit['exponent']:.2f} ({size_label(fit['sizes'][0])}-{size_label(fit['sizes'][-1])})"
+
+
+def fits_of(result: dict) -> dict[tuple[str, str], dict]:
+    """(label, variant) -> the scaling fit."""
+    return {(label(f["backend"], f["mode"]), f["variant"]): f for f in result.get("scaling", [])}
+
+
+METRICS: tuple[tuple[str, str, Callable[[dict], str]], ...] = (
+    ("time", "median time per call", lambda r: format_seconds(r["time_s"])),
+    ("memory", "peak memory (tensor bytes one call allocates)", lambda r: format_bytes(r["peak_bytes"])),
+    ("error", "max |out - exact|, forward", lambda r: fmt(r["max_error"], "{:.1e}")),
+    ("rate", "GFLOP/s (4 * visible pairs * D * H per forward; exact contenders)",
+     lambda r: fmt(None if r["flops_per_s"] is None else r["flops_per_s"] / 1e9, "{:.1f}")),
+)
+
+
+def skip_notes(table: dict[str, dict[int, dict]]) -> list[str]:
+    """Per contender: the sizes it skipped and why (the reason at the first of them)."""
+    notes = []
+    for name, by_n in table.items():
+        skipped = [n for n, row in sorted(by_n.items()) if row["skipped"]]
+        if not skipped:
+            continue
+        where = "every N" if len(skipped) == len(by_n) else ", ".join(size_label(n) for n in skipped)
+        notes.append(f"{name}: {where}: {by_n[skipped[0]]['skipped']}")
+    return notes
+
+
+def attention_tabs(result: dict, variant: str) -> tuple[list[Tab], list[str]]:
+    """Time (with the scaling exponent), memory, error and FLOP-rate tables of one variant, and
+    the skip notes. A contender with nothing to show in a table is left out of it."""
+    sizes = result["config"]["sizes"]
+    table = variant_rows(result, variant)
+    fits = fits_of(result)
+    device = DEVICES.get(result["config"]["device"], result["config"]["device"])
+    tabs = []
+    for key, title, cell in METRICS:
+        columns = ["contender", *(size_label(n) for n in sizes)] + (["exponent"] if key == "time" else [])
+        rows = []
+        for name, by_n in table.items():
+            cells = [cell(by_n[n]) if n in by_n and not by_n[n]["skipped"] else "-" for n in sizes]
+            if any(c != "-" for c in cells):  # e.g. no error or FLOP rate for attention_stats
+                rows.append([name, *cells] + ([exponent_cell(fits.get((name, variant)))] if key == "time" else []))
+        tabs.append(Tab(f"{device}, {variant}: {title}", columns, rows))
+    notes = skip_notes({name: by_n for name, by_n in table.items()
+                        if not all(r["skipped"] and r["skipped"].startswith(CUDA_ONLY) for r in by_n.values())})
+    return tabs, notes
+
+
+def scaling_tab(result: dict) -> Tab:
+    """Exponent of time against N per contender (rows) and variant (columns)."""
+    variants = [v["name"] for v in result["config"]["variants"]]
+    fits = fits_of(result)
+    names = list(dict.fromkeys(label(r["backend"], r["mode"]) for r in result["rows"]))
+    rows = [[name, *(exponent_cell(fits.get((name, v))) for v in variants)] for name in names
+            if any(fits.get((name, v), {}).get("exponent") is not None for v in variants)]
+    device = DEVICES.get(result["config"]["device"], result["config"]["device"])
+    return Tab(f"{device}: log-log slope of time against N (sizes fitted)", ["contender", *variants], rows)
+
+
+def compile_tab(result: dict) -> Tab:
+    """FlexAttention's one-off costs, apart from its timing: block mask and compile + first call."""
+    sizes = result["config"]["sizes"]
+    found = {(r["variant"], r["n"]): r for r in result["rows"] if "compile_s" in r}
+    rows = []
+    for variant in (v["name"] for v in result["config"]["variants"]):
+        cells = [f"{format_seconds(found[(variant, n)]['block_mask_s'])} + "
+                 f"{format_seconds(found[(variant, n)]['compile_s'])}" if (variant, n) in found else "-"
+                 for n in sizes]
+        if any(c != "-" for c in cells):
+            rows.append([variant, *cells])
+    cache = result["config"].get("flex_compile_cache", "")
+    return Tab(f"flex (compiled), not in its times: block mask + compile and first call ({cache})",
+               ["variant", *(size_label(n) for n in sizes)], rows)
+
+
+def summary_tab(by_device: dict[str, dict]) -> Tab:
+    """Times at a few N and the exponent, each device's columns side by side (full variant); a
+    device without results gets one column saying so."""
+    columns, cells, names = ["contender"], {}, []
+    for device, title in DEVICES.items():
+        result = by_device.get(device)
+        if result is None:
+            columns.append(title)
+            cells[device] = {}, ["not measured yet"]
+            continue
+        run = result["config"]["sizes"]
+        sizes = [n for n in SUMMARY_SIZES if n in run] or run[-3:]
+        columns += [f"{title} {size_label(n)}" for n in sizes] + [f"{title} exponent"]
+        fits = fits_of(result)
+        device_cells = {}
+        for name, by_n in variant_rows(result, "full").items():
+            if any(r["time_s"] for r in by_n.values()):
+                names.append(name)
+                device_cells[name] = [format_seconds(by_n[n]["time_s"]) if n in by_n and by_n[n]["time_s"] else "-"
+                                      for n in sizes] + [exponent_cell(fits.get((name, "full")))]
+        cells[device] = device_cells, ["-"] * (len(sizes) + 1)
+    rows = [[name, *(c for found, missing in cells.values() for c in found.get(name, missing))]
+            for name in dict.fromkeys(names)]
+    return Tab("attention, not causal, no window: median time per call and scaling exponent", columns, rows)
+
+
+def targets_tab(result: dict) -> Tab | None:
+    if not result.get("targets"):
+        return None
+    return Tab("issue 2's targets, from the full variant", ["target", "N", "measured", "limit", "met"],
+               [target_cells(t) for t in result["targets"]])
+
+
+# ----------------------------------------------------------------------------- model and ring tables
+
+
+def model_tabs(result: dict) -> list[Tab]:
+    """MiniLM forward throughput, and GPT-2 time per generated token with and without the KV cache."""
+    forward = [r for r in result["rows"] if r["mode"] == "forward"]
+    tabs = []
+    if forward:
+        batch = forward[0]["options"]["batch"]
+        tabs.append(Tab(f"MiniLM forward, batch {batch} x {forward[0]['n']} tokens, {forward[0]['dtype']}",
+                        ["backend", "median time", "tokens/s", "peak memory"],
+                        [[r["backend"], format_seconds(r["time_s"]), f"{r['tokens_per_s']:.0f}",
+                          format_bytes(r["peak_bytes"])] for r in forward]))
+    generation = result.get("generation", {}).get("table", [])
+    if generation:
+        tabs.append(Tab("tiny GPT-2 (4 layers, d=128): time for the next token",
+                        ["length", "with KV cache", "without", "ratio"],
+                        [[str(g["length"]), format_seconds(g["with cache"]), format_seconds(g["without cache"]),
+                          f"{g['without cache'] / g['with cache']:.1f}x"] for g in generation]))
+    return tabs
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def variant_axes(figure, variants: list[str]):
+    columns = 2 if len(variants) > 1 else 1
+    rows = (len(variants) + columns - 1) // columns
+    return [figure.add_subplot(rows, columns, i + 1) for i in range(len(variants))]
+
+
+def plot_against_n(result: dict, key: str, ylabel: str, path: Path) -> None:
+    """``key`` against N, log-log, one panel per variant, one line per contender and mode."""
+    variants = [v["name"] for v in result["config"]["variants"]]
+    figure = agg_figure(13, 4.2 * ((len(variants) + 1) // 2))
+    for axis, variant in zip(variant_axes(figure, variants), variants):
+        distinct_colours(axis)
+        for name, by_n in variant_rows(result, variant).items():
+            points = sorted((n, r[key]) for n, r in by_n.items() if r.get(key))
+            if points:
+                style = "--" if ", fwd+bwd" in name else ":" if "stats" in name else "-"
+                axis.plot(*zip(*points), marker="o", markersize=3, linestyle=style, label=name)
+        log_log(axis, "sequence length N", ylabel, variant, legend_size=6, columns=2)
+    machine = result["machine"]
+    figure.suptitle(f"attention, B=1 H={result['config']['heads']} D={result['config']['head_dim']} "
+                    f"{result['config']['dtype']} on {machine.get('gpu') or machine['cpu']}")
+    save_figure(figure, path, dpi=110)
+
+
+def error_point(result: dict, variant: str) -> int | None:
+    """The largest N of a variant where SDPA's forward ran and some error was measured."""
+    rows = [r for r in result["rows"] if r["variant"] == variant]
+    base = {r["n"] for r in rows if r["backend"] == "sdpa (torch)" and r["mode"] == "fwd" and r["time_s"]}
+    measured = {r["n"] for r in rows if r["max_error"] is not None}
+    return max(base & measured, default=None)
+
+
+def plot_error_vs_speed(result: dict, path: Path) -> None:
+    """Max error against speed-up over SDPA at one N per variant: one point per contender."""
+    from matplotlib.ticker import NullFormatter
+
+    variants = [v["name"] for v in result["config"]["variants"]]
+    figure = agg_figure(13, 4.2 * ((len(variants) + 1) // 2))
+    for axis, variant in zip(variant_axes(figure, variants), variants):
+        n = error_point(result, variant)
+        log_log(axis, "speed-up over sdpa (torch)", "max |out - exact|", f"{variant}, N={n}", legend_size=None)
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.yaxis.set_minor_formatter(NullFormatter())
+        if n is None:
+            continue
+        for row in result["rows"]:
+            if row["variant"] == variant and row["n"] == n and row["max_error"] is not None and row["ratio_to_sdpa"]:
+                x, y = 1 / row["ratio_to_sdpa"], max(row["max_error"], 1e-12)
+                axis.scatter([x], [y], s=14, color="tab:blue" if row["exact"] else "tab:red")
+                axis.annotate(row["backend"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    figure.suptitle("error against speed (blue: exact backends, red: approximate)")
+    save_figure(figure, path, dpi=110)
+
+
+def plot_generation(result: dict, path: Path) -> None:
+    """Per-token time against length, with and without the KV cache."""
+    figure = agg_figure(6, 4)
+    axis = figure.add_subplot()
+    for name, curve in result["generation"]["curves"].items():
+        axis.plot(range(2, len(curve) + 2), [t * 1e3 for t in curve], label=name)
+    axis.set(xlabel="sequence length (tokens)", ylabel="time for the next token (ms)", yscale="log",
+             title=f"tiny GPT-2 generation (4 layers, d=128), {result['config']['device']}")
+    axis.legend()
+    save_figure(figure, path)
+
+
+def write_plots(result: dict, json_path: Path) -> list[Path]:
+    """The plots of one result, beside its JSON: ``<stem>-<plot>.png``."""
+    stem = json_path.with_suffix("")
+    plots: list[tuple[str, Callable[[Path], None]]] = []
+    if result["benchmark"] == "attention":
+        plots = [("time", lambda p: plot_against_n(result, "time_s", "median time per call (s)", p)),
+                 ("memory", lambda p: plot_against_n(result, "peak_bytes", "peak tensor memory (bytes)", p)),
+                 ("error", lambda p: plot_error_vs_speed(result, p))]
+    elif result["benchmark"] == "model" and result.get("generation"):
+        plots = [("generation", lambda p: plot_generation(result, p))]
+    paths = []
+    for name, draw in plots:
+        path = Path(f"{stem}-{name}.png")
+        draw(path)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------- the markdown
+
+
+def link(path: Path, out_dir: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+
+
+def machine_tab(results: list[tuple[Path, dict]], out_dir: Path) -> Tab:
+    rows = []
+    for path, result in results:
+        m = result["machine"]
+        rows.append([f"[{path.name}]({link(path, out_dir)})", result["benchmark"], m["device"], m["cpu"],
+                     f"{m['cpu_count']} / {m['torch_threads']}", f"{m['memory_bytes'] / 1e9:.0f} GB",
+                     m.get("gpu") or "-", m["torch"], m["python"], result.get("date", "-"),
+                     "yes" if result.get("config", {}).get("quick") else "no"])
+    return Tab("where each result was measured", ["results", "benchmark", "device", "CPU", "cores / threads",
+                                                  "memory", "GPU", "torch", "Python", "date", "quick"], rows)
+
+
+def markdown_tabs(tabs: Iterable[Tab | None]) -> list[str]:
+    return [tab.markdown() for tab in tabs if tab is not None and tab.rows]
+
+
+def cuda_only(result: dict) -> list[str]:
+    """Contenders skipped everywhere in this result because they need CUDA."""
+    names = dict.fromkeys(label(r["backend"], r["mode"]) for r in result["rows"]
+                          if r["skipped"] and r["skipped"].startswith(CUDA_ONLY))
+    return list(names)
+
+
+def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
+    config, machine = result["config"], result["machine"]
+    device = DEVICES.get(config["device"], config["device"])
+    stem = path.with_suffix("")
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
+    parts = [
+        f"## Attention on the {device} ({config['dtype']})",
+        f"`{result.get('command') or 'qkv bench attention'}` on {where}, torch {machine['torch']}, "
+        f"{result.get('date', '')}{' (--quick)' if config.get('quick') else ''}: B=1, H={config['heads']}, "
+        f"D={config['head_dim']}, N = {', '.join(size_label(n) for n in config['sizes'])}; a run predicted to "
+        f"take over {config['max_run_s']:g} s is skipped (SDPA's forward: {config['baseline_max_run_s']:g} s); "
+        f"the sweep took {config.get('wall_s', 0) / 60:.1f} min, 1-minute load average "
+        f"{config['load_average_1min']['before']:.1f} -> {config['load_average_1min']['after']:.1f}. "
+        f"Raw numbers: [{path.name}]({link(path, out_dir)}).",
+        *(f"![{name}]({link(Path(f'{stem}-{name}.png'), out_dir)})" for name in ("time", "memory", "error")),
+        *([f"The CUDA kernels behind SDPA ({', '.join(cuda_only(result))}) run only with `--device cuda`."]
+          if cuda_only(result) else []),
+        *markdown_tabs([scaling_tab(result), compile_tab(result)]),
+    ]
+    for variant in (v["name"] for v in config["variants"]):
+        tabs, notes = attention_tabs(result, variant)
+        parts += [f"### {device}, {variant}", *markdown_tabs(tabs)]
+        if notes:
+            parts.append("Skipped:\n\n" + "\n".join(f"- {note}" for note in notes))
+    parts += markdown_tabs([targets_tab(result)])
+    return parts
+
+
+GPU_PENDING = (
+    "Not measured yet: no GPU has been lent to this project so far. On a machine with CUDA, one run fills "
+    "the GPU columns above and adds this section: `qkv bench attention --device cuda --json "
+    "benchmarks/bench-attention-cuda.json --out .` (bfloat16; SDPA's FlashAttention, cuDNN and "
+    "memory-efficient kernels pinned with `torch.nn.attention.sdpa_kernel`, compiled FlexAttention, every "
+    "qkv backend; times synchronised with `torch.cuda.synchronize`, memory from "
+    "`torch.cuda.max_memory_allocated`)."
+)
+
+
+def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
+    """BENCHMARKS.md from the loaded results."""
+    attention = {r["config"]["device"]: (p, r) for p, r in results if r["benchmark"] == "attention"}
+    sources = " ".join(link(p, out_dir) for p, _ in results)
+    parts = [
+        "# Benchmarks",
+        "Generated from the JSON files below by `qkv bench report` (or by the benchmark commands' `--out`); "
+        f"regenerate it without measuring with `qkv bench report {sources} --out .` run here. Each file names "
+        "the machine it was measured on, and the command.",
+        *markdown_tabs([machine_tab(results, out_dir)]),
+        "## Attention: summary",
+    ]
+    if "cuda" not in attention:
+        parts.append("The GPU columns are **not measured yet** (no GPU has been lent to this project so far).")
+    parts += markdown_tabs([summary_tab({device: r for device, (_, r) in attention.items()})])
+    for device in DEVICES:
+        if device in attention:
+            parts += attention_section(*attention[device], out_dir)
+        elif device == "cuda":
+            parts += ["## Attention on the GPU", GPU_PENDING]
+    for path, result in results:
+        if result["benchmark"] == "model":
+            m = result["machine"]
+            parts += [f"## Models ({DEVICES.get(result['config']['device'])})",
+                      f"`{result.get('command') or 'qkv bench model'}` on {m.get('gpu') or m['cpu']}, "
+                      f"{result.get('date', '')}. MiniLM (all-MiniLM-L6-v2) forward, qkv against Hugging Face "
+                      f"`transformers` with `attn_implementation=\"sdpa\"`; a random tiny GPT-2 generating "
+                      f"greedily. Raw numbers: [{path.name}]({link(path, out_dir)}).",
+                      *markdown_tabs(model_tabs(result))]
+            plot = Path(f"{path.with_suffix('')}-generation.png")
+            if plot.exists():
+                parts.append(f"![time per generated token]({link(plot, out_dir)})")
+        elif result["benchmark"] == "ring":
+            parts += ring_section(path, result, out_dir)
+    if not any(r["benchmark"] == "ring" for _, r in results):
+        parts += ["## Ring attention", RING_PENDING]
+    method = next((r["config"].get("method") for _, r in attention.values()), None) or METHOD
+    parts += ["## How it is measured",
+              "\n".join(f"- {METHOD_TITLES.get(key, key)}: {text}." for key, text in method.items()),
+              f"Every row of every JSON file has the fields {', '.join(f'`{f}`' for f in ROW_FIELDS)}."]
+    return "\n\n".join(parts) + "\n"
+
+
+METHOD_TITLES = {"timing": "Time", "memory": "Peak memory", "error": "Error", "flops": "FLOP rate",
+                 "scaling": "Scaling exponent", "skips": "Skipped points"}
+RING_PENDING = "Not measured: ring attention (issue 8) has not landed; `qkv bench ring` says so."
+
+
+def ring_tabs(result: dict) -> list[Tab]:
+    """Ring attention's rows (per-rank peak memory and time per process count) and its targets."""
+    rows = [[r["backend"], str(r.get("processes", "-")), size_label(r["n"]), r["mode"], format_seconds(r["time_s"]),
+             format_bytes(r["peak_bytes"]), r["skipped"] or ""] for r in result["rows"]]
+    tabs = [Tab("ring attention: the slowest rank's median time, the largest rank's peak memory",
+                ["backend", "processes", "N", "mode", "median time", "peak memory per rank", "note"], rows)]
+    if result.get("targets"):
+        tabs.append(Tab("ring attention's targets", ["target", "N", "measured", "limit", "met"],
+                        [target_cells(t) for t in result["targets"]]))
+    return tabs
+
+
+def ring_section(path: Path, result: dict, out_dir: Path) -> list[str]:
+    if not result.get("available"):
+        return ["## Ring attention", f"Not available yet: {result.get('reason', '')}."]
+    m = result["machine"]
+    return ["## Ring attention",
+            f"`{result.get('command') or 'qkv bench ring'}` on {m['cpu']}, {m['cpu_count']} cores, "
+            f"{result.get('date', '')}. Raw numbers: [{path.name}]({link(path, out_dir)}).",
+            *markdown_tabs(ring_tabs(result))]
+
+
+def print_ring(result: dict, console: Console) -> None:
+    """The ring result in the terminal (nothing while it is not available: the command says why)."""
+    if result.get("available"):
+        print_tabs(ring_tabs(result), console)
+
+
+def load(paths: Iterable[Path]) -> list[tuple[Path, dict]]:
+    """The results, attention (CPU, then GPU) first, then model, then ring."""
+    loaded = [(Path(p), json.loads(Path(p).read_text())) for p in paths]
+    return sorted(loaded, key=lambda pr: (ORDER.get(pr[1]["benchmark"], 9), pr[1].get("config", {}).get("device", ""),
+                                          pr[0].name))
+
+
+def write_report(paths: Iterable[Path], out_dir: Path, plots: bool = True) -> list[Path]:
+    """``out_dir/BENCHMARKS.md`` from these JSON files (and, with ``plots``, their plots); the paths written."""
+    results = load(paths)
+    written = [p for path, result in results for p in (write_plots(result, path) if plots else [])]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / REPORT_NAME
+    report.write_text(report_markdown(results, out_dir))
+    return [*written, report]
+
+
+def publish(result: dict, json_path: Path | None, out_dir: Path, console: Console) -> Path:
+    """Write ``result`` as JSON (``json_path`` or the default name in ``out_dir``), its plots beside
+    it, and ``out_dir/BENCHMARKS.md`` from every result beside it; returns the JSON's path."""
+    json_path = json_path or default_json(result["benchmark"], result["machine"]["device"], out_dir)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1))
+    plots = write_plots(result, json_path)
+    siblings = {p.resolve() for p in json_path.parent.glob(RESULT_PATTERN)} | {json_path.resolve()}
+    report = write_report(sorted(siblings), out_dir, plots=False)[-1]
+    console.print("wrote " + ", ".join(str(p) for p in (json_path, *plots, report)))
+    return json_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``qkv bench report``."""
+    parser = argparse.ArgumentParser(prog="qkv bench report", description=__doc__.split("\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", nargs="+", type=Path, help="results written by qkv bench attention|model|ring")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder of BENCHMARKS.md (default: .)")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.json if not p.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
+    written = write_report(args.json, args.out)
+    Console().print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def print_attention(result: dict, console: Console) -> None:
+    """The sweep's tables in the terminal."""
+    for variant in (v["name"] for v in result["config"]["variants"]):
+        tabs, notes = attention_tabs(result, variant)
+        print_tabs(tabs, console, notes)
+    print_tabs([scaling_tab(result), compile_tab(result), targets_tab(result)], console)

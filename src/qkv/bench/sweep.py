@@ -1,0 +1,520 @@
+"""``qkv bench attention``: every attention backend and its peers, over N, four masking variants.
+
+Contenders (:data:`CONTENDERS`), each a :class:`~qkv.bench.long_context.Contender` in a mode:
+
+- peers a user would otherwise pick: ``naive`` (the whole (N, N) matrix, softmax, weighted
+  sum), ``sdpa (torch)`` (a direct ``scaled_dot_product_attention`` call: ``is_causal``, or
+  the equivalent bool mask for a window), ``flex (compiled)`` (``torch.compile(flex_attention)``
+  with the variant's block mask; compile and block-mask time reported apart, not in the
+  timing), and on CUDA the kernels behind SDPA pinned with ``torch.nn.attention.sdpa_kernel``:
+  FlashAttention, cuDNN and memory-efficient (skipped on the CPU, with the reason);
+- every qkv backend through ``qkv.attention``: reference, sdpa, tiled, auto, sliding (window
+  variants only: without a window it is tiled), linear, performer, nystrom, linformer
+  (default options; a variant a backend cannot honour is skipped with the registry's reason);
+- forward + backward of naive, SDPA, tiled, sliding (and FlashAttention on CUDA), and
+  ``qkv.attention_stats``.
+
+Variants (:data:`VARIANTS`): full, causal, window (256, 256), causal with window (256, 0).
+Sizes: N = 512 .. 64K (``--quick``: 256, 512, 1024); B=1, H=8, D=64; float32 on the CPU,
+bfloat16 on CUDA (the FlashAttention and cuDNN kernels take no float32).
+
+Per point: a first, untimed run (the warm-up) measures the peak memory
+(:func:`qkv.bench.measure.peak_tensor_bytes`) and the max absolute error of its output against
+exact attention (qkv's reference backend in float64; every query row up to N=2048, 512 evenly
+spaced rows above); then the median of interleaved timed rounds (device-synchronised on a GPU;
+7 rounds for a run under 50 ms, 5 under 0.5 s, 3 under 2 s, else 2, and 1 over the time limit),
+and the FLOP rate
+(:func:`qkv.bench.points.attention_flops`; None for approximate backends, whose work is not
+attention over pairs). A point is skipped, with the reason printed, when it would not fit in
+memory, when its run is predicted (from the same contender at the previous sizes) to take
+longer than ``--max-run-s`` (SDPA's forward, the exact baseline, gets 4 times as long), above
+a contender's size limit, or when it failed at a smaller N. Then, per contender and variant,
+the log-log slope of time against N over the largest sizes run
+(:func:`qkv.bench.points.scaling_exponents`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
+
+import qkv
+from qkv.attention import get_backend
+from qkv.attention.masks import MaskSpec, normalize_window
+from qkv.attention.registry import CallNeeds
+from qkv.bench import long_context
+from qkv.bench.attention import add_ratios, evaluate_targets, make_inputs
+from qkv.bench.long_context import Contender, Setup, build
+from qkv.bench.measure import (
+    available_memory_bytes,
+    machine_info,
+    median,
+    peak_tensor_bytes,
+    synchronize,
+    time_round_robin,
+)
+from qkv.bench.points import attention_flops, loglog_slope, point_row, scaling_exponents
+
+__all__ = ["Variant", "VARIANTS", "CONTENDERS", "SweepSettings", "run_sweep", "exact_rows", "SIZES", "QUICK_SIZES"]
+
+WINDOW = 256
+SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+QUICK_SIZES = (256, 512, 1024)
+MAX_RUN_S = 5.0  # a point whose one run is predicted to take longer is skipped
+QUICK_MAX_RUN_S = 2.0
+BASELINE = ("sdpa (torch)", "fwd")  # the exact baseline: measured further
+BASELINE_TIME_FACTOR = 4.0  # ... with this many times the time limit
+ERROR_ALL_ROWS_MAX_N = 2048  # the error is taken over every query row up to this N ...
+ERROR_SAMPLE_ROWS = 512  # ... and over this many evenly spaced rows above it
+CPU_FLEX_MAX_N = 16384
+CUDA_ONLY = "CUDA only"  # how the skip reason of a CUDA kernel on the CPU starts
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which keys each query sees: causal or not, with or without a window."""
+
+    key: str  # its name on the command line
+    causal: bool
+    window: int | None  # w: (w, w), or (w, 0) when causal
+
+    @property
+    def name(self) -> str:
+        if self.window is None:
+            return "causal" if self.causal else "full"
+        return f"{'causal, ' if self.causal else ''}window {self.window}"
+
+    @property
+    def pair(self) -> tuple[int, int] | None:
+        """The window as qkv's (left, right), or None."""
+        return None if self.window is None else normalize_window(self.window, self.causal)
+
+    def describe(self) -> dict:
+        return {"key": self.key, "name": self.name, "causal": self.causal,
+                "window": None if self.pair is None else list(self.pair)}
+
+
+def make_variants(window: int = WINDOW) -> dict[str, Variant]:
+    """The four variants, keyed by their command-line names."""
+    return {"full": Variant("full", False, None), "causal": Variant("causal", True, None),
+            "window": Variant("window", False, window), "causal-window": Variant("causal-window", True, window)}
+
+
+VARIANTS = make_variants()
+
+CONTENDERS = (
+    Contender("naive", "naive", exact=True, memory_factor=2.0),
+    Contender("sdpa (torch)", "sdpa", exact=True),
+    Contender("sdpa flash (cuda)", "sdpa", kernel="FLASH_ATTENTION", exact=True),
+    Contender("sdpa cudnn (cuda)", "sdpa", kernel="CUDNN_ATTENTION", exact=True),
+    Contender("sdpa efficient (cuda)", "sdpa", kernel="EFFICIENT_ATTENTION", exact=True),
+    Contender("flex (compiled)", "flex", exact=True, max_n=CPU_FLEX_MAX_N, quick_max_n=256,
+              limit_note="on the CPU, create_block_mask evaluates the whole (N, N) mask: 26 s and 17 GB at 32K"),
+    Contender("qkv reference", "qkv", backend="reference", exact=True, memory_factor=4.0,
+              max_n=8192, limit_note="the same (N, N) matrices as naive, slower"),
+    Contender("qkv sdpa", "qkv", backend="sdpa", exact=True),
+    Contender("qkv tiled", "qkv", backend="tiled", exact=True),
+    Contender("qkv auto", "qkv", backend="auto", exact=True),
+    Contender("qkv sliding", "qkv", backend="sliding", exact=True, needs_window=True),
+    Contender("qkv linear", "qkv", backend="linear"),
+    Contender("qkv performer", "qkv", backend="performer"),
+    Contender("qkv nystrom", "qkv", backend="nystrom"),
+    Contender("qkv linformer", "qkv", backend="linformer"),
+    Contender("naive", "naive", mode="fwd+bwd", exact=True, memory_factor=4.0),
+    Contender("sdpa (torch)", "sdpa", mode="fwd+bwd", exact=True),
+    Contender("sdpa flash (cuda)", "sdpa", mode="fwd+bwd", kernel="FLASH_ATTENTION", exact=True),
+    Contender("qkv tiled", "qkv", backend="tiled", mode="fwd+bwd", exact=True),
+    Contender("qkv sliding", "qkv", backend="sliding", mode="fwd+bwd", exact=True, needs_window=True),
+    Contender("qkv attention_stats", "stats", mode="stats", exact=True),
+)
+DENSE_MASK_BYTES = 5  # per (query, key) pair: a dense bool mask and its float copy
+USES_DENSE_MASK = {"naive", "sdpa (torch)", "sdpa efficient (cuda)", "sdpa cudnn (cuda)", "qkv sdpa", "qkv auto"}
+
+
+def label(name: str, mode: str) -> str:
+    """A contender's name and mode, as tables show it: the mode only where it is not implied."""
+    return name if mode in ("fwd", "stats") else f"{name}, {mode}"
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How the sweep measures."""
+
+    heads: int = 8
+    head_dim: int = 64
+    dtype: str = "float32"
+    device: str = "cpu"
+    quick: bool = False
+    repeats: int | None = None  # timed rounds; None: from the run's length
+    memory: bool = True  # peak memory per point (one more run each)
+    errors: bool = True  # max error against exact attention per point
+    cold_compile: bool = True  # FlexAttention compiles with an empty Inductor cache
+    max_run_s: float = MAX_RUN_S  # skip a point predicted to run longer
+    memory_budget: int = 0  # bytes a point may need (0: 80% of what is free)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def structural_reason(contender: Contender, variant: Variant, device: str) -> str | None:
+    """Why a contender never runs in this variant on this device, or None."""
+    if contender.kernel is not None and not device.startswith("cuda"):
+        return f"{CUDA_ONLY} (--device cuda): SDPA pinned to its {contender.kernel} kernel"
+    if contender.needs_window and variant.window is None:
+        return f"needs a window (without one, {contender.backend} is the tiled backend)"
+    if contender.kernel == "FLASH_ATTENTION" and variant.window is not None:
+        return "the FlashAttention kernel behind SDPA takes no attn_mask, which a window needs"
+    if contender.kind == "flex" and contender.mode != "fwd":
+        return "FlexAttention is measured forward only"
+    if contender.kind == "qkv" and contender.backend != "auto":
+        needs = CallNeeds(return_lse=False, grad=contender.mode == "fwd+bwd", mask=False, key_padding=False,
+                          causal=variant.causal, window=variant.window is not None,
+                          device=torch.device(device).type)
+        unmet = needs.unmet_by(get_backend(contender.backend))
+        if unmet:
+            return f"the {contender.backend} backend cannot {unmet}"
+    return None
+
+
+class History:
+    """What each (contender, variant) did at the sizes run so far: to predict and to stop early."""
+
+    def __init__(self) -> None:
+        self.times: dict[tuple, list[tuple[int, float]]] = {}
+        self.failures: dict[tuple, str] = {}
+
+    @staticmethod
+    def key(contender: Contender, variant: Variant) -> tuple:
+        return contender.name, contender.mode, variant.key
+
+    def record(self, contender: Contender, variant: Variant, n: int, time_s: float) -> None:
+        self.times.setdefault(self.key(contender, variant), []).append((n, time_s))
+
+    def fail(self, contender: Contender, variant: Variant, n: int, reason: str) -> None:
+        self.failures[self.key(contender, variant)] = f"failed at N={n}: {reason}"
+
+    def predict(self, contender: Contender, variant: Variant, n: int) -> float | None:
+        """Seconds per run at N, extrapolated from the last sizes (growth exponent measured
+        between the last two, kept within [1, 2]; 2 with one size); None before any."""
+        points = self.times.get(self.key(contender, variant), [])
+        if not points:
+            return None
+        n_last, t_last = points[-1]
+        exponent = 2.0
+        if len(points) >= 2:
+            (n_before, t_before) = points[-2]
+            exponent = min(2.0, max(1.0, loglog_slope([(n_before, t_before), (n_last, t_last)])))
+        return t_last * (n / n_last) ** exponent
+
+
+def time_limit(contender: Contender, settings: SweepSettings) -> float:
+    """Seconds one run of this contender may take (the exact baseline gets longer)."""
+    return settings.max_run_s * (BASELINE_TIME_FACTOR if (contender.name, contender.mode) == BASELINE else 1)
+
+
+def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: SweepSettings,
+                      history: History) -> tuple[str, str] | None:
+    """(kind, reason) why this point is not run, or None. Kinds: structural, failed, limit, time."""
+    reason = structural_reason(contender, variant, settings.device)
+    if reason:
+        return "structural", reason
+    failure = history.failures.get(History.key(contender, variant))
+    if failure:
+        return "failed", failure
+    factor = contender.memory_factor  # in units of H * N * N * 4 bytes
+    masked = variant.window is not None or (variant.causal and contender.kind == "naive")
+    if masked and contender.name in USES_DENSE_MASK:
+        factor += DENSE_MASK_BYTES / (4 * settings.heads) + (1.0 if contender.kind == "naive" else 0.0)
+    limits = replace(contender, memory_factor=factor)
+    if settings.device.startswith("cuda"):
+        limits = replace(limits, max_n=None)
+    reason = long_context.skip_reason(limits, n, settings.heads, settings.memory_budget, settings.quick)
+    if reason:
+        return "limit", reason
+    predicted = history.predict(contender, variant, n)
+    limit = time_limit(contender, settings)
+    if predicted is not None and predicted > limit:
+        return "time", f"would take ~{predicted:.3g} s per run, over the {limit:g} s limit (--max-run-s)"
+    return None
+
+
+# ----------------------------------------------------------------------------- exact attention and errors
+
+
+def error_rows(n: int, device: str) -> torch.Tensor:
+    """The query rows the error is taken over: all up to ERROR_ALL_ROWS_MAX_N, else evenly spaced."""
+    if n <= ERROR_ALL_ROWS_MAX_N:
+        return torch.arange(n, device=device)
+    return torch.linspace(0, n - 1, ERROR_SAMPLE_ROWS, device=device).round().long().unique()
+
+
+def exact_rows(q, k, v, rows: torch.Tensor, causal: bool, window: tuple[int, int] | None,
+               chunk_elements: int = 2**25) -> torch.Tensor:
+    """Exact attention for the query ``rows`` (R,): qkv's reference backend in float64, (B, H, R, Dv).
+
+    Computed a chunk of rows at a time (each chunk's score matrix holds at most
+    ``chunk_elements`` numbers), so it fits at any N; causal and window as :func:`qkv.attention`.
+    """
+    k64, v64 = k.double(), v.double()
+    batch, heads, n_q, _ = q.shape
+    n_k = k.shape[-2]
+    spec = MaskSpec(n_q, n_k, *normalize_window(window, causal), causal=causal)
+    keys = torch.arange(n_k, device=q.device)
+    chunk = max(1, chunk_elements // (batch * heads * n_k))
+    parts = []
+    for part in rows.split(chunk):
+        mask = spec.pair_structure(part + spec.offset, keys) if spec.has_structure else None  # (r, Nk)
+        parts.append(qkv.attention(q[:, :, part].double(), k64, v64, mask=mask, backend="reference"))
+    return torch.cat(parts, dim=-2)
+
+
+def max_error(out: object, exact: torch.Tensor | None, rows: torch.Tensor) -> float | None:
+    """max |out - exact| over the chosen rows, or None where there is no output to compare."""
+    if exact is None or not isinstance(out, torch.Tensor):
+        return None
+    return (out[:, :, rows].double() - exact).abs().max().item()
+
+
+# ----------------------------------------------------------------------------- measuring one point
+
+
+def rounds_for_time(seconds: float) -> int:
+    """Timed rounds for a run of this length."""
+    return 7 if seconds < 0.05 else 5 if seconds < 0.5 else 3 if seconds < 2 else 2
+
+
+def failure_text(err: BaseException, caught: list[warnings.WarningMessage]) -> str:
+    """One line: the exception, then the first two user warnings given on the way (PyTorch's SDPA
+    says in warnings why each kernel could not serve a call)."""
+    lines = str(err).strip().splitlines()
+    why = [str(w.message).strip().splitlines()[0] for w in caught
+           if w.category is UserWarning and str(w.message).strip()][:2]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}" + (f" ({'; '.join(why)})" if why else "")
+
+
+def attempt(action: Callable[[], object]) -> tuple[object, str | None]:
+    """(result, None), or (None, why it failed): a contender that cannot run is a skipped point."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return action(), None
+        except Exception as err:  # whatever stops a contender here is reported on its row
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            return None, failure_text(err, caught)
+
+
+@dataclass
+class Point:
+    """One (N, variant): its inputs and what every contender needs."""
+
+    n: int
+    variant: Variant
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    settings: SweepSettings
+
+    def row(self, contender: Contender, **fields) -> dict:
+        options = contender.resolved_options()
+        return point_row(contender.name, contender.mode, self.n, causal=self.variant.causal,
+                         window=self.variant.pair, device=self.settings.device, dtype=self.settings.dtype,
+                         options=None if options is None else asdict(options), variant=self.variant.name,
+                         kind=contender.kind, exact=contender.exact, **fields)
+
+
+def first_run(run: Callable[[], object], settings: SweepSettings) -> tuple[float, int | None, object]:
+    """The untimed first run: (its wall time, peak memory or None, its output)."""
+    synchronize(settings.device)
+    start = time.perf_counter()
+    peak, out = peak_tensor_bytes(run, settings.device) if settings.memory else (None, run())
+    synchronize(settings.device)
+    return time.perf_counter() - start, peak, out
+
+
+def measure_point(point: Point, planned: list[Contender], history: History,
+                  say: Callable[[str], None]) -> dict[tuple, dict]:
+    """Rows of the planned contenders at this point. Each is built, then run once untimed (the
+    warm-up; it measures peak memory and the output's error against exact attention), then all
+    are timed together in interleaved rounds."""
+    settings, variant, n = point.settings, point.variant, point.n
+    check = settings.errors and any(c.mode == "fwd" for c in planned)
+    if check:
+        say("exact attention in float64")
+        rows_checked = error_rows(n, settings.device)
+        exact = exact_rows(point.q, point.k, point.v, rows_checked, variant.causal, variant.pair)
+    rows: dict[tuple, dict] = {}
+    setups: dict[tuple, Setup] = {}
+    rounds: dict[tuple, int] = {}
+    first: dict[tuple, dict] = {}
+    for contender in planned:
+        key, name = (contender.name, contender.mode), label(contender.name, contender.mode)
+        say(f"building {name}")
+        setup, why = attempt(lambda c=contender: build(c, point.q, point.k, point.v, settings.cold_compile,
+                                                       variant.causal, variant.pair))
+        if not why:
+            say(f"first run of {name}")
+            measured, why = attempt(lambda s=setup: first_run(s.run, settings))
+        if why:
+            rows[key] = point.row(contender, skipped=f"failed: {why}")
+            history.fail(contender, variant, n, why)
+            continue
+        elapsed, peak, out = measured
+        error = max_error(out, exact, rows_checked) if check and contender.mode == "fwd" else None
+        del out, measured
+        first[key] = {"peak_bytes": peak, "max_error": error,
+                      "error_rows": len(rows_checked) if error is not None else None}
+        setups[key] = setup
+        # A run far slower than predicted (e.g. a busy machine) gets one timed round, then no larger N.
+        rounds[key] = settings.repeats or (1 if elapsed > time_limit(contender, settings) else rounds_for_time(elapsed))
+    say(f"timing {len(setups)} contenders")
+    times = time_round_robin({key: s.run for key, s in setups.items()}, rounds, warmup=0, device=settings.device)
+    by_key = {(c.name, c.mode): c for c in planned}
+    for key, setup in setups.items():
+        contender = by_key[key]
+        time_s = median(times[key])
+        history.record(contender, variant, n, time_s)
+        flops = attention_flops(n, settings.head_dim, settings.heads, variant.causal, variant.pair,
+                                contender.mode) if contender.exact and contender.mode != "stats" else None
+        rows[key] = point.row(contender, time_s=time_s, flops_per_s=flops / time_s if flops else None,
+                              times_s=times[key], flops=flops, **first[key], **setup.extras)
+    return rows
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | None = None,
+              settings: SweepSettings | None = None, names: tuple[str, ...] | None = None,
+              console: Console | None = None, command: str | None = None, window: int = WINDOW) -> dict:
+    """Measure every contender (``names``: a subset) at every N and variant (keys of
+    :data:`VARIANTS`, with windows of ``window``); return the result dict (``machine``,
+    ``config``, ``rows``, ``scaling``, ``targets``)."""
+    settings = settings or SweepSettings()
+    console = console or Console()
+    if not settings.memory_budget:
+        free = torch.cuda.mem_get_info()[0] if settings.device.startswith("cuda") else available_memory_bytes()
+        settings = replace(settings, memory_budget=int(0.8 * free))
+    sizes = sizes or (QUICK_SIZES if settings.quick else SIZES)
+    every = make_variants(window)
+    chosen = [every[key] for key in (variants or tuple(every))]
+    contenders = [c for c in CONTENDERS if names is None or c.name in names]
+    history = History()
+    printed: set[tuple] = set()
+    rows: list[dict] = []
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("attention", total=len(sizes) * len(chosen) * len(contenders))
+        for n in sizes:
+            q, k, v = make_inputs(n, settings.heads, settings.head_dim, dtype_of(settings.dtype), settings.device)
+            for variant in chosen:
+                def say(text: str, n: int = n, variant: Variant = variant) -> None:
+                    progress.update(task, description=f"N={n}, {variant.name}: {text}")
+
+                point = Point(n, variant, q, k, v, settings)
+                planned, point_rows = [], {}
+                for contender in contenders:
+                    skip = point_skip_reason(contender, variant, n, settings, history)
+                    if skip is None:
+                        planned.append(contender)
+                        continue
+                    kind, reason = skip
+                    point_rows[(contender.name, contender.mode)] = point.row(contender, skipped=reason)
+                    shown = (contender.name, contender.mode, None if kind == "structural" else variant.key, kind)
+                    if shown not in printed:
+                        printed.add(shown)
+                        where = "" if kind == "structural" else f"{variant.name}, from N={n}: "
+                        progress.console.print(f"[dim]skip {escape(label(contender.name, contender.mode))}: "
+                                               f"{escape(where + reason)}[/]")
+                    progress.advance(task)
+                measured = measure_point(point, planned, history, say)
+                progress.advance(task, len(planned))
+                for row_key, row in measured.items():
+                    if row["skipped"]:
+                        progress.console.print(f"[dim]skip {escape(label(*row_key))}: {variant.name}, "
+                                               f"N={n}: {escape(row['skipped'])}[/]")
+                point_rows.update(measured)
+                rows += [point_rows[(c.name, c.mode)] for c in contenders]
+            del q, k, v
+    add_ratios(rows, same=("n", "variant", "device"))
+    full = [r for r in rows if r["variant"] == every["full"].name]
+    return {
+        "benchmark": "attention",
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "machine": machine_info(settings.device),
+        "config": config_of(settings, sizes, chosen, started, load_before),
+        "contenders": [{"name": c.name, "mode": c.mode, "kind": c.kind, "backend": c.backend, "kernel": c.kernel,
+                        "exact": c.exact} for c in contenders],
+        "rows": rows,
+        "scaling": scaling_exponents(r for r in rows if not r["skipped"]),
+        "targets": evaluate_targets(full, settings.heads) if full else [],
+    }
+
+
+METHOD = {
+    "timing": ("median of interleaved rounds (device-synchronised on a GPU) after a first, untimed run that "
+               "measures memory and error; rounds from that run's length: 7 under 50 ms, 5 under 0.5 s, 3 under "
+               "2 s, else 2, and 1 over the time limit"),
+    "memory": ("peak bytes held by the tensors one run allocates beyond those alive before it: "
+               "torch.cuda.max_memory_allocated on a GPU; on the CPU the same quantity from torch.profiler's "
+               "allocation and free events (profile_memory); memory outside PyTorch's allocator is not counted"),
+    "error": (f"max |out - exact| over every query row up to N={ERROR_ALL_ROWS_MAX_N}, over "
+              f"{ERROR_SAMPLE_ROWS} evenly spaced rows above; exact = qkv's reference backend in float64 on the "
+              "same inputs and mask; forward rows only"),
+    "flops": ("4 * pairs * D * H (B=1) per forward, pairs = the (query, key) pairs the mask leaves visible, "
+              "counted exactly (N^2 full, N(N+1)/2 causal, the band's pairs with a window); fwd+bwd 3.5 times "
+              "that; the same useful work for every exact contender at a point; None for approximate backends "
+              "and attention_stats"),
+    "scaling": ("least-squares slope of log(time) against log(N) over the largest 4 sizes a contender ran "
+                "(at least 3)"),
+    "skips": ("a point is skipped when it would not fit in 80% of the free memory, when its run is predicted "
+              "(from the same contender's last sizes) to exceed the time limit, above a contender's size "
+              "limit, or after it failed at a smaller N"),
+}
+
+
+def config_of(settings: SweepSettings, sizes: tuple[int, ...], variants: list[Variant], started: float,
+              load_before: float) -> dict:
+    return {
+        "batch": 1, "heads": settings.heads, "head_dim": settings.head_dim, "dtype": settings.dtype,
+        "device": settings.device, "sizes": list(sizes), "variants": [v.describe() for v in variants],
+        "quick": settings.quick, "repeats": settings.repeats, "max_run_s": settings.max_run_s,
+        "baseline_max_run_s": settings.max_run_s * BASELINE_TIME_FACTOR,
+        "memory_budget_bytes": settings.memory_budget,
+        "flex_compile_cache": "a cold Inductor cache, a fresh one per compile" if settings.cold_compile
+        else "the machine's warm Inductor cache",
+        "method": METHOD, "wall_s": time.perf_counter() - started,
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+    }
+
+
+def run_command(args, command: str, console: Console) -> dict:
+    """``qkv bench attention`` (the sweep) from parsed arguments: measure, print, publish."""
+    from qkv.bench import report
+
+    cuda = args.device == "cuda"
+    settings = SweepSettings(
+        heads=args.heads, head_dim=args.head_dim, dtype=args.dtype or ("bfloat16" if cuda else "float32"),
+        device=args.device, quick=args.quick, repeats=args.repeats or (2 if args.quick else None),
+        memory=not args.no_memory, cold_compile=not (args.warm_compile or args.quick),
+        max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S),
+    )
+    result = run_sweep(args.sizes, args.variants, settings, args.backends, console, command, args.window)
+    report.print_attention(result, console)
+    report.publish(result, args.json, args.out, console)
+    return result

@@ -1,0 +1,171 @@
+"""``qkv bench attention|model|ring --quick --out DIR`` and ``qkv bench report``: what they write.
+
+One run of each command (the attention sweep --quick takes about 20 s on 2 cores); the
+tests check the structure of the JSON, the plots and BENCHMARKS.md, never the timings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from qkv.bench import ring, sweep
+from qkv.bench.points import ROW_FIELDS, point_row
+from qkv.bench.report import REPORT_NAME
+from qkv.cli import main
+
+# torch.compile (FlexAttention) imports a deprecated TorchScript helper: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ATTENTION_PLOTS = ("bench-attention-cpu-time.png", "bench-attention-cpu-memory.png", "bench-attention-cpu-error.png")
+CUDA_ONLY = {"sdpa flash (cuda)", "sdpa cudnn (cuda)", "sdpa efficient (cuda)"}
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One quick run of each command into the same results folder, as the README shows."""
+    folder = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "attention", "--quick", "--out", str(folder)]) == 0
+    assert main(["bench", "model", "--quick", "--out", str(folder)]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # as before ring attention (issue 8) lands
+        patch.setattr(ring, "measure", lambda quick: None)
+        assert main(["bench", "ring", "--out", str(folder)]) == 0
+    return folder
+
+
+def load(out: Path, name: str) -> dict:
+    return json.loads((out / name).read_text())
+
+
+def test_attention_json_has_the_machine_and_every_point(out: Path) -> None:
+    result = load(out, "bench-attention-cpu.json")
+    assert result["benchmark"] == "attention"
+    machine = result["machine"]
+    for key in ("cpu", "cpu_count", "torch_threads", "torch", "gpu"):
+        assert key in machine, key
+    assert machine["gpu"] is None and machine["device"] == "cpu"
+    config = result["config"]
+    assert config["sizes"] == list(sweep.QUICK_SIZES) and config["quick"] is True
+    assert [v["key"] for v in config["variants"]] == list(sweep.VARIANTS)
+    contenders = {(c.name, c.mode) for c in sweep.CONTENDERS}
+    points = {(r["backend"], r["mode"], r["n"], r["variant"]) for r in result["rows"]}
+    assert len(points) == len(result["rows"]) == len(contenders) * len(config["sizes"]) * len(config["variants"])
+    for row in result["rows"]:
+        assert list(row)[: len(ROW_FIELDS)] == list(ROW_FIELDS)
+        assert row["device"] == "cpu" and row["dtype"] == "float32"
+        if row["skipped"]:
+            assert isinstance(row["skipped"], str) and row["time_s"] is None
+            assert not row["skipped"].startswith("failed"), row  # on the CPU, nothing may fail
+        else:
+            assert row["time_s"] > 0 and len(row["times_s"]) >= 1
+            assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] > 0, row
+
+
+def test_attention_rows_measure_what_they_say(out: Path) -> None:
+    rows = load(out, "bench-attention-cpu.json")["rows"]
+    ran = [r for r in rows if not r["skipped"]]
+    assert all(r["skipped"].startswith("CUDA only") for r in rows if r["backend"] in CUDA_ONLY)
+    assert not [r for r in ran if r["backend"] in CUDA_ONLY]
+    for row in ran:
+        forward = row["mode"] == "fwd"
+        if forward and row["exact"]:
+            assert row["max_error"] < 1e-5 and row["error_rows"] == row["n"], row
+        elif forward:
+            assert row["max_error"] > 1e-3, row  # approximate backends are not exact
+        else:
+            assert row["max_error"] is None
+        counted = row["exact"] and row["mode"] in ("fwd", "fwd+bwd")
+        assert (row["flops_per_s"] is not None) == counted, row
+        if counted:
+            assert row["flops_per_s"] == pytest.approx(row["flops"] / row["time_s"])
+    by_point = {(r["backend"], r["mode"], r["n"], r["variant"]): r for r in rows}
+    n = sweep.QUICK_SIZES[-1]
+    full, causal = by_point[("sdpa (torch)", "fwd", n, "full")], by_point[("sdpa (torch)", "fwd", n, "causal")]
+    assert causal["flops"] / full["flops"] == pytest.approx((n + 1) / (2 * n))
+    assert by_point[("qkv sliding", "fwd", n, "full")]["skipped"].startswith("needs a window")
+    assert "cannot honour causal" in by_point[("qkv nystrom", "fwd", n, "causal")]["skipped"]
+    assert by_point[("qkv sliding", "fwd", n, "window 256")]["time_s"] > 0
+    flex = by_point[("flex (compiled)", "fwd", sweep.QUICK_SIZES[0], "causal")]
+    assert flex["compile_s"] > 0 and flex["max_error"] < 1e-5
+
+
+def test_attention_scaling_and_targets(out: Path) -> None:
+    result = load(out, "bench-attention-cpu.json")
+    fits = {(f["backend"], f["mode"], f["variant"]): f for f in result["scaling"]}
+    sdpa = fits[("sdpa (torch)", "fwd", "full")]
+    assert sdpa["sizes"] == list(sweep.QUICK_SIZES) and math.isfinite(sdpa["exponent"])
+    assert fits[("flex (compiled)", "fwd", "full")]["exponent"] is None  # one size only in --quick
+    assert {t["target"] for t in result["targets"]} <= {"auto time / sdpa time"}  # only small N ran
+
+
+def test_plots_are_written(out: Path) -> None:
+    for name in (*ATTENTION_PLOTS, "bench-model-cpu-generation.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 20_000, name
+
+
+def test_model_and_ring_json(out: Path) -> None:
+    model = load(out, "bench-model-cpu.json")
+    assert model["benchmark"] == "model" and model["machine"]["cpu"]
+    modes = {r["mode"] for r in model["rows"]}
+    assert modes == {"forward", "generate, KV cache", "generate, no cache"}
+    for row in model["rows"]:
+        assert list(row)[: len(ROW_FIELDS)] == list(ROW_FIELDS)
+        assert row["time_s"] > 0 and row["max_error"] is None and row["flops_per_s"] is None
+    assert "qkv" in {r["backend"] for r in model["rows"] if r["mode"] == "forward"}
+    ring = load(out, "bench-ring-cpu.json")
+    assert ring["available"] is False and "issue 8" in ring["reason"] and ring["rows"] == []
+
+
+def test_benchmarks_md_collects_every_result(out: Path) -> None:
+    text = (out / REPORT_NAME).read_text()
+    machine = load(out, "bench-attention-cpu.json")["machine"]
+    for expected in (machine["cpu"], machine["torch"], "## Attention: summary", "| contender |",
+                     "not measured yet", "## Attention on the CPU (float32)", "### CPU, causal, window 256",
+                     "## Attention on the GPU", "## Models (CPU)", "## Ring attention", "Not available yet",
+                     "(bench-attention-cpu.json)", "(bench-model-cpu.json)", "(bench-ring-cpu.json)",
+                     "![time](bench-attention-cpu-time.png)", "| qkv sliding |", "## How it is measured",
+                     "flex (compiled), not in its times: block mask + compile"):
+        assert expected in text, expected
+
+
+def test_report_regenerates_without_measuring(out: Path, tmp_path: Path) -> None:
+    before = (out / REPORT_NAME).read_text()
+    sources = sorted(str(p) for p in out.glob("bench-*.json"))
+    assert main(["bench", "report", *sources, "--out", str(out)]) == 0
+    assert (out / REPORT_NAME).read_text() == before
+    elsewhere = tmp_path / "docs"
+    assert main(["bench", "report", *sources, "--out", str(elsewhere)]) == 0
+    relative = Path(os.path.relpath(out / "bench-model-cpu.json", elsewhere)).as_posix()
+    assert f"]({relative})" in (elsewhere / REPORT_NAME).read_text()
+
+
+def test_ring_results_join_the_report(out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once ring attention has landed, its rows (the common schema) show in BENCHMARKS.md."""
+    rows = [point_row("ring", "fwd", 8192, processes=p, time_s=0.5 * p, peak_bytes=2**20 // p) for p in (1, 2, 4)]
+    machine = load(out, "bench-ring-cpu.json")["machine"]
+    monkeypatch.setattr(ring, "measure", lambda quick: {"benchmark": "ring", "machine": machine, "available": True,
+                                                        "config": {"device": "cpu"}, "rows": rows})
+    results = tmp_path / "results"
+    assert main(["bench", "ring", "--json", str(results / "bench-ring-cpu.json"), "--out", str(tmp_path)]) == 0
+    assert load(results, "bench-ring-cpu.json")["rows"] == rows
+    text = (tmp_path / REPORT_NAME).read_text()
+    assert "| ring | 4 | 8K | fwd | 2.000 s | 256.0 KiB |  |" in text and "(results/bench-ring-cpu.json)" in text
+
+
+def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["bench", "attention", "--section", "sliding", "--variants", "full"])
+    assert raised.value.code == 2
+    with pytest.raises(SystemExit) as raised:
+        main(["bench", "attention", "--backends", "flash-attn-9"])
+    assert raised.value.code == 2
+    with pytest.raises(SystemExit) as raised:
+        main(["bench", "report", "no-such-file.json"])
+    assert raised.value.code == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,149 @@
+"""The attention sweep's parts: pair and FLOP counts, scaling fits, skips, exact rows, pinned kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qkv
+from qkv.bench.attention import make_inputs, visible_mask
+from qkv.bench.long_context import Contender, flex_mask_mod, sdpa_call
+from qkv.bench.measure import peak_tensor_bytes
+from qkv.bench.points import attention_flops, loglog_slope, scaling_exponents, visible_pairs
+from qkv.bench.sweep import (
+    CONTENDERS,
+    VARIANTS,
+    History,
+    SweepSettings,
+    attempt,
+    error_rows,
+    exact_rows,
+    point_skip_reason,
+)
+
+SHAPES = [(1, 1), (5, 5), (17, 17), (7, 12), (12, 7)]  # (Nq, Nk)
+MASKS = [(False, None), (True, None), (False, (2, 3)), (True, (3, 0)), (False, (0, 0)), (True, (1, 5))]
+
+
+@pytest.mark.parametrize(("n_q", "n_k"), SHAPES)
+@pytest.mark.parametrize(("causal", "window"), MASKS)
+def test_visible_pairs_counts_the_mask(n_q: int, n_k: int, causal: bool, window) -> None:
+    mask = visible_mask(n_q, n_k, causal, window, "cpu")
+    expected = n_q * n_k if mask is None else int(mask.sum())
+    assert visible_pairs(n_q, n_k, causal, window) == expected
+
+
+def test_visible_pairs_closed_forms() -> None:
+    n = 1000
+    assert visible_pairs(n) == n * n
+    assert visible_pairs(n, causal=True) == n * (n + 1) // 2  # exact, not N^2 / 2
+    w = 10  # every query sees 2w + 1 keys, less what falls off the two ends
+    assert visible_pairs(n, window=w) == n * (2 * w + 1) - w * (w + 1)
+    assert visible_pairs(n, causal=True, window=w) == n * (w + 1) - w * (w + 1) // 2
+
+
+def test_attention_flops() -> None:
+    n, d, h = 512, 64, 8
+    assert attention_flops(n, d, h) == 4 * n * n * d * h
+    assert attention_flops(n, d, h, causal=True) == 4 * (n * (n + 1) // 2) * d * h
+    assert attention_flops(n, d, h, window=(256, 256)) == 4 * visible_pairs(n, window=256) * d * h
+    assert attention_flops(n, d, h, mode="fwd+bwd") == int(3.5 * attention_flops(n, d, h))
+    with pytest.raises(ValueError, match="mode"):
+        attention_flops(n, d, h, mode="stats")
+
+
+def rows_for(backend: str, times: dict[int, float], variant: str = "full") -> list[dict]:
+    return [{"backend": backend, "mode": "fwd", "variant": variant, "device": "cpu", "n": n, "time_s": t}
+            for n, t in times.items()]
+
+
+def test_scaling_exponent_fits_the_largest_sizes() -> None:
+    quadratic = {512: 1.0, 1024: 1e-6 * 1024**2, 2048: 1e-6 * 2048**2, 4096: 1e-6 * 4096**2, 8192: 1e-6 * 8192**2}
+    linear = {n: 1e-3 * n for n in (1024, 2048, 4096)}
+    rows = rows_for("quad", quadratic) + rows_for("lin", linear) + rows_for("lin", {1024: 1.0, 2048: 2.0}, "causal")
+    rows.append({"backend": "lin", "mode": "fwd", "variant": "full", "device": "cpu", "n": 8192, "time_s": None})
+    fits = {(f["backend"], f["variant"]): f for f in scaling_exponents(rows)}
+    assert fits[("quad", "full")]["exponent"] == pytest.approx(2.0)  # the outlier at 512 is left out
+    assert fits[("quad", "full")]["sizes"] == [1024, 2048, 4096, 8192]
+    assert fits[("lin", "full")]["exponent"] == pytest.approx(1.0)  # the skipped 8192 does not count
+    assert fits[("lin", "causal")]["exponent"] is None  # two sizes are too few
+    assert loglog_slope([(10, 1.0), (100, 1000.0)]) == pytest.approx(3.0)
+
+
+def by_name(name: str, mode: str = "fwd") -> Contender:
+    return next(c for c in CONTENDERS if c.name == name and c.mode == mode)
+
+
+def test_history_predicts_and_the_time_limit_skips() -> None:
+    history, sdpa, tiled = History(), by_name("sdpa (torch)"), by_name("qkv tiled")
+    full = VARIANTS["full"]
+    settings = SweepSettings(max_run_s=5.0, memory_budget=2**40)
+    assert history.predict(tiled, full, 4096) is None
+    history.record(tiled, full, 4096, 1.0)
+    assert history.predict(tiled, full, 8192) == pytest.approx(4.0)  # N^2 with one size seen
+    history.record(tiled, full, 8192, 2.0)  # grew linearly
+    assert history.predict(tiled, full, 16384) == pytest.approx(4.0)
+    history.record(tiled, full, 16384, 8.0)
+    kind, reason = point_skip_reason(tiled, full, 32768, settings, history)
+    assert kind == "time" and "~32 s per run" in reason and "5 s limit" in reason
+    history.record(sdpa, full, 16384, 4.0)  # the baseline may run 4 times as long
+    assert point_skip_reason(sdpa, full, 32768, settings, history) is None
+    assert point_skip_reason(sdpa, full, 65536, settings, history)[0] == "time"
+
+
+def test_structural_skips_and_memory() -> None:
+    settings, history = SweepSettings(memory_budget=2**30), History()
+    window = VARIANTS["window"]
+    assert point_skip_reason(by_name("sdpa flash (cuda)"), window, 512, settings, history)[1].startswith("CUDA only")
+    cuda = SweepSettings(device="cuda", memory_budget=2**40)
+    assert "takes no attn_mask" in point_skip_reason(by_name("sdpa flash (cuda)"), window, 512, cuda, history)[1]
+    assert point_skip_reason(by_name("sdpa cudnn (cuda)"), window, 512, cuda, history) is None
+    assert "cannot honour window" in point_skip_reason(by_name("qkv linear"), window, 512, settings, history)[1]
+    kind, reason = point_skip_reason(by_name("naive"), VARIANTS["full"], 16384, settings, history)
+    assert kind == "limit" and "GiB" in reason
+    history.fail(by_name("qkv tiled"), window, 512, "RuntimeError: boom")
+    assert point_skip_reason(by_name("qkv tiled"), window, 1024, settings, history) == (
+        "failed", "failed at N=512: RuntimeError: boom")
+
+
+@pytest.mark.parametrize(("causal", "window"), [(False, None), (True, None), (False, (5, 7)), (True, (9, 0))])
+def test_exact_rows_match_the_reference_on_every_row(causal: bool, window) -> None:
+    q, k, v = make_inputs(67, 2, 8, torch.float32, "cpu")
+    rows = torch.tensor([0, 3, 31, 66])
+    full = qkv.attention(q.double(), k.double(), v.double(), causal=causal, window=window, backend="reference")
+    torch.testing.assert_close(exact_rows(q, k, v, rows, causal, window, chunk_elements=100), full[:, :, rows])
+
+
+def test_error_rows() -> None:
+    assert error_rows(100, "cpu").tolist() == list(range(100))
+    sampled = error_rows(65536, "cpu")
+    assert len(sampled) == 512 and sampled[0] == 0 and sampled[-1] == 65535
+
+
+@pytest.mark.parametrize(("causal", "window"), [(True, None), (False, (3, 3)), (True, (4, 0)), (False, (0, 2))])
+def test_flex_mask_mod_is_the_same_mask(causal: bool, window) -> None:
+    n_q, n_k = 9, 13
+    mask_mod = flex_mask_mod(n_q, n_k, causal, window)
+    grid = mask_mod(0, 0, torch.arange(n_q)[:, None], torch.arange(n_k)[None, :])
+    assert torch.equal(grid, visible_mask(n_q, n_k, causal, window, "cpu"))
+    assert flex_mask_mod(n_q, n_k, False, None) is None
+
+
+def test_pinned_sdpa_kernel_runs_or_says_why() -> None:
+    """The CUDA contenders' code path, run on the CPU: SDPA pinned to one kernel through
+    torch.nn.attention.sdpa_kernel; a kernel that cannot serve the call becomes a reason."""
+    q, k, v = make_inputs(64, 2, 16, torch.float32, "cpu")
+    pinned = sdpa_call(q, k, v, True, None, kernel="FLASH_ATTENTION")  # PyTorch has a CPU flash kernel
+    torch.testing.assert_close(pinned(), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    out, why = attempt(sdpa_call(q, k, v, False, (4, 4), kernel="EFFICIENT_ATTENTION"))
+    assert out is None and why.startswith("RuntimeError")
+
+
+def test_peak_tensor_bytes_counts_what_a_call_allocates() -> None:
+    def run() -> torch.Tensor:
+        scratch = torch.ones(1024, 1024)  # 4 MiB, freed before the return
+        return scratch.sum(dim=0)  # 4 KiB kept
+
+    peak, out = peak_tensor_bytes(run)
+    assert 4 * 2**20 <= peak < 5 * 2**20 and out.shape == (1024,)
