@@ -56,6 +56,6 @@ def main(argv: list[str] | None = None) -> int:
                   "config": {"device": "cpu", "quick": args.quick, "world_sizes": list(WORLD_SIZES)},
                   "available": False, "reason": NOT_LANDED, "rows": []}
     result["command"] = " ".join(["qkv bench ring", *argv])
+    report.publish(result, args.json, args.out, console)  # written first: a long run is never lost
     report.print_ring(result, console)
-    report.publish(result, args.json, args.out, console)
     return 0

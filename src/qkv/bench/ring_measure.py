@@ -208,11 +208,13 @@ def evaluate_target(rows: list[dict]) -> list[dict]:
     tiled = next((r for r in rows if r["backend"] == "tiled" and r["n"] == TARGET_N), None)
     ring = next((r for r in rows if r["backend"] == "ring" and r["n"] == TARGET_N
                  and r["processes"] == TARGET_PROCESSES), None)
+    # The keys of every benchmark's targets (target, n, measured, rule, limit, met), as the reports read them.
+    common = dict(name=name, target=name, n=TARGET_N, rule="<=", limit=TARGET_RATIO)
     if tiled is None or ring is None:
-        return [dict(name=name, target=TARGET_RATIO, value=None, met=None,
+        return [dict(common, value=None, measured=None, met=None,
                      note=f"not measured (needs N={TARGET_N} and {TARGET_PROCESSES} processes)")]
     ratio = ring["peak_bytes"] / max(tiled["peak_bytes"], 1)
-    return [dict(name=name, target=TARGET_RATIO, value=ratio, met=ratio <= TARGET_RATIO,
+    return [dict(common, value=ratio, measured=ratio, met=ratio <= TARGET_RATIO,
                  ring_peak_bytes=ring["peak_bytes"], tiled_peak_bytes=tiled["peak_bytes"])]
 
 
@@ -241,7 +243,7 @@ def format_ring_table(result: dict) -> str:
         if target["value"] is None:
             lines.append(f"target: {target['name']}: {target['note']}")
         else:
-            lines.append(f"target: {target['name']} = {target['value']:.3f} (<= {target['target']}: "
+            lines.append(f"target: {target['name']} = {target['value']:.3f} (<= {target['limit']}: "
                          f"{'met' if target['met'] else 'NOT met'})")
     return "\n".join(lines)
 
