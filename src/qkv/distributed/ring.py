@@ -650,11 +650,7 @@ def _forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None,
             lo, hi = plan.chunk(owner, index)
             active = plan.holds(rank, step) and lo < hi
             if active:
-                if held is None:  # own slice: local views, copied into a message only if it travels
-                    k_c, v_c = k[:, :, lo:hi], v[:, :, lo:hi]
-                    pad_c = None if pad is None else pad[:, lo:hi]
-                else:
-                    k_c, v_c, pad_c = _unpack(plan, held, k, v, hi - lo)
+                k_c, v_c, pad_c = _slice_in_hand(plan, held, k, v, pad, lo, hi)
                 if plan.forwards(rank, step):
                     if held is None:
                         held = _pack(plan, buffers[current], k_c, v_c, pad_c)
@@ -674,6 +670,15 @@ def _forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None,
             held, current = incoming, 1 - current
     stats.score_elements += state.score_elements
     return state.result(input_dtype)
+
+
+def _slice_in_hand(plan: _Plan, held: Tensor | None, k: Tensor, v: Tensor, pad: Tensor | None, lo: int,
+                   hi: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Keys, values and padding of the chunk in hand: views of the own slice when ``held`` is None
+    (copied into a message only if it travels on), else the received message unpacked."""
+    if held is None:
+        return k[:, :, lo:hi], v[:, :, lo:hi], (None if pad is None else pad[:, lo:hi])
+    return _unpack(plan, held, k, v, hi - lo)
 
 
 def _backward(plan: _Plan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | None,
@@ -705,11 +710,7 @@ def _backward(plan: _Plan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | None
             lo, hi = plan.chunk(owner, index)
             active = step < plan.steps and plan.holds(rank, step) and lo < hi
             if active:
-                if held is None:
-                    k_c, v_c = k[:, :, lo:hi], v[:, :, lo:hi]
-                    pad_c = None if pad is None else pad[:, lo:hi]
-                else:
-                    k_c, v_c, pad_c = _unpack(plan, held, k, v, hi - lo)
+                k_c, v_c, pad_c = _slice_in_hand(plan, held, k, v, pad, lo, hi)
                 if plan.forwards(rank, step):
                     if held is None:
                         held = _pack(plan, buffers[current], k_c, v_c, pad_c)
