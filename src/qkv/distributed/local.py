@@ -11,7 +11,9 @@ yourself; on one machine :func:`run_local` does both::
 
 The processes are started with "spawn" (``fn`` must be importable: a module-level
 function), rendezvous through a file store in a temporary folder (no port to pick),
-and hand back what ``fn`` returns. A rank that raises, dies or outlives ``timeout``
+and hand back what ``fn`` returns (tensors, numbers, strings, None, or lists, tuples and
+dicts of them: results come back through ``torch.load(weights_only=True)``, never a
+general unpickler). A rank that raises, dies or outlives ``timeout``
 makes :func:`run_local` raise :class:`LocalRunError` with every rank's outcome.
 """
 
@@ -73,6 +75,27 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="qkv-run-local-parent-watch", daemon=True).start()
 
 
+def _serialise(outcome: RankOutcome) -> bytes:
+    """``outcome`` as torch.save bytes of plain containers, readable with ``weights_only=True``.
+
+    The parent never unpickles arbitrary objects: a value of another type (not tensors,
+    numbers, strings, None, or lists, tuples and dicts of them) is reported as an error.
+    """
+    fields = {"rank": outcome.rank, "value": outcome.value, "error": outcome.error,
+              "traceback": outcome.traceback, "seconds": outcome.seconds}
+    buffer = io.BytesIO()
+    torch.save(fields, buffer)
+    try:
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    except Exception as error:  # any refusal is reported the same way
+        fields.update(value=None, error=(
+            f"TypeError: run_local's function must return tensors, numbers, strings, None, or lists, "
+            f"tuples and dicts of them; weights-only loading refused its value: {error}"))
+        buffer = io.BytesIO()
+        torch.save(fields, buffer)
+    return buffer.getvalue()
+
+
 def _child(fn: Callable, rank: int, world_size: int, args: tuple, kwargs: dict, store: str,
            backend: str, threads: int | None, group_timeout: float, results) -> None:
     import torch.distributed as dist
@@ -93,9 +116,7 @@ def _child(fn: Callable, rank: int, world_size: int, args: tuple, kwargs: dict, 
         outcome.error = f"{type(error).__name__}: {error}"
         outcome.traceback = traceback.format_exc()
         outcome.value = None
-    buffer = io.BytesIO()
-    torch.save(outcome, buffer)
-    results.put(buffer.getvalue())
+    results.put(_serialise(outcome))
     results.close()
     results.join_thread()
     if not failed and dist.is_initialized():
@@ -157,8 +178,8 @@ def run_local(
             if remaining <= 0:
                 break
             try:
-                outcome = torch.load(io.BytesIO(results.get(timeout=min(remaining, 1.0))), weights_only=False)
-                outcomes[outcome.rank] = outcome
+                fields = torch.load(io.BytesIO(results.get(timeout=min(remaining, 1.0))), weights_only=True)
+                outcomes[fields["rank"]] = RankOutcome(**fields)
             except queue.Empty:
                 silent = [p for rank, p in enumerate(processes) if rank not in outcomes]
                 if all(p.exitcode is not None for p in silent) and results.empty():
