@@ -4,6 +4,7 @@ from qkv.attention.api import AttentionStats, attention, attention_stats, attent
 from qkv.attention.approximate import LinearOptions, LinformerOptions, NystromOptions, PerformerOptions
 from qkv.attention.masks import MaskSpec
 from qkv.attention.registry import Backend, available_backends, get_backend, register
+from qkv.attention.triton_backend import TritonOptions
 
 __all__ = [
     "attention",
@@ -19,4 +20,5 @@ __all__ = [
     "PerformerOptions",
     "NystromOptions",
     "LinformerOptions",
+    "TritonOptions",
 ]

@@ -34,6 +34,7 @@ from qkv.attention.reference import reference_attention
 from qkv.attention.sdpa import sdpa_attention
 from qkv.attention.sliding import sliding_attention
 from qkv.attention.tiled import tiled_attention
+from qkv.attention.triton_backend import TritonOptions, triton_attention, unavailable_reason
 
 __all__ = ["Backend", "register", "get_backend", "available_backends", "resolve_backend"]
 
@@ -65,6 +66,9 @@ class Backend:
     # (qkv.distributed's "ring"): every rank must call it, even with no tokens, and
     # explicit scores or weights (hooks) would see only the local keys.
     sequence_parallel: bool = False
+    # unavailable(device_type) -> why the backend cannot run there in this process (a missing
+    # package, no GPU), phrased after "cannot"; None: it can. Checked without importing it.
+    unavailable: Callable[[str], str | None] | None = None
 
     def call(
         self, q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, return_lse: bool,
@@ -132,6 +136,10 @@ class CallNeeds:
         """A phrase naming the first need ``backend`` cannot meet, or None."""
         if self.device not in backend.devices:
             return f"run on device type {self.device!r}"
+        if backend.unavailable is not None:
+            reason = backend.unavailable(self.device)
+            if reason is not None:
+                return reason
         checks = [
             (self.return_lse, backend.returns_lse, "return the log-sum-exp (return_lse=True)"),
             (self.grad, backend.supports_grad, "compute gradients (inputs require grad)"),
@@ -211,6 +219,20 @@ register(
         description="exact attention in a sliding window by bands of keys, O(N * w); global tokens",
         returns_lse=True,
         auto_rank=None,
+    )
+)
+
+register(
+    Backend(
+        name="triton",
+        fn=triton_attention,
+        description="FlashAttention-2 kernel in Triton: GPU, or CPU under TRITON_INTERPRET=1 (tests)",
+        returns_lse=True,
+        supports_mask=False,
+        supports_global_tokens=False,
+        auto_rank=None,
+        options_type=TritonOptions,
+        unavailable=unavailable_reason,
     )
 )
 

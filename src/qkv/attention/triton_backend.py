@@ -1,0 +1,121 @@
+"""The ``"triton"`` backend: qkv's FlashAttention-2 kernel in Triton, imported only when used.
+
+Importing qkv never imports Triton. :func:`unavailable_reason` says, without importing
+it, why the kernel cannot run on a device type (Triton missing, no CUDA GPU, or a CPU
+without Triton's interpreter); :func:`triton_attention` imports
+:mod:`qkv.attention.triton_flash` on its first call.
+
+On the CPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1`` set before
+the first call): slow, exact in float64, and how the tests check it without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from qkv.attention.masks import MaskSpec
+
+__all__ = ["TritonOptions", "triton_attention", "unavailable_reason"]
+
+_KERNEL_MODULE = "qkv.attention.triton_flash"
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """Options of the Triton kernel (``qkv.attention(..., backend="triton", options=...)``)."""
+
+    # dQ from a second pass over query blocks instead of atomic adds: bitwise reproducible
+    # gradients, at the price of recomputing the scores once more.
+    deterministic: bool = False
+    # Query rows and keys per tile; None: autotuned per GPU and shape (16 x 16 under the
+    # interpreter). Powers of two >= 16, both or neither.
+    block_m: int | None = None
+    block_n: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.block_m is None) != (self.block_n is None):
+            raise ValueError(
+                f"TritonOptions: give both block_m and block_n or neither; got block_m={self.block_m}, "
+                f"block_n={self.block_n}"
+            )
+        for name in ("block_m", "block_n"):
+            size = getattr(self, name)
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 16
+                                     or size & (size - 1)):
+                raise ValueError(
+                    f"TritonOptions: {name} must be a power of two >= 16 (Triton tiles are powers of two and its "
+                    f"matrix products need 16); got {size!r}"
+                )
+
+    @property
+    def blocks(self) -> tuple[int, int] | None:
+        return None if self.block_m is None else (self.block_m, self.block_n)
+
+
+def _interpreter_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def unavailable_reason(device_type: str) -> str | None:
+    """Why the kernel cannot run on ``device_type`` here, or None when it can."""
+    if importlib.util.find_spec("triton") is None:
+        return "import Triton: it is not installed (pip install triton)"
+    loaded = sys.modules.get(_KERNEL_MODULE)
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return "run: no CUDA GPU is available (torch.cuda.is_available() is False)"
+        if loaded is not None and loaded.INTERPRETED:
+            return "run on CUDA: the kernel was loaded under Triton's interpreter (TRITON_INTERPRET=1)"
+        return None
+    if device_type == "cpu":
+        interpreted = loaded.INTERPRETED if loaded is not None else _interpreter_requested()
+        if not interpreted:
+            return ("run on the CPU: Triton kernels run on the CPU only under Triton's interpreter; set "
+                    "TRITON_INTERPRET=1 before the first call (slow; meant for tests), or use a CUDA GPU")
+        return None
+    return f"run on device type {device_type!r} (CUDA GPUs, or the CPU under TRITON_INTERPRET=1)"
+
+
+def triton_attention(
+    q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, return_lse: bool,
+    options: TritonOptions | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Exact attention by qkv's FlashAttention-2 Triton kernel.
+
+    Honours bottom-right ``causal``, ``window``, ``key_padding_mask`` and grouped-query
+    heads; not ``mask=`` or ``global_tokens=`` (use "tiled" or "sliding"). Head dims up to
+    256 run at speed on a GPU. Memory is O((Nq + Nk) * D): no (Nq, Nk) matrix is stored,
+    forward or backward.
+
+    Args:
+        q: (B, Hq, Nq, D) queries.
+        k: (B, Hkv, Nk, D) keys; Hq is a multiple of Hkv.
+        v: (B, Hkv, Nk, Dv) values.
+        spec: the call's masking.
+        scale: multiplies q k^T.
+        return_lse: also return the LSE (B, Hq, Nq), float32 (float64 for float64 inputs).
+        options: :class:`TritonOptions` (deterministic backward, fixed block sizes).
+
+    Returns:
+        out (B, Hq, Nq, Dv) in q's dtype, and lse when ``return_lse``.
+    """
+    options = options or TritonOptions()
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite; got {scale}")
+    if spec.mask is not None or spec.global_tokens:
+        raise ValueError("backend='triton' honours causal, window and key_padding_mask only; "
+                         "use backend='tiled' or 'sliding' for mask= or global_tokens=")
+    reason = unavailable_reason(q.device.type)
+    if reason is not None:
+        raise RuntimeError(f"backend='triton' cannot {reason}")
+    from qkv.attention.triton_flash import TritonFlashAttention
+
+    out, lse = TritonFlashAttention.apply(q, k, v, spec, float(scale), options.deterministic, options.blocks)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,608 @@
+"""FlashAttention-2 as Triton kernels: forward, backward, causal, windows, key padding, GQA.
+
+The algorithm is :mod:`qkv.attention.tiled`'s (Dao, 2023), written as GPU programs: one
+program per (query block, head) streams key blocks through an online softmax in
+registers and writes only the output and the log-sum-exp; the backward recomputes each
+tile's probabilities from the LSE. One program per (key block, key/value head)
+accumulates dK and dV over the query heads of its group (grouped-query attention reads
+each key/value head once, never a copy), and dQ is either accumulated by atomic adds in
+that same pass (the default, as FlashAttention-2) or computed by a second pass over query
+blocks when ``deterministic=True`` (bitwise reproducible: no atomics anywhere).
+
+Key blocks that the causal/window band hides are never visited; blocks it shows whole
+run without any mask arithmetic; only the blocks it cuts through build a mask. Scores
+live in the base-2 domain (``s * scale * log2(e)``, ``exp2``), as in FlashAttention's
+kernels; the LSE is stored in natural log like every other qkv backend.
+
+This module imports Triton at import time: use it through ``backend="triton"``
+(:mod:`qkv.attention.triton_backend` imports it lazily). With ``TRITON_INTERPRET=1``
+set before the first import, the same kernels run on CPU tensors under Triton's
+interpreter, which is how CI tests them.
+
+Integer arithmetic note: positions may be negative (more queries than keys), and Triton
+divides integers like C (towards zero) on a GPU but like Python (towards -inf) in the
+interpreter, so every division below is taken of a value clamped at 0 first.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from qkv.attention.masks import MaskSpec
+
+__all__ = ["flash_forward", "flash_backward", "TritonFlashAttention", "INTERPRETED"]
+
+# Triton decides when a kernel is decorated, i.e. when this module is imported.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: natural-log scores to base 2
+LN2 = tl.constexpr(0.6931471805599453)
+
+# Block sizes used when autotuning is off (interpreter, or sizes chosen in the options).
+INTERPRETER_BLOCKS = (16, 16)
+
+
+# ---------------------------------------------------------------------------------------
+# Which blocks a band touches
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def _cdiv_nonneg(x, d):
+    """ceil(x / d) for x >= 0 (clamped), d > 0."""
+    return (tl.maximum(x, 0) + d - 1) // d
+
+
+@triton.jit
+def _key_blocks_of_query_block(
+    first_pos, last_pos, nk, window_left, window_right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Key ranges [lo, full_lo) masked, [full_lo, full_hi) whole, [full_hi, hi) masked.
+
+    Queries at positions first_pos .. last_pos see keys p - left .. p + right (< nk).
+    A whole block is seen by every one of those queries and lies below nk.
+    """
+    lo = 0
+    hi = nk
+    if HAS_LEFT:
+        lo = tl.maximum(first_pos - window_left, 0)
+    if HAS_RIGHT:
+        hi = tl.minimum(hi, last_pos + window_right + 1)
+    lo = lo // BLOCK_N * BLOCK_N
+    full_lo = lo
+    full_hi = nk // BLOCK_N * BLOCK_N
+    if HAS_LEFT:
+        full_lo = tl.maximum(lo, _cdiv_nonneg(last_pos - window_left, BLOCK_N) * BLOCK_N)
+    if HAS_RIGHT:
+        full_hi = tl.minimum(full_hi, tl.maximum(first_pos + window_right + 1, 0) // BLOCK_N * BLOCK_N)
+    if full_lo >= full_hi:
+        full_lo = tl.maximum(hi, lo)
+        full_hi = full_lo
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _query_blocks_of_key_block(
+    start_n, nq, nk, offset, window_left, window_right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Query ranges [lo, full_lo) masked, [full_lo, full_hi) whole, [full_hi, hi) masked.
+
+    Key j is seen by positions j - right .. j + left, i.e. rows p - offset.
+    """
+    lo = 0
+    hi = nq
+    if HAS_RIGHT:
+        lo = tl.maximum(start_n - window_right - offset, 0)
+    if HAS_LEFT:
+        hi = tl.minimum(hi, start_n + BLOCK_N - 1 + window_left - offset + 1)
+    lo = lo // BLOCK_M * BLOCK_M
+    full_lo = lo
+    full_hi = nq // BLOCK_M * BLOCK_M
+    if HAS_RIGHT:  # the block's last key must be <= the first row's position + right
+        full_lo = tl.maximum(lo, _cdiv_nonneg(start_n + BLOCK_N - 1 - window_right - offset, BLOCK_M) * BLOCK_M)
+    if HAS_LEFT:  # the block's first key must be >= the last row's position - left
+        full_hi = tl.minimum(full_hi, tl.maximum(start_n + window_left - offset + 1, 0) // BLOCK_M * BLOCK_M)
+    if start_n + BLOCK_N > nk:
+        full_hi = 0
+    if full_lo >= full_hi:
+        full_lo = tl.maximum(hi, lo)
+        full_hi = full_lo
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _visible(
+    rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+):
+    """(len(rows), len(cols)) bool: in bounds and inside the causal/window band."""
+    positions = rows[:, None] + offset
+    visible = (rows[:, None] < nq) & (cols[None, :] < nk)
+    if HAS_LEFT:
+        visible &= cols[None, :] >= positions - window_left
+    if HAS_RIGHT:
+        visible &= cols[None, :] <= positions + window_right
+    return visible
+
+
+# ---------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def _forward_key_range(
+    acc, row_max, row_sum, q, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
+    start, end, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Online softmax over the key blocks start .. end of one query block."""
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + offs_n
+        key_in = cols < nk
+        k_t = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                      mask=key_in[None, :] & (offs_d[:, None] < head_dim), other=0.0)  # (D, BN)
+        scores = tl.dot(q, k_t, input_precision=PRECISION, out_dtype=ACC_DTYPE) * qk_scale  # (BM, BN), log2
+        if MASKED:
+            visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+            scores = tl.where(visible, scores, float("-inf"))
+        if HAS_PADDING:
+            keep = tl.load(pad_base + cols, mask=key_in, other=0)
+            scores = tl.where(keep[None, :] != 0, scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, 1))  # (BM,)
+        # A row that has seen only -inf keeps a finite shift: exp2 never meets -inf - -inf.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        rescale = tl.exp2(row_max - shift)
+        probs = tl.exp2(scores - shift[:, None])  # (BM, BN), unnormalised
+        row_sum = row_sum * rescale + tl.sum(probs, 1)
+        v = tl.load(v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                    mask=key_in[:, None] & (offs_dv[None, :] < value_dim), other=0.0)  # (BN, Dv)
+        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION,
+                                              out_dtype=ACC_DTYPE)
+        row_max = new_max
+    return acc, row_max, row_sum
+
+
+@triton.jit
+def _forward_kernel(
+    Q, K, V, Out, Lse, KeyPadding,
+    qk_scale,  # scale * log2(e)
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_lb, stride_lh, stride_pb,
+    num_q_heads, group_size, nq, nk, head_dim, value_dim, window_left, window_right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    batch_head = tl.program_id(1)
+    b = (batch_head // num_q_heads).to(tl.int64)  # int64: offsets of large tensors pass 2**31
+    h = (batch_head % num_q_heads).to(tl.int64)
+    kv_head = h // group_size
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offset = nk - nq  # position of query 0 among the keys (bottom-right alignment)
+
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                mask=(rows[:, None] < nq) & (offs_d[None, :] < head_dim), other=0.0)  # (BM, D)
+    k_base = K + b * stride_kb + kv_head * stride_kh
+    v_base = V + b * stride_vb + kv_head * stride_vh
+    pad_base = KeyPadding + b * stride_pb
+
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=ACC_DTYPE)
+    row_sum = tl.zeros([BLOCK_M], dtype=ACC_DTYPE)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=ACC_DTYPE)
+    lo, full_lo, full_hi, hi = _key_blocks_of_query_block(
+        start_m + offset, start_m + BLOCK_M - 1 + offset, nk, window_left, window_right,
+        HAS_LEFT, HAS_RIGHT, BLOCK_N)
+    acc, row_max, row_sum = _forward_key_range(
+        acc, row_max, row_sum, q, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
+        lo, full_lo, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
+    acc, row_max, row_sum = _forward_key_range(
+        acc, row_max, row_sum, q, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
+        full_lo, full_hi, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, BLOCK_N, ACC_DTYPE, PRECISION)
+    acc, row_max, row_sum = _forward_key_range(
+        acc, row_max, row_sum, q, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
+        full_hi, hi, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
+
+    # Rows that saw no key keep out = 0 and lse = -inf; a NaN input still comes out as NaN.
+    seen = row_sum != 0
+    safe_sum = tl.where(seen, row_sum, 1.0)
+    out = acc / safe_sum[:, None]
+    lse = tl.where(seen, (row_max + tl.log2(safe_sum)) * LN2, float("-inf"))
+    row_in = rows < nq
+    tl.store(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_dv[None, :] * stride_od,
+             out.to(Out.dtype.element_ty), mask=row_in[:, None] & (offs_dv[None, :] < value_dim))
+    tl.store(Lse + b * stride_lb + h * stride_lh + rows, lse.to(Lse.dtype.element_ty), mask=row_in)
+
+
+# ---------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def _backward_query_range(
+    dk, dv, k, v, keep, cols, q_base, do_base, lse_base, delta_base, dq_base, offs_m, offs_d, offs_dv,
+    start, end, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
+    stride_qn, stride_qd, stride_don, stride_dod, stride_dqn,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, MASKED: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dK, dV of one key block from the query blocks start .. end of one query head (+ dQ by atomics)."""
+    for start_m in range(start, end, BLOCK_M):
+        rows = start_m + offs_m
+        row_in = rows < nq
+        q = tl.load(q_base + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                    mask=row_in[:, None] & (offs_d[None, :] < head_dim), other=0.0)  # (BM, D)
+        grad_out = tl.load(do_base + rows[:, None] * stride_don + offs_dv[None, :] * stride_dod,
+                           mask=row_in[:, None] & (offs_dv[None, :] < value_dim), other=0.0)  # (BM, Dv)
+        lse = tl.load(lse_base + rows, mask=row_in, other=float("-inf")).to(ACC_DTYPE)
+        # Rows that saw nothing have lse = -inf; +inf makes their probabilities exp2(-inf) = 0.
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+        delta = tl.load(delta_base + rows, mask=row_in, other=0.0).to(ACC_DTYPE)
+        scores_t = tl.dot(k, tl.trans(q), input_precision=PRECISION, out_dtype=ACC_DTYPE) * qk_scale  # (BN, BM)
+        if MASKED:
+            positions = rows[None, :] + offset
+            visible_t = row_in[None, :] & (cols[:, None] < nk)
+            if HAS_LEFT:
+                visible_t &= cols[:, None] >= positions - window_left
+            if HAS_RIGHT:
+                visible_t &= cols[:, None] <= positions + window_right
+            scores_t = tl.where(visible_t, scores_t, float("-inf"))
+        if HAS_PADDING:
+            scores_t = tl.where(keep[:, None] != 0, scores_t, float("-inf"))
+        probs_t = tl.exp2(scores_t - lse2[None, :])  # (BN, BM)
+        dv += tl.dot(probs_t.to(grad_out.dtype), grad_out, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+        dp_t = tl.dot(v, tl.trans(grad_out), input_precision=PRECISION, out_dtype=ACC_DTYPE)  # (BN, BM)
+        ds_t = probs_t * (dp_t - delta[None, :])  # dS = P * (dP - delta), transposed
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(ds_t).to(k.dtype), k, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+            tl.atomic_add(dq_base + rows[:, None] * stride_dqn + offs_d[None, :], dq * sm_scale,
+                          mask=row_in[:, None] & (offs_d[None, :] < head_dim))
+    return dk, dv
+
+
+@triton.jit
+def _backward_kv_kernel(
+    Q, K, V, DO, Lse, Delta, DQ, DK, DV, KeyPadding,
+    qk_scale, sm_scale,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_lb, stride_lh, stride_pb,
+    stride_dqb, stride_dqh, stride_dqn,
+    stride_dkb, stride_dkh, stride_dkn,
+    stride_dvb, stride_dvh, stride_dvn,
+    num_kv_heads, group_size, nq, nk, head_dim, value_dim, window_left, window_right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_n = tl.program_id(0) * BLOCK_N
+    batch_head = tl.program_id(1)
+    b = (batch_head // num_kv_heads).to(tl.int64)
+    kv_head = (batch_head % num_kv_heads).to(tl.int64)
+    cols = start_n + tl.arange(0, BLOCK_N)
+    col_in = cols < nk
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offset = nk - nq
+
+    k = tl.load(K + b * stride_kb + kv_head * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=col_in[:, None] & (offs_d[None, :] < head_dim), other=0.0)  # (BN, D)
+    v = tl.load(V + b * stride_vb + kv_head * stride_vh + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                mask=col_in[:, None] & (offs_dv[None, :] < value_dim), other=0.0)  # (BN, Dv)
+    keep = cols  # unused unless HAS_PADDING
+    if HAS_PADDING:
+        keep = tl.load(KeyPadding + b * stride_pb + cols, mask=col_in, other=0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_DTYPE)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=ACC_DTYPE)
+    lo, full_lo, full_hi, hi = _query_blocks_of_key_block(
+        start_n, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT, BLOCK_M, BLOCK_N)
+
+    # Grouped-query attention: the G query heads of this key/value head, one after another.
+    for g in range(group_size):
+        h = kv_head * group_size + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_dob + h * stride_doh
+        lse_base = Lse + b * stride_lb + h * stride_lh
+        delta_base = Delta + b * stride_lb + h * stride_lh
+        dq_base = DQ + b * stride_dqb + h * stride_dqh
+        dk, dv = _backward_query_range(
+            dk, dv, k, v, keep, cols, q_base, do_base, lse_base, delta_base, dq_base, offs_m, offs_d, offs_dv,
+            lo, full_lo, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
+            stride_qn, stride_qd, stride_don, stride_dod, stride_dqn,
+            HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
+        dk, dv = _backward_query_range(
+            dk, dv, k, v, keep, cols, q_base, do_base, lse_base, delta_base, dq_base, offs_m, offs_d, offs_dv,
+            full_lo, full_hi, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
+            stride_qn, stride_qd, stride_don, stride_dod, stride_dqn,
+            HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
+        dk, dv = _backward_query_range(
+            dk, dv, k, v, keep, cols, q_base, do_base, lse_base, delta_base, dq_base, offs_m, offs_d, offs_dv,
+            full_hi, hi, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
+            stride_qn, stride_qd, stride_don, stride_dod, stride_dqn,
+            HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
+
+    dk = dk * sm_scale
+    tl.store(DK + b * stride_dkb + kv_head * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=col_in[:, None] & (offs_d[None, :] < head_dim))
+    tl.store(DV + b * stride_dvb + kv_head * stride_dvh + cols[:, None] * stride_dvn + offs_dv[None, :],
+             dv.to(DV.dtype.element_ty), mask=col_in[:, None] & (offs_dv[None, :] < value_dim))
+
+
+@triton.jit
+def _backward_q_key_range(
+    dq, q, grad_out, lse2, delta, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
+    start, end, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dQ of one query block from the key blocks start .. end (the deterministic pass)."""
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + offs_n
+        key_in = cols < nk
+        k_t = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                      mask=key_in[None, :] & (offs_d[:, None] < head_dim), other=0.0)  # (D, BN)
+        v_t = tl.load(v_base + cols[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                      mask=key_in[None, :] & (offs_dv[:, None] < value_dim), other=0.0)  # (Dv, BN)
+        scores = tl.dot(q, k_t, input_precision=PRECISION, out_dtype=ACC_DTYPE) * qk_scale  # (BM, BN)
+        if MASKED:
+            visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+            scores = tl.where(visible, scores, float("-inf"))
+        if HAS_PADDING:
+            keep = tl.load(pad_base + cols, mask=key_in, other=0)
+            scores = tl.where(keep[None, :] != 0, scores, float("-inf"))
+        probs = tl.exp2(scores - lse2[:, None])
+        dp = tl.dot(grad_out, v_t, input_precision=PRECISION, out_dtype=ACC_DTYPE)  # (BM, BN)
+        ds = probs * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    return dq
+
+
+@triton.jit
+def _backward_q_kernel(
+    Q, K, V, DO, Lse, Delta, DQ, KeyPadding,
+    qk_scale, sm_scale,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_lb, stride_lh, stride_pb,
+    stride_dqb, stride_dqh, stride_dqn,
+    num_q_heads, group_size, nq, nk, head_dim, value_dim, window_left, window_right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    batch_head = tl.program_id(1)
+    b = (batch_head // num_q_heads).to(tl.int64)
+    h = (batch_head % num_q_heads).to(tl.int64)
+    kv_head = h // group_size
+    rows = start_m + tl.arange(0, BLOCK_M)
+    row_in = rows < nq
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offset = nk - nq
+
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                mask=row_in[:, None] & (offs_d[None, :] < head_dim), other=0.0)
+    grad_out = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don
+                       + offs_dv[None, :] * stride_dod,
+                       mask=row_in[:, None] & (offs_dv[None, :] < value_dim), other=0.0)
+    lse = tl.load(Lse + b * stride_lb + h * stride_lh + rows, mask=row_in, other=float("-inf")).to(ACC_DTYPE)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+    delta = tl.load(Delta + b * stride_lb + h * stride_lh + rows, mask=row_in, other=0.0).to(ACC_DTYPE)
+    k_base = K + b * stride_kb + kv_head * stride_kh
+    v_base = V + b * stride_vb + kv_head * stride_vh
+    pad_base = KeyPadding + b * stride_pb
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
+    lo, full_lo, full_hi, hi = _key_blocks_of_query_block(
+        start_m + offset, start_m + BLOCK_M - 1 + offset, nk, window_left, window_right,
+        HAS_LEFT, HAS_RIGHT, BLOCK_N)
+    dq = _backward_q_key_range(
+        dq, q, grad_out, lse2, delta, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
+        lo, full_lo, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
+    dq = _backward_q_key_range(
+        dq, q, grad_out, lse2, delta, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
+        full_lo, full_hi, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, BLOCK_N, ACC_DTYPE, PRECISION)
+    dq = _backward_q_key_range(
+        dq, q, grad_out, lse2, delta, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
+        full_hi, hi, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqn + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_in[:, None] & (offs_d[None, :] < head_dim))
+
+
+# ---------------------------------------------------------------------------------------
+# Launching: block sizes, autotuning, the autograd function
+# ---------------------------------------------------------------------------------------
+def _forward_configs() -> list[triton.Config]:
+    """Forward tile shapes tried per GPU (FlashAttention-2 and Triton's tutorial use 128 x 64)."""
+    shapes = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4),
+              (128, 64, 8, 4), (64, 128, 4, 3), (64, 32, 4, 2)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+def _backward_configs() -> list[triton.Config]:
+    """Backward tile shapes (key blocks are the outer loop: BLOCK_N keys, BLOCK_M query rows per step)."""
+    shapes = [(32, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2), (16, 64, 4, 3), (32, 128, 8, 2)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+_TUNING_KEY = ["nq", "nk", "head_dim", "value_dim", "group_size", "HAS_LEFT", "HAS_RIGHT", "HAS_PADDING"]
+_TUNED: dict[str, object] = {}
+
+
+def _tuned(name: str):
+    """The autotuned launcher of a kernel, built on first use (GPU only)."""
+    if name not in _TUNED:
+        if name == "forward":
+            _TUNED[name] = triton.autotune(_forward_configs(), key=_TUNING_KEY)(_forward_kernel)
+        elif name == "backward_kv":
+            _TUNED[name] = triton.autotune(_backward_configs(), key=[*_TUNING_KEY, "ATOMIC_DQ"],
+                                           reset_to_zero=["DQ"])(_backward_kv_kernel)
+        else:
+            _TUNED[name] = triton.autotune(_backward_configs(), key=_TUNING_KEY)(_backward_q_kernel)
+    return _TUNED[name]
+
+
+def _launch(name: str, kernel, rows: int, programs: int, blocks: tuple[int, int] | None, args, meta) -> None:
+    """Launch ``kernel`` over (blocks of ``rows``, ``programs``), autotuned unless ``blocks`` is given.
+
+    ``rows`` counts queries for forward/dQ kernels and keys for the dK/dV kernel; the
+    block that tiles them is BLOCK_M or BLOCK_N respectively.
+    """
+    tiled_by = "BLOCK_N" if name == "backward_kv" else "BLOCK_M"
+    if blocks is None and INTERPRETED:
+        blocks = INTERPRETER_BLOCKS
+    if blocks is not None:
+        block_m, block_n = blocks
+        size = block_n if tiled_by == "BLOCK_N" else block_m
+        kernel[(triton.cdiv(rows, size), programs)](*args, **meta, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                     num_warps=4, num_stages=2)
+        return
+    _tuned(name)[lambda config: (triton.cdiv(rows, config[tiled_by]), programs)](*args, **meta)
+
+
+def _geometry(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> dict:
+    """Constexpr and scalar arguments shared by every kernel."""
+    dtype = q.dtype
+    # A bound wider than every distance in the call does not bind; clamping keeps it in int32.
+    reach = spec.nq + spec.nk + 1
+    return {
+        "meta": {
+            "HAS_LEFT": spec.left is not None,
+            "HAS_RIGHT": spec.right is not None,
+            "HAS_PADDING": spec.key_padding_mask is not None,
+            "BLOCK_D": max(16, triton.next_power_of_2(q.shape[-1])),
+            "BLOCK_DV": max(16, triton.next_power_of_2(v.shape[-1])),
+            "ACC_DTYPE": tl.float64 if dtype == torch.float64 else tl.float32,
+            # float32 inputs must not be rounded to TF32 in the matrix products (2x rule).
+            "PRECISION": "ieee" if dtype in (torch.float32, torch.float64) else "tf32",
+        },
+        "window": (min(spec.left or 0, reach), min(spec.right or 0, reach)),
+        "group_size": q.shape[1] // k.shape[1],
+    }
+
+
+def _key_padding(spec: MaskSpec, k: Tensor) -> tuple[Tensor, int]:
+    """The key padding mask as (B, Nk) int8 and its batch stride (a 1-element dummy without one)."""
+    if spec.key_padding_mask is None:
+        return torch.ones(1, dtype=torch.int8, device=k.device), 0
+    padding = spec.key_padding_mask.to(device=k.device, dtype=torch.int8).contiguous()
+    return padding, padding.stride(0)
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def flash_forward(
+    q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, blocks: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Run the forward kernel.
+
+    Args:
+        q: (B, Hq, Nq, D) queries.
+        k: (B, Hkv, Nk, D) keys; Hq is a multiple of Hkv.
+        v: (B, Hkv, Nk, Dv) values.
+        spec: the call's masking (causal/window and key padding only).
+        scale: multiplies q k^T.
+        blocks: (BLOCK_M, BLOCK_N) to use instead of autotuning.
+
+    Returns:
+        out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) in float32 (float64 for float64).
+    """
+    batch, num_q_heads, nq, head_dim = q.shape
+    nk, value_dim = k.shape[2], v.shape[-1]
+    geometry = _geometry(q, k, v, spec)
+    out = torch.empty(batch, num_q_heads, nq, value_dim, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, num_q_heads, nq, dtype=_lse_dtype(q.dtype), device=q.device)
+    padding, stride_pb = _key_padding(spec, k)
+    args = (q, k, v, out, lse, padding, scale * LOG2E.value,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), lse.stride(0), lse.stride(1), stride_pb,
+            num_q_heads, geometry["group_size"], nq, nk, head_dim, value_dim, *geometry["window"])
+    _launch("forward", _forward_kernel, nq, batch * num_q_heads, blocks, args, geometry["meta"])
+    return out, lse
+
+
+def flash_backward(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, grad_lse: Tensor | None,
+    spec: MaskSpec, scale: float, deterministic: bool = False, blocks: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the backward kernels: (grad_q, grad_k, grad_v), shaped and typed as q, k, v.
+
+    ``grad_out`` is (B, Hq, Nq, Dv); ``grad_lse`` (B, Hq, Nq) or None. With
+    ``deterministic`` dQ comes from its own pass over query blocks instead of atomic adds.
+    """
+    batch, num_q_heads, nq, head_dim = q.shape
+    num_kv_heads, nk, value_dim = k.shape[1], k.shape[2], v.shape[-1]
+    geometry = _geometry(q, k, v, spec)
+    acc_dtype = _lse_dtype(q.dtype)
+    # delta_i = dO_i . O_i; a gradient flowing into the LSE adds P * dlse, i.e. subtracts it here.
+    delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(dim=-1)  # (B, Hq, Nq)
+    if grad_lse is not None:
+        delta = delta - grad_lse.to(acc_dtype)
+    delta = delta.contiguous()
+    lse = lse.contiguous()
+    padding, stride_pb = _key_padding(spec, k)
+    grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    # Atomic dQ accumulates in float32 (float64 for float64); the deterministic pass writes q's dtype.
+    grad_q = torch.zeros(q.shape, dtype=q.dtype if deterministic else acc_dtype, device=q.device)
+    common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), lse.stride(0), lse.stride(1), stride_pb,
+              *grad_q.stride()[:3])
+    sm_scale = float(scale)
+    kv_args = (q, k, v, grad_out, lse, delta, grad_q, grad_k, grad_v, padding, sm_scale * LOG2E.value, sm_scale,
+               *common, *grad_k.stride()[:3], *grad_v.stride()[:3],
+               num_kv_heads, geometry["group_size"], nq, nk, head_dim, value_dim, *geometry["window"])
+    _launch("backward_kv", _backward_kv_kernel, nk, batch * num_kv_heads, blocks, kv_args,
+            {**geometry["meta"], "ATOMIC_DQ": not deterministic})
+    if deterministic:
+        q_args = (q, k, v, grad_out, lse, delta, grad_q, padding, sm_scale * LOG2E.value, sm_scale, *common,
+                  num_q_heads, geometry["group_size"], nq, nk, head_dim, value_dim, *geometry["window"])
+        _launch("backward_q", _backward_q_kernel, nq, batch * num_q_heads, blocks, q_args, geometry["meta"])
+    return grad_q.to(q.dtype), grad_k, grad_v
+
+
+class TritonFlashAttention(torch.autograd.Function):
+    """Autograd wrapper: saves (q, k, v, out, lse), never the probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, spec, scale, deterministic, blocks):
+        out, lse = flash_forward(q, k, v, spec, scale, blocks)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.spec, ctx.scale, ctx.deterministic, ctx.blocks = spec, scale, deterministic, blocks
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        grad_q, grad_k, grad_v = flash_backward(q, k, v, out, lse, grad_out, grad_lse, ctx.spec, ctx.scale,
+                                                ctx.deterministic, ctx.blocks)
+        return grad_q, grad_k, grad_v, None, None, None, None
