@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU, qkv's Triton kernel runs on the CPU under Triton's interpreter, which
+# Triton fixes when it is first imported: so here, before any test imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import qkv
 from qkv.attention.api import build_spec, zero_unread_keys
@@ -52,7 +59,10 @@ def run_sliding(q, k, v, *, block: int, return_lse: bool = False, **masking):
 
 
 def run_backend(backend: str, q, k, v, blocks: tuple[int, ...] | None = None, **kwargs):
-    """qkv.attention with ``backend``; ``blocks`` selects tiled tile sizes or sliding's band block."""
+    """qkv.attention with ``backend``; ``blocks`` selects tiled or triton tile sizes or sliding's band block."""
+    if backend == "triton" and blocks is not None:
+        options = qkv.TritonOptions(block_m=blocks[0], block_n=blocks[1], deterministic=len(blocks) > 2)
+        return qkv.attention(q, k, v, backend="triton", options=options, **kwargs)
     if backend == "tiled" and blocks is not None:
         return run_tiled(q, k, v, block_q=blocks[0], block_k=blocks[1], **kwargs)
     if backend == "sliding" and blocks is not None:

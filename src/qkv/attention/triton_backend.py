@@ -59,7 +59,20 @@ class TritonOptions:
         return None if self.block_m is None else (self.block_m, self.block_n)
 
 
-def _interpreter_requested() -> bool:
+def _interpreter_on() -> bool:
+    """Whether Triton runs (or, once imported, will run) kernels under its interpreter.
+
+    Triton fixes this when it is imported (its library functions are decorated then), so
+    the environment variable counts only until then.
+    """
+    kernels = sys.modules.get(_KERNEL_MODULE)
+    if kernels is not None:
+        return kernels.INTERPRETED
+    language = sys.modules.get("triton.language")
+    if language is not None:
+        from triton.runtime.jit import JITFunction
+
+        return not isinstance(language.max, JITFunction)
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
@@ -67,18 +80,21 @@ def unavailable_reason(device_type: str) -> str | None:
     """Why the kernel cannot run on ``device_type`` here, or None when it can."""
     if importlib.util.find_spec("triton") is None:
         return "import Triton: it is not installed (pip install triton)"
-    loaded = sys.modules.get(_KERNEL_MODULE)
+    kernels = sys.modules.get(_KERNEL_MODULE)
+    if kernels is not None and kernels.MIXED:
+        return ("run: TRITON_INTERPRET changed between importing Triton and qkv's kernel; set it (or not) in the "
+                "environment before Python starts")
     if device_type == "cuda":
         if not torch.cuda.is_available():
             return "run: no CUDA GPU is available (torch.cuda.is_available() is False)"
-        if loaded is not None and loaded.INTERPRETED:
-            return "run on CUDA: the kernel was loaded under Triton's interpreter (TRITON_INTERPRET=1)"
+        if _interpreter_on():
+            return "run on CUDA under Triton's interpreter (TRITON_INTERPRET=1); unset it to use the GPU"
         return None
     if device_type == "cpu":
-        interpreted = loaded.INTERPRETED if loaded is not None else _interpreter_requested()
-        if not interpreted:
+        if not _interpreter_on():
             return ("run on the CPU: Triton kernels run on the CPU only under Triton's interpreter; set "
-                    "TRITON_INTERPRET=1 before the first call (slow; meant for tests), or use a CUDA GPU")
+                    "TRITON_INTERPRET=1 in the environment before Python starts (slow; meant for tests), or use a "
+                    "CUDA GPU")
         return None
     return f"run on device type {device_type!r} (CUDA GPUs, or the CPU under TRITON_INTERPRET=1)"
 

@@ -30,13 +30,12 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.jit import JITFunction
 
 from qkv.attention.masks import MaskSpec
 
 __all__ = ["flash_forward", "flash_backward", "TritonFlashAttention", "INTERPRETED"]
 
-# Triton decides when a kernel is decorated, i.e. when this module is imported.
-INTERPRETED = bool(triton.knobs.runtime.interpret)
 LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln 2: natural-log scores to base 2
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -113,6 +112,34 @@ def _query_blocks_of_key_block(
 
 
 @triton.jit
+def _dot(a, b, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """a @ b accumulated in ACC_DTYPE.
+
+    PRECISION "emulate-bf16" (bfloat16 under Triton 3.9's interpreter, which multiplies
+    bfloat16 matrices as if their bits were integers) multiplies in float32: products of
+    bfloat16 numbers are exact in float32, so this is what a GPU's tensor cores compute.
+    """
+    if PRECISION == "emulate-bf16":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee", out_dtype=ACC_DTYPE)
+    return tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+
+
+@triton.jit
+def _cast(x, dtype: tl.constexpr, PRECISION: tl.constexpr):
+    """x rounded to ``dtype`` to nearest, ties to even, as a GPU rounds.
+
+    Triton 3.9's interpreter truncates float32 to bfloat16 (a bias that grows with every
+    sum), so under "emulate-bf16" the rounding is done on the bits first.
+    """
+    if PRECISION == "emulate-bf16":
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        rounded = bits.to(tl.float32, bitcast=True)
+        x = tl.where(x != x, x, rounded)  # NaN stays NaN
+    return x.to(dtype)
+
+
+@triton.jit
 def _visible(
     rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
 ):
@@ -143,7 +170,7 @@ def _forward_key_range(
         key_in = cols < nk
         k_t = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                       mask=key_in[None, :] & (offs_d[:, None] < head_dim), other=0.0)  # (D, BN)
-        scores = tl.dot(q, k_t, input_precision=PRECISION, out_dtype=ACC_DTYPE) * qk_scale  # (BM, BN), log2
+        scores = _dot(q, k_t, ACC_DTYPE, PRECISION) * qk_scale  # (BM, BN), log2
         if MASKED:
             visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
             scores = tl.where(visible, scores, float("-inf"))
@@ -158,8 +185,7 @@ def _forward_key_range(
         row_sum = row_sum * rescale + tl.sum(probs, 1)
         v = tl.load(v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                     mask=key_in[:, None] & (offs_dv[None, :] < value_dim), other=0.0)  # (BN, Dv)
-        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION,
-                                              out_dtype=ACC_DTYPE)
+        acc = acc * rescale[:, None] + _dot(_cast(probs, v.dtype, PRECISION), v, ACC_DTYPE, PRECISION)
         row_max = new_max
     return acc, row_max, row_sum
 
@@ -224,7 +250,7 @@ def _forward_kernel(
     lse = tl.where(seen, (row_max + tl.log2(safe_sum)) * LN2, float("-inf"))
     row_in = rows < nq
     tl.store(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_dv[None, :] * stride_od,
-             out.to(Out.dtype.element_ty), mask=row_in[:, None] & (offs_dv[None, :] < value_dim))
+             _cast(out, Out.dtype.element_ty, PRECISION), mask=row_in[:, None] & (offs_dv[None, :] < value_dim))
     tl.store(Lse + b * stride_lb + h * stride_lh + rows, lse.to(Lse.dtype.element_ty), mask=row_in)
 
 
@@ -251,7 +277,7 @@ def _backward_query_range(
         # Rows that saw nothing have lse = -inf; +inf makes their probabilities exp2(-inf) = 0.
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
         delta = tl.load(delta_base + rows, mask=row_in, other=0.0).to(ACC_DTYPE)
-        scores_t = tl.dot(k, tl.trans(q), input_precision=PRECISION, out_dtype=ACC_DTYPE) * qk_scale  # (BN, BM)
+        scores_t = _dot(k, tl.trans(q), ACC_DTYPE, PRECISION) * qk_scale  # (BN, BM)
         if MASKED:
             positions = rows[None, :] + offset
             visible_t = row_in[None, :] & (cols[:, None] < nk)
@@ -263,12 +289,12 @@ def _backward_query_range(
         if HAS_PADDING:
             scores_t = tl.where(keep[:, None] != 0, scores_t, float("-inf"))
         probs_t = tl.exp2(scores_t - lse2[None, :])  # (BN, BM)
-        dv += tl.dot(probs_t.to(grad_out.dtype), grad_out, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-        dp_t = tl.dot(v, tl.trans(grad_out), input_precision=PRECISION, out_dtype=ACC_DTYPE)  # (BN, BM)
+        dv += _dot(_cast(probs_t, grad_out.dtype, PRECISION), grad_out, ACC_DTYPE, PRECISION)
+        dp_t = _dot(v, tl.trans(grad_out), ACC_DTYPE, PRECISION)  # (BN, BM)
         ds_t = probs_t * (dp_t - delta[None, :])  # dS = P * (dP - delta), transposed
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+        dk += _dot(_cast(ds_t, q.dtype, PRECISION), q, ACC_DTYPE, PRECISION)
         if ATOMIC_DQ:
-            dq = tl.dot(tl.trans(ds_t).to(k.dtype), k, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+            dq = _dot(_cast(tl.trans(ds_t), k.dtype, PRECISION), k, ACC_DTYPE, PRECISION)
             tl.atomic_add(dq_base + rows[:, None] * stride_dqn + offs_d[None, :], dq * sm_scale,
                           mask=row_in[:, None] & (offs_d[None, :] < head_dim))
     return dk, dv
@@ -340,9 +366,9 @@ def _backward_kv_kernel(
 
     dk = dk * sm_scale
     tl.store(DK + b * stride_dkb + kv_head * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=col_in[:, None] & (offs_d[None, :] < head_dim))
+             _cast(dk, DK.dtype.element_ty, PRECISION), mask=col_in[:, None] & (offs_d[None, :] < head_dim))
     tl.store(DV + b * stride_dvb + kv_head * stride_dvh + cols[:, None] * stride_dvn + offs_dv[None, :],
-             dv.to(DV.dtype.element_ty), mask=col_in[:, None] & (offs_dv[None, :] < value_dim))
+             _cast(dv, DV.dtype.element_ty, PRECISION), mask=col_in[:, None] & (offs_dv[None, :] < value_dim))
 
 
 @triton.jit
@@ -361,7 +387,7 @@ def _backward_q_key_range(
                       mask=key_in[None, :] & (offs_d[:, None] < head_dim), other=0.0)  # (D, BN)
         v_t = tl.load(v_base + cols[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
                       mask=key_in[None, :] & (offs_dv[:, None] < value_dim), other=0.0)  # (Dv, BN)
-        scores = tl.dot(q, k_t, input_precision=PRECISION, out_dtype=ACC_DTYPE) * qk_scale  # (BM, BN)
+        scores = _dot(q, k_t, ACC_DTYPE, PRECISION) * qk_scale  # (BM, BN)
         if MASKED:
             visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
             scores = tl.where(visible, scores, float("-inf"))
@@ -369,9 +395,9 @@ def _backward_q_key_range(
             keep = tl.load(pad_base + cols, mask=key_in, other=0)
             scores = tl.where(keep[None, :] != 0, scores, float("-inf"))
         probs = tl.exp2(scores - lse2[:, None])
-        dp = tl.dot(grad_out, v_t, input_precision=PRECISION, out_dtype=ACC_DTYPE)  # (BM, BN)
+        dp = _dot(grad_out, v_t, ACC_DTYPE, PRECISION)  # (BM, BN)
         ds = probs * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=PRECISION, out_dtype=ACC_DTYPE)
+        dq += _dot(_cast(ds, k_t.dtype, PRECISION), tl.trans(k_t), ACC_DTYPE, PRECISION)
     return dq
 
 
@@ -433,12 +459,18 @@ def _backward_q_kernel(
         stride_kn, stride_kd, stride_vn, stride_vd,
         HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
     tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqn + offs_d[None, :],
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_in[:, None] & (offs_d[None, :] < head_dim))
+             _cast(dq * sm_scale, DQ.dtype.element_ty, PRECISION), mask=row_in[:, None] & (offs_d[None, :] < head_dim))
 
 
 # ---------------------------------------------------------------------------------------
 # Launching: block sizes, autotuning, the autograd function
 # ---------------------------------------------------------------------------------------
+# Triton decides when a function is decorated (TRITON_INTERPRET): its own library (tl.max,
+# tl.sum) when Triton is imported, these kernels when this module is. Both must agree.
+INTERPRETED = not isinstance(_forward_kernel, JITFunction)
+LIBRARY_INTERPRETED = not isinstance(tl.max, JITFunction)
+MIXED = INTERPRETED != LIBRARY_INTERPRETED
+
 def _forward_configs() -> list[triton.Config]:
     """Forward tile shapes tried per GPU (FlashAttention-2 and Triton's tutorial use 128 x 64)."""
     shapes = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4),
@@ -487,6 +519,15 @@ def _launch(name: str, kernel, rows: int, programs: int, blocks: tuple[int, int]
     _tuned(name)[lambda config: (triton.cdiv(rows, config[tiled_by]), programs)](*args, **meta)
 
 
+def _precision(dtype: torch.dtype) -> str:
+    """How the kernels' matrix products round (see :func:`_dot`)."""
+    if dtype in (torch.float32, torch.float64):
+        return "ieee"  # float32 inputs must not be rounded to TF32 (the 2x rule)
+    if dtype == torch.bfloat16 and INTERPRETED:
+        return "emulate-bf16"
+    return "tf32"  # ignored for float16/bfloat16: tensor cores take them as they are
+
+
 def _geometry(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> dict:
     """Constexpr and scalar arguments shared by every kernel."""
     dtype = q.dtype
@@ -500,8 +541,7 @@ def _geometry(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> dict:
             "BLOCK_D": max(16, triton.next_power_of_2(q.shape[-1])),
             "BLOCK_DV": max(16, triton.next_power_of_2(v.shape[-1])),
             "ACC_DTYPE": tl.float64 if dtype == torch.float64 else tl.float32,
-            # float32 inputs must not be rounded to TF32 in the matrix products (2x rule).
-            "PRECISION": "ieee" if dtype in (torch.float32, torch.float64) else "tf32",
+            "PRECISION": _precision(dtype),
         },
         "window": (min(spec.left or 0, reach), min(spec.right or 0, reach)),
         "group_size": q.shape[1] // k.shape[1],

@@ -1,4 +1,4 @@
-"""Benchmark programs: ``qkv bench attention|model|ring|report`` (also ``python -m qkv.bench ...``).
+"""Benchmark programs: ``qkv bench attention|model|ring|report|triton`` (also ``python -m qkv.bench ...``).
 
 Benchmarks print tables and write JSON, plots and BENCHMARKS.md (:mod:`qkv.bench.report`);
 they are programs, never timed tests.
@@ -11,7 +11,7 @@ import sys
 __all__ = ["main"]
 
 BENCHMARKS = {"attention": "qkv.bench.attention", "model": "qkv.bench.model", "ring": "qkv.bench.ring",
-              "report": "qkv.bench.report"}
+              "report": "qkv.bench.report", "triton": "qkv.bench.triton_gpu"}
 
 
 def main(argv: list[str] | None = None) -> int:

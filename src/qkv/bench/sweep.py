@@ -125,6 +125,7 @@ CONTENDERS = (
     Contender("qkv tiled", "qkv", backend="tiled", exact=True),
     Contender("qkv auto", "qkv", backend="auto", exact=True),
     Contender("qkv sliding", "qkv", backend="sliding", exact=True, needs_window=True),
+    Contender("qkv triton", "qkv", backend="triton", exact=True),
     Contender("qkv linear", "qkv", backend="linear"),
     Contender("qkv performer", "qkv", backend="performer"),
     Contender("qkv nystrom", "qkv", backend="nystrom"),
@@ -134,6 +135,7 @@ CONTENDERS = (
     Contender("sdpa flash (cuda)", "sdpa", mode="fwd+bwd", kernel="FLASH_ATTENTION", exact=True),
     Contender("qkv tiled", "qkv", backend="tiled", mode="fwd+bwd", exact=True),
     Contender("qkv sliding", "qkv", backend="sliding", mode="fwd+bwd", exact=True, needs_window=True),
+    Contender("qkv triton", "qkv", backend="triton", mode="fwd+bwd", exact=True),
     Contender("qkv attention_stats", "stats", mode="stats", exact=True),
 )
 DENSE_MASK_BYTES = 5  # per (query, key) pair: a dense bool mask and its float copy
@@ -175,6 +177,8 @@ def structural_reason(contender: Contender, variant: Variant, device: str) -> st
         return "the FlashAttention kernel behind SDPA takes no attn_mask, which a window needs"
     if contender.kind == "flex" and contender.mode != "fwd":
         return "FlexAttention is measured forward only"
+    if contender.backend == "triton" and not device.startswith("cuda"):
+        return f"{CUDA_ONLY} (--device cuda): on the CPU Triton kernels run only under its interpreter, for tests"
     if contender.kind == "qkv" and contender.backend != "auto":
         needs = CallNeeds(return_lse=False, grad=contender.mode == "fwd+bwd", mask=False, key_padding=False,
                           causal=variant.causal, window=variant.window is not None,

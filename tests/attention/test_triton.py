@@ -1,0 +1,278 @@
+"""The Triton kernel under the same rules as every backend.
+
+Without a GPU the kernels run on CPU tensors under Triton's interpreter
+(TRITON_INTERPRET=1, set by conftest.py before anything imports Triton); with one,
+the same tests run on CUDA. Shapes stay small: the interpreter runs every program in
+Python. Full-size GPU checks and the speed targets: ``python -m qkv.bench triton``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import qkv
+from conftest import assert_two_x_rule, make_qkv, outputs_and_grads
+
+pytest.importorskip("triton", reason="Triton is not installed")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_runs_here():
+    from qkv.attention.triton_backend import unavailable_reason
+
+    reason = unavailable_reason(DEVICE)
+    if reason is not None:
+        pytest.skip(f"the Triton kernel cannot {reason}")
+
+
+def on_device(*tensors):
+    return tuple(t.to(DEVICE) for t in tensors)
+
+
+def triton_cases(batch: int, nq: int, nk: int) -> dict[str, dict]:
+    generator = torch.Generator().manual_seed(nq * 1000 + nk)
+    padding = torch.rand(batch, nk, generator=generator) > 0.25
+    padding[:, -1] = True
+    padding = padding.to(DEVICE)
+    return {
+        "none": {},
+        "causal": {"causal": True},
+        "window": {"window": (3, 5)},
+        "window-left-only": {"window": (4, None)},
+        "window-right-only": {"window": (None, 2)},
+        "causal-window": {"causal": True, "window": (6, 0)},
+        "padding": {"key_padding_mask": padding},
+        "causal+padding": {"causal": True, "key_padding_mask": padding},
+        "window+padding": {"window": (2, 7), "key_padding_mask": padding},
+    }
+
+
+# (Nq, Nk, D, Hq, Hkv): lengths that are not multiples of the 16-row blocks, Nq != Nk both
+# ways, head dims 1, 3, 59, 64 (and 16-padded), GQA ratios 1, 2, 4.
+SHAPES = [
+    (1, 1, 1, 2, 2),
+    (1, 17, 3, 4, 1),
+    (17, 1, 8, 4, 2),
+    (37, 50, 16, 4, 2),
+    (50, 37, 59, 4, 4),
+    (33, 33, 64, 4, 1),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_float64_matches_oracle_on_odd_sizes(shape):
+    nq, nk, dim, q_heads, kv_heads = shape
+    q, k, v = on_device(*make_qkv(2, q_heads, kv_heads, nq, nk, dim, value_dim=dim + 2, seed=nq + nk))
+    cases = triton_cases(2, nq, nk)
+    for name in ("none", "causal", "window+padding"):
+        assert_two_x_rule("triton", torch.float64, q, k, v, **cases[name])
+
+
+@pytest.mark.parametrize("case", list(triton_cases(2, 3, 3)))
+def test_every_mask_kind_float64(case):
+    for nq, nk in ((19, 45), (45, 19)):
+        q, k, v = on_device(*make_qkv(2, 4, 2, nq, nk, 8, seed=nq))
+        assert_two_x_rule("triton", torch.float64, q, k, v, **triton_cases(2, nq, nk)[case])
+
+
+@pytest.mark.parametrize("blocks", [(16, 32), (32, 16), (16, 16, "deterministic")],
+                         ids=["16x32", "32x16", "16x16-deterministic"])
+def test_block_sizes_that_do_not_divide_the_lengths(blocks):
+    q, k, v = on_device(*make_qkv(1, 4, 2, 45, 71, 8, seed=3))
+    for name in ("none", "causal", "window+padding"):
+        assert_two_x_rule("triton", torch.float64, q, k, v, blocks=blocks, **triton_cases(1, 45, 71)[name])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", ["none", "causal", "causal-window", "window+padding"])
+def test_two_x_error_rule_low_precision(dtype, case):
+    for nq, nk, q_heads, kv_heads in ((37, 50, 4, 4), (50, 29, 4, 1)):
+        q, k, v = on_device(*make_qkv(2, q_heads, kv_heads, nq, nk, 64, seed=nq))
+        assert_two_x_rule("triton", dtype, q, k, v, **triton_cases(2, nq, nk)[case])
+
+
+def test_head_dims_32_to_256_bfloat16():
+    for dim in (32, 96, 128, 256):
+        q, k, v = on_device(*make_qkv(1, 2, 1, 21, 21, dim, seed=dim))
+        assert_two_x_rule("triton", torch.bfloat16, q, k, v, causal=True)
+
+
+def contract_mask(nq: int, nk: int, left, right, causal: bool) -> torch.Tensor:
+    """(Nq, Nk) bool from the contract, pair by pair: query i sits at p = i + Nk - Nq."""
+    visible = torch.zeros(nq, nk, dtype=torch.bool)
+    for i in range(nq):
+        p = i + nk - nq
+        for j in range(nk):
+            visible[i, j] = ((j <= p or not causal) and (left is None or j >= p - left)
+                             and (right is None or j <= p + right))
+    return visible
+
+
+@pytest.mark.parametrize("nq,nk", [(23, 23), (9, 40), (40, 9)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_each_query_sees_exactly_its_window(nq, nk, causal):
+    """q = 0 gives every visible key the same weight; one-hot values read the weights out."""
+    q = torch.zeros(1, 1, nq, 16, dtype=torch.float64)
+    k = torch.randn(1, 1, nk, 16, dtype=torch.float64)
+    v = torch.eye(nk, dtype=torch.float64)[None, None]  # (1, 1, Nk, Nk)
+    q, k, v = on_device(q, k, v)
+    for window in [(0, 0), (1, nk - 1), (nk, 0), (nk + 1, 3), (5, None)]:
+        out = qkv.attention(q, k, v, backend="triton", window=window, causal=causal)
+        expected = contract_mask(nq, nk, window[0], 0 if causal else window[1], causal)
+        assert torch.equal(out[0, 0].cpu() > 0, expected), f"window={window} causal={causal}"
+
+
+def test_rows_with_no_visible_key_are_zero_without_nan():
+    q, k, v = on_device(*make_qkv(2, 2, 2, 6, 4))
+    padding = torch.ones(2, 4, dtype=torch.bool, device=DEVICE)
+    padding[1] = False
+    for kwargs, empty in [({"causal": True}, (slice(None), slice(None), slice(0, 2))), ({"key_padding_mask": padding},
+                                                                                         (1,))]:
+        out, dq, dk, dv = outputs_and_grads(lambda a, b, c, kw=kwargs: qkv.attention(a, b, c, backend="triton", **kw),
+                                            q, k, v)
+        assert all(not torch.isnan(t).any() for t in (out, dq, dk, dv))
+        assert (out[empty] == 0).all() and (dq[empty] == 0).all()
+        _, lse = qkv.attention(q, k, v, backend="triton", return_lse=True, **kwargs)
+        assert (lse[empty] == -math.inf).all()
+        assert_two_x_rule("triton", torch.float64, q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("poison", [math.nan, 1e30, -math.inf])
+def test_poisoned_padding_never_reaches_visible_outputs(poison):
+    q, k, v = on_device(*make_qkv(2, 4, 2, 40, 50, 16, dtype=torch.float32))
+    padding = torch.ones(2, 50, dtype=torch.bool, device=DEVICE)
+    padding[0, 30:] = False
+    padding[1, :7] = False
+    kwargs = {"key_padding_mask": padding, "causal": True, "window": (20, 0)}
+    k_bad, v_bad = k.clone(), v.clone()
+    padded = ~padding[:, None, :].expand(-1, 2, -1)
+    k_bad[padded] = poison
+    v_bad[padded] = poison
+
+    def run(a, b, c):
+        return qkv.attention(a, b, c, backend="triton", **kwargs)
+
+    clean = outputs_and_grads(run, q, k, v)
+    dirty = outputs_and_grads(run, q, k_bad, v_bad)
+    for name, a, b in zip(["out", "dq", "dk", "dv"], clean, dirty):
+        keep = slice(None) if name in ("out", "dq") else ~padded
+        assert torch.equal(a[keep], b[keep]), name
+
+
+def test_nan_in_a_visible_input_comes_out_as_nan():
+    q, k, v = on_device(*make_qkv(1, 2, 2, 20, 20, 8))
+    v[0, 0, 3] = math.nan
+    out = qkv.attention(q, k, v, backend="triton", window=(2, 2))
+    assert torch.isnan(out[0, 0, 1:6]).all()  # the queries that see key 3
+
+
+def test_lse_and_its_gradient():
+    q, k, v = on_device(*make_qkv(2, 4, 2, 21, 34, 8))
+
+    def loss(backend, a, b, c):
+        out, lse = qkv.attention(a, b, c, backend=backend, return_lse=True, window=(5, 3))
+        return out, lse, (out.sin().sum() + (lse * torch.linspace(-1, 1, lse.shape[-1], device=DEVICE,
+                                                                dtype=lse.dtype)).sum())
+
+    tensors = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out, lse, total = loss("triton", *tensors)
+    grads = torch.autograd.grad(total, tensors)
+    tensors = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    ref_out, ref_lse, ref_total = loss("reference", *tensors)
+    ref_grads = torch.autograd.grad(ref_total, tensors)
+    assert lse.dtype == torch.float64 and (lse - ref_lse).abs().max() < 1e-12
+    assert (out - ref_out).abs().max() < 1e-12
+    for ours, truth in zip(grads, ref_grads):
+        assert (ours - truth).abs().max() < 1e-12
+
+
+def test_deterministic_backward_is_bitwise_reproducible_and_agrees():
+    q, k, v = on_device(*make_qkv(2, 4, 1, 50, 50, 32, dtype=torch.float32))
+    options = qkv.TritonOptions(deterministic=True)
+    runs = [outputs_and_grads(lambda a, b, c: qkv.attention(a, b, c, backend="triton", causal=True,
+                                                            options=options), q, k, v) for _ in range(2)]
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+    atomic = outputs_and_grads(lambda a, b, c: qkv.attention(a, b, c, backend="triton", causal=True), q, k, v)
+    for det, atom in zip(runs[0], atomic):
+        assert torch.allclose(det, atom, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_gradcheck_float64(deterministic):
+    q, k, v = (t.requires_grad_(True) for t in on_device(*make_qkv(1, 2, 1, 7, 9, 2, seed=7)))
+    options = qkv.TritonOptions(deterministic=deterministic)
+    padding = torch.ones(1, 9, dtype=torch.bool, device=DEVICE)
+    padding[0, 4] = False
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: qkv.attention(a, b, c, backend="triton", options=options, window=(3, 2),
+                                      key_padding_mask=padding), (q, k, v))
+
+
+def test_refuses_what_it_cannot_honour():
+    q, k, v = on_device(*make_qkv(1, 2, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"backend='triton' cannot honour mask=.*tiled"):
+        qkv.attention(q, k, v, backend="triton", mask=torch.ones(8, 8, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(ValueError, match=r"cannot honour global_tokens=.*sliding"):
+        qkv.attention(q, k, v, backend="triton", window=2, global_tokens=[0])
+    with pytest.raises(ValueError, match="power of two"):
+        qkv.TritonOptions(block_m=24, block_n=16)
+    with pytest.raises(ValueError, match="both"):
+        qkv.TritonOptions(block_m=32)
+    with pytest.raises(TypeError, match="TritonOptions"):
+        qkv.attention(q, k, v, backend="triton", options=qkv.PerformerOptions())
+
+
+def test_multi_head_attention_module_runs_on_the_kernel():
+    torch.manual_seed(0)
+    layer = qkv.nn.MultiHeadAttention(32, num_heads=4, num_kv_heads=2, causal=True).double().to(DEVICE)
+    x = torch.randn(2, 19, 32, dtype=torch.float64, device=DEVICE)
+    padding = torch.ones(2, 19, dtype=torch.bool, device=DEVICE)
+    padding[1, 12:] = False
+    expected = layer(x, key_padding_mask=padding)
+    layer.set_backend("triton")
+    assert (layer(x, key_padding_mask=padding) - expected).abs().max() < 1e-12
+
+
+def test_importing_qkv_never_needs_triton_and_the_backend_says_why():
+    """Without Triton (blocked in a fresh interpreter) qkv imports and the backend explains itself."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, qkv\n"
+        "q = torch.randn(1, 1, 4, 8)\n"
+        "try:\n"
+        "    qkv.attention(q, q, q, backend='triton')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "backend='triton' cannot import Triton: it is not installed" in result.stdout
+    assert "sdpa" in result.stdout  # the backends that can serve the call are named
+
+
+def test_cpu_without_the_interpreter_is_refused_with_the_fix():
+    from qkv.attention.triton_backend import unavailable_reason
+
+    code = (
+        "import torch, qkv\n"
+        "q = torch.randn(1, 1, 4, 8)\n"
+        "try:\n"
+        "    qkv.attention(q, q, q, backend='triton')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "TRITON_INTERPRET=1" in result.stdout
+    assert unavailable_reason("mps") is not None
