@@ -140,6 +140,22 @@ def _cast(x, dtype: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(ptrs, first_ok, second_ok, CHECK_FIRST: tl.constexpr, CHECK_SECOND: tl.constexpr):
+    """Load a 2-D tile, masking (with zeros) only along the dimensions that can run out.
+
+    Blocks inside the band and head dims equal to their power-of-two block load unmasked,
+    which keeps the loads of the hot loops vectorised.
+    """
+    if CHECK_FIRST and CHECK_SECOND:
+        return tl.load(ptrs, mask=first_ok[:, None] & second_ok[None, :], other=0.0)
+    if CHECK_FIRST:
+        return tl.load(ptrs, mask=first_ok[:, None], other=0.0)
+    if CHECK_SECOND:
+        return tl.load(ptrs, mask=second_ok[None, :], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
 def _visible(
     rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
 ):
@@ -162,14 +178,15 @@ def _forward_key_range(
     start, end, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
     stride_kn, stride_kd, stride_vn, stride_vd,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, MASKED: tl.constexpr,
-    BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Online softmax over the key blocks start .. end of one query block."""
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
         key_in = cols < nk
-        k_t = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                      mask=key_in[None, :] & (offs_d[:, None] < head_dim), other=0.0)  # (D, BN)
+        k_t = _load_tile(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                         offs_d < head_dim, key_in, not EVEN_D, MASKED)  # (D, BN)
         scores = _dot(q, k_t, ACC_DTYPE, PRECISION) * qk_scale  # (BM, BN), log2
         if MASKED:
             visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
@@ -183,8 +200,8 @@ def _forward_key_range(
         rescale = tl.exp2(row_max - shift)
         probs = tl.exp2(scores - shift[:, None])  # (BM, BN), unnormalised
         row_sum = row_sum * rescale + tl.sum(probs, 1)
-        v = tl.load(v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=key_in[:, None] & (offs_dv[None, :] < value_dim), other=0.0)  # (BN, Dv)
+        v = _load_tile(v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                       key_in, offs_dv < value_dim, MASKED, not EVEN_DV)  # (BN, Dv)
         acc = acc * rescale[:, None] + _dot(_cast(probs, v.dtype, PRECISION), v, ACC_DTYPE, PRECISION)
         row_max = new_max
     return acc, row_max, row_sum
@@ -201,8 +218,8 @@ def _forward_kernel(
     stride_lb, stride_lh, stride_pb,
     num_q_heads, group_size, nq, nk, head_dim, value_dim, window_left, window_right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
@@ -231,17 +248,17 @@ def _forward_kernel(
         acc, row_max, row_sum, q, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
         lo, full_lo, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
         stride_kn, stride_kd, stride_vn, stride_vd,
-        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, EVEN_D, EVEN_DV, BLOCK_N, ACC_DTYPE, PRECISION)
     acc, row_max, row_sum = _forward_key_range(
         acc, row_max, row_sum, q, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
         full_lo, full_hi, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
         stride_kn, stride_kd, stride_vn, stride_vd,
-        HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, BLOCK_N, ACC_DTYPE, PRECISION)
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, EVEN_D, EVEN_DV, BLOCK_N, ACC_DTYPE, PRECISION)
     acc, row_max, row_sum = _forward_key_range(
         acc, row_max, row_sum, q, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
         full_hi, hi, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
         stride_kn, stride_kd, stride_vn, stride_vd,
-        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, EVEN_D, EVEN_DV, BLOCK_N, ACC_DTYPE, PRECISION)
 
     # Rows that saw no key keep out = 0 and lse = -inf; a NaN input still comes out as NaN.
     seen = row_sum != 0
@@ -263,16 +280,17 @@ def _backward_query_range(
     start, end, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
     stride_qn, stride_qd, stride_don, stride_dod, stride_dqn,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, MASKED: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr, ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dK, dV of one key block from the query blocks start .. end of one query head (+ dQ by atomics)."""
     for start_m in range(start, end, BLOCK_M):
         rows = start_m + offs_m
         row_in = rows < nq
-        q = tl.load(q_base + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                    mask=row_in[:, None] & (offs_d[None, :] < head_dim), other=0.0)  # (BM, D)
-        grad_out = tl.load(do_base + rows[:, None] * stride_don + offs_dv[None, :] * stride_dod,
-                           mask=row_in[:, None] & (offs_dv[None, :] < value_dim), other=0.0)  # (BM, Dv)
+        q = _load_tile(q_base + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                       row_in, offs_d < head_dim, MASKED, not EVEN_D)  # (BM, D)
+        grad_out = _load_tile(do_base + rows[:, None] * stride_don + offs_dv[None, :] * stride_dod,
+                              row_in, offs_dv < value_dim, MASKED, not EVEN_DV)  # (BM, Dv)
         lse = tl.load(lse_base + rows, mask=row_in, other=float("-inf")).to(ACC_DTYPE)
         # Rows that saw nothing have lse = -inf; +inf makes their probabilities exp2(-inf) = 0.
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
@@ -314,8 +332,8 @@ def _backward_kv_kernel(
     stride_dvb, stride_dvh, stride_dvn,
     num_kv_heads, group_size, nq, nk, head_dim, value_dim, window_left, window_right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     batch_head = tl.program_id(1)
@@ -352,17 +370,17 @@ def _backward_kv_kernel(
             dk, dv, k, v, keep, cols, q_base, do_base, lse_base, delta_base, dq_base, offs_m, offs_d, offs_dv,
             lo, full_lo, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
             stride_qn, stride_qd, stride_don, stride_dod, stride_dqn,
-            HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
+            HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, EVEN_D, EVEN_DV, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
         dk, dv = _backward_query_range(
             dk, dv, k, v, keep, cols, q_base, do_base, lse_base, delta_base, dq_base, offs_m, offs_d, offs_dv,
             full_lo, full_hi, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
             stride_qn, stride_qd, stride_don, stride_dod, stride_dqn,
-            HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
+            HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, EVEN_D, EVEN_DV, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
         dk, dv = _backward_query_range(
             dk, dv, k, v, keep, cols, q_base, do_base, lse_base, delta_base, dq_base, offs_m, offs_d, offs_dv,
             full_hi, hi, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
             stride_qn, stride_qd, stride_don, stride_dod, stride_dqn,
-            HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
+            HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, EVEN_D, EVEN_DV, ATOMIC_DQ, BLOCK_M, ACC_DTYPE, PRECISION)
 
     dk = dk * sm_scale
     tl.store(DK + b * stride_dkb + kv_head * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :],
@@ -377,16 +395,17 @@ def _backward_q_key_range(
     start, end, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
     stride_kn, stride_kd, stride_vn, stride_vd,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, MASKED: tl.constexpr,
-    BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """dQ of one query block from the key blocks start .. end (the deterministic pass)."""
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
         key_in = cols < nk
-        k_t = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                      mask=key_in[None, :] & (offs_d[:, None] < head_dim), other=0.0)  # (D, BN)
-        v_t = tl.load(v_base + cols[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
-                      mask=key_in[None, :] & (offs_dv[:, None] < value_dim), other=0.0)  # (Dv, BN)
+        k_t = _load_tile(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                         offs_d < head_dim, key_in, not EVEN_D, MASKED)  # (D, BN)
+        v_t = _load_tile(v_base + cols[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                         offs_dv < value_dim, key_in, not EVEN_DV, MASKED)  # (Dv, BN)
         scores = _dot(q, k_t, ACC_DTYPE, PRECISION) * qk_scale  # (BM, BN)
         if MASKED:
             visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
@@ -413,8 +432,8 @@ def _backward_q_kernel(
     stride_dqb, stride_dqh, stride_dqn,
     num_q_heads, group_size, nq, nk, head_dim, value_dim, window_left, window_right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
@@ -447,17 +466,17 @@ def _backward_q_kernel(
         dq, q, grad_out, lse2, delta, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
         lo, full_lo, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
         stride_kn, stride_kd, stride_vn, stride_vd,
-        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, EVEN_D, EVEN_DV, BLOCK_N, ACC_DTYPE, PRECISION)
     dq = _backward_q_key_range(
         dq, q, grad_out, lse2, delta, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
         full_lo, full_hi, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
         stride_kn, stride_kd, stride_vn, stride_vd,
-        HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, BLOCK_N, ACC_DTYPE, PRECISION)
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, False, EVEN_D, EVEN_DV, BLOCK_N, ACC_DTYPE, PRECISION)
     dq = _backward_q_key_range(
         dq, q, grad_out, lse2, delta, k_base, v_base, pad_base, rows, offs_n, offs_d, offs_dv,
         full_hi, hi, nq, nk, offset, head_dim, value_dim, qk_scale, window_left, window_right,
         stride_kn, stride_kd, stride_vn, stride_vd,
-        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, BLOCK_N, ACC_DTYPE, PRECISION)
+        HAS_LEFT, HAS_RIGHT, HAS_PADDING, True, EVEN_D, EVEN_DV, BLOCK_N, ACC_DTYPE, PRECISION)
     tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqn + offs_d[None, :],
              _cast(dq * sm_scale, DQ.dtype.element_ty, PRECISION), mask=row_in[:, None] & (offs_d[None, :] < head_dim))
 
@@ -533,13 +552,17 @@ def _geometry(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> dict:
     dtype = q.dtype
     # A bound wider than every distance in the call does not bind; clamping keeps it in int32.
     reach = spec.nq + spec.nk + 1
+    block_d = max(16, triton.next_power_of_2(q.shape[-1]))
+    block_dv = max(16, triton.next_power_of_2(v.shape[-1]))
     return {
         "meta": {
             "HAS_LEFT": spec.left is not None,
             "HAS_RIGHT": spec.right is not None,
             "HAS_PADDING": spec.key_padding_mask is not None,
-            "BLOCK_D": max(16, triton.next_power_of_2(q.shape[-1])),
-            "BLOCK_DV": max(16, triton.next_power_of_2(v.shape[-1])),
+            "BLOCK_D": block_d,
+            "BLOCK_DV": block_dv,
+            "EVEN_D": block_d == q.shape[-1],  # no head-dim masks in the hot loops
+            "EVEN_DV": block_dv == v.shape[-1],
             "ACC_DTYPE": tl.float64 if dtype == torch.float64 else tl.float32,
             "PRECISION": _precision(dtype),
         },
