@@ -53,6 +53,18 @@ def _cdiv_nonneg(x, d):
 
 
 @triton.jit
+def _no_whole_blocks_when_empty(lo, full_lo, full_hi, hi):
+    """With no whole block, the first masked range covers everything: lo .. hi.
+
+    tl.where rather than a branch: the bounds may be compile-time ints on one path and
+    run-time values on the other, which a compiled ``if`` cannot merge.
+    """
+    empty = full_lo >= full_hi
+    end = tl.maximum(hi, lo)
+    return lo, tl.where(empty, end, full_lo), tl.where(empty, end, full_hi), hi
+
+
+@triton.jit
 def _key_blocks_of_query_block(
     first_pos, last_pos, nk, window_left, window_right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -75,10 +87,7 @@ def _key_blocks_of_query_block(
         full_lo = tl.maximum(lo, _cdiv_nonneg(last_pos - window_left, BLOCK_N) * BLOCK_N)
     if HAS_RIGHT:
         full_hi = tl.minimum(full_hi, tl.maximum(first_pos + window_right + 1, 0) // BLOCK_N * BLOCK_N)
-    if full_lo >= full_hi:
-        full_lo = tl.maximum(hi, lo)
-        full_hi = full_lo
-    return lo, full_lo, full_hi, hi
+    return _no_whole_blocks_when_empty(lo, full_lo, full_hi, hi)
 
 
 @triton.jit
@@ -103,12 +112,8 @@ def _query_blocks_of_key_block(
         full_lo = tl.maximum(lo, _cdiv_nonneg(start_n + BLOCK_N - 1 - window_right - offset, BLOCK_M) * BLOCK_M)
     if HAS_LEFT:  # the block's first key must be >= the last row's position - left
         full_hi = tl.minimum(full_hi, tl.maximum(start_n + window_left - offset + 1, 0) // BLOCK_M * BLOCK_M)
-    if start_n + BLOCK_N > nk:
-        full_hi = 0
-    if full_lo >= full_hi:
-        full_lo = tl.maximum(hi, lo)
-        full_hi = full_lo
-    return lo, full_lo, full_hi, hi
+    full_hi = tl.where(start_n + BLOCK_N > nk, 0, full_hi)  # a key block past nk is never whole
+    return _no_whole_blocks_when_empty(lo, full_lo, full_hi, hi)
 
 
 @triton.jit
