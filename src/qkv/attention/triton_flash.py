@@ -130,6 +130,14 @@ def _dot(a, b, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _dot_into(acc, a, b, PRECISION: tl.constexpr):
+    """acc + a @ b, accumulated in place by the matrix unit (no separate addition)."""
+    if PRECISION == "emulate-bf16":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
 def _cast(x, dtype: tl.constexpr, PRECISION: tl.constexpr):
     """x rounded to ``dtype`` to nearest, ties to even, as a GPU rounds.
 
@@ -207,7 +215,7 @@ def _forward_key_range(
         row_sum = row_sum * rescale + tl.sum(probs, 1)
         v = _load_tile(v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                        key_in, offs_dv < value_dim, MASKED, not EVEN_DV)  # (BN, Dv)
-        acc = acc * rescale[:, None] + _dot(_cast(probs, v.dtype, PRECISION), v, ACC_DTYPE, PRECISION)
+        acc = _dot_into(acc * rescale[:, None], _cast(probs, v.dtype, PRECISION), v, PRECISION)
         row_max = new_max
     return acc, row_max, row_sum
 
@@ -312,10 +320,10 @@ def _backward_query_range(
         if HAS_PADDING:
             scores_t = tl.where(keep[:, None] != 0, scores_t, float("-inf"))
         probs_t = tl.exp2(scores_t - lse2[None, :])  # (BN, BM)
-        dv += _dot(_cast(probs_t, grad_out.dtype, PRECISION), grad_out, ACC_DTYPE, PRECISION)
+        dv = _dot_into(dv, _cast(probs_t, grad_out.dtype, PRECISION), grad_out, PRECISION)
         dp_t = _dot(v, tl.trans(grad_out), ACC_DTYPE, PRECISION)  # (BN, BM)
         ds_t = probs_t * (dp_t - delta[None, :])  # dS = P * (dP - delta), transposed
-        dk += _dot(_cast(ds_t, q.dtype, PRECISION), q, ACC_DTYPE, PRECISION)
+        dk = _dot_into(dk, _cast(ds_t, q.dtype, PRECISION), q, PRECISION)
         if ATOMIC_DQ:
             dq = _dot(_cast(tl.trans(ds_t), k.dtype, PRECISION), k, ACC_DTYPE, PRECISION)
             tl.atomic_add(dq_base + rows[:, None] * stride_dqn + offs_d[None, :], dq * sm_scale,
@@ -421,7 +429,7 @@ def _backward_q_key_range(
         probs = tl.exp2(scores - lse2[:, None])
         dp = _dot(grad_out, v_t, ACC_DTYPE, PRECISION)  # (BM, BN)
         ds = probs * (dp - delta[:, None])
-        dq += _dot(_cast(ds, k_t.dtype, PRECISION), tl.trans(k_t), ACC_DTYPE, PRECISION)
+        dq = _dot_into(dq, _cast(ds, k_t.dtype, PRECISION), tl.trans(k_t), PRECISION)
     return dq
 
 
