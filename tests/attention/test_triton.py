@@ -242,10 +242,11 @@ def test_multi_head_attention_module_runs_on_the_kernel():
     assert (layer(x, key_padding_mask=padding) - expected).abs().max() < 1e-12
 
 
-def test_importing_qkv_never_needs_triton_and_the_backend_says_why():
-    """Without Triton (blocked in a fresh interpreter) qkv imports and the backend explains itself."""
+def refusal_in_a_fresh_interpreter(prelude: str) -> str:
+    """What ``qkv.attention(..., backend="triton")`` on a CPU tensor raises, in a fresh Python without
+    TRITON_INTERPRET, after running ``prelude``."""
     code = (
-        "import sys; sys.modules['triton'] = None\n"
+        f"{prelude}\n"
         "import torch, qkv\n"
         "q = torch.randn(1, 1, 4, 8)\n"
         "try:\n"
@@ -256,25 +257,20 @@ def test_importing_qkv_never_needs_triton_and_the_backend_says_why():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "backend='triton' cannot import Triton: it is not installed" in result.stdout
-    assert "sdpa" in result.stdout  # the backends that can serve the call are named
+    return result.stdout
+
+
+def test_importing_qkv_never_needs_triton_and_the_backend_says_why():
+    """Without Triton (blocked in a fresh interpreter) qkv imports and the backend explains itself."""
+    message = refusal_in_a_fresh_interpreter("import sys; sys.modules['triton'] = None")
+    assert "backend='triton' cannot import Triton: it is not installed" in message
+    assert "sdpa" in message  # the backends that can serve the call are named
 
 
 def test_cpu_without_the_interpreter_is_refused_with_the_fix():
     from qkv.attention.triton_backend import unavailable_reason
 
-    code = (
-        "import torch, qkv\n"
-        "q = torch.randn(1, 1, 4, 8)\n"
-        "try:\n"
-        "    qkv.attention(q, q, q, backend='triton')\n"
-        "except ValueError as error:\n"
-        "    print(error)\n"
-    )
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "TRITON_INTERPRET=1" in result.stdout
+    assert "TRITON_INTERPRET=1" in refusal_in_a_fresh_interpreter("")
     assert unavailable_reason("mps") is not None
 
 

@@ -182,6 +182,23 @@ def _visible(
     return visible
 
 
+@triton.jit
+def _scores(
+    q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, qk_scale, window_left, window_right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, MASKED: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Scores of a (BM, BN) tile in base 2, ``q @ k_t * scale * log2(e)``, -inf where hidden."""
+    scores = _dot(q, k_t, ACC_DTYPE, PRECISION) * qk_scale
+    if MASKED:
+        visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+        scores = tl.where(visible, scores, float("-inf"))
+    if HAS_PADDING:
+        keep = tl.load(pad_base + cols, mask=key_in, other=0)
+        scores = tl.where(keep[None, :] != 0, scores, float("-inf"))
+    return scores
+
+
 # ---------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------
@@ -200,13 +217,8 @@ def _forward_key_range(
         key_in = cols < nk
         k_t = _load_tile(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                          offs_d < head_dim, key_in, not EVEN_D, MASKED)  # (D, BN)
-        scores = _dot(q, k_t, ACC_DTYPE, PRECISION) * qk_scale  # (BM, BN), log2
-        if MASKED:
-            visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-            scores = tl.where(visible, scores, float("-inf"))
-        if HAS_PADDING:
-            keep = tl.load(pad_base + cols, mask=key_in, other=0)
-            scores = tl.where(keep[None, :] != 0, scores, float("-inf"))
+        scores = _scores(q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, qk_scale, window_left, window_right,
+                         HAS_LEFT, HAS_RIGHT, HAS_PADDING, MASKED, ACC_DTYPE, PRECISION)  # (BM, BN)
         new_max = tl.maximum(row_max, tl.max(scores, 1))  # (BM,)
         # A row that has seen only -inf keeps a finite shift: exp2 never meets -inf - -inf.
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -419,13 +431,8 @@ def _backward_q_key_range(
                          offs_d < head_dim, key_in, not EVEN_D, MASKED)  # (D, BN)
         v_t = _load_tile(v_base + cols[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
                          offs_dv < value_dim, key_in, not EVEN_DV, MASKED)  # (Dv, BN)
-        scores = _dot(q, k_t, ACC_DTYPE, PRECISION) * qk_scale  # (BM, BN)
-        if MASKED:
-            visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-            scores = tl.where(visible, scores, float("-inf"))
-        if HAS_PADDING:
-            keep = tl.load(pad_base + cols, mask=key_in, other=0)
-            scores = tl.where(keep[None, :] != 0, scores, float("-inf"))
+        scores = _scores(q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, qk_scale, window_left, window_right,
+                         HAS_LEFT, HAS_RIGHT, HAS_PADDING, MASKED, ACC_DTYPE, PRECISION)  # (BM, BN)
         probs = tl.exp2(scores - lse2[:, None])
         dp = _dot(grad_out, v_t, ACC_DTYPE, PRECISION)  # (BM, BN)
         ds = probs * (dp - delta[:, None])
