@@ -70,6 +70,37 @@ def run_backend(backend: str, q, k, v, blocks: tuple[int, ...] | None = None, **
     return qkv.attention(q, k, v, backend=backend, **kwargs)
 
 
+def contract_mask(nq: int, nk: int, left: int | None, right: int | None, causal: bool = False,
+                  global_tokens: tuple[int, ...] = ()) -> torch.Tensor:
+    """(Nq, Nk) bool: which keys each query may see, by brute force."""
+    visible = torch.zeros(nq, nk, dtype=torch.bool)
+    for i in range(nq):
+        p = i + nk - nq
+        for j in range(nk):
+            causal_ok = j <= p or not causal
+            in_window = (left is None or j >= p - left) and (right is None or j <= p + right)
+            visible[i, j] = causal_ok and (in_window or p in global_tokens or j in global_tokens)
+    return visible
+
+
+def seen_keys(backend: str, nq: int, nk: int, block: int | None = None, device: str = "cpu",
+              **masking) -> torch.Tensor:
+    """(Nq, Nk) bool of the keys each query actually reads, measured through the outputs.
+
+    With q = 0 every visible key gets the same weight; one-hot values make output[i, j]
+    the weight of key j for query i.
+    """
+    q = torch.zeros(1, 1, nq, nk, dtype=torch.float64)  # as wide as v, so the fused path runs too
+    k = torch.randn(1, 1, nk, nk, dtype=torch.float64)
+    v = torch.eye(nk, dtype=torch.float64)[None, None]  # (1, 1, Nk, Nk)
+    q, k, v = (t.to(device) for t in (q, k, v))
+    if block is not None:
+        out = run_sliding(q, k, v, block=block, **masking)
+    else:
+        out = qkv.attention(q, k, v, backend=backend, **masking)
+    return out[0, 0].cpu() > 0
+
+
 def outputs_and_grads(fn, q, k, v, grad_out_seed: int = 1):
     """Run ``fn(q, k, v)``, backpropagate a fixed random gradient, return (out, dq, dk, dv)."""
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))

@@ -11,38 +11,9 @@ import pytest
 import torch
 
 import qkv
-from conftest import assert_two_x_rule, make_qkv, outputs_and_grads, run_sliding
+from conftest import assert_two_x_rule, contract_mask, make_qkv, outputs_and_grads, run_sliding, seen_keys
 from qkv.attention.api import build_spec
 from qkv.attention.sliding import Segment, fused_bands_apply
-
-
-def contract_mask(nq: int, nk: int, left: int | None, right: int | None, causal: bool = False,
-                  global_tokens: tuple[int, ...] = ()) -> torch.Tensor:
-    """(Nq, Nk) bool: which keys each query may see, by brute force."""
-    visible = torch.zeros(nq, nk, dtype=torch.bool)
-    for i in range(nq):
-        p = i + nk - nq
-        for j in range(nk):
-            causal_ok = j <= p or not causal
-            in_window = (left is None or j >= p - left) and (right is None or j <= p + right)
-            visible[i, j] = causal_ok and (in_window or p in global_tokens or j in global_tokens)
-    return visible
-
-
-def seen_keys(backend: str, nq: int, nk: int, block: int | None = None, **masking) -> torch.Tensor:
-    """(Nq, Nk) bool of the keys each query actually reads, measured through the outputs.
-
-    With q = 0 every visible key gets the same weight; one-hot values make output[i, j]
-    the weight of key j for query i.
-    """
-    q = torch.zeros(1, 1, nq, nk, dtype=torch.float64)  # as wide as v, so the fused path runs too
-    k = torch.randn(1, 1, nk, nk, dtype=torch.float64)
-    v = torch.eye(nk, dtype=torch.float64)[None, None]  # (1, 1, Nk, Nk)
-    if block is not None:
-        out = run_sliding(q, k, v, block=block, **masking)
-    else:
-        out = qkv.attention(q, k, v, backend=backend, **masking)
-    return out[0, 0] > 0
 
 
 def window_edges(n: int) -> list[int]:

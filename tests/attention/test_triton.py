@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import qkv
-from conftest import assert_two_x_rule, make_qkv, outputs_and_grads
+from conftest import assert_two_x_rule, contract_mask, make_qkv, outputs_and_grads, seen_keys
 
 pytest.importorskip("triton", reason="Triton is not installed")
 
@@ -105,29 +105,13 @@ def test_head_dims_32_to_256_bfloat16():
         assert_two_x_rule("triton", torch.bfloat16, q, k, v, causal=True)
 
 
-def contract_mask(nq: int, nk: int, left, right, causal: bool) -> torch.Tensor:
-    """(Nq, Nk) bool from the contract, pair by pair: query i sits at p = i + Nk - Nq."""
-    visible = torch.zeros(nq, nk, dtype=torch.bool)
-    for i in range(nq):
-        p = i + nk - nq
-        for j in range(nk):
-            visible[i, j] = ((j <= p or not causal) and (left is None or j >= p - left)
-                             and (right is None or j <= p + right))
-    return visible
-
-
 @pytest.mark.parametrize("nq,nk", [(23, 23), (9, 40), (40, 9)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_each_query_sees_exactly_its_window(nq, nk, causal):
-    """q = 0 gives every visible key the same weight; one-hot values read the weights out."""
-    q = torch.zeros(1, 1, nq, 16, dtype=torch.float64)
-    k = torch.randn(1, 1, nk, 16, dtype=torch.float64)
-    v = torch.eye(nk, dtype=torch.float64)[None, None]  # (1, 1, Nk, Nk)
-    q, k, v = on_device(q, k, v)
     for window in [(0, 0), (1, nk - 1), (nk, 0), (nk + 1, 3), (5, None)]:
-        out = qkv.attention(q, k, v, backend="triton", window=window, causal=causal)
+        seen = seen_keys("triton", nq, nk, device=DEVICE, window=window, causal=causal)
         expected = contract_mask(nq, nk, window[0], 0 if causal else window[1], causal)
-        assert torch.equal(out[0, 0].cpu() > 0, expected), f"window={window} causal={causal}"
+        assert torch.equal(seen, expected), f"window={window} causal={causal}"
 
 
 def test_rows_with_no_visible_key_are_zero_without_nan():

@@ -33,6 +33,7 @@ from torch import Tensor
 from triton.runtime.jit import JITFunction
 
 from qkv.attention.masks import MaskSpec
+from qkv.attention.tiled import lse_dtype
 
 __all__ = ["flash_forward", "flash_backward", "TritonFlashAttention", "INTERPRETED"]
 
@@ -599,10 +600,6 @@ def _key_padding(spec: MaskSpec, k: Tensor) -> tuple[Tensor, int]:
     return padding, padding.stride(0)
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 def flash_forward(
     q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, blocks: tuple[int, int] | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -623,7 +620,7 @@ def flash_forward(
     nk, value_dim = k.shape[2], v.shape[-1]
     geometry = _geometry(q, k, v, spec)
     out = torch.empty(batch, num_q_heads, nq, value_dim, dtype=q.dtype, device=q.device)
-    lse = torch.empty(batch, num_q_heads, nq, dtype=_lse_dtype(q.dtype), device=q.device)
+    lse = torch.empty(batch, num_q_heads, nq, dtype=lse_dtype(q.dtype), device=q.device)
     padding, stride_pb = _key_padding(spec, k)
     args = (q, k, v, out, lse, padding, scale * LOG2E.value,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), lse.stride(0), lse.stride(1), stride_pb,
@@ -644,13 +641,11 @@ def flash_backward(
     batch, num_q_heads, nq, head_dim = q.shape
     num_kv_heads, nk, value_dim = k.shape[1], k.shape[2], v.shape[-1]
     geometry = _geometry(q, k, v, spec)
-    acc_dtype = _lse_dtype(q.dtype)
+    acc_dtype = lse_dtype(q.dtype)
     # delta_i = dO_i . O_i; a gradient flowing into the LSE adds P * dlse, i.e. subtracts it here.
     delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(dim=-1)  # (B, Hq, Nq)
     if grad_lse is not None:
         delta = delta - grad_lse.to(acc_dtype)
-    delta = delta.contiguous()
-    lse = lse.contiguous()
     padding, stride_pb = _key_padding(spec, k)
     grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
