@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-gpu clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ bench: $(STAMP)
 	$(BIN)/qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
 	$(BIN)/qkv bench model --json benchmarks/bench-model-cpu.json --out .
 	$(BIN)/qkv bench ring --json benchmarks/bench-ring-cpu.json --out .
+
+# On a machine with a CUDA GPU, run by a Python whose torch is a CUDA build (not the .venv: it pins a
+# CPU build): the GPU columns of BENCHMARKS.md, then the Triton kernel's full-size checks and TFLOP/s.
+# The sweep starts nothing after GPU_BUDGET_S seconds and writes what it measured; the Triton run
+# prints each figure as it goes. On a lent machine, `make bench-gpu GPU_OUT=$$OUT` writes the files
+# there; copy them into benchmarks/ here, then `qkv bench report benchmarks/bench-*.json --out .`.
+GPU_OUT ?= benchmarks
+GPU_BUDGET_S ?= 300
+GPU_REPORT = $(if $(filter benchmarks,$(GPU_OUT)),.,$(GPU_OUT))
+bench-gpu:
+	PYTHONPATH=src $(PYTHON) -m qkv.bench attention --device cuda --sizes 1024,4096,16384,65536 --warm-compile \
+		--budget-s $(GPU_BUDGET_S) --json $(GPU_OUT)/bench-attention-cuda.json --out $(GPU_REPORT)
+	PYTHONPATH=src $(PYTHON) -m qkv.bench triton --json $(GPU_OUT)/triton-gpu.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache qkv-report.* qkv-figures

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import io
+import time
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
 import qkv
+from qkv.bench import report, sweep
 from qkv.bench.attention import make_inputs, visible_mask
 from qkv.bench.long_context import Contender, flex_mask_mod, sdpa_call
 from qkv.bench.measure import peak_tensor_bytes
 from qkv.bench.points import attention_flops, loglog_slope, scaling_exponents, visible_pairs
 from qkv.bench.sweep import (
+    BUDGET_SPENT,
     CONTENDERS,
     VARIANTS,
     History,
     SweepSettings,
     attempt,
+    budget_reason,
     error_rows,
     exact_rows,
     point_skip_reason,
@@ -147,3 +155,79 @@ def test_peak_tensor_bytes_counts_what_a_call_allocates() -> None:
 
     peak, out = peak_tensor_bytes(run)
     assert 4 * 2**20 <= peak < 5 * 2**20 and out.shape == (1024,)
+
+
+def test_the_time_budget_skips_what_starts_after_it() -> None:
+    settings, history = SweepSettings(memory_budget=2**30, budget_s=10.0), History()
+    tiled, full = by_name("qkv tiled"), VARIANTS["full"]
+    now = time.perf_counter()
+    assert budget_reason(settings, now) is None
+    assert budget_reason(SweepSettings(), now - 1e6) is None  # no budget: never spent
+    assert budget_reason(settings, now - 11.0).startswith(BUDGET_SPENT)
+    assert point_skip_reason(tiled, full, 512, settings, history, now) is None
+    kind, reason = point_skip_reason(tiled, full, 512, settings, history, now - 11.0)
+    assert kind == "budget" and "10 s (--budget-s)" in reason
+    # a structural reason is still the reason: the point could never run
+    assert point_skip_reason(by_name("qkv linear"), VARIANTS["window"], 512, settings, history, now - 11.0)[0] == (
+        "structural")
+
+
+class ShiftedClock:
+    """time as the sweep sees it, with perf_counter moved forward on demand."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.offset
+
+
+def test_a_sweep_stops_starting_points_once_its_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first point is measured; then the clock jumps past the budget and every later point
+    (and contender) is a row skipped with the budget's reason, and the result is still whole."""
+    clock, measure_point = ShiftedClock(), sweep.measure_point
+
+    def measure_then_jump(*args, **kwargs):
+        rows = measure_point(*args, **kwargs)
+        clock.offset += 1000.0
+        return rows
+
+    monkeypatch.setattr(sweep, "time", clock)
+    monkeypatch.setattr(sweep, "measure_point", measure_then_jump)
+    settings = SweepSettings(quick=True, memory=False, repeats=1, memory_budget=2**30, budget_s=100.0)
+    result = sweep.run_sweep((32, 64), ("full", "causal"), settings, ("naive", "qkv tiled"), console=Console(
+        file=io.StringIO()))
+    rows = {(r["backend"], r["mode"], r["variant"], r["n"]): r for r in result["rows"]}
+    assert len(rows) == 16  # naive and tiled, forward and forward + backward, at 4 points
+    for name in ("naive", "qkv tiled"):
+        for mode in ("fwd", "fwd+bwd"):
+            first = rows[(name, mode, "full", 32)]
+            assert first["time_s"] > 0 and not first["skipped"]
+            for variant, n in (("causal", 32), ("full", 64), ("causal", 64)):
+                assert rows[(name, mode, variant, n)]["time_s"] is None
+                assert rows[(name, mode, variant, n)]["skipped"].startswith(BUDGET_SPENT)
+    assert result["config"]["budget_s"] == 100.0
+    report_text = "\n".join(report.attention_section(Path("bench-attention-cpu.json"), result, Path(".")))
+    assert "nothing started after the sweep's time budget of 100 s" in report_text
+    notes = [line for line in report_text.splitlines() if line.startswith("- ") and BUDGET_SPENT in line]
+    assert notes == [f"- every contender not yet measured, from N={n}: {BUDGET_SPENT} of 100 s (--budget-s) was "
+                     "spent before this point" for n in (64, 32)]  # the full variant's table, then the causal one
+
+
+def test_a_point_builds_no_contender_once_the_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long build (a compile, an autotuning) spends the budget: the point's other contenders are skipped."""
+    clock, build = ShiftedClock(), sweep.build
+
+    def build_then_jump(*args, **kwargs):
+        setup = build(*args, **kwargs)
+        clock.offset += 1000.0
+        return setup
+
+    monkeypatch.setattr(sweep, "time", clock)
+    monkeypatch.setattr(sweep, "build", build_then_jump)
+    settings = SweepSettings(quick=True, memory=False, repeats=1, memory_budget=2**30, budget_s=100.0)
+    result = sweep.run_sweep((32,), ("full",), settings, ("naive", "qkv tiled"), console=Console(file=io.StringIO()))
+    measured = [(r["backend"], r["mode"]) for r in result["rows"] if not r["skipped"]]
+    skipped = [r["skipped"] for r in result["rows"] if r["skipped"]]
+    assert measured == [("naive", "fwd")]
+    assert len(skipped) == 3 and all(reason.startswith(BUDGET_SPENT) for reason in skipped)

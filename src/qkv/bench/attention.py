@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-run-s", type=float, default=None,
                         help=f"sweep: skip a point whose run is predicted to take longer (default {sweep.MAX_RUN_S:g}, "
                              f"--quick {sweep.QUICK_MAX_RUN_S:g}; SDPA's forward gets {sweep.BASELINE_TIME_FACTOR:g}x)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="sweep: wall seconds for the whole sweep; points not started by then are skipped "
+                             "with that reason, and what was measured is written (default: no budget)")
     parser.add_argument("--warm-compile", action="store_true",
                         help="sweep and sliding: time FlexAttention's compile with Inductor's on-disk cache as it "
                              "is (default: a fresh empty cache, a cold compile; --quick implies warm)")
@@ -449,10 +452,12 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if args.section not in ("exact", "sweep") and (args.device != "cpu" or args.backends):
         parser.error("--device cuda and --backends apply to --section sweep and exact only")
     sweep_only = {"--variants": args.variants, "--dtype": args.dtype, "--max-run-s": args.max_run_s,
-                  "--window": args.window != sweep.WINDOW}
+                  "--budget-s": args.budget_s is not None, "--window": args.window != sweep.WINDOW}
     used = [flag for flag, value in sweep_only.items() if value]
     if args.section != "sweep" and used:
         parser.error(f"{', '.join(used)} apply to --section sweep only")
+    if args.budget_s is not None and not args.budget_s > 0:
+        parser.error(f"--budget-s must be a positive number of seconds; got {args.budget_s:g}")
     known = dict.fromkeys(c.name for c in sweep.CONTENDERS) if args.section == "sweep" else IMPLEMENTATIONS
     unknown = set(args.backends or ()) - set(known)
     if unknown:

@@ -43,7 +43,7 @@ from qkv.bench.lra import (
     size_label,
 )
 from qkv.bench.points import ROW_FIELDS
-from qkv.bench.sweep import CUDA_ONLY, METHOD, label
+from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, METHOD, label
 
 __all__ = ["publish", "write_report", "attention_tabs", "model_tabs", "main", "REPORT_NAME"]
 
@@ -91,14 +91,22 @@ METRICS: tuple[tuple[str, str, Callable[[dict], str]], ...] = (
 
 
 def skip_notes(table: dict[str, dict[int, dict]]) -> list[str]:
-    """Per contender: the sizes it skipped and why (the reason at the first of them)."""
-    notes = []
+    """Per contender: the sizes it skipped and why (the reason at the first of them); then one
+    note for every point left out once the sweep's time budget was spent."""
+    def left_out_by_budget(row: dict) -> bool:
+        return bool(row["skipped"]) and row["skipped"].startswith(BUDGET_SPENT)
+
+    notes, over_budget = [], []
     for name, by_n in table.items():
-        skipped = [n for n, row in sorted(by_n.items()) if row["skipped"]]
+        over_budget += [row for row in by_n.values() if left_out_by_budget(row)]
+        skipped = [n for n, row in sorted(by_n.items()) if row["skipped"] and not left_out_by_budget(row)]
         if not skipped:
             continue
         where = "every N" if len(skipped) == len(by_n) else ", ".join(size_label(n) for n in skipped)
         notes.append(f"{name}: {where}: {by_n[skipped[0]]['skipped']}")
+    if over_budget:
+        first = min(row["n"] for row in over_budget)
+        notes.append(f"every contender not yet measured, from N={size_label(first)}: {over_budget[0]['skipped']}")
     return notes
 
 
@@ -322,6 +330,13 @@ def cuda_only(result: dict) -> list[str]:
     return list(names)
 
 
+def budget_clause(config: dict) -> str:
+    """How the sweep's time budget (``--budget-s``) shaped it, if it had one."""
+    if config.get("budget_s") is None:
+        return ""
+    return f", and nothing started after the sweep's time budget of {config['budget_s']:g} s"
+
+
 def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
     config, machine = result["config"], result["machine"]
     device = DEVICES.get(config["device"], config["device"])
@@ -332,7 +347,8 @@ def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
         f"`{result.get('command') or 'qkv bench attention'}` on {where}, torch {machine['torch']}, "
         f"{result.get('date', '')}{' (--quick)' if config.get('quick') else ''}: B=1, H={config['heads']}, "
         f"D={config['head_dim']}, N = {', '.join(size_label(n) for n in config['sizes'])}; a run predicted to "
-        f"take over {config['max_run_s']:g} s is skipped (SDPA's forward: {config['baseline_max_run_s']:g} s); "
+        f"take over {config['max_run_s']:g} s is skipped (SDPA's forward: {config['baseline_max_run_s']:g} s)"
+        f"{budget_clause(config)}; "
         f"the sweep took {config.get('wall_s', 0) / 60:.1f} min, 1-minute load average "
         f"{config['load_average_1min']['before']:.1f} -> {config['load_average_1min']['after']:.1f}. "
         f"Raw numbers: [{path.name}]({link(path, out_dir)}).",
@@ -352,8 +368,10 @@ def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
 
 GPU_PENDING = (
     "Not measured yet: no GPU has been lent to this project so far. On a machine with CUDA, one run fills "
-    "the GPU columns above and adds this section: `qkv bench attention --device cuda --json "
-    "benchmarks/bench-attention-cuda.json --out .` (bfloat16; SDPA's FlashAttention, cuDNN and "
+    "the GPU columns above and adds this section: `make bench-gpu`, which runs `qkv bench attention --device "
+    "cuda --sizes 1024,4096,16384,65536 --warm-compile --budget-s 300 --json "
+    "benchmarks/bench-attention-cuda.json --out .` "
+    "(bfloat16; SDPA's FlashAttention, cuDNN and "
     "memory-efficient kernels pinned with `torch.nn.attention.sdpa_kernel`, compiled FlexAttention, every "
     "qkv backend; times synchronised with `torch.cuda.synchronize`, memory from "
     "`torch.cuda.max_memory_allocated`)."

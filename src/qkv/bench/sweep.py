@@ -77,6 +77,7 @@ ERROR_ALL_ROWS_MAX_N = 2048  # the error is taken over every query row up to thi
 ERROR_SAMPLE_ROWS = 512  # ... and over this many evenly spaced rows above it
 CPU_FLEX_MAX_N = 16384
 CUDA_ONLY = "CUDA only"  # how the skip reason of a CUDA kernel on the CPU starts
+BUDGET_SPENT = "the sweep's time budget"  # how the skip reason of a point left out by --budget-s starts
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class SweepSettings:
     cold_compile: bool = True  # FlexAttention compiles with an empty Inductor cache
     max_run_s: float = MAX_RUN_S  # skip a point predicted to run longer
     memory_budget: int = 0  # bytes a point may need (0: 80% of what is free)
+    budget_s: float | None = None  # wall seconds for the whole sweep; what is not started by then is skipped
 
 
 # ----------------------------------------------------------------------------- planning
@@ -225,12 +227,23 @@ def time_limit(contender: Contender, settings: SweepSettings) -> float:
     return settings.max_run_s * (BASELINE_TIME_FACTOR if (contender.name, contender.mode) == BASELINE else 1)
 
 
+def budget_reason(settings: SweepSettings, started: float) -> str | None:
+    """Why nothing more starts: the sweep's time budget (``--budget-s``) is spent; else None."""
+    if settings.budget_s is None or time.perf_counter() - started < settings.budget_s:
+        return None
+    return f"{BUDGET_SPENT} of {settings.budget_s:g} s (--budget-s) was spent before this point"
+
+
 def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: SweepSettings,
-                      history: History) -> tuple[str, str] | None:
-    """(kind, reason) why this point is not run, or None. Kinds: structural, failed, limit, time."""
+                      history: History, started: float | None = None) -> tuple[str, str] | None:
+    """(kind, reason) why this point is not run, or None. Kinds: structural, budget (with
+    ``started``, the sweep's perf_counter start), failed, limit, time."""
     reason = structural_reason(contender, variant, settings.device)
     if reason:
         return "structural", reason
+    reason = None if started is None else budget_reason(settings, started)
+    if reason:
+        return "budget", reason
     failure = history.failures.get(History.key(contender, variant))
     if failure:
         return "failed", failure
@@ -346,10 +359,11 @@ def first_run(run: Callable[[], object], settings: SweepSettings) -> tuple[float
 
 
 def measure_point(point: Point, planned: list[Contender], history: History,
-                  say: Callable[[str], None]) -> dict[tuple, dict]:
+                  say: Callable[[str], None], started: float | None = None) -> dict[tuple, dict]:
     """Rows of the planned contenders at this point. Each is built, then run once untimed (the
     warm-up; it measures peak memory and the output's error against exact attention), then all
-    are timed together in interleaved rounds."""
+    are timed together in interleaved rounds. A contender not built before the time budget is
+    spent (``started``: the sweep's perf_counter start) is skipped."""
     settings, variant, n = point.settings, point.variant, point.n
     check = settings.errors and any(c.mode == "fwd" for c in planned)
     if check:
@@ -362,6 +376,10 @@ def measure_point(point: Point, planned: list[Contender], history: History,
     first: dict[tuple, dict] = {}
     for contender in planned:
         key, name = (contender.name, contender.mode), label(contender.name, contender.mode)
+        spent = None if started is None else budget_reason(point.settings, started)
+        if spent:
+            rows[key] = point.row(contender, skipped=spent)
+            continue
         say(f"building {name}")
         setup, why = attempt(lambda c=contender: build(c, point.q, point.k, point.v, settings.cold_compile,
                                                        variant.causal, variant.pair))
@@ -432,25 +450,31 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
                 point = Point(n, variant, q, k, v, settings)
                 planned, point_rows = [], {}
                 for contender in contenders:
-                    skip = point_skip_reason(contender, variant, n, settings, history)
+                    skip = point_skip_reason(contender, variant, n, settings, history, started)
                     if skip is None:
                         planned.append(contender)
                         continue
                     kind, reason = skip
                     point_rows[(contender.name, contender.mode)] = point.row(contender, skipped=reason)
-                    shown = (contender.name, contender.mode, None if kind == "structural" else variant.key, kind)
+                    shown = ("budget",) if kind == "budget" else (
+                        contender.name, contender.mode, None if kind == "structural" else variant.key, kind)
                     if shown not in printed:
                         printed.add(shown)
                         where = "" if kind == "structural" else f"{variant.name}, from N={n}: "
-                        progress.console.print(f"[dim]skip {escape(label(contender.name, contender.mode))}: "
-                                               f"{escape(where + reason)}[/]")
+                        what = "everything left" if kind == "budget" else label(contender.name, contender.mode)
+                        progress.console.print(f"[dim]skip {escape(what)}: {escape(where + reason)}[/]")
                     progress.advance(task)
-                measured = measure_point(point, planned, history, say)
+                measured = measure_point(point, planned, history, say, started)
                 progress.advance(task, len(planned))
                 for row_key, row in measured.items():
-                    if row["skipped"]:
-                        progress.console.print(f"[dim]skip {escape(label(*row_key))}: {variant.name}, "
-                                               f"N={n}: {escape(row['skipped'])}[/]")
+                    over_budget = bool(row["skipped"]) and row["skipped"].startswith(BUDGET_SPENT)
+                    if not row["skipped"] or (over_budget and ("budget",) in printed):
+                        continue
+                    if over_budget:
+                        printed.add(("budget",))
+                    what = "everything left" if over_budget else label(*row_key)
+                    progress.console.print(f"[dim]skip {escape(what)}: {variant.name}, "
+                                           f"N={n}: {escape(row['skipped'])}[/]")
                 point_rows.update(measured)
                 rows += [point_rows[(c.name, c.mode)] for c in contenders]
             del q, k, v
@@ -488,7 +512,8 @@ METHOD = {
                 "(at least 3)"),
     "skips": ("a point is skipped when it would not fit in 80% of the free memory, when its run is predicted "
               "(from the same contender's last sizes) to exceed the time limit, above a contender's size "
-              "limit, or after it failed at a smaller N"),
+              "limit, after it failed at a smaller N, or once the sweep's time budget (--budget-s, if set) "
+              "is spent"),
 }
 
 
@@ -498,6 +523,7 @@ def config_of(settings: SweepSettings, sizes: tuple[int, ...], variants: list[Va
         "batch": 1, "heads": settings.heads, "head_dim": settings.head_dim, "dtype": settings.dtype,
         "device": settings.device, "sizes": list(sizes), "variants": [v.describe() for v in variants],
         "quick": settings.quick, "repeats": settings.repeats, "max_run_s": settings.max_run_s,
+        "budget_s": settings.budget_s,
         "baseline_max_run_s": settings.max_run_s * BASELINE_TIME_FACTOR,
         "memory_budget_bytes": settings.memory_budget,
         "flex_compile_cache": "a cold Inductor cache, a fresh one per compile" if settings.cold_compile
@@ -516,7 +542,7 @@ def run_command(args, command: str, console: Console) -> dict:
         heads=args.heads, head_dim=args.head_dim, dtype=args.dtype or ("bfloat16" if cuda else "float32"),
         device=args.device, quick=args.quick, repeats=args.repeats or (2 if args.quick else None),
         memory=not args.no_memory, cold_compile=not (args.warm_compile or args.quick),
-        max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S),
+        max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S), budget_s=args.budget_s,
     )
     result = run_sweep(args.sizes, args.variants, settings, args.backends, console, command, args.window)
     report.print_attention(result, console)
