@@ -1,4 +1,4 @@
-"""Shared helpers: random inputs, the float64 oracle and the 2x error rule."""
+"""Shared helpers: random inputs, backends with chosen blocks, the 2x error rule as an assertion."""
 
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ if not torch.cuda.is_available():
 
 import qkv
 from qkv.attention.api import build_spec, zero_unread_keys
+from qkv.attention.oracle import two_x_rule
 from qkv.attention.sliding import sliding_attention
 from qkv.attention.tiled import tiled_attention
-
-# The floor under the 2x rule: a backend's error may exceed twice the error of the plain
-# reference in its own dtype by at most this (FlashAttention's test suite does the same).
-ERROR_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2e-3, torch.float16: 2e-4}
 
 
 def make_qkv(
@@ -101,45 +98,17 @@ def seen_keys(backend: str, nq: int, nk: int, block: int | None = None, device: 
     return out[0, 0].cpu() > 0
 
 
-def outputs_and_grads(fn, q, k, v, grad_out_seed: int = 1):
-    """Run ``fn(q, k, v)``, backpropagate a fixed random gradient, return (out, dq, dk, dv)."""
-    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    out = fn(q, k, v)
-    generator = torch.Generator().manual_seed(grad_out_seed)
-    grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device, out.dtype)
-    grads = torch.autograd.grad(out, (q, k, v), grad_out)
-    return (out.detach(), *grads)
-
-
 def assert_two_x_rule(backend: str, dtype: torch.dtype, q, k, v, *, blocks=None, grads=True,
                       **kwargs) -> None:
     """A backend's error against the float64 oracle is at most 2x the plain reference's
-    error in the backend's dtype, plus a tiny floor; the same for every gradient."""
-    def oracle(q_, k_, v_):
-        return qkv.attention(q_, k_, v_, backend="reference", **kwargs)
-
+    error in the backend's dtype, plus a tiny floor; the same for every gradient
+    (:func:`qkv.attention.oracle.two_x_rule`), and it returns the dtype it was given."""
     def tested(q_, k_, v_):
         return run_backend(backend, q_, k_, v_, blocks=blocks, **kwargs)
 
-    low = [t.to(dtype) for t in (q, k, v)]
-    if grads:
-        truth = outputs_and_grads(oracle, q, k, v)
-        plain = outputs_and_grads(oracle, *low)
-        ours = outputs_and_grads(tested, *low)
-    else:
-        with torch.no_grad():
-            truth, plain, ours = (oracle(q, k, v),), (oracle(*low),), (tested(*low),)
-    names = ["out", "dq", "dk", "dv"]
-    for name, t, p, o in zip(names, truth, plain, ours):
-        assert o.dtype == dtype, f"{name} came back as {o.dtype}, expected {dtype}"
-        assert not torch.isnan(o).any(), f"{backend} {name} has NaN"
-        plain_error = (p.double() - t).abs().max().item()
-        our_error = (o.double() - t).abs().max().item()
-        bound = 2 * plain_error + ERROR_FLOOR[dtype]
-        assert our_error <= bound, (
-            f"{backend} {name} ({dtype}): error {our_error:.3g} > 2 x reference's "
-            f"{plain_error:.3g} + floor"
-        )
+    for check in two_x_rule(tested, q, k, v, dtype, grads=grads, **kwargs):
+        assert check.dtype == dtype, f"{check.name} came back as {check.dtype}, expected {dtype}"
+        assert check.ok, f"{backend} {check.describe()}"
 
 
 @pytest.fixture(autouse=True)

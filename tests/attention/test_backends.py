@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qkv
-from conftest import assert_two_x_rule, make_qkv, outputs_and_grads, run_backend, run_tiled
+from conftest import assert_two_x_rule, make_qkv, run_backend, run_tiled
 from qkv.attention.masks import MaskSpec
+from qkv.attention.oracle import outputs_and_grads
 from qkv.attention.registry import CallNeeds, resolve_backend
 from qkv.attention.tiled import tiles
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import qkv
-from conftest import assert_two_x_rule, make_qkv, outputs_and_grads
+from conftest import assert_two_x_rule, make_qkv
+from qkv.attention.oracle import outputs_and_grads
 
 pytestmark = [
     pytest.mark.gpu,

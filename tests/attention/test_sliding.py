@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import qkv
-from conftest import assert_two_x_rule, contract_mask, make_qkv, outputs_and_grads, run_sliding, seen_keys
+from conftest import assert_two_x_rule, contract_mask, make_qkv, run_sliding, seen_keys
 from qkv.attention.api import build_spec
+from qkv.attention.oracle import outputs_and_grads
 from qkv.attention.sliding import Segment, fused_bands_apply
 
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import qkv
-from conftest import assert_two_x_rule, contract_mask, make_qkv, outputs_and_grads, seen_keys
+from conftest import assert_two_x_rule, contract_mask, make_qkv, seen_keys
+from qkv.attention.oracle import outputs_and_grads
 
 pytest.importorskip("triton", reason="Triton is not installed")
 

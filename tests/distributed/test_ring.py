@@ -26,8 +26,8 @@ from ring_workers import (
 )
 
 import qkv
-from conftest import ERROR_FLOOR
 from qkv.attention.masks import normalize_window
+from qkv.attention.oracle import ERROR_FLOOR
 from qkv.distributed import (
     RingOptions,
     RingStats,

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 import qkv
+from qkv.attention.oracle import two_x_rule
 from qkv.bench.long_context import flex_mask_mod, sdpa_call
 from qkv.bench.measure import machine_info, synchronize
 from qkv.bench.points import attention_flops
@@ -45,7 +46,6 @@ TARGETS = {
     "forward_backward_tflops": 300.0,  # non-causal forward + backward
     "window_speedup_over_flex": 1.2,  # sliding window 1k at N = 16k
 }
-FLOOR = {torch.bfloat16: 2e-3, torch.float16: 2e-4, torch.float32: 1e-6}
 
 
 @dataclass
@@ -92,36 +92,18 @@ def time_median(run: Callable[[], object], device: str, repeats: int, warmup: in
 
 
 # ---- correctness -------------------------------------------------------------------------
-def _outputs_and_grads(fn, q, k, v, grad_out_seed: int = 1):
-    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    out = fn(q, k, v)
-    generator = torch.Generator(device=out.device).manual_seed(grad_out_seed)
-    grad_out = torch.randn(out.shape, generator=generator, device=out.device, dtype=torch.float32).to(out.dtype)
-    grads = torch.autograd.grad(out, (q, k, v), grad_out.to(out.dtype))
-    return (out.detach(), *grads)
-
-
 def two_x_check(name: str, dtype: torch.dtype, q, k, v, options=None, **masking) -> dict:
-    """The 2x rule for outputs and gradients of the triton backend; a row per check."""
-    def oracle(a, b, c):
-        return qkv.attention(a, b, c, backend="reference", **masking)
-
+    """The 2x rule (:func:`qkv.attention.oracle.two_x_rule`) for the triton backend's output
+    and gradients; a row per check."""
     def tested(a, b, c):
         return qkv.attention(a, b, c, backend="triton", options=options, **masking)
 
-    truth = _outputs_and_grads(oracle, q.double(), k.double(), v.double())
-    low = [t.to(dtype) for t in (q, k, v)]
-    plain = _outputs_and_grads(oracle, *low)
-    ours = _outputs_and_grads(tested, *low)
+    checks = two_x_rule(tested, q, k, v, dtype, **masking)
     row = {"check": name, "dtype": str(dtype).removeprefix("torch."), "shape": {
-        "q": list(q.shape), "k": list(k.shape), "v": list(v.shape)}, "passed": True}
-    for label, t, p, o in zip(("out", "dq", "dk", "dv"), truth, plain, ours):
-        plain_error = (p.double() - t).abs().max().item()
-        error = (o.double() - t).abs().max().item()
-        bound = 2 * plain_error + FLOOR[dtype]
-        ok = bool(error <= bound) and not bool(torch.isnan(o).any())
-        row[label] = {"error": error, "plain_error": plain_error, "bound": bound, "ok": ok}
-        row["passed"] &= ok
+        "q": list(q.shape), "k": list(k.shape), "v": list(v.shape)}, "passed": all(c.ok for c in checks)}
+    for check in checks:
+        row[check.name] = {"error": check.error, "plain_error": check.plain_error, "bound": check.bound,
+                           "ok": check.ok}
     return row
 
 
