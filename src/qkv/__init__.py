@@ -1,7 +1,9 @@
 """qkv: self-attention end to end on PyTorch.
 
 The functional core is :func:`qkv.attention` (layout (B, H, N, D), many backends);
-:func:`qkv.attention_weights` and :func:`qkv.attention_stats` look inside it.
+:func:`qkv.attention_weights` and :func:`qkv.attention_stats` look inside it. The name
+``qkv.attention`` is that function, so the modules of the ``qkv.attention`` package are
+imported with ``from``: ``from qkv.attention.oracle import two_x_rule``.
 :mod:`qkv.nn` builds modules on it, :mod:`qkv.models` runs pretrained BERT and GPT-2
 families through those modules, and :func:`qkv.load` loads them from local files.
 :mod:`qkv.distributed` splits one sequence across processes (ring attention).
@@ -23,6 +25,7 @@ from qkv.attention import (
     attention_stats,
     attention_weights,
     available_backends,
+    get_backend,
 )
 from qkv.models import load
 
@@ -34,6 +37,7 @@ __all__ = [
     "attention_stats",
     "AttentionStats",
     "available_backends",
+    "get_backend",
     "LinearOptions",
     "PerformerOptions",
     "NystromOptions",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
+from qkv.attention import get_backend
 from qkv.attention.triton_backend import unavailable_reason
-from qkv.bench import main
+from qkv.bench import main, triton_gpu
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -31,3 +33,17 @@ def test_quick_run_checks_times_and_writes_json(tmp_path):
     flex = [row for row in result["timings"] if row["backend"] == "flex compiled" and row["mode"] == "fwd"]
     assert flex and flex[0].get("time_s", 0) > 0, flex
     assert [goal["limit"] for goal in result["targets"]] == [450.0, 300.0, 1.2]
+
+
+def test_refusals_name_the_option_and_the_fix(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """Full sizes on the CPU, or a device the kernel cannot run on, end in a usage error, not a traceback."""
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as raised:
+            main(["triton", "--device", "cpu"])
+        assert raised.value.code == 2 and "add --quick" in capsys.readouterr().err
+    no_triton = dataclasses.replace(get_backend("triton"), unavailable=lambda device_type: "run here: no Triton")
+    monkeypatch.setattr(triton_gpu, "get_backend", lambda name: no_triton)
+    with pytest.raises(SystemExit) as raised:
+        main(["triton", "--quick", "--device", "cpu"])
+    assert raised.value.code == 2
+    assert "--device cpu: the triton backend cannot run here: no Triton" in capsys.readouterr().err

@@ -170,6 +170,28 @@ def run_minilm(layout: str) -> dict:
                 gathered=gather_sequence(hidden, dim=1, layout=layout))
 
 
+def mean_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hidden (2, 11, 4) float64, attention_mask (2, 11) with padding, and a weight (2, 4) for the loss."""
+    generator = torch.Generator().manual_seed(7)
+    hidden = torch.randn(2, 11, 4, generator=generator, dtype=torch.float64)
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 6:] = False
+    return hidden, mask, torch.randn(2, 4, generator=generator, dtype=torch.float64)
+
+
+def run_sequence_mean(layout: str) -> dict:
+    """sequence_mean over this rank's slice, and the slice's gradient of a loss split evenly over ranks."""
+    import torch.distributed as dist
+
+    from qkv.distributed import sequence_mean, split_sequence
+
+    hidden, mask, weight = mean_inputs()
+    piece = split_sequence(hidden, dim=1, layout=layout).clone().requires_grad_(True)
+    mean = sequence_mean(piece, split_sequence(mask, dim=1, layout=layout))  # (2, 4), the same on every rank
+    ((mean * weight).sum() / dist.get_world_size()).backward()  # the ranks' losses add up to one loss
+    return dict(mean=mean.detach(), grad=piece.grad)
+
+
 def tiny_decoder() -> torch.nn.Module:
     """A small causal language model with rotary positions and grouped-query attention, seeded."""
     torch.manual_seed(0)

@@ -17,11 +17,13 @@ from ring_workers import (
     loss_of,
     make_cases,
     make_inputs,
+    mean_inputs,
     run_cases,
     run_decoder,
     run_faulty,
     run_minilm,
     run_mismatch,
+    run_sequence_mean,
     tiny_decoder,
 )
 
@@ -281,6 +283,24 @@ def test_minilm_over_two_processes_matches_one_process(layout):
         assert result["backends"] == {"auto"}  # sequence_parallel restored the backends
     assert (whole - hidden).abs().max().item() <= 1e-5
     assert torch.equal(results[0]["gathered"], whole) and torch.equal(results[1]["gathered"], whole)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "zigzag"])
+def test_sequence_mean_and_its_gradient_over_three_processes(layout):
+    """The all-reduce behind sequence_mean is differentiable: each slice gets the whole mean's gradient."""
+    from qkv.distributed import sequence_mean
+
+    hidden, mask, weight = mean_inputs()
+    hidden.requires_grad_(True)
+    mean = sequence_mean(hidden, mask)
+    (mean * weight).sum().backward()
+    results = run_local(run_sequence_mean, 3, args=(layout,), threads=1, timeout=120)
+    lengths = [r["grad"].shape[1] for r in results]
+    grad = torch.empty_like(hidden)
+    for rank, result in enumerate(results):
+        assert (result["mean"] - mean.detach()).abs().max().item() <= 1e-12
+        grad[:, slice_positions(lengths, rank, layout)] = result["grad"]
+    assert (grad - hidden.grad).abs().max().item() <= 1e-12
 
 
 def test_gather_sequence_in_one_process_is_the_identity():

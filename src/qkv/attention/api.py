@@ -329,12 +329,14 @@ def attention(
             applying. Needs ``window``.
         backend: "auto" (the fastest exact backend that supports the call), or one of
             :func:`qkv.available_backends` ("reference", "sdpa", "tiled", "sliding",
-            the approximate "linear", "performer", "nystrom", "linformer", and the
-            sequence-parallel "ring", where q, k, v are this process's slice of a
-            sequence split across torch.distributed ranks: :mod:`qkv.distributed`).
+            the Triton GPU kernel "triton", the approximate "linear", "performer",
+            "nystrom", "linformer", and the sequence-parallel "ring", where q, k, v are
+            this process's slice of a sequence split across torch.distributed ranks:
+            :mod:`qkv.distributed`).
         options: the backend's options object, e.g. ``PerformerOptions(features=256)``
-            for "performer" (see :mod:`qkv.attention.approximate`) or
-            ``RingOptions(group=g)`` for "ring"; None: its defaults.
+            for "performer" (see :mod:`qkv.attention.approximate`),
+            ``TritonOptions(deterministic=True)`` for "triton" or ``RingOptions(group=g)``
+            for "ring"; None: its defaults.
         return_lse: also return the log-sum-exp of each query's scores.
 
     Returns:

@@ -363,7 +363,7 @@ SECTIONS_HELP = """sections:
                cuDNN and efficient kernels), N=512..64k, full / causal / window / causal-window: time,
                peak memory, error vs exact, FLOP rate, scaling exponent; writes <out>/bench-attention-<device>.json,
                its PNGs and <out>/BENCHMARKS.md (about 20-30 min on 2 CPU cores; --quick well under a minute)
-  exact        exact backends vs SDPA and naive, N=512..16k: time, memory in fresh processes (issue 2)
+  exact        exact backends vs SDPA and naive, N=512..16k: time, memory in fresh processes, the targets
   sliding      sliding window (256, 256) vs SDPA + band mask, compiled FlexAttention, tiled; N=4k..64k
   approximate  linear, Performer, Nystrom, Linformer (+ budget grid), sliding vs SDPA, naive;
                N=1k..64k: time, peak memory, relative error (Gaussian and peaked inputs)
@@ -371,6 +371,25 @@ SECTIONS_HELP = """sections:
                .md, -time.png, -error.png
   all          exact, then lra
 """
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def sizes_arg(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated sequence lengths, each >= 1 (``512,1024,4096``)."""
+    try:
+        return tuple(positive_int(part.strip()) for part in text.split(","))
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}; give comma-separated lengths such as 512,1024") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,13 +401,13 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=SECTIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--section", choices=("sweep", "exact", "sliding", "approximate", "lra", "all"),
                         default="sweep", help="what to measure (default sweep; see below)")
-    parser.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
-                        default=None, help="comma-separated N (default: the section's; sweep 512,...,65536)")
+    parser.add_argument("--sizes", type=sizes_arg, default=None,
+                        help="comma-separated N (default: the section's; sweep 512,...,65536)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--heads", type=positive_int, default=8, help="attention heads H (default 8)")
+    parser.add_argument("--head-dim", type=positive_int, default=64, help="head dimension D (default 64)")
     parser.add_argument("--causal", action="store_true", help="exact section only (the sweep runs both)")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed rounds (default: sweep from each run's length, 7 down to 2; exact 7 up to 2k, "
                              "5 up to 8k, then 3; long-context sections: fewer for the O(N^2) contenders above "
                              "16k, at least 5 for the others)")

@@ -187,7 +187,7 @@ def summary_tab(by_device: dict[str, dict]) -> Tab:
 def targets_tab(result: dict) -> Tab | None:
     if not result.get("targets"):
         return None
-    return Tab("issue 2's targets, from the full variant", ["target", "N", "measured", "limit", "met"],
+    return Tab("the exact backends' targets, from the full variant", ["target", "N", "measured", "limit", "met"],
                [target_cells(t) for t in result["targets"]])
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 import qkv
+from qkv.attention import get_backend
 from qkv.attention.oracle import two_x_rule
 from qkv.bench.long_context import flex_mask_mod, sdpa_call
 from qkv.bench.measure import machine_info, synchronize
@@ -251,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-speed", action="store_true", help="correctness only")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    unavailable = get_backend("triton").unavailable
+    why = None if unavailable is None else unavailable(torch.device(device).type)
+    if why:
+        parser.error(f"--device {device}: the triton backend cannot {why}")
+    if device != "cuda" and not args.quick:
+        parser.error(f"--device {device}: the full sizes are for a GPU (under the CPU's interpreter they would "
+                     "take days); add --quick, or run on a CUDA device")
     sizes = Sizes.quick() if args.quick else Sizes()
     dtype = torch.bfloat16
 

@@ -181,11 +181,7 @@ def sequence_mean(hidden: Tensor, attention_mask: Tensor | None = None, *, group
     summed = torch.cat([(hidden * weights.unsqueeze(-1)).sum(dim=1), weights.sum(dim=1, keepdim=True)], dim=-1)
     _, world = _group_info(group)
     if world > 1:
-        import torch.distributed as dist
-        from torch.distributed.nn.functional import all_reduce
-
-        summed = all_reduce(summed, op=dist.ReduceOp.SUM, group=group) if summed.requires_grad else _all_reduce(
-            summed, group)
+        summed = _SumOverRanks.apply(summed, group)
     return summed[:, :-1] / summed[:, -1:].clamp(min=1e-9)
 
 
@@ -195,6 +191,21 @@ def _all_reduce(t: Tensor, group: object | None) -> Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """A differentiable all-reduce (sum). Every rank's output is the sum of every rank's
+    input, so each input's gradient is the sum of every rank's output gradient: another
+    all-reduce. (torch.distributed.nn.functional.all_reduce does this but is deprecated.)"""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, group: object | None) -> Tensor:
+        ctx.group = group
+        return _all_reduce(t, group)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return _all_reduce(grad.contiguous(), ctx.group), None
 
 
 def sentence_embedding(

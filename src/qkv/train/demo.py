@@ -62,7 +62,9 @@ class DemoConfig:
     heldout_templates: int = 150  # distractor templates behind the held-out sentences
     log_every: int = 25  # steps between logged evaluations (step 0 and the last step are always logged)
     seed: int = 0  # seeds the model's initialisation, the data and the sampling
-    threads: int | None = None  # torch threads while training, restored after (None: torch's setting as it is)
+    # torch threads while training, restored after. One, as `qkv train-demo` uses: this model's
+    # products are too small to gain from more; None keeps torch's setting as it is.
+    threads: int | None = 1
     control: bool = True  # also train the control with attention disabled
 
     def __post_init__(self) -> None:
