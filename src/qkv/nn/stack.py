@@ -77,8 +77,7 @@ class TransformerStack(HookedModule):
             kv_cache: keys and values of earlier positions, extended in place.
             output_hidden_states: also return the embeddings and every block's output.
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (B, N); got shape {tuple(input_ids.shape)}")
+        self.check_input_ids(input_ids)
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = attention_mask.to(torch.bool)
@@ -99,6 +98,28 @@ class TransformerStack(HookedModule):
                 hidden_states[-1] = x  # as Hugging Face: the last hidden state is normalised
         return TransformerOutput(last_hidden_state=x, hidden_states=hidden_states)
 
+    def check_input_ids(self, input_ids: object) -> None:
+        """Refuse anything but a (B, N) integer tensor of token ids, saying how to get one."""
+        if isinstance(input_ids, Tensor):
+            if input_ids.dtype.is_floating_point or input_ids.is_complex() or input_ids.dtype == torch.bool:
+                raise TypeError(
+                    f"input_ids must be an integer tensor (B, N) of token ids; got dtype {input_ids.dtype}. "
+                    f"Cast it with input_ids.long()"
+                )
+            if input_ids.dim() != 2:
+                one = ". For one sequence use input_ids.unsqueeze(0)" if input_ids.dim() == 1 else ""
+                raise ValueError(f"input_ids must be (B, N) token ids; got shape {tuple(input_ids.shape)}{one}")
+            return
+        if self.tokenizer is None:
+            fix = "this model has no tokenizer (models from qkv.load have one), so tokenize the text yourself"
+        else:
+            fix = ("tokenize it first, batch = model.tokenizer(text), and call model(batch.input_ids, "
+                   "batch.attention_mask); or pass the text to model.run_with_cache(text), which tokenizes it")
+        raise TypeError(
+            f"input_ids must be an integer tensor (B, N) of token ids; got {type(input_ids).__name__}. "
+            f"For text, {fix}"
+        )
+
     def set_attention(self, backend: str, layers: Iterable[int] | None = None, **options: object) -> None:
         """Use ``backend`` (with ``qkv.attention`` options such as ``window``) in some layers.
 
@@ -109,6 +130,11 @@ class TransformerStack(HookedModule):
                 backend's options: ``set_attention("ring", group=group)`` runs the model
                 sequence-parallel (each rank passes its slice of the tokens and their global
                 ``positions=``; see :mod:`qkv.distributed`).
+
+        Raises:
+            ValueError: bad ``layers``, an unknown backend or option, or a backend that
+                cannot honour what these layers need (causal masking in a decoder, the
+                ``window``/``global_tokens`` given); the message names the backends that can.
         """
         count = len(self.blocks)
         chosen = range(count) if layers is None else list(layers)
@@ -157,13 +183,21 @@ class TransformerStack(HookedModule):
 
         Args:
             inputs: text, a list of texts (tokenised and padded), a Batch, or ids (B, N).
-            names: names or glob patterns to capture (None: every hook point), e.g.
-                ``"blocks.*.attn.weights"``. Capturing scores or weights makes those layers
+            names: names or glob patterns to capture, e.g. ``"blocks.*.attn.weights"``.
+                None: every hook point that the layers' backends can produce; an
+                approximate backend has no ``attn.scores`` (its ``attn.weights`` are its
+                mixing matrix), "ring" neither scores nor weights, and the cache says so
+                when asked for one. Capturing scores or weights makes those layers
                 compute them explicitly; other layers keep their fast backend.
             **forward_kwargs: passed to the model's forward.
 
         Returns:
             (output, cache); ``cache.batch`` is the tokenised Batch when text was given.
+
+        Raises:
+            KeyError: ``names`` matches no hook point.
+            ValueError: ``names`` asks for scores or weights that a layer's backend
+                cannot produce (the message names them and the fix).
         """
         prepared = self.prepare(inputs)
         batch = prepared.pop("batch")
@@ -171,9 +205,27 @@ class TransformerStack(HookedModule):
         chosen = [name for name in self.hook_points() if matches(name, patterns)]
         if not chosen:
             raise KeyError(f"no hook point matches {patterns}; names look like {list(self.hook_points())[:6]}")
+        unavailable = {
+            point.name: reason for module in self.modules() if isinstance(module, MultiHeadAttention)
+            for point, reason in module.unavailable_hooks().items()
+        }
+        if patterns is None:
+            chosen = [name for name in chosen if name not in unavailable]
+        else:
+            refused: dict[str, list[str]] = {}  # reason -> hook point names
+            for name in chosen:
+                if name in unavailable:
+                    refused.setdefault(unavailable[name], []).append(name)
+            if refused:
+                raise ValueError(
+                    f"names={names!r} asks for activations these layers cannot produce: "
+                    + "; ".join(f"{found}: {reason}" for reason, found in refused.items())
+                    + ". Leave them out of names= (names=None captures everything the layers can produce), "
+                    "or set_attention('auto') first to capture exact scores and weights"
+                )
         with torch.no_grad(), self.capture(chosen) as store:
             output = self(**prepared, **forward_kwargs)
-        return output, ActivationCache(store, batch=batch)
+        return output, ActivationCache(store, batch=batch, complete=patterns is None, unavailable=unavailable)
 
 
 def _blocks(
