@@ -147,3 +147,92 @@ def test_a_library_that_disagrees_with_the_hand_computation_is_caught(
     monkeypatch.setattr(qkv, "attention_weights", lambda q, k, **kw: real(q, k, **kw) * 0.9)
     with pytest.raises(RuntimeError, match="weights differ"):
         walkthrough_numbers()
+
+
+# ---- usage errors name the option, before any model is loaded ----
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: these errors must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(qkv, "load", refuse)
+
+
+def test_explain_empty_sentence(no_model, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "  "]) == 2
+    assert "the sentence is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "path", "expected"), [
+    ("--json", "a-file/report.json", "--json {tmp}/a-file/report.json: cannot create a folder inside"),
+    ("--html", "a-file/deeper/page.html", "--html {tmp}/a-file/deeper/page.html: cannot create a folder inside"),
+    ("--html", ".", "--html {tmp}/.: this is a folder"),
+    ("--out", "a-file", "--out {tmp}/a-file: this is a file"),
+])
+def test_explain_output_paths_are_checked_first(no_model, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                option: str, path: str, expected: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["explain", option, f"{tmp_path}/{path}"]) == 2
+    captured = capsys.readouterr()
+    assert expected.format(tmp=tmp_path) in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("command", [["wsd", "--data", "."], ["contextuality", "--data", "."], ["fidelity"],
+                                     ["train-demo", "--quick"]])
+def test_every_command_checks_its_output_paths_first(no_model, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     command: list[str]) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main([*command, "--json", str(tmp_path / "a-file" / "x.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+
+
+def test_wsd_words_that_name_no_word(no_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["wsd", "--data", str(tmp_path), "--words", ","]) == 2
+    assert "--words ',' names no word" in capsys.readouterr().err
+
+
+def test_fidelity_missing_text_file(no_model, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fidelity", "--text", "/no/such/file.txt"]) == 2
+    assert "--text /no/such/file.txt: no such file" in capsys.readouterr().err
+
+
+def test_serve_port_in_use(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from qkv.viz.serve import ExplainServer
+
+    monkeypatch.setattr(qkv, "load", lambda *args, **kwargs: (object(), object()))
+    monkeypatch.setattr(ExplainServer, "serve_forever", lambda self, *args: None)  # never block the test
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: the port is already in use" in err and "--port 0" in err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["walkthrough", "--dim", "abc"], "argument --dim: must be a whole number >= 1; got 'abc'"),
+    (["serve", "--port", "70000"], "argument --port: must be a port number"),
+])
+def test_bad_numbers_are_described_not_named_after_a_function(argv: list[str], expected: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
+    def help_of(*argv: str) -> str:
+        assert main([*argv, "--help"]) == 0
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+    top = help_of()
+    for word in ("attention", "models", "ring", "Triton", "report"):
+        assert word in top.split("bench", 1)[1]
+    explain = help_of("explain")
+    assert "GPT-2" in explain and "BERT folder" not in explain
+    assert "--contrast SENTENCE a sentence that uses the focus word in another sense" in explain
+    assert "--batch-size BATCH_SIZE sentences per forward pass" in help_of("wsd")

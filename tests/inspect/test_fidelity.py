@@ -65,3 +65,14 @@ def test_approximate_variants_run_inside_the_model(minilm, backend, options):
     row = result["variants"][0]
     assert -1 <= row["token_cosine"] <= 1.0001 and row["attention_distance"] >= 0
     assert row["token_cosine"] < 0.99999  # an approximation, measured as one
+
+
+def test_cli_skips_what_a_causal_model_cannot_run(tiny_gpt2_folder, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("The river bank was muddy after the rain. She deposited her check at the bank.")
+    argv = ["fidelity", "--model", str(tiny_gpt2_folder), "--text", str(text)]
+    assert main([*argv, "--backends", "nystrom,linear"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped nystrom landmarks=8" in " ".join(captured.out.split()) and "linear (elu+1)" in captured.out
+    assert main([*argv, "--backends", "nystrom"]) == 2
+    assert "--backends 'nystrom': this model can run none of them" in capsys.readouterr().err

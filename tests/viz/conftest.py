@@ -9,7 +9,6 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-HOSTILE = 'She said "><script>alert(1)</script> & \'hi\' \u202e at the bank.'
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +36,27 @@ def browser():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def gpt2_report(tmp_path_factory):
+    """The explain report of a tiny random GPT-2 (causal; no [CLS] or [SEP]), built in memory."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+
+    from qkv.inspect.explain import explain
+    from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES
+    from qkv.models.config import GPT2Config
+    from qkv.models.gpt2 import GPT2LMHeadModel
+    from qkv.models.tokenizer import Tokenizer
+
+    corpus = ["She deposited her check at the bank.", DEFAULT_CONTRAST["bank"],
+              *(s for examples in DEFAULT_SENSES["bank"].values() for s in examples)]
+    trained = ByteLevelBPETokenizer()
+    trained.train_from_iterator(corpus * 4, vocab_size=1000, min_frequency=1, special_tokens=["<|endoftext|>"])
+    path = tmp_path_factory.mktemp("gpt2-tokenizer") / "tokenizer.json"
+    trained.save(str(path))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=trained.get_vocab_size(), n_positions=64, n_embd=24, n_layer=2,
+                                       n_head=3)).eval()
+    return explain(model, Tokenizer.from_file(path, max_length=64))

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hostile_text import HOSTILE
 
-from conftest import HOSTILE
 from qkv.viz.html import json_for_script, render_html, show_controls
 
 
@@ -240,3 +240,25 @@ def test_long_report_without_matrices_loads_cleanly(model_and_tokenizer, browser
         assert watched.errors == []
     finally:
         watched.context.close()
+
+
+def test_gpt2_page_says_causal_and_names_no_cls(watched, gpt2_report, tmp_path):
+    report = gpt2_report
+    assert report["model"]["causal"] and report["tokens"][0] == "She"  # no [CLS]; words without GPT-2's space
+    markup = render_html(report).split('<script type="application/json"')[0]  # the page before its data
+    assert "Without punctuation" in markup and "[CLS], [SEP] and punctuation" not in markup
+    watched.open(write(tmp_path, report))
+    page = watched.page
+    assert watched.errors == []
+    assert page.locator("#causal-note").is_visible()
+    assert "to punct." in page.locator("#focus-table").inner_text() and "[CLS]" not in page.locator(
+        "#focus-table").inner_text()
+    assert "causal" in page.locator("#walkthrough-info").inner_text()
+    walk = report["walkthrough"]
+    assert page.locator("#walkthrough-table tr").count() == walk["query_piece"] + 1 + 2  # visible keys only
+    roles = page.eval_on_selector_all("#role-select option", "options => options.map(o => o.value)")
+    assert "first" in roles and "cls" not in roles and "next" not in roles
+    # The sense plot numbers layers as the layer menu does: emb, then 0 .. L-1.
+    ticks = page.eval_on_selector_all("#sense-plot text", "texts => texts.map(t => t.textContent)")
+    assert "after layer" in ticks and [t for t in ticks if t in ("emb", "0", "1", "2")] == ["emb", "0", "1"]
+    assert "Without punctuation" in page.locator("#focus-section").inner_text()

@@ -9,8 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
-
-from conftest import HOSTILE
+from hostile_text import HOSTILE
 
 
 def start(model, tokenizer):
@@ -197,3 +196,15 @@ def test_hostile_input_in_the_browser(page, base):
     assert page.eval_on_selector_all("script", "ss => ss.map(s => s.id)") == ["report", "app"]
     assert "<script>alert(1)</script>" in page.locator("#sentence").inner_text()
     assert page.errors == []
+
+
+def test_serve_says_qkv_serve(monkeypatch, capsys):
+    from qkv.viz.serve import ExplainServer, serve
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ExplainServer, "serve_forever", interrupted)
+    serve(object(), object(), port=0)  # the model is not touched before the first request
+    err = capsys.readouterr().err
+    assert "qkv serve: serving on http://127.0.0.1:" in err and "qkv explain" not in err

@@ -9,15 +9,20 @@ batched forward pass: row r of the batch has one head switched off.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from qkv.nn.stack import TransformerStack
 
 __all__ = ["head_ablation"]
 
 
 @torch.no_grad()
-def head_ablation(model, input_ids: Tensor, focus_positions: list[int]) -> Tensor:
+def head_ablation(model: TransformerStack, input_ids: Tensor, focus_positions: list[int]) -> Tensor:
     """How much each head matters to one token's final vector.
 
     Args:

@@ -25,12 +25,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.inspect.wsd import WsdWord, word_piece_vectors
+
+if TYPE_CHECKING:
+    from qkv.models.tokenizer import Tokenizer
+    from qkv.nn.stack import TransformerStack
 
 __all__ = [
     "word_self_similarities",
@@ -232,8 +237,8 @@ def anisotropy(sentence_vectors: list[Tensor], pairs: int = ANISOTROPY_PAIRS, se
 
 
 def contextuality(
-    model,
-    tokenizer,
+    model: TransformerStack,
+    tokenizer: Tokenizer,
     dataset: list[WsdWord],
     max_sentences_per_word: int = 200,
     seed: int = 0,

@@ -7,17 +7,22 @@ terminal, figure and HTML views read):
 1. tokens (word pieces merged into words) and their initial vectors;
 2. one layer and head step by step: the focus token's query, every key, the scaled dot
    products, the softmax weights and the weighted average of the values;
-3. the focus token's attention in every layer and head, with and without [CLS], [SEP]
-   and punctuation, and the share those receive;
+3. the focus token's attention in every layer and head, with and without the special
+   tokens ([CLS], [SEP]; GPT-2 has none) and punctuation, and the share those receive;
 4. the focus vector against sense prototypes, layer by layer;
 5. attention rollout and flow, and head importance by ablation;
 6. head roles (Clark et al., 2019).
+
+BERT-family encoders and GPT-2-family decoders both work. In a causal model (GPT-2) a
+token attends only to itself and the tokens before it: the walkthrough lists those keys
+only, ``report["model"]["causal"]`` says so, and the views mention it where it matters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +32,11 @@ from qkv.inspect.heads import attention_share, head_roles
 from qkv.inspect.rollout import attention_flow, attention_rollout
 from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES, sense_trajectory
 from qkv.inspect.words import WordView, word_view
+
+if TYPE_CHECKING:
+    from qkv.models.tokenizer import Batch, Tokenizer
+    from qkv.nn.hooks import ActivationCache
+    from qkv.nn.stack import TransformerStack
 
 __all__ = ["explain", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS", "LONG_INPUT"]
 
@@ -62,10 +72,32 @@ def content_mask(view: WordView, focus: int) -> torch.Tensor:
     ])
 
 
+def set_aside_phrase(special_tokens: list[str]) -> str:
+    """What the report sets aside as places to park attention: "[CLS], [SEP] and punctuation",
+    or "punctuation" for a model without special tokens (GPT-2)."""
+    return ", ".join(special_tokens) + " and punctuation" if special_tokens else "punctuation"
+
+
+def _roles_for_model(roles: dict[str, torch.Tensor], view: WordView, causal: bool) -> dict[str, torch.Tensor]:
+    """Keep the head roles that exist in this model: without a leading special token, "cls"
+    becomes "first" (the first word, where causal models park attention); "sep" and
+    "special" need such tokens; "next" is always 0 in a causal model, so it is left out."""
+    roles = dict(roles)
+    if view.kinds[0] != "special":
+        roles = {("first" if name == "cls" else name): value for name, value in roles.items()}
+    if "[SEP]" not in view.tokens:
+        roles.pop("sep")
+    if not view.special_mask.any():
+        roles.pop("special")
+    if causal:
+        roles.pop("next")
+    return roles
+
+
 @torch.no_grad()
 def explain(
-    model,
-    tokenizer,
+    model: TransformerStack,
+    tokenizer: Tokenizer,
     sentence: str = DEFAULT_SENTENCE,
     focus: str = DEFAULT_FOCUS,
     *,
@@ -79,12 +111,13 @@ def explain(
     """Explain how ``model`` attends in ``sentence``, following the word ``focus``.
 
     Args:
-        model: a qkv BERT-family model (e.g. from ``qkv.load()``).
+        model: a qkv BERT- or GPT-2-family model (e.g. from ``qkv.load()``).
         tokenizer: its tokenizer.
         sentence: the text.
-        focus: a word of the sentence (case-insensitive; its first occurrence).
-        layer, head: the head to walk through step by step (default: the head where the
-            focus pays most attention to content words).
+        focus: a word of the sentence (case-insensitive, surrounding spaces ignored; its
+            first occurrence).
+        layer, head: the head to walk through step by step, counted from 0 (default: the
+            head where the focus pays most attention to content words).
         senses: sense name -> example sentences using ``focus`` in that sense (default
             for 'bank': money and river contexts; None otherwise skips the section).
         contrast: a sentence using ``focus`` in another sense.
@@ -95,9 +128,15 @@ def explain(
 
     Returns:
         A JSON-ready dict; see the module docstring for its sections.
+
+    Raises:
+        ValueError: an empty sentence, one longer than the model reads, ``focus`` not among
+            its words, or ``layer``/``head`` out of range.
     """
+    if not sentence.strip():
+        raise ValueError("the sentence is empty; give a sentence that contains the focus word")
     batch = tokenizer(sentence, truncation=False)
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if limit is not None and batch.input_ids.shape[1] > limit:
         raise ValueError(
             f"the sentence has {batch.input_ids.shape[1]} tokens; this model reads at most {limit}. "
@@ -107,10 +146,15 @@ def explain(
     focus_word = view.index_of(focus)
     focus_pieces = view.pieces[focus_word]
     layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
+    causal = bool(model.blocks[0].attn.causal)
+    if layer is not None and not 0 <= layer < layers:
+        raise ValueError(f"layer must be in 0..{layers - 1} (the model has {layers} layers); got {layer}")
+    if head is not None and not 0 <= head < heads:
+        raise ValueError(f"head must be in 0..{heads - 1} (each layer has {heads} heads); got {head}")
     long_view = batch.input_ids.shape[1] > LONG_INPUT if long_view is None else long_view
     if long_view:  # never materialise (N, N): the focus rows exactly, the rest streamed
         _, cache = model.run_with_cache(batch, names=[f"blocks.*.attn.{n}" for n in ("q", "k", "v", "z")])
-        focus_rows = streamed_focus_rows(model, cache, view, focus_pieces)  # (L, H, W)
+        focus_rows = streamed_focus_rows(model, cache, view, focus_pieces, causal=causal)  # (L, H, W)
         weights = None
     else:
         _, cache = model.run_with_cache(batch)
@@ -124,12 +168,12 @@ def explain(
         flat = int(content_share.flatten().argmax())
         layer = flat // heads if layer is None else layer
         head = flat % heads if head is None else head
-    if not (0 <= layer < layers and 0 <= head < heads):
-        raise ValueError(f"layer must be in 0..{layers - 1} and head in 0..{heads - 1}; got {layer}, {head}")
 
+    special_tokens = list(dict.fromkeys(t for t, kind in zip(view.tokens, view.kinds) if kind == "special"))
     report = {
         "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
-                  "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None)},
+                  "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None),
+                  "causal": causal},
         "sentence": sentence,
         "long_view": long_view,
         "tokens": view.tokens,
@@ -137,9 +181,13 @@ def explain(
         "pieces": view.piece_tokens,
         "word_pieces": view.pieces,
         "focus": {"index": focus_word, "token": view.tokens[focus_word], "pieces": focus_pieces},
+        "special_tokens": special_tokens,  # distinct, in order: ["[CLS]", "[SEP]"] for BERT, [] for GPT-2
+        "set_aside": set_aside_phrase(special_tokens),  # what "parked" attention goes to, in words
     }
     report["initial_vectors"] = initial_vectors(model, batch, view)
-    report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view)
+    attn = model.blocks[layer].attn
+    report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view, scale=attn.scale,
+                                        causal=attn.causal)
     report["focus_attention"] = _round(focus_rows)  # (L, H, W)
     report["heads"] = head_summaries(focus_rows, parked, view, top)
     # Every head's (W, W) weights, for the heatmaps; long inputs have top-k views instead.
@@ -168,10 +216,11 @@ def explain(
         sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])
         roles = head_roles(weights, view.special_mask, view.punctuation_mask, cls_index=0, sep_mask=sep_mask)
     else:
-        roles = streamed_head_roles(model, cache, view)
+        roles = streamed_head_roles(model, cache, view, causal=causal)
+    roles = _roles_for_model(roles, view, causal)
     report["head_roles"] = {name: _round(value) for name, value in roles.items()}  # each (L, H)
     if long_view:
-        report["streamed"] = streamed_summaries(model, cache, view, top)
+        report["streamed"] = streamed_summaries(model, cache, view, top, causal=causal)
 
     word = view.tokens[focus_word].lower()
     senses = senses if senses is not None else DEFAULT_SENSES.get(word)
@@ -191,7 +240,7 @@ def explain(
     return report
 
 
-def initial_vectors(model, batch, view: WordView) -> dict:
+def initial_vectors(model: TransformerStack, batch: Batch, view: WordView) -> dict:
     """Token embedding + position embedding of each word (mean of its pieces), before LayerNorm."""
     ids = batch.input_ids.to(model.device)
     positions = torch.arange(ids.shape[1], device=ids.device)
@@ -200,16 +249,25 @@ def initial_vectors(model, batch, view: WordView) -> dict:
     return {"norm": _round(words.norm(dim=-1)), "first_dims": _round(words[:, :8], 4)}
 
 
-def walkthrough(cache, layer: int, head: int, query_piece: int, view: WordView) -> dict:
-    """Query, keys, scores, weights and output of one head for the focus's first piece."""
+def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int, view: WordView, *,
+                scale: float | None = None, causal: bool = False) -> dict:
+    """Query, keys, scores, weights and output of one head for the focus's first piece.
+
+    ``scale`` multiplies q·k (None: 1/sqrt(Dh)), as the layer's own. With ``causal`` the
+    query sees only the pieces up to itself, so only those K = query_piece + 1 keys are
+    listed; otherwise all N. Returns lists: query (Dh,), keys and values (K, Dh), dot,
+    scores and weights (K,), output (Dh,).
+    """
     prefix = f"blocks.{layer}.attn."
     q = cache[prefix + "q"][0, head, query_piece]  # (Dh,)
     k = cache[prefix + "k"][0]  # (Hkv, N, Dh)
     v = cache[prefix + "v"][0]
     group = cache[prefix + "q"].shape[1] // k.shape[0]
     k, v = k[head // group], v[head // group]  # (N, Dh)
-    dots = k @ q  # (N,)
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    if causal:  # later keys are hidden from this query
+        k, v = k[:query_piece + 1], v[:query_piece + 1]  # (K, Dh)
+    dots = k @ q  # (K,)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = dots * scale
     weights = torch.softmax(scores, dim=-1)
     output = weights @ v  # (Dh,)
@@ -219,6 +277,7 @@ def walkthrough(cache, layer: int, head: int, query_piece: int, view: WordView) 
         "head": head,
         "query_piece": query_piece,
         "scale": scale,
+        "causal": causal,
         "query": _round(q, 4),
         "keys": _round(k, 4),
         "values": _round(v, 4),
@@ -251,20 +310,27 @@ def head_summaries(focus_rows: torch.Tensor, parked: torch.Tensor, view: WordVie
 
 
 
-def _layer_qk(model, cache, layer: int):
+def _layer_qk(model: TransformerStack, cache: ActivationCache, layer: int):
     """Queries (1, H, N, Dh), keys (1, Hkv, N, Dh) and the scale of one layer."""
     attn = model.blocks[layer].attn
     q, k = cache[f"blocks.{layer}.attn.q"], cache[f"blocks.{layer}.attn.k"]
     return q, k, attn.scale
 
 
-def streamed_focus_rows(model, cache, view: WordView, focus_pieces: list[int]) -> torch.Tensor:
+def streamed_focus_rows(model: TransformerStack, cache: ActivationCache, view: WordView, focus_pieces: list[int],
+                        *, causal: bool = False) -> torch.Tensor:
     """The focus word's attention rows (L, H, W), exactly, from its own queries only."""
     summing = (view.pooling() > 0).to(torch.float32)  # (W, N)
+    # A causal piece p sees keys 0..p (an explicit mask: qkv's causal=True would align these
+    # P queries with the last P keys).
+    mask = None
+    if causal:
+        mask = torch.arange(len(view.piece_tokens))[None, :] <= torch.tensor(focus_pieces)[:, None]  # (P, N)
     rows = []
     for layer in range(len(model.blocks)):
         q, k, scale = _layer_qk(model, cache, layer)
-        piece_rows = attention_weights(q[:, :, focus_pieces], k, scale=scale)[0]  # (H, P, N)
+        piece_rows = attention_weights(q[:, :, focus_pieces], k, scale=scale,
+                                       mask=None if mask is None else mask.to(q.device))[0]  # (H, P, N)
         rows.append(piece_rows.mean(dim=1).float() @ summing.t())  # (H, W)
     return torch.stack(rows)
 
@@ -280,11 +346,13 @@ def _diagonal_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, shift
     return torch.exp(scores - lse[:, :, queries])
 
 
-def streamed_head_roles(model, cache, view: WordView) -> dict[str, torch.Tensor]:
+def streamed_head_roles(model: TransformerStack, cache: ActivationCache, view: WordView, *,
+                        causal: bool = False) -> dict[str, torch.Tensor]:
     """Clark et al.'s head roles at the piece level, in O(N) memory from the LSE.
 
-    previous, self, next: exp(q_i . k_j * scale - lse_i) for j = i - 1, i, i + 1;
-    [CLS], [SEP] and punctuation: the weight on those positions (``focus`` of attention_stats).
+    previous, self, next: exp(q_i . k_j * scale - lse_i) for j = i - 1, i, i + 1 (next is 0
+    when ``causal``); [CLS] (position 0), [SEP] and punctuation: the weight on those
+    positions (``focus`` of attention_stats). Each (L, H).
     """
     kinds = [view.kinds[w] for w, pieces in enumerate(view.pieces) for _ in pieces]
     tokens = view.piece_tokens
@@ -296,7 +364,7 @@ def streamed_head_roles(model, cache, view: WordView) -> dict[str, torch.Tensor]
                                                             "punctuation", "special")}
     for layer in range(len(model.blocks)):
         q, k, scale = _layer_qk(model, cache, layer)
-        stats = attention_stats(q, k, scale=scale, topk=1, focus=focus)
+        stats = attention_stats(q, k, scale=scale, topk=1, focus=focus, causal=causal)
         weight_on = stats.focus_weight[0]  # (H, N, F)
         offset = 1
         roles["cls"].append(weight_on[..., 0].mean(-1))
@@ -305,17 +373,19 @@ def streamed_head_roles(model, cache, view: WordView) -> dict[str, torch.Tensor]
             roles[name].append(part.mean(-1))
             offset += len(positions)
         for name, shift in (("previous", -1), ("self", 0), ("next", 1)):
-            roles[name].append(_diagonal_weights(q, k, stats.lse, shift, scale)[0].mean(-1))  # (H,)
+            weights = _diagonal_weights(q, k, stats.lse, shift, scale)[0]  # (H, N - |shift|)
+            roles[name].append(weights.new_zeros(weights.shape[0]) if causal and shift > 0 else weights.mean(-1))
     return {name: torch.stack(values) for name, values in roles.items()}  # each (L, H)
 
 
-def streamed_summaries(model, cache, view: WordView, top: int) -> dict:
+def streamed_summaries(model: TransformerStack, cache: ActivationCache, view: WordView, top: int, *,
+                       causal: bool = False) -> dict:
     """Per layer: the words that receive the most attention, and how spread out attention is."""
     word_of_piece = [w for w, pieces in enumerate(view.pieces) for _ in pieces]
     layers = []
     for layer in range(len(model.blocks)):
         q, k, scale = _layer_qk(model, cache, layer)
-        stats = attention_stats(q, k, scale=scale, topk=top)
+        stats = attention_stats(q, k, scale=scale, topk=top, causal=causal)
         received = stats.received[0].mean(dim=0)  # (N,) mean over heads
         best = received.argsort(descending=True)[:top].tolist()
         layers.append({

@@ -19,15 +19,20 @@ against the exact model on the same input:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-__all__ = ["Variant", "DEFAULT_VARIANTS", "DEFAULT_TEXT", "fidelity", "plot_fidelity", "subsample"]
+if TYPE_CHECKING:
+    from qkv.models.tokenizer import Tokenizer
+    from qkv.nn.stack import TransformerStack
+
+__all__ = ["Variant", "DEFAULT_VARIANTS", "DEFAULT_TEXT", "fidelity", "plot_fidelity", "subsample", "variant_problem"]
 
 # Our own prose, long enough (about 400 word pieces) for windows and landmarks to matter.
 DEFAULT_TEXT = (
@@ -102,7 +107,7 @@ def subsample(dataset: list, max_per_word: int | None, seed: int = 0) -> list:
 
 
 @contextmanager
-def attention_set_to(model, variant: Variant | None):
+def attention_set_to(model: TransformerStack, variant: Variant | None) -> Iterator[None]:
     """Run every layer with ``variant`` (None: the exact default) and restore afterwards."""
     saved = model.attention_backends()
     try:
@@ -112,6 +117,16 @@ def attention_set_to(model, variant: Variant | None):
     finally:
         for block, (backend, options) in zip(model.blocks, saved):
             block.attn.set_backend(backend, **options)
+
+
+def variant_problem(model: TransformerStack, variant: Variant) -> str | None:
+    """Why ``model`` cannot run ``variant`` (e.g. Nystrom, which is not causal, in GPT-2), or None."""
+    try:
+        with attention_set_to(model, variant):
+            pass
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def _final_and_sentence(model, batch) -> tuple[Tensor, Tensor]:
@@ -148,8 +163,8 @@ def _wsd_f1(model, tokenizer, dataset: list, batch_size: int) -> float:
 
 
 def fidelity(
-    model,
-    tokenizer,
+    model: TransformerStack,
+    tokenizer: Tokenizer,
     text: str = DEFAULT_TEXT,
     variants: tuple[Variant, ...] | list[Variant] = DEFAULT_VARIANTS,
     dataset: list | None = None,
@@ -160,7 +175,8 @@ def fidelity(
     """Measure each variant against the exact model (see the module docstring).
 
     Args:
-        model: a qkv encoder (e.g. from ``qkv.load("minilm")``).
+        model: a qkv model (e.g. from ``qkv.load("minilm")``); leave out the variants it cannot
+            run (:func:`variant_problem`), such as non-causal methods in GPT-2.
         tokenizer: its tokenizer; ``text`` is truncated to the model's maximum length.
         variants: the backends and options to try.
         dataset: CoarseWSD-20 words (:func:`qkv.inspect.wsd.read_dataset`, maybe

@@ -9,12 +9,17 @@ attention mixes in its context (Ethayarajh, 2019; Loureiro et al., 2021).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.inspect.words import word_view
+
+if TYPE_CHECKING:
+    from qkv.models.tokenizer import Tokenizer
+    from qkv.nn.stack import TransformerStack
 
 __all__ = ["DEFAULT_SENSES", "DEFAULT_CONTRAST", "parse_senses", "word_vectors_by_layer", "SenseTrajectory",
            "sense_trajectory"]
@@ -62,7 +67,7 @@ def parse_senses(text: str) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def word_vectors_by_layer(model, tokenizer, sentences: list[str], word: str) -> Tensor:
+def word_vectors_by_layer(model: TransformerStack, tokenizer: Tokenizer, sentences: list[str], word: str) -> Tensor:
     """The vector of ``word`` (mean of its pieces) in each sentence at every layer.
 
     Returns:
@@ -94,7 +99,8 @@ class SenseTrajectory:
 
 
 def sense_trajectory(
-    model, tokenizer, sentence: str, word: str, senses: dict[str, list[str]], contrast: str | None = None
+    model: TransformerStack, tokenizer: Tokenizer, sentence: str, word: str, senses: dict[str, list[str]],
+    contrast: str | None = None,
 ) -> SenseTrajectory:
     """Cosine of ``word``'s vector in ``sentence`` to per-sense prototypes at every layer."""
     focus = word_vectors_by_layer(model, tokenizer, [sentence], word)[0]  # (L+1, d)

@@ -17,6 +17,8 @@ from qkv.models.tokenizer import Batch
 
 __all__ = ["WordView", "word_view"]
 
+_VISIBLE_SPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "↵"})
+
 
 def is_punctuation(text: str) -> bool:
     """True for a token made only of punctuation or symbols ("." "," "'s" is not)."""
@@ -27,8 +29,8 @@ def is_punctuation(text: str) -> bool:
 class WordView:
     """How the pieces of one tokenised text group into displayed tokens."""
 
-    tokens: list[str]  # W display tokens: words in the text's own spelling, [CLS], [SEP], "."
-    kinds: list[str]  # W kinds: "special", "punctuation" or "word"
+    tokens: list[str]  # W display tokens: words in the text's own spelling (no leading space), [CLS], [SEP], "."
+    kinds: list[str]  # W kinds: "special", "punctuation" (also runs of spaces) or "word"
     pieces: list[list[int]]  # W lists of piece positions
     piece_tokens: list[str]  # N pieces as the tokenizer wrote them
 
@@ -66,11 +68,15 @@ class WordView:
         return self.pooling(vectors.dtype).to(vectors.device) @ vectors
 
     def index_of(self, word: str) -> int:
-        """Position of the first display token equal to ``word`` (case-insensitive)."""
+        """Position of the first display token equal to ``word`` (case-insensitive; surrounding
+        spaces ignored, so GPT-2's " bank" finds "bank")."""
+        wanted = word.strip().lower()
         for i, token in enumerate(self.tokens):
-            if token.lower() == word.lower() and self.kinds[i] == "word":
+            if token.lower() == wanted and self.kinds[i] == "word":
                 return i
         words = [t for t, k in zip(self.tokens, self.kinds) if k == "word"]
+        if not words:
+            raise ValueError(f"the sentence has no words to follow (only {self.tokens}); give a sentence with words")
         raise ValueError(f"focus word {word!r} is not in the sentence; its words are {words}")
 
 
@@ -99,13 +105,18 @@ def word_view(batch: Batch, row: int = 0) -> WordView:
             kinds.append("word")
             pieces.append([position])
             current_word = word_id
-    # Spell each word as it is in the text (offsets span from its first to its last piece).
+    # Spell each word as it is in the text (offsets span from its first to its last piece),
+    # without the space before it that byte-level BPE (GPT-2) keeps inside the word's first piece.
     for w, positions in enumerate(pieces):
         if kinds[w] == "special":
             continue
         start, end = offsets[positions[0]][0], offsets[positions[-1]][1]
-        if end > start:
-            tokens[w] = text[start:end]
+        spelled = text[start:end]
+        if spelled.strip():
+            tokens[w] = spelled.strip()
+        elif spelled:  # a run of spaces or line breaks, a token of its own in GPT-2: shown, set aside
+            tokens[w] = spelled.translate(_VISIBLE_SPACE)
+            kinds[w] = "punctuation"
         if is_punctuation(tokens[w]):
             kinds[w] = "punctuation"
     piece_tokens = [batch.tokens[row][i] for i in real_positions]

@@ -17,10 +17,17 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from qkv.models.tokenizer import Tokenizer
+    from qkv.nn.stack import TransformerStack
 
 __all__ = [
     "WsdExample", "WsdWord", "read_word", "read_dataset", "word_piece_vectors", "target_vectors",
@@ -87,8 +94,8 @@ def read_dataset(root: str | Path, words: list[str] | None = None) -> list[WsdWo
 
 @torch.no_grad()
 def word_piece_vectors(
-    model,
-    tokenizer,
+    model: TransformerStack,
+    tokenizer: Tokenizer,
     sentences: list[list[str]],
     positions: list[list[int]] | None = None,
     batch_size: int = 32,
@@ -147,7 +154,7 @@ def _pieces_of_words(words: list[str], offsets: list[tuple[int, int]], special: 
     return pieces
 
 
-def target_vectors(model, tokenizer, examples: list[WsdExample], batch_size: int = 32,
+def target_vectors(model: TransformerStack, tokenizer: Tokenizer, examples: list[WsdExample], batch_size: int = 32,
                    on_batch: Callable[[int], None] | None = None) -> Tensor:
     """The ambiguous word's vector in each example at every layer: (n, L + 1, d_model)."""
     vectors = word_piece_vectors(model, tokenizer, [e.tokens for e in examples], [[e.target] for e in examples],
@@ -226,8 +233,8 @@ def average_scores(per_word: dict[str, dict[str, dict[str, float]]]) -> dict[str
     }
 
 
-def run_wsd(model, tokenizer, dataset: list[WsdWord], method: str = "1nn", batch_size: int = 32,
-            progress=None, seed: int = 0) -> dict:
+def run_wsd(model: TransformerStack, tokenizer: Tokenizer, dataset: list[WsdWord], method: str = "1nn",
+            batch_size: int = 32, progress: Progress | None = None, seed: int = 0) -> dict:
     """Disambiguate every word of ``dataset`` at every layer.
 
     Args:

@@ -65,15 +65,18 @@ def save_figures(report: dict, out: str | Path) -> list[Path]:
         if senses["contrast_cosine"] is not None:
             axis.plot(xs, senses["contrast_cosine"], marker="s", linestyle="--", color="gray",
                       label="same word, contrast sentence")
-        axis.set_xlabel("layer (0 = embeddings, before attention)")
+        # Hidden state i is the output of layer i - 1 (layers numbered from 0, as in the other figures).
+        axis.set_xticks(list(xs), ["emb", *(str(i) for i in range(len(xs) - 1))])
+        axis.set_xlabel("after layer (emb = embeddings, before any attention)")
         axis.set_ylabel("cosine similarity")
         axis.set_title(f"'{focus['token']}' moving toward its sense, layer by layer", fontsize=10)
         axis.legend(fontsize=8)
         save(figure, "sense_trajectory.png")
 
     roles = report["head_roles"]
-    names = [n for n in ("previous", "next", "self", "cls", "sep", "punctuation") if n in roles]
-    figure, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.8), sharey=True)
+    names = [n for n in ("previous", "next", "self", "cls", "first", "sep", "punctuation") if n in roles]
+    figure, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.8), sharey=True, squeeze=False)
+    axes = axes[0]
     for axis, name in zip(axes, names):
         axis.imshow(roles[name], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
         axis.set_title(name, fontsize=9)

@@ -87,6 +87,9 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
            "img-src data:; base-uri 'none'; form-action 'none'")
     back = (f'<p class="back"><a id="back" href="{html.escape(back_href, quote=True)}">← explain another '
             f"sentence</a></p>" if back_href is not None else "")
+    causal = ('<p id="causal-note" class="help">A causal model (GPT-2 family): every word attends only to itself '
+              "and the words before it, so later words get no attention and cannot change its vector.</p>"
+              if model.get("causal") else "")
     values = {
         "CSP": html.escape(csp, quote=True),
         "TITLE": html.escape(f"qkv · {focus} · {sentence}", quote=True),
@@ -94,6 +97,8 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
         "SENTENCE": html.escape(sentence, quote=True),
         "FOCUS": html.escape(focus, quote=True),
         "SUMMARY": html.escape(summary, quote=True),
+        "SETASIDE": html.escape(report.get("set_aside", _SET_ASIDE), quote=True),
+        "CAUSAL": causal,
         "STYLE": _STYLE,
         "SCRIPT": _SCRIPT,
         "DATA": json_for_script(report),
@@ -101,7 +106,8 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _PAGE)
 
 
-_PLACEHOLDER = re.compile(r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|STYLE|SCRIPT|DATA)%")
+_PLACEHOLDER = re.compile(r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|SETASIDE|CAUSAL|STYLE|SCRIPT|DATA)%")
+_SET_ASIDE = "[CLS], [SEP] and punctuation"  # reports without "set_aside" come from BERT models
 
 # The page; its %NAME% placeholders are filled in one pass, so text from the report is
 # never scanned for placeholders.
@@ -123,6 +129,7 @@ _PAGE = """<!DOCTYPE html>
 <p id="sentence" class="sentence">%SENTENCE%</p>
 <p class="sub">Following the word <strong id="focus-word">%FOCUS%</strong> ·
 <span id="model-summary">%SUMMARY%</span></p>
+%CAUSAL%
 <noscript><p class="warn">This page draws its views with JavaScript; turn it on to see them.</p></noscript>
 </header>
 
@@ -152,8 +159,8 @@ the selected head. Click a word to keep it selected. Without a pointer, the focu
 
 <section id="walkthrough-section">
 <h2>3 · One head, step by step</h2>
-<p class="help">The focus word's query is compared with every key (dot product), the products are scaled by
-1/√d, softmax turns them into weights that sum to 1, and the output is the weighted average of the values.
+<p class="help">The focus word's query is compared with every key it can see (dot product), the products are
+scaled by 1/√d, softmax turns them into weights that sum to 1, and the output is the weighted average of the values.
 Rows are word pieces, as the model sees them.</p>
 <p id="walkthrough-info"></p>
 <button type="button" id="walkthrough-select">Show this head above</button>
@@ -163,21 +170,22 @@ Rows are word pieces, as the model sees them.</p>
 
 <section id="focus-section">
 <h2>4 · Where the focus word looks, layer by layer</h2>
-<p class="help">Much attention goes to [CLS], [SEP] and punctuation, which often act as a place to park
+<p class="help">Much attention goes to %SETASIDE%, which often act as a place to park
 attention (Clark et al., 2019). The first table shows all tokens with the share those receive; the second
 leaves them out and renormalises what is left.</p>
 <label>Rows show <select id="focus-mode"><option value="mean">the mean over the heads of each layer</option>
 <option value="head">the selected head number in each layer</option></select></label>
 <h3>All tokens</h3>
 <div class="scroll"><table id="focus-table" class="data"></table></div>
-<h3>Without [CLS], [SEP] and punctuation</h3>
+<h3>Without %SETASIDE%</h3>
 <div class="scroll"><table id="focus-content-table" class="data"></table></div>
 </section>
 
 <section id="senses-section">
 <h2>5 · Which sense, layer by layer</h2>
 <p class="help">Cosine similarity between the focus word's vector at each layer and the mean vector of the word in
-example sentences of each sense (layer 0 = embeddings). Context should pull one sense ahead.</p>
+example sentences of each sense: from the embeddings (emb, before any attention), then after each layer, numbered
+as in the layer menu. Context should pull one sense ahead.</p>
 <div id="senses-box"></div>
 </section>
 
@@ -197,8 +205,8 @@ Attention weights show where a head looks, not whether it matters. Click a cell 
 <div><h3>Importance (ablation)</h3><div class="scroll"><table id="ablation-grid" class="grid"></table></div></div>
 <div><h3>Roles <select id="role-select" aria-label="role"></select></h3>
 <div class="scroll"><table id="roles-grid" class="grid"></table></div>
-<p class="help small">Mean attention each head pays to the previous or next word, itself, [CLS], [SEP],
-punctuation or all special tokens, over all words of the sentence.</p></div>
+<p class="help small">Mean attention each head pays to the previous or next word, itself, [CLS] (or the first
+word, in a model without it), [SEP], punctuation or all special tokens, over all words of the sentence.</p></div>
 </div>
 </section>
 
@@ -344,6 +352,9 @@ _SCRIPT = r"""
   function shortLabel(i) { const t = tokenLabel(i); return t.length > 14 ? t.slice(0, 13) + "…" : t; }
   function maxOf(list) { let m = 0; for (const v of list) if (v !== null && v > m) m = v; return m; }
   function parked(i) { return R.kinds[i] === "special" || R.kinds[i] === "punctuation"; }
+  const SET_ASIDE = R.set_aside || "[CLS], [SEP] and punctuation";
+  const SET_ASIDE_SHORT = (R.special_tokens || ["[CLS]", "[SEP]"]).concat(["punct."]).join("/");
+  function afterLayer(i) { return i === 0 ? "emb" : String(i - 1); }  // hidden state i: after layer i - 1
 
   // ---- controls ----
   const layerSelect = document.getElementById("layer-select");
@@ -469,8 +480,8 @@ _SCRIPT = r"""
     }
     if (s) {
       item("looks most at", pairs(s.top));
-      item("among content (without [CLS], [SEP], punctuation)", pairs(s.top_content));
-      item("share to [CLS], [SEP] and punctuation", pct(s.parked_share));
+      item("among content (without " + SET_ASIDE + ")", pairs(s.top_content));
+      item("share to " + SET_ASIDE, pct(s.parked_share));
       item("entropy (nats; 0 = one word, ln W = uniform)", fmt(s.entropy, 2) + " of " + fmt(Math.log(W), 2));
     }
     item("importance (ablation)", fmt(R.ablation[state.layer][state.head], 4));
@@ -484,7 +495,8 @@ _SCRIPT = r"""
     const pieces = R.pieces || [];
     document.getElementById("walkthrough-info").textContent = "Layer " + wt.layer + ", head " + wt.head +
       ": the query of piece “" + visible(pieces[wt.query_piece]) + "” (position " + wt.query_piece +
-      "), head dimension d = " + wt.query.length + ", scale 1/√d = " + fmt(wt.scale, 4) + ".";
+      "), head dimension d = " + wt.query.length + ", scale 1/√d = " + fmt(wt.scale, 4) + "." +
+      (wt.causal ? " The model is causal: the query sees only the " + N + " pieces up to itself." : "");
     document.getElementById("walkthrough-select").addEventListener("click", function () {
       select(wt.layer, wt.head);
       document.getElementById("heatmap-section").scrollIntoView();
@@ -532,7 +544,7 @@ _SCRIPT = r"""
     const label = state.focusMode === "head" ? "head " + state.head : "mean of heads";
     const head1 = [th(label, "text")], head2 = [th(label, "text")];
     for (let j = 0; j < W; j++) head1.push(th(tokenLabel(j)));
-    head1.push(th("to [CLS]/[SEP]/punct."));
+    head1.push(th("to " + SET_ASIDE_SHORT));
     for (const j of kept) head2.push(th(tokenLabel(j)));
     all.appendChild(row(head1)); content.appendChild(row(head2));
     for (let l = 0; l < L; l++) {
@@ -585,10 +597,10 @@ _SCRIPT = r"""
     }
     for (let i = 0; i < n; i++) {
       plot.appendChild(svg("text", { x: x(i), y: Hp - bottom + 16, "text-anchor": "middle", "font-size": 11,
-                                     fill: "#5b6475" }, i === 0 ? "emb" : i));
+                                     fill: "#5b6475" }, afterLayer(i)));
     }
     plot.appendChild(svg("text", { x: (left + Wp - right) / 2, y: Hp - 4, "text-anchor": "middle", "font-size": 12,
-                                   fill: "#5b6475" }, "layer"));
+                                   fill: "#5b6475" }, "after layer"));
     const mid = top + (Hp - top - bottom) / 2;
     plot.appendChild(svg("text", { x: 12, y: mid, "text-anchor": "middle", "font-size": 12, fill: "#5b6475",
                                    transform: "rotate(-90 12 " + mid + ")" }, "cosine"));
@@ -604,7 +616,8 @@ _SCRIPT = r"""
       s.values.forEach(function (v, i) {
         if (v === null) return;
         const dot = svg("circle", { cx: x(i), cy: y(v), r: 3.5, fill: colour });
-        dot.appendChild(svg("title", null, visible(s.name) + ", layer " + i + ": " + fmt(v, 3)));
+        const where = i === 0 ? "embeddings" : "after layer " + (i - 1);
+        dot.appendChild(svg("title", null, visible(s.name) + ", " + where + ": " + fmt(v, 3)));
         plot.appendChild(dot);
       });
       const item = el("span");
@@ -616,7 +629,7 @@ _SCRIPT = r"""
     box.appendChild(plot);
     if (S.predicted) {
       box.appendChild(el("p", { class: "caption" }, "Nearest sense by layer: " + S.predicted.map(function (p, i) {
-        return (i === 0 ? "emb" : i) + " " + visible(p); }).join(" · ")));
+        return afterLayer(i) + " " + visible(p); }).join(" · ")));
     }
     if (S.contrast_sentence) {
       box.appendChild(el("p", { class: "caption" }, "Contrast sentence: “" + visible(S.contrast_sentence) + "”"));
@@ -639,7 +652,7 @@ _SCRIPT = r"""
     const last = R.last_layer;
     if (last) {
       document.getElementById("last-layer").textContent = "Last layer, mean of heads: " + pct(last.parked_share) +
-        " of the focus word's attention goes to [CLS], [SEP] and punctuation; among the rest it looks most at " +
+        " of the focus word's attention goes to " + SET_ASIDE + "; among the rest it looks most at " +
         (last.top_content || []).map(function (t) {
           return "“" + visible(t.token) + "” " + fmt(t.weight, 2);
         }).join(", ") + ".";

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from qkv.inspect.explain import DEFAULT_FOCUS, DEFAULT_SENTENCE, explain
 from qkv.viz.html import render_html, show_controls
 
-__all__ = ["make_server", "serve", "ExplainServer", "InputError"]
+__all__ = ["make_server", "serve", "serve_until_interrupted", "ExplainServer", "InputError"]
 
 # Far above any real sentence; keeps a pathological query from being tokenised at all.
 MAX_CHARS = 100_000
@@ -67,7 +67,7 @@ def check_input(tokenizer, model, sentence: str, focus: str) -> None:
         if count > limit:
             raise InputError(
                 f"The sentence is too long for this model: it has {count} tokens "
-                f"(with [CLS] and [SEP]) and the model reads at most {limit}. Shorten it and try again."
+                f"(special tokens included) and the model reads at most {limit}. Shorten it and try again."
             )
 
 
@@ -220,17 +220,25 @@ def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, *,
         quiet: do not log each request to stderr.
 
     Stop it with ``server.shutdown()`` (from another thread) and ``server.server_close()``.
+
+    Raises:
+        OSError: the address cannot be bound, e.g. errno EADDRINUSE when the port is taken.
     """
     return ExplainServer((host, port), model, tokenizer, quiet=quiet)
 
 
 def serve(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False) -> None:
-    """Serve the explain app until Ctrl-C."""
-    server = make_server(model, tokenizer, host, port)
+    """Serve the explain app until Ctrl-C; OSError if the address cannot be bound (see :func:`make_server`)."""
+    serve_until_interrupted(make_server(model, tokenizer, host, port), open_browser)
+
+
+def serve_until_interrupted(server: ExplainServer, open_browser: bool = False) -> None:
+    """Serve the bound ``server`` until Ctrl-C, then close it."""
+    host = server.server_address[0]
     try:
         if host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: listening on {host}: other machines can reach this server", file=sys.stderr)
-        print(f"qkv explain: serving on {server.url} (Ctrl-C stops)", file=sys.stderr)
+        print(f"qkv serve: serving on {server.url} (Ctrl-C stops)", file=sys.stderr)
         if open_browser:
             webbrowser.open(server.url)
         server.serve_forever()

@@ -29,17 +29,34 @@ def fmt_vector(values: list[float], shown: int = 6) -> str:
     return f"[{body}{', …' if len(values) > shown else ''}]"
 
 
+def _set_aside(report: dict) -> str:
+    """What the report sets aside as parking places: "[CLS], [SEP] and punctuation" for BERT,
+    "punctuation" for GPT-2 (older reports lack the field and were BERT's)."""
+    return report.get("set_aside", "[CLS], [SEP] and punctuation")
+
+
+def _set_aside_short(report: dict) -> str:
+    """The same, short enough for a column header: "[CLS]/[SEP]/punct." or "punct."."""
+    return "/".join([*report.get("special_tokens", ["[CLS]", "[SEP]"]), "punct."])
+
+
+def _causal(report: dict) -> bool:
+    return bool(report["model"].get("causal", False))
+
+
 def print_report(report: dict, console: Console | None = None) -> None:
     """Print every section of an :func:`qkv.inspect.explain` report."""
     console = console or Console(width=100)
     tokens, focus = report["tokens"], report["focus"]
     model = report["model"]
+    causal = (f"\ncausal model: '{focus['token']}', like every token, attends only to itself and the tokens "
+              f"before it" if _causal(report) else "")
     console.print(Panel(
-        f"[bold]{Text(report['sentence']).plain}[/bold]\nfocus: [bold cyan]{focus['token']}[/] "
-        f"(token {focus['index']}) · model: {model['layers']} layers x {model['heads']} heads, "
-        f"d_model {model['d_model']}, head dim {model['head_dim']}",
+        Text.assemble((report["sentence"], "bold"), "\nfocus: ", (focus["token"], "bold cyan"),
+                      f" (token {focus['index']}) · model: {model['layers']} layers x {model['heads']} heads, "
+                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}"),
         title="qkv explain", expand=False,
-    ), markup=True)
+    ))
     _tokens(report, console)
     _walkthrough(report, console)
     _layers(report, console)
@@ -47,11 +64,16 @@ def print_report(report: dict, console: Console | None = None) -> None:
     _rollout(report, console)
     _heads(report, console)
     last = report["last_layer"]
-    top = ", ".join(f"'{t['token']}' ({t['weight']:.3f})" for t in last["top_content"])
-    console.print(Panel(
+    top = ", ".join(f"'{t['token']}' ({t['weight']:.3f})" for t in last["top_content"]) or "none"
+    if _causal(report):
+        others, parking = ("earlier words (the only ones it can see)",
+                           "causal models tend to park attention on the first token instead: F in the head roles")
+    else:
+        others, parking = "other words", "models park attention there"
+    console.print(Panel(Text(
         f"In the last layer, averaged over heads, '{focus['token']}' gives {last['parked_share']:.0%} of its "
-        f"attention to [CLS], [SEP] and punctuation (models park attention there); among the other "
-        f"words it attends most to {top}.", title="in short", expand=False,
+        f"attention to {_set_aside(report)} ({parking}); among the {others} it attends most to {top}."),
+        title="in short", expand=False,
     ))
     del tokens
 
@@ -85,6 +107,9 @@ def _walkthrough(report: dict, console: Console) -> None:
     console.print(Text(
         f"\n2. One head step by step: layer {w['layer']}, head {w['head']} (query of '{piece}')", style="bold"
     ))
+    if w.get("causal"):
+        console.print(f"   causal: the query sees only the {len(w['keys'])} pieces up to itself; later ones are "
+                      f"hidden (weight 0)")
     console.print(f"   query q = {fmt_vector(w['query'])}  ({len(w['query'])} numbers)")
     table = Table(show_edge=False)
     for column in ("key of", "k (first dims)", "q·k", f"× {w['scale']:.3f}", "softmax", ""):
@@ -107,13 +132,15 @@ def _layers(report: dict, console: Console) -> None:
     tokens, focus, kinds = report["tokens"], report["focus"]["index"], report["kinds"]
     console.print(Text(f"\n3. Where '{tokens[focus]}' looks, every layer (mean over heads; darker = more)",
                        style="bold"))
+    if _causal(report):
+        console.print("   causal: it can only look at itself and the words before it; later columns stay empty")
     if len(tokens) <= 16:
         console.print("   columns: " + "  ".join(f"{i}={t}" for i, t in enumerate(tokens)))
     table = Table(show_edge=False)
     table.add_column("layer")
     for i in range(len(tokens)):
         table.add_column(str(i), justify="center")
-    table.add_column("to [CLS]/[SEP]/punct.", justify="right")
+    table.add_column(f"to {_set_aside_short(report)}", justify="right")
     per_head = {(h["layer"], h["head"]): h for h in report["heads"]}
     best_words = []
     for layer, by_head in enumerate(report["focus_attention"]):
@@ -133,8 +160,8 @@ def _layers(report: dict, console: Console) -> None:
         )
     if len(tokens) <= 16:
         console.print(table)
-    console.print("   most attended words once [CLS], [SEP] and punctuation are set aside (the sharpest head's\n"
-                  "   share is of its attention left after setting them aside):")
+    console.print(Text(f"   most attended words, leaving out {_set_aside(report)} (the sharpest head's share\n"
+                       "   is of its attention left for the other words):"))
     for line in best_words:
         console.print(Text(line))
 
@@ -149,8 +176,13 @@ def _senses(report: dict, console: Console) -> None:
     names = senses["names"]
     console.print(Text(f"\n4. Context changing meaning: '{word}' against sense prototypes, layer by layer",
                        style="bold"))
+    console.print("   rows: the word's vector from the embeddings (emb, before any attention), then after each "
+                  "layer,\n   numbered as in sections 2 and 3")
+    if _causal(report):
+        console.print(Text(f"   causal: the vector of '{word}' depends only on the words before it, here, in the "
+                           f"examples and in\n   the contrast sentence; words after it cannot change it"))
     table = Table(show_edge=False)
-    table.add_column("layer")
+    table.add_column("after layer")
     for name in names:
         table.add_column(f"cos to {name}")
     table.add_column("nearest")
@@ -159,15 +191,14 @@ def _senses(report: dict, console: Console) -> None:
         table.add_column("cos to the word in the contrast sentence")
     for layer, row in enumerate(senses["cosine"]):
         ranked = sorted(row, reverse=True)
-        cells = [str(layer), *[f"{c:.3f}" for c in row], senses["predicted"][layer],
+        cells = ["emb" if layer == 0 else str(layer - 1), *[f"{c:.3f}" for c in row], senses["predicted"][layer],
                  f"{ranked[0] - ranked[1]:+.3f} " + bar(ranked[0] - ranked[1], 12, 0.15)]
         if senses["contrast_cosine"] is not None:
             cells.append(f"{senses['contrast_cosine'][layer]:.3f}")
         table.add_row(*cells)
     console.print(table)
     if senses["contrast_sentence"]:
-        console.print(f"   contrast sentence: {Text(senses['contrast_sentence']).plain!r} · layer 0 is the "
-                      f"embedding, before any attention")
+        console.print(Text(f"   contrast sentence: {senses['contrast_sentence']!r}"))
 
 
 def _rollout(report: dict, console: Console) -> None:
@@ -209,10 +240,13 @@ def _heads(report: dict, console: Console) -> None:
                                     for v in row])
     console.print(table)
     roles = report["head_roles"]
-    letters = {"previous": "P", "next": "N", "self": "S", "cls": "C", "sep": "E", "punctuation": "."}
-    table = Table(title="head roles (Clark et al., 2019): the kind of token each head attends to most — P previous, "
-                        "N next, S itself, C [CLS], E [SEP], . punctuation; lower case below 50%",
-                  show_edge=False, title_justify="left")
+    legend = {"previous": ("P", "previous"), "next": ("N", "next"), "self": ("S", "itself"),
+              "cls": ("C", "[CLS]"), "first": ("F", "the first token"), "sep": ("E", "[SEP]"),
+              "punctuation": (".", "punctuation")}
+    letters = {name: letter for name, (letter, _) in legend.items() if name in roles}
+    described = ", ".join(f"{letter} {legend[name][1]}" for name, letter in letters.items())
+    table = Table(title=f"head roles (Clark et al., 2019): the kind of token each head attends to most — {described}; "
+                        "lower case below 50%", show_edge=False, title_justify="left")
     table.add_column("layer")
     heads = len(roles["previous"][0])
     for h in range(heads):
