@@ -32,6 +32,7 @@ from rich.table import Table
 from torch import Tensor
 
 import qkv
+from qkv.argtypes import positive_int
 
 __all__ = ["main", "tokenize", "walkthrough_numbers"]
 
@@ -618,17 +619,6 @@ def _train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (its errors read "argument --dim: must be ...")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
-    return value
-
-
 def _port(text: str) -> int:
     """An argparse type: a TCP port, 0 (any free port) to 65535."""
     try:
@@ -656,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("sentence", nargs="?", default=DEFAULT_SENTENCE,
                       help=f"the sentence (default: {DEFAULT_SENTENCE!r})")
     walk.add_argument("--focus", default="bank", help="the token whose attention to show")
-    walk.add_argument("--dim", type=_positive_int, default=4, help="vector size D (>= 1)")
+    walk.add_argument("--dim", type=positive_int, default=4, help="vector size D (>= 1)")
     walk.add_argument("--seed", type=int, default=0, help="random seed")
     walk.add_argument("--causal", action="store_true", help="hide tokens after the focus")
 
@@ -688,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsd.add_argument("--method", choices=["1nn", "probe"], default="1nn",
                      help="1nn: nearest sense centroid by cosine (default); probe: logistic regression")
     wsd.add_argument("--words", default=None, help="comma-separated subset of the words")
-    wsd.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per forward pass (default: 32)")
+    wsd.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default: 32)")
     wsd.add_argument("--json", default=None, metavar="PATH", help="write the scores as JSON")
     wsd.add_argument("--out", default=None, metavar="DIR", help="write a PNG of F1 against layer")
 
@@ -696,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "per layer (Ethayarajh, 2019)")
     context.add_argument("--data", required=True, help="folder with one CoarseWSD-20 folder per word")
     context.add_argument("--model", default="minilm", help=MODEL_HELP)
-    context.add_argument("--max-sentences", type=_positive_int, default=200, help="sentences sampled per word")
+    context.add_argument("--max-sentences", type=positive_int, default=200, help="sentences sampled per word")
     context.add_argument("--json", default=None, metavar="PATH", help="write the measures as JSON")
     context.add_argument("--out", default=None, metavar="DIR", help="write a PNG plot")
 
@@ -707,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--data", default=None, metavar="DIR", help="CoarseWSD-20 folder: adds word-sense "
                      "disambiguation F1 per variant")
     fid.add_argument("--words", default=None, help="comma-separated subset of the words (with --data)")
-    fid.add_argument("--max-per-word", type=_positive_int, default=100,
+    fid.add_argument("--max-per-word", type=positive_int, default=100,
                      help="train sentences sampled per word, half as many test (default: 100)")
     fid.add_argument("--backends", default=None,
                      help="comma-separated backends to try (default: sliding,linear,performer,nystrom,linformer)")
@@ -716,15 +706,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("train-demo", help="train a small transformer from scratch and watch attention find "
                                              "the word that decides another word's sense")
-    demo.add_argument("--steps", type=_positive_int, default=None,
+    demo.add_argument("--steps", type=positive_int, default=None,
                       help="optimiser steps of each run (default: 2000; 400 with --quick)")
     demo.add_argument("--seed", type=int, default=None, help="seeds the model, the data and the sampling (default: 0)")
     demo.add_argument("--quick", action="store_true", help="a short run (fewer steps and sentences; a few seconds)")
-    demo.add_argument("--d-model", dest="d_model", type=_positive_int, default=None, help="model width (default: 64)")
-    demo.add_argument("--heads", dest="num_heads", type=_positive_int, default=None,
+    demo.add_argument("--d-model", dest="d_model", type=positive_int, default=None, help="model width (default: 64)")
+    demo.add_argument("--heads", dest="num_heads", type=positive_int, default=None,
                       help="heads per layer (default: 4)")
-    demo.add_argument("--layers", dest="num_layers", type=_positive_int, default=None, help="layers (default: 2)")
-    demo.add_argument("--threads", type=_positive_int, default=None,
+    demo.add_argument("--layers", dest="num_layers", type=positive_int, default=None, help="layers (default: 2)")
+    demo.add_argument("--threads", type=positive_int, default=None,
                       help="torch threads (default: 1, or torch's own setting when OMP_NUM_THREADS is set)")
     demo.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     demo.add_argument("--out", default=None, metavar="DIR", help="write PNG figures (training curves, attention)")

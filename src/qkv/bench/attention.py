@@ -48,6 +48,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 import qkv
+from qkv.argtypes import positive_int
 from qkv.attention.masks import MaskSpec, normalize_window
 from qkv.bench.measure import (
     available_memory_bytes,
@@ -371,17 +372,6 @@ SECTIONS_HELP = """sections:
                .md, -time.png, -error.png
   all          exact, then lra
 """
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def sizes_arg(text: str) -> tuple[int, ...]:
