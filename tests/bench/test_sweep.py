@@ -182,21 +182,27 @@ class ShiftedClock:
         return time.perf_counter() + self.offset
 
 
+def sweep_with_clock_jumps(monkeypatch: pytest.MonkeyPatch, after: str, sizes: tuple[int, ...],
+                           variants: tuple[str, ...]) -> dict:
+    """A quick sweep of naive and tiled with a 100 s budget, the clock moved 1000 s on after
+    each call of ``sweep.<after>`` (a step that can take long)."""
+    clock, step = ShiftedClock(), getattr(sweep, after)
+
+    def step_then_jump(*args, **kwargs):
+        result = step(*args, **kwargs)
+        clock.offset += 1000.0
+        return result
+
+    monkeypatch.setattr(sweep, "time", clock)
+    monkeypatch.setattr(sweep, after, step_then_jump)
+    settings = SweepSettings(quick=True, memory=False, repeats=1, memory_budget=2**30, budget_s=100.0)
+    return sweep.run_sweep(sizes, variants, settings, ("naive", "qkv tiled"), console=Console(file=io.StringIO()))
+
+
 def test_a_sweep_stops_starting_points_once_its_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first point is measured; then the clock jumps past the budget and every later point
     (and contender) is a row skipped with the budget's reason, and the result is still whole."""
-    clock, measure_point = ShiftedClock(), sweep.measure_point
-
-    def measure_then_jump(*args, **kwargs):
-        rows = measure_point(*args, **kwargs)
-        clock.offset += 1000.0
-        return rows
-
-    monkeypatch.setattr(sweep, "time", clock)
-    monkeypatch.setattr(sweep, "measure_point", measure_then_jump)
-    settings = SweepSettings(quick=True, memory=False, repeats=1, memory_budget=2**30, budget_s=100.0)
-    result = sweep.run_sweep((32, 64), ("full", "causal"), settings, ("naive", "qkv tiled"), console=Console(
-        file=io.StringIO()))
+    result = sweep_with_clock_jumps(monkeypatch, "measure_point", (32, 64), ("full", "causal"))
     rows = {(r["backend"], r["mode"], r["variant"], r["n"]): r for r in result["rows"]}
     assert len(rows) == 16  # naive and tiled, forward and forward + backward, at 4 points
     for name in ("naive", "qkv tiled"):
@@ -216,17 +222,7 @@ def test_a_sweep_stops_starting_points_once_its_budget_is_spent(monkeypatch: pyt
 
 def test_a_point_builds_no_contender_once_the_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
     """A long build (a compile, an autotuning) spends the budget: the point's other contenders are skipped."""
-    clock, build = ShiftedClock(), sweep.build
-
-    def build_then_jump(*args, **kwargs):
-        setup = build(*args, **kwargs)
-        clock.offset += 1000.0
-        return setup
-
-    monkeypatch.setattr(sweep, "time", clock)
-    monkeypatch.setattr(sweep, "build", build_then_jump)
-    settings = SweepSettings(quick=True, memory=False, repeats=1, memory_budget=2**30, budget_s=100.0)
-    result = sweep.run_sweep((32,), ("full",), settings, ("naive", "qkv tiled"), console=Console(file=io.StringIO()))
+    result = sweep_with_clock_jumps(monkeypatch, "build", (32,), ("full",))
     measured = [(r["backend"], r["mode"]) for r in result["rows"] if not r["skipped"]]
     skipped = [r["skipped"] for r in result["rows"] if r["skipped"]]
     assert measured == [("naive", "fwd")]
