@@ -310,3 +310,15 @@ def test_zero_length_sequences():
     q, k, v = make_qkv(nq=3, nk=0)
     out, lse = qkv.attention(q, k, v, return_lse=True)
     assert (out == 0).all() and (lse == -math.inf).all()
+
+
+@pytest.mark.parametrize(("nq", "nk"), [(0, 5), (3, 0), (0, 0)])
+def test_zero_length_sequences_have_zero_gradients(nq: int, nk: int):
+    """As any call: backward works, and every gradient is zero (nothing was attended)."""
+    for backend in ("auto", "reference", "tiled"):
+        q, k, v = (t.requires_grad_(True) for t in make_qkv(nq=nq, nk=nk, value_dim=6))
+        out = qkv.attention(q, k, v, causal=True, backend=backend)
+        assert out.shape == (2, 4, nq, 6) and not out.any()
+        dq, dk, dv = torch.autograd.grad(out.sum(), (q, k, v))
+        assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
+        assert not dq.any() and not dk.any() and not dv.any()

@@ -652,3 +652,9 @@ def test_window_as_list_accepted():
     torch.testing.assert_close(
         qkv.attention(q, k, v, window=[1, 2]), qkv.attention(q, k, v, window=(1, 2))
     )
+
+
+def test_get_backend_auto_says_it_picks_per_call():
+    with pytest.raises(ValueError, match="'auto' is not one backend: each call picks") as raised:
+        qkv.get_backend("auto")
+    assert "'sdpa'" in str(raised.value) and "['auto'" not in str(raised.value)

@@ -73,6 +73,21 @@ def test_minilm_sentence_embeddings_match_transformers(minilm_folder):
     assert money @ deposit > river @ deposit
 
 
+def test_minilm_encode_reads_at_most_its_sentence_transformers_length(minilm_folder):
+    """sentence_bert_config.json sets max_seq_length 256: a longer text is cut there, as
+    sentence-transformers cuts it ([CLS], 254 tokens, [SEP]), not at BERT's 512."""
+    model, tokenizer = qkv.load(minilm_folder)
+    assert model.sentence_max_length == 256
+    text = "The bank approved the loan after she deposited her check. " * 30  # about 330 tokens
+    assert tokenizer(text).input_ids.shape[1] > 256
+    theirs = hf_model(minilm_folder, "bert")
+    batch = tokenizer(text, max_length=256)
+    assert batch.input_ids.shape[1] == 256 and batch.input_ids[0, -1] == tokenizer.token_to_id("[SEP]")
+    with torch.no_grad():
+        expected = theirs(input_ids=batch.input_ids).last_hidden_state.mean(1)
+    assert max_diff(model.encode(text), torch.nn.functional.normalize(expected, dim=-1)) < 1e-5
+
+
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_tiny_gpt2_matches_transformers(tiny_gpt2_folder, padding_side):
     output, expected, real = compare_with_transformers(tiny_gpt2_folder, "gpt2", padding_side)

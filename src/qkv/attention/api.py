@@ -382,14 +382,28 @@ def attention(
     chosen = resolve_backend(backend, needs)
     chosen.check_options(options)
     if (spec.nq == 0 or spec.nk == 0) and not chosen.sequence_parallel:
-        return _empty_result(q, v, return_lse)
+        return _empty_result(q, k, v, return_lse)
     k, v = zero_unread_keys(k, v, spec)
     return chosen.call(q, k, v, spec, scale, return_lse, options)
 
 
-def _empty_result(q: Tensor, v: Tensor, return_lse: bool) -> Tensor | tuple[Tensor, Tensor]:
-    """Zero-length queries or keys: zeros and an LSE of -inf."""
-    out = q.new_zeros(q.shape[:3] + (v.shape[3],))
+class _NothingToAttend(torch.autograd.Function):
+    """Attention with zero-length queries or keys: zeros out (B, Hq, Nq, Dv), and zero
+    gradients for q, k and v, so that backward works as for any other call."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        ctx.inputs = [(t.shape, t.dtype, t.device) for t in (q, k, v)]
+        return q.new_zeros(q.shape[:3] + (v.shape[3],))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.inputs)
+
+
+def _empty_result(q: Tensor, k: Tensor, v: Tensor, return_lse: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """Zero-length queries or keys: zeros (with zero gradients) and an LSE of -inf."""
+    out = _NothingToAttend.apply(q, k, v)
     if not return_lse:
         return out
     lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.promote_types(q.dtype, torch.float32),

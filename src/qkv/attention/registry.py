@@ -112,6 +112,11 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> Backend:
     """The backend called ``name``; ValueError listing the known ones otherwise."""
+    if name == "auto":
+        raise ValueError(
+            "backend='auto' is not one backend: each call picks the fastest exact backend that can serve it "
+            f"(see qkv.attention.registry.resolve_backend); get_backend takes one of {available_backends()}"
+        )
     if name not in _REGISTRY:
         raise ValueError(
             f"unknown backend={name!r}; choose one of {['auto', *available_backends()]}"

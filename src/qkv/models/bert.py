@@ -42,6 +42,9 @@ class BertModel(TransformerStack):
         super().__init__(embed, blocks, norm_final=None)
         self.config = config
         self.pooler = nn.Linear(d_model, d_model) if with_pooler else None
+        # Tokens encode() reads per text: a sentence-transformers folder sets its own (MiniLM:
+        # 256, in sentence_bert_config.json; qkv.load reads it); None: the tokenizer's limit.
+        self.sentence_max_length: int | None = None
         self.setup_hooks()
 
     def forward(
@@ -93,7 +96,11 @@ class BertModel(TransformerStack):
 
     @torch.no_grad()
     def encode(self, texts: str | list[str], batch_size: int = 32) -> Tensor:
-        """Sentence embeddings of texts: (len(texts), d_model), batched by length."""
+        """Sentence embeddings of texts: (len(texts), d_model), batched by length.
+
+        Each text is truncated to ``sentence_max_length`` tokens when it is set (as
+        sentence-transformers does with its ``max_seq_length``), else to the tokenizer's limit.
+        """
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; load it with qkv.load(...)")
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -101,7 +108,7 @@ class BertModel(TransformerStack):
         out = torch.empty(len(texts), self.config.hidden_size)
         for start in range(0, len(texts), batch_size):
             chunk = order[start:start + batch_size]
-            batch = self.tokenizer([texts[i] for i in chunk]).to(self.device)
+            batch = self.tokenizer([texts[i] for i in chunk], max_length=self.sentence_max_length).to(self.device)
             out[chunk] = self.sentence_embedding(batch.input_ids, batch.attention_mask).float().cpu()
         return out
 

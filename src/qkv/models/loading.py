@@ -148,4 +148,7 @@ def load(
     max_length = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
     tokenizer = Tokenizer.from_file(folder / "tokenizer.json", max_length=max_length)
     model.tokenizer = tokenizer
+    sentence_config = folder / "sentence_bert_config.json"
+    if sentence_config.is_file() and hasattr(model, "sentence_max_length"):
+        model.sentence_max_length = json.loads(sentence_config.read_text()).get("max_seq_length")
     return model, tokenizer

@@ -45,8 +45,13 @@ class KVCache:
         self._lengths: dict[int, int] = {}
 
     def __len__(self) -> int:
-        """Positions cached (in the first layer)."""
+        """Positions cached in every layer: the fewest any layer holds (0 when empty). While
+        a forward pass runs, the layers it has reached already hold the new positions too."""
         return min(self._lengths.values(), default=0)
+
+    def length(self, layer: int) -> int:
+        """Positions cached for ``layer`` (0 before its first update)."""
+        return self._lengths.get(layer, 0)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append new keys/values of ``layer`` and return all of them.
@@ -359,7 +364,8 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self.project(x)
         if self.rotary is not None:
             if positions is None:
-                start = len(kv_cache) if kv_cache is not None else 0
+                # this layer's own count: earlier layers of this pass have already appended
+                start = kv_cache.length(self.layer_index) if kv_cache is not None else 0
                 positions = torch.arange(start, start + n, device=x.device)
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
@@ -368,8 +374,9 @@ class MultiHeadAttention(nn.Module):
         if self.hook_scores.active or self.hook_weights.active:
             z = self.explicit_attention(q, k, v, key_padding_mask)
         else:
-            z = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
-                          scale=self.scale, backend=self.backend, **self.call_options(k.shape[2]))
+            options = {"scale": self.scale, **self.call_options(k.shape[2])}  # set_attention's scale wins
+            z = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, backend=self.backend,
+                          **options)
         z = self.hook_z(z)  # (B, H, N, Dh)
         out = self.out_proj(z.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
         return self.hook_out(out)

@@ -63,8 +63,15 @@ class GenerationMixin:
         ids = prepared["input_ids"].to(self.device)
         mask = prepared.get("attention_mask")
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(self.device, torch.bool)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a whole number >= 0; got {max_new_tokens!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a whole number >= 1 (or None: every token); got {top_k!r}")
+        if stop_at_eos and self.eos_token_id is None:
+            raise ValueError("stop_at_eos=True, but this model has no eos_token_id; set model.eos_token_id, "
+                             "or leave stop_at_eos off")
         generator = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
         cache = KVCache() if use_cache else None
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)

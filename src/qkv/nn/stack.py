@@ -81,6 +81,12 @@ class TransformerStack(HookedModule):
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = attention_mask.to(torch.bool)
+            expected = (input_ids.shape[0], (len(kv_cache) if kv_cache is not None else 0) + input_ids.shape[1])
+            if tuple(key_padding_mask.shape) != expected:
+                raise ValueError(
+                    f"attention_mask must be (B, Nk) = {expected}: one entry per token, the cached ones "
+                    f"included; got {tuple(key_padding_mask.shape)}"
+                )
             if bool(key_padding_mask.all()):
                 key_padding_mask = None  # nothing to hide: lets the backend take its fastest path
         if positions is None and kv_cache is not None and len(kv_cache):
