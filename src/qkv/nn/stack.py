@@ -185,7 +185,11 @@ class TransformerStack(HookedModule):
         names: str | Iterable[str] | None = None,
         **forward_kwargs: object,
     ) -> tuple[TransformerOutput, ActivationCache]:
-        """Run the model and capture activations by name.
+        """Run the model under ``torch.no_grad()`` and capture activations by name.
+
+        For gradients through activations (attribution), add a hook that keeps the tensor,
+        ``with self.hooks([(name, fn)]):``, around your own forward and backward instead
+        (``capture`` stores detached copies).
 
         Args:
             inputs: text, a list of texts (tokenised and padded), a Batch, or ids (B, N).
