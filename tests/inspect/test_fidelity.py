@@ -7,7 +7,7 @@ import json
 import pytest
 
 from qkv.cli import main
-from qkv.inspect.fidelity import Variant, fidelity, subsample
+from qkv.inspect.fidelity import Variant, _value_ranges, fidelity, plot_fidelity, subsample
 from qkv.inspect.wsd import read_dataset
 
 TEXT = "She deposited her check at the bank, then walked along the river bank to watch the boats go by."
@@ -76,3 +76,31 @@ def test_cli_skips_what_a_causal_model_cannot_run(tiny_gpt2_folder, tmp_path, ca
     assert "skipped nystrom landmarks=8" in " ".join(captured.out.split()) and "linear (elu+1)" in captured.out
     assert main([*argv, "--backends", "nystrom"]) == 2
     assert "--backends 'nystrom': this model can run none of them" in capsys.readouterr().err
+
+
+def _plot_result(wsd: bool) -> dict:
+    """A made-up result: a sliding window near the exact model, Linformer's WSD score far below."""
+    rows = [{"label": f"sliding w={w}", "family": "sliding", "speedup": s, "token_cosine": c,
+             "wsd_micro_f1": f if wsd else None} for w, s, c, f in ((8, 0.4, 0.5, 82.0), (64, 0.95, 0.9, 91.5))]
+    rows += [{"label": f"linformer k={k}", "family": "linformer", "speedup": s, "token_cosine": c,
+              "wsd_micro_f1": f if wsd else None} for k, s, c, f in ((16, 1.2, 0.0, 51.0), (64, 1.05, 0.05, 56.0))]
+    rows.append({"label": "linear (elu+1)", "family": "linear", "speedup": 1.1, "token_cosine": 0.6,
+                 "wsd_micro_f1": 85.0 if wsd else None})
+    return {"model": "test", "tokens": 10, "exact": {"time_ms": 1.0, "wsd_micro_f1": 92.0 if wsd else None},
+            "variants": rows}
+
+
+@pytest.mark.parametrize("wsd", [True, False])
+def test_plot_fidelity_writes_a_png(tmp_path, wsd):
+    path = tmp_path / "fidelity.png"
+    plot_fidelity(_plot_result(wsd), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_fidelity_breaks_the_y_axis_between_far_groups():
+    f1 = [row["wsd_micro_f1"] for row in _plot_result(True)["variants"]] + [92.0]
+    upper, lower = _value_ranges(f1)  # Linformer's 51-56 apart from 82-92: two ranges, upper first
+    assert lower[0] < 51 and 56 < lower[1] < upper[0] < 82 and upper[1] > 92
+    assert (upper[1] - upper[0]) > (lower[1] - lower[0])  # drawn at one scale: the wider range is taller
+    (only,) = _value_ranges([0.5, 0.6, 0.8, 0.9, 1.0])  # no wide gap: one range, padded
+    assert only[0] < 0.5 and only[1] > 1.0

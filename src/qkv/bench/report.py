@@ -34,12 +34,15 @@ from qkv.bench.attention import format_bytes, target_cells
 from qkv.bench.lra import (
     Tab,
     agg_figure,
-    distinct_colours,
     fmt,
     format_seconds,
+    label_point,
     log_log,
+    log_ticks,
+    note_coinciding,
     print_tabs,
     save_figure,
+    series_styles,
     size_label,
 )
 from qkv.bench.points import ROW_FIELDS
@@ -222,22 +225,28 @@ def variant_axes(figure, variants: list[str]):
     return [figure.add_subplot(rows, columns, i + 1) for i in range(len(variants))]
 
 
-def plot_against_n(result: dict, key: str, ylabel: str, path: Path) -> None:
-    """``key`` against N, log-log, one panel per variant, one line per contender and mode."""
+def plot_against_n(result: dict, key: str, ylabel: str, unit: str, path: Path) -> None:
+    """``key`` against N, log-log, one panel per variant, one line per contender and mode; each
+    contender keeps its colour and marker in every panel, its fwd+bwd line dashed; one legend."""
     variants = [v["name"] for v in result["config"]["variants"]]
-    figure = agg_figure(13, 4.2 * ((len(variants) + 1) // 2))
+    measured = {label(r["backend"], r["mode"]) for r in result["rows"] if r.get(key)}
+    names = [name for name in dict.fromkeys(label(r["backend"], r["mode"]) for r in result["rows"]) if name in measured]
+    styles = series_styles(names)
+    figure = agg_figure(15, 4.6 * ((len(variants) + 1) // 2))
     for axis, variant in zip(variant_axes(figure, variants), variants):
-        distinct_colours(axis)
+        series = {}
         for name, by_n in variant_rows(result, variant).items():
             points = sorted((n, r[key]) for n, r in by_n.items() if r.get(key))
             if points:
-                style = "--" if ", fwd+bwd" in name else ":" if "stats" in name else "-"
-                axis.plot(*zip(*points), marker="o", markersize=3, linestyle=style, label=name)
-        log_log(axis, "sequence length N", ylabel, variant, legend_size=6, columns=2)
+                series[name] = points
+                dotted = {"linestyle": ":"} if "stats" in name else {}
+                axis.plot(*zip(*points), label=name, **(styles[name] | dotted))
+        log_log(axis, "sequence length N", ylabel, variant, x="N", y=unit)
+        note_coinciding(axis, series)
     machine = result["machine"]
     figure.suptitle(f"attention, B=1 H={result['config']['heads']} D={result['config']['head_dim']} "
                     f"{result['config']['dtype']} on {machine.get('gpu') or machine['cpu']}")
-    save_figure(figure, path, dpi=110)
+    save_figure(figure, path, dpi=110, legend=True, order=names)
 
 
 def error_point(result: dict, variant: str) -> int | None:
@@ -249,25 +258,26 @@ def error_point(result: dict, variant: str) -> int | None:
 
 
 def plot_error_vs_speed(result: dict, path: Path) -> None:
-    """Max error against speed-up over SDPA at one N per variant: one point per contender."""
-    from matplotlib.ticker import NullFormatter
-
+    """Max error against speed-up over SDPA at one N per variant: one labelled point per contender."""
     variants = [v["name"] for v in result["config"]["variants"]]
-    figure = agg_figure(13, 4.2 * ((len(variants) + 1) // 2))
+    figure = agg_figure(13, 4.6 * ((len(variants) + 1) // 2))
     for axis, variant in zip(variant_axes(figure, variants), variants):
         n = error_point(result, variant)
-        log_log(axis, "speed-up over sdpa (torch)", "max |out - exact|", f"{variant}, N={n}", legend_size=None)
-        axis.xaxis.set_minor_formatter(NullFormatter())
-        axis.yaxis.set_minor_formatter(NullFormatter())
         if n is None:
+            axis.set_title(f"{variant}: no N with both SDPA and an error measured")
+            axis.set_axis_off()
             continue
         for row in result["rows"]:
             if row["variant"] == variant and row["n"] == n and row["max_error"] is not None and row["ratio_to_sdpa"]:
                 x, y = 1 / row["ratio_to_sdpa"], max(row["max_error"], 1e-12)
-                axis.scatter([x], [y], s=14, color="tab:blue" if row["exact"] else "tab:red")
-                axis.annotate(row["backend"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    figure.suptitle("error against speed (blue: exact backends, red: approximate)")
-    save_figure(figure, path, dpi=110)
+                axis.scatter([x], [y], s=18, color="tab:blue" if row["exact"] else "tab:red",
+                             label="exact backend" if row["exact"] else "approximate backend")
+                label_point(axis, row["backend"], (x, y))
+        axis.margins(0.12)
+        log_log(axis, "speed-up over sdpa (torch)", "max |out - exact|", f"{variant}, N={size_label(n)}",
+                x="x", y="", min_decades=1)  # exact backends' errors differ by a few %: not spread over the panel
+    figure.suptitle("error against speed, forward")
+    save_figure(figure, path, dpi=110, legend=True)
 
 
 def plot_generation(result: dict, path: Path) -> None:
@@ -275,10 +285,12 @@ def plot_generation(result: dict, path: Path) -> None:
     figure = agg_figure(6, 4)
     axis = figure.add_subplot()
     for name, curve in result["generation"]["curves"].items():
-        axis.plot(range(2, len(curve) + 2), [t * 1e3 for t in curve], label=name)
-    axis.set(xlabel="sequence length (tokens)", ylabel="time for the next token (ms)", yscale="log",
+        axis.plot(range(2, len(curve) + 2), curve, label=name)
+    axis.set(xlabel="sequence length (tokens)", ylabel="time for the next token", yscale="log",
              title=f"tiny GPT-2 generation (4 layers, d=128), {result['config']['device']}")
-    axis.legend()
+    log_ticks(axis, y="s")
+    axis.grid(True, which="major", alpha=0.35)
+    axis.legend(loc="best")
     save_figure(figure, path)
 
 
@@ -287,8 +299,8 @@ def write_plots(result: dict, json_path: Path) -> list[Path]:
     stem = json_path.with_suffix("")
     plots: list[tuple[str, Callable[[Path], None]]] = []
     if result["benchmark"] == "attention":
-        plots = [("time", lambda p: plot_against_n(result, "time_s", "median time per call (s)", p)),
-                 ("memory", lambda p: plot_against_n(result, "peak_bytes", "peak tensor memory (bytes)", p)),
+        plots = [("time", lambda p: plot_against_n(result, "time_s", "median time per call", "s", p)),
+                 ("memory", lambda p: plot_against_n(result, "peak_bytes", "peak tensor memory", "B", p)),
                  ("error", lambda p: plot_error_vs_speed(result, p))]
     elif result["benchmark"] == "model" and result.get("generation"):
         plots = [("generation", lambda p: plot_generation(result, p))]

@@ -336,7 +336,8 @@ def contextuality(
 def plot_contextuality(result: dict, path: str | Path) -> None:
     """Draw the measures of :func:`contextuality` against layer, as one PNG at ``path``.
 
-    Raw measures are solid lines, the anisotropy-adjusted ones dashed in the same colour.
+    Raw measures are solid lines, the anisotropy-adjusted ones dashed in the same colour; the
+    legend sits right of the panel, where it hides no line.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -347,7 +348,7 @@ def plot_contextuality(result: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     layers = [int(layer) for layer in result["layers"]]
-    figure = Figure(figsize=(6.4, 4.2))  # Agg canvas, no pyplot: no global backend or figure state
+    figure = Figure(figsize=(8.6, 4.2))  # Agg canvas, no pyplot: no global backend or figure state
     FigureCanvasAgg(figure)
     axis = figure.add_subplot()
     lines = [
@@ -368,6 +369,7 @@ def plot_contextuality(result: dict, path: str | Path) -> None:
     if result.get("model"):
         title += f" ({result['model']})"
     axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=8, handlelength=3.5)  # long enough to tell dashed from solid
+    # right of the panel, off the lines; handles long enough to tell dashed from solid
+    axis.legend(fontsize=8, handlelength=3.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     figure.savefig(path, dpi=130)
