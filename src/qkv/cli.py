@@ -41,6 +41,26 @@ TOLERANCE = 1e-6  # hand computation vs library, in float64
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # words (with an apostrophe part) or punctuation
 
 
+def _console(width: int = 100) -> Console:
+    """A rich console as wide as the terminal.
+
+    rich measures the terminal on stdin, stdout or stderr, so ``qkv explain | tee log``
+    typed in a terminal gets that terminal's width; COLUMNS, when set, wins. With no
+    terminal at all (CI, a cron job, ``make demo > log < /dev/null``) rich would assume 80
+    columns; this uses ``width``, the width the command's tables are laid out for, instead.
+    """
+    if not os.environ.get("COLUMNS", "").isdigit():
+        for fd in (0, 1, 2):  # as rich does
+            try:
+                os.get_terminal_size(fd)
+                break
+            except (OSError, ValueError):
+                continue
+        else:
+            return Console(width=width)
+    return Console()
+
+
 def tokenize(sentence: str) -> list[str]:
     """Split ``sentence`` into words and punctuation marks: "bank." -> ["bank", "."]."""
     return _TOKEN.findall(sentence)
@@ -295,7 +315,7 @@ def _explain(args: argparse.Namespace) -> int:
                          senses=senses, contrast=args.contrast)
     except ValueError as err:
         return _fail("explain", str(err))
-    print_report(report, Console(width=100))
+    print_report(report, _console())
     if args.json:
         _write_text(args.json, json.dumps(report))
         print(f"wrote {args.json}")
@@ -305,10 +325,12 @@ def _explain(args: argparse.Namespace) -> int:
         _write_text(args.html, render_html(report))
         print(f"wrote {args.html} (self-contained; open it in a browser)")
     if args.out:
-        from qkv.viz.figures import save_figures
+        from qkv.viz.figures import save_figures, skipped_figures
 
         paths = save_figures(report, args.out)
         print(f"wrote {len(paths)} figures to {args.out}")
+        for name, reason in skipped_figures(report).items():
+            print(f"  no {name}: {reason}")
     return 0
 
 
@@ -377,7 +399,7 @@ def _wsd(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     dataset, model, tokenizer = loaded
-    console = Console(width=100)
+    console = _console()
     with Progress(console=console, transient=True) as progress:
         result = run_wsd(model, tokenizer, dataset, method=args.method, batch_size=args.batch_size,
                          progress=progress)
@@ -418,7 +440,7 @@ def _contextuality(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     dataset, model, tokenizer = loaded
-    console = Console(width=100)
+    console = _console()
     with Progress(console=console, transient=True) as progress:
         total = sum(min(args.max_sentences, len(w.train) + len(w.test)) for w in dataset)
         task = progress.add_task("contextuality", total=total)
@@ -482,7 +504,7 @@ def _fidelity(args: argparse.Namespace) -> int:
         model, tokenizer = qkv.load(args.model)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         return _fail("fidelity", str(err))
-    console = Console(width=120)
+    console = _console(120)
     # Some methods cannot run in some models (Nystrom and Linformer are not causal, GPT-2 is).
     problems = {v.label: variant_problem(model, v) for v in variants}
     reasons = dict.fromkeys(reason for reason in problems.values() if reason is not None)  # distinct, in order
@@ -549,7 +571,7 @@ def _train_demo(args: argparse.Namespace) -> int:
         config = DemoConfig(**options)
     except ValueError as err:
         return _fail("train-demo", str(err))
-    console = Console(width=110)
+    console = _console(110)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=console, transient=True) as progress:

@@ -60,9 +60,11 @@ def test_walkthrough_reproduces_the_model(report):
     q, keys = torch.tensor(walk["query"]), torch.tensor(walk["keys"])
     assert torch.allclose(keys @ q, torch.tensor(walk["dot"]), atol=1e-2)
     assert sum(walk["weights"]) == pytest.approx(1.0, abs=1e-4)
-    # By default the walkthrough shows the head where 'bank' looks most at content words.
+    # By default the walkthrough shows the head where 'bank' looks most at content words (no head
+    # is positional here), and says so.
     shares = torch.tensor(report["content_share"])
     assert shares[walk["layer"], walk["head"]] == shares.max()
+    assert walk["chosen"].startswith("among all heads, the one where 'bank' gives the largest share")
 
 
 @pytest.mark.parametrize(("sentence", "sense"), [
@@ -163,3 +165,74 @@ def test_terminal_report_numbers_layers_the_same_way_in_every_section(report):
     labels = [line.split("│")[0].strip() for line in section.splitlines() if "│" in line]
     assert labels == ["emb", "0", "1", "2", "3", "4", "5"]  # as sections 2 and 3: layers 0 to 5
     assert "[CLS], [SEP] and punctuation" in text and "causal" not in text
+
+
+# 59 words; in layer 0, head 2 puts all of bank's attention on "small", the word before it.
+LONG = ("In the late autumn of that strange year, when the river had risen twice above its banks and the old mill "
+        "by the bridge had finally closed, my grandmother walked every morning to the small bank on the corner of "
+        "the square to deposit the few coins she had saved, believing that money kept anywhere else would simply "
+        "vanish.")
+
+
+def test_the_default_head_is_not_a_positional_one(minilm):
+    report = explain(*minilm, LONG, "bank")
+    walk, focus = report["walkthrough"], report["focus"]["index"]
+    rows = torch.tensor(report["focus_attention"])  # (L, H, W)
+    neighbours = rows[:, :, [focus - 1, focus + 1]].amax(-1)  # (L, H)
+    assert neighbours[0, 2] > 0.99 and report["tokens"][focus - 1] == "small"  # the positional head
+    assert neighbours[walk["layer"], walk["head"]] < 0.9
+    shares = torch.tensor(report["content_share"]).masked_fill(neighbours >= 0.9, -1)
+    assert shares[walk["layer"], walk["head"]] == shares.max()
+    assert "layer 0 head 2 gives more (100%) but puts 100% on 'small'" in walk["chosen"]
+
+
+def test_choose_head_keeps_what_is_given_and_chooses_the_rest():
+    from qkv.inspect.explain import choose_head
+
+    tokens = ["[CLS]", "a", "bank", "b", "[SEP]"]
+    rows = torch.full((2, 3, 5), 0.2)  # (L, H, W): uniform, so no head is positional...
+    rows[1, 0] = torch.tensor([0.0, 0.95, 0.05, 0.0, 0.0])  # ...but layer 1 head 0: 95% on "a", before "bank"
+    shares = torch.tensor([[0.1, 0.5, 0.2], [0.9, 0.3, 0.4]])
+    assert choose_head(rows, shares, 2, tokens)[:2] == (0, 1)  # (1, 0) has more, but is positional
+    assert choose_head(rows, shares, 2, tokens, layer=1)[:2] == (1, 2)  # the best of layer 1, not of all layers
+    assert choose_head(rows, shares, 2, tokens, head=2)[:2] == (1, 2)
+    assert choose_head(rows, shares, 2, tokens, layer=1, head=0) == (1, 0, "the layer and head asked for")
+    rows[:, :, 3] = 0.95  # every head positional: the best is taken anyway, and the reason says so
+    layer, head, why = choose_head(rows, shares, 2, tokens)
+    assert (layer, head) == (1, 0) and "every such head" in why
+
+
+def test_cli_console_is_as_wide_as_the_terminal(monkeypatch, capsys):
+    from qkv import cli
+
+    monkeypatch.setenv("COLUMNS", "160")
+    assert cli.main(["explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    line = next(line for line in lines if "output = Σ weight × v" in line)
+    assert "max difference" in line and len(line) > 100  # not cut at a fixed 100 columns
+    assert max(map(len, lines)) <= 160
+
+
+def test_cli_console_without_a_terminal_is_100_wide(monkeypatch):
+    import os
+
+    from qkv import cli
+
+    def no_terminal(fd=0):
+        raise OSError("not a terminal")
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(os, "get_terminal_size", no_terminal)
+    assert cli._console().width == 100  # a log reads as on a terminal, not squeezed into rich's 80
+    assert cli._console(120).width == 120
+    monkeypatch.setenv("COLUMNS", "72")
+    assert cli._console().width == 72
+
+
+def test_cli_says_which_figures_it_did_not_write_and_why(tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert main(["explain", "The fisherman sat on the bank of the river.", "--focus", "river", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    written = sorted(p.name for p in out.iterdir())
+    assert f"wrote {len(written)} figures" in printed and "sense_trajectory.png" not in written
+    assert "no sense_trajectory.png: no sense examples for 'river'" in printed

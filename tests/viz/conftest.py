@@ -22,6 +22,24 @@ def model_and_tokenizer():
 
 
 @pytest.fixture(scope="module")
+def report(model_and_tokenizer) -> dict:
+    """qkv explain's report of the default sentence and focus word."""
+    from qkv.inspect.explain import explain
+
+    return explain(*model_and_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def long_report(model_and_tokenizer) -> dict:
+    """The report of a 65-token sentence (:data:`long_text.LONG`), focus 'bank'."""
+    from long_text import LONG
+
+    from qkv.inspect.explain import explain
+
+    return explain(*model_and_tokenizer, LONG, "bank")
+
+
+@pytest.fixture(scope="module")
 def browser():
     """Chromium driven by playwright; the tests skip when either is missing."""
     if not CHROMIUM.exists():

@@ -13,13 +13,6 @@ from qkv.viz.html import json_for_script, render_html, show_controls
 
 
 @pytest.fixture(scope="module")
-def report(model_and_tokenizer):
-    from qkv.inspect.explain import explain
-
-    return explain(*model_and_tokenizer)
-
-
-@pytest.fixture(scope="module")
 def hostile_report(model_and_tokenizer):
     from qkv.inspect.explain import explain
 
@@ -262,3 +255,104 @@ def test_gpt2_page_says_causal_and_names_no_cls(watched, gpt2_report, tmp_path):
     ticks = page.eval_on_selector_all("#sense-plot text", "texts => texts.map(t => t.textContent)")
     assert "after layer" in ticks and [t for t in ticks if t in ("emb", "0", "1", "2")] == ["emb", "0", "1"]
     assert "Without punctuation" in page.locator("#focus-section").inner_text()
+
+
+# ---- layout, units, colour and keyboard ----
+
+def test_no_sideways_scrolling_on_a_narrow_screen(browser, report, tmp_path):
+    path = write(tmp_path, report)
+    context = browser.new_context(viewport={"width": 400, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(path.as_uri())
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= 400
+        assert page.evaluate("document.getElementById('sense-plot').getBoundingClientRect().width") <= 400
+    finally:
+        context.close()
+
+
+def test_show_this_head_above_keeps_the_heading_below_the_controls(watched, report, tmp_path):
+    watched.open(write(tmp_path, report))
+    page = watched.page
+    page.click("#walkthrough-select")
+    page.wait_for_function("Math.abs(document.querySelector('#heatmap-section').getBoundingClientRect().top) < 200")
+    heading = page.evaluate("document.querySelector('#heatmap-section h2').getBoundingClientRect().top")
+    controls = page.evaluate("document.getElementById('controls').getBoundingClientRect().bottom")
+    assert heading >= controls
+
+
+# WCAG relative luminance and contrast ratio, for the text on every shaded cell.
+CONTRAST = """nodes => nodes.map(n => {
+  const s = getComputedStyle(n);
+  const lum = c => { const v = c.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map(x => Number(x) / 255)
+    .map(x => x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4));
+    return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+  const a = lum(s.color), b = lum(s.backgroundColor);
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+})"""
+
+
+def test_text_on_every_shade_has_aa_contrast(watched, report, tmp_path):
+    watched.open(write(tmp_path, report))
+    page = watched.page
+    ratios = []
+    for role in page.eval_on_selector_all("#role-select option", "os => os.map(o => o.value)"):
+        page.select_option("#role-select", role)
+        ratios += page.eval_on_selector_all("#focus-table td.shade, #focus-content-table td.shade, table.grid td, "
+                                            "#tokens .tok:not(.source), #shade-key span", CONTRAST)
+    assert len(ratios) > 300 and min(ratios) >= 4.5
+
+
+def test_importance_is_in_one_labelled_unit(watched, report, tmp_path):
+    watched.open(write(tmp_path, report))
+    page = watched.page
+    ablation = report["ablation"]
+    layer, head = max(((i, h) for i in range(len(ablation)) for h in range(len(ablation[0]))),
+                      key=lambda pair: ablation[pair[0]][pair[1]])
+    cell = page.locator(f'#ablation-grid td[data-layer="{layer}"][data-head="{head}"]')
+    assert cell.inner_text() == f"{ablation[layer][head] * 1000:.1f}"  # as the terminal: (1 - cos) x 1000
+    assert "× 1000" in page.locator("#ablation-section h3").first.inner_text()
+    page.click(f'#ablation-grid td[data-layer="{layer}"][data-head="{head}"]')
+    assert f"{ablation[layer][head] * 1000:.1f}" in page.locator("#head-summary").inner_text()
+
+
+def test_colour_scales_are_explained(watched, report, tmp_path):
+    watched.open(write(tmp_path, report))
+    page = watched.page
+    assert page.locator("#shade-key span").count() >= 5  # the heatmap's colour key
+    assert "square-root" in page.locator("#heatmap-section").inner_text()
+    assert "relative to the word it looks at most" in page.locator("#tokens-section").inner_text()
+    ticks = page.eval_on_selector_all("#sense-plot text", "ts => ts.map(t => t.textContent)")
+    assert max(float(t) for t in ticks if re.fullmatch(r"-?\d+\.\d+", t)) <= 1.0  # a cosine is at most 1
+    # Rollout and flow bars share one scale: only the largest of both fills its cell.
+    widths = page.eval_on_selector_all("#rollout-table .bar", "bs => bs.map(b => b.getBoundingClientRect().width)")
+    assert max(widths) == pytest.approx(120, abs=1) and sorted(widths)[-2] < 119
+    assert "why this head" in page.locator("#walkthrough-info").inner_text().lower()
+
+
+def test_enter_pins_a_token(watched, report, tmp_path):
+    watched.open(write(tmp_path, report))
+    page = watched.page
+    source = 2 if report["focus"]["index"] != 2 else 3
+    page.focus(f'#tokens .tok[data-index="{source}"]')
+    page.keyboard.press("Enter")
+    page.hover(f'#tokens .tok[data-index="{source + 1}"]')
+    page.mouse.move(1, 1)  # leaving a token goes back to the pinned one
+    assert "source" in page.get_attribute(f'#tokens .tok[data-index="{source}"]', "class")
+    page.keyboard.press("Tab")  # the next token
+    page.keyboard.press(" ")
+    page.hover(f'#tokens .tok[data-index="{source}"]')
+    page.mouse.move(1, 1)
+    assert "source" in page.get_attribute(f'#tokens .tok[data-index="{source + 1}"]', "class")
+    assert watched.errors == []
+
+
+def test_a_word_without_sense_examples_says_how_to_add_them(model_and_tokenizer, watched, tmp_path):
+    from qkv.inspect.explain import explain
+
+    report = explain(*model_and_tokenizer, "The fisherman sat on the bank of the river.", "river")
+    watched.open(write(tmp_path, report))
+    text = watched.page.locator("#senses-box").inner_text()
+    assert "No sense examples for “river”" in text and "--senses" in text and "senses=" in text
+    assert "explain()" not in text

@@ -106,7 +106,8 @@ def test_too_long_sentence_is_refused_with_the_counts(base, model_and_tokenizer)
 def test_unknown_focus_word_is_refused(base):
     status, body = get(explain_url(base, "The cat sat on the mat.", "dog"))
     assert status == 400
-    assert "&#x27;dog&#x27; is not in the sentence" in body
+    # One readable sentence, capitalised, listing the words without a Python list's brackets and quotes.
+    assert "The focus word “dog” is not in the sentence. Its words are: The, cat, sat, on, the, mat." in body
 
 
 @pytest.mark.parametrize(("sentence", "focus", "message"), [
@@ -166,7 +167,7 @@ def test_form_to_report_in_the_browser(page, base):
     assert page.locator("#heatmap rect.cell").count() > 0
     assert page.locator("#focus-word").inner_text() == "muddy"
     assert page.locator("#tokens .tok.focus").inner_text() == "muddy"
-    assert page.locator("#senses-box").inner_text().startswith("No sense prototypes")
+    assert page.locator("#senses-box").inner_text().startswith("No sense examples")
     assert page.errors == []
     page.click("#back")  # back to the form, pre-filled
     assert page.input_value("#sentence") == "The muddy river bank was steep."

@@ -43,6 +43,7 @@ __all__ = ["explain", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS", "LONG_IN
 DEFAULT_SENTENCE = "She deposited her check at the bank."
 DEFAULT_FOCUS = "bank"
 LONG_INPUT = 512  # longer inputs get streamed top-k views instead of (N, N) matrices
+POSITIONAL = 0.9  # a head giving this share of the focus's attention to a neighbouring word is positional
 MAX_MATRIX_WORDS = 128  # beyond this the report leaves out every head's (W, W) matrix (heatmaps)
 # Function words: the default head is the one where the focus attends most to the rest.
 STOPWORDS = frozenset((
@@ -117,7 +118,9 @@ def explain(
         focus: a word of the sentence (case-insensitive, surrounding spaces ignored; its
             first occurrence).
         layer, head: the head to walk through step by step, counted from 0 (default: the
-            head where the focus pays most attention to content words).
+            head where the focus pays most attention to content words, passing over heads
+            that put 90% or more of it on the word just before or after it; see
+            :func:`choose_head`; ``report["walkthrough"]["chosen"]`` says why, in words).
         senses: sense name -> example sentences using ``focus`` in that sense (default
             for 'bank': money and river contexts; None otherwise skips the section).
         contrast: a sentence using ``focus`` in another sense.
@@ -164,10 +167,7 @@ def explain(
     parked = view.special_mask | view.punctuation_mask  # (W,)
     content = content_mask(view, focus_word)
     content_share = focus_rows[..., content].sum(-1)  # (L, H)
-    if layer is None or head is None:
-        flat = int(content_share.flatten().argmax())
-        layer = flat // heads if layer is None else layer
-        head = flat % heads if head is None else head
+    layer, head, chosen = choose_head(focus_rows, content_share, focus_word, view.tokens, layer, head)
 
     special_tokens = list(dict.fromkeys(t for t, kind in zip(view.tokens, view.kinds) if kind == "special"))
     report = {
@@ -188,6 +188,7 @@ def explain(
     attn = model.blocks[layer].attn
     report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view, scale=attn.scale,
                                         causal=attn.causal)
+    report["walkthrough"]["chosen"] = chosen  # why this head, in words
     report["focus_attention"] = _round(focus_rows)  # (L, H, W)
     report["heads"] = head_summaries(focus_rows, parked, view, top)
     # Every head's (W, W) weights, for the heatmaps; long inputs have top-k views instead.
@@ -238,6 +239,44 @@ def explain(
     else:
         report["senses"] = None
     return report
+
+
+def choose_head(focus_rows: torch.Tensor, content_share: torch.Tensor, focus: int, tokens: list[str],
+                layer: int | None = None, head: int | None = None) -> tuple[int, int, str]:
+    """The head to walk through, and why it was chosen, in words.
+
+    Given ``layer`` and ``head`` are kept; a missing one is chosen among the heads they allow:
+    the head where word ``focus`` gives the largest share of its attention to content words
+    (``content_share``, (L, H)), passing over positional heads, which put at least
+    :data:`POSITIONAL` of its attention (``focus_rows``, (L, H, W)) on the word just before or
+    after it: their walkthrough would show nothing but position. If every allowed head is
+    positional, the best of them is taken anyway.
+    """
+    if layer is not None and head is not None:
+        return layer, head, "the layer and head asked for"
+    among = ("all heads" if layer is None and head is None
+             else f"the heads of layer {layer}" if layer is not None else f"head {head} of every layer")
+    allowed = torch.zeros_like(content_share, dtype=torch.bool)  # (L, H)
+    allowed[slice(None) if layer is None else layer, slice(None) if head is None else head] = True
+    neighbours = torch.tensor([i for i in (focus - 1, focus + 1) if 0 <= i < len(tokens)], dtype=torch.long)
+    on_neighbour, which = focus_rows[..., neighbours].max(-1)  # (L, H)
+    positional = on_neighbour >= POSITIONAL
+
+    def best(candidates: torch.Tensor) -> tuple[int, int]:
+        return divmod(int(content_share.masked_fill(~candidates, -1.0).flatten().argmax()), content_share.shape[1])
+
+    layer, head = best(allowed & ~positional) if (allowed & ~positional).any() else best(allowed)
+    why = (f"among {among}, the one where '{tokens[focus]}' gives the largest share of its attention to content "
+           f"words ({float(content_share[layer, head]):.0%})")
+    top_layer, top_head = best(allowed)
+    if (top_layer, top_head) != (layer, head):
+        neighbour = int(neighbours[which[top_layer, top_head]])
+        why += (f"; layer {top_layer} head {top_head} gives more ({float(content_share[top_layer, top_head]):.0%}) "
+                f"but puts {float(on_neighbour[top_layer, top_head]):.0%} on '{tokens[neighbour]}', the word just "
+                f"{'before' if neighbour < focus else 'after'} it: a positional head, passed over")
+    elif positional[layer, head]:
+        why += f" (every such head puts at least {POSITIONAL:.0%} on a neighbouring word)"
+    return layer, head, why
 
 
 def initial_vectors(model: TransformerStack, batch: Batch, view: WordView) -> dict:

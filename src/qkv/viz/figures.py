@@ -1,7 +1,14 @@
-"""Matplotlib figures of an explain report: heatmaps, the sense trajectory, head grids."""
+"""Matplotlib figures of an explain report: heatmaps, the sense trajectory, head grids.
+
+Figures grow with the number of tokens (within limits) and label every token while the
+labels fit, every k-th one (and the focus word) beyond; every colour scale has a labelled
+colour bar. :func:`skipped_figures` says which figures a report cannot have, and why.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -9,13 +16,54 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
-__all__ = ["save_figures"]
+from qkv.inspect.explain import MAX_MATRIX_WORDS
+
+__all__ = ["save_figures", "skipped_figures"]
+
+IMPORTANCE_SCALE = 1000  # ablation importance is shown as (1 - cos) x 1000, as in the terminal and the page
+ROLES = ("previous", "next", "self", "cls", "first", "sep", "punctuation", "special")
+MAX_INCHES = 20  # the longest side of a figure
 
 
-def _heatmap(axis, matrix, rows, columns, title, cmap="Blues", fmt=None):
-    image = axis.imshow(matrix, cmap=cmap, aspect="auto")
-    axis.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=8)
-    axis.set_yticks(range(len(rows)), rows, fontsize=8)
+def skipped_figures(report: dict) -> dict[str, str]:
+    """The figures :func:`save_figures` leaves out for ``report``: file name -> the reason, in words."""
+    skipped = {}
+    if report.get("attention") is None:
+        skipped["heatmap_head.png"] = (f"the report keeps no full attention matrix for inputs this long (over "
+                                       f"{MAX_MATRIX_WORDS} words, or streamed), only the focus word's attention")
+    if not report.get("senses"):
+        skipped["sense_trajectory.png"] = (f"no sense examples for '{report['focus']['token']}' (qkv explain "
+                                           f"--senses, or senses= in Python)")
+    if report.get("rollout") is None:
+        skipped["rollout_flow.png"] = "rollout and flow need every token's attention in every layer, which a " \
+                                      "streamed (long) input does not keep"
+    return skipped
+
+
+def _ticks(labels: list[str], inches: float, fontsize: float, keep: int | None = None) -> tuple[list[int], list[str]]:
+    """Positions and labels of the ticks along an axis ``inches`` long: every label while they
+    fit at ``fontsize``, else every k-th one, and always label ``keep`` (the focus word)."""
+    step = max(1, math.ceil(len(labels) * fontsize * 1.3 / 72 / max(inches, 0.5)))
+    shown = [i for i in range(len(labels)) if i % step == 0 and (keep is None or abs(i - keep) * 2 >= step)]
+    if keep is not None:
+        shown = sorted({*shown, keep})
+    return shown, [labels[i] for i in shown]
+
+
+def _heatmap(figure, axis, matrix, rows, columns, title, *, cmap="Blues", label, fmt=None, focus=None,
+             vmax=None):
+    """``matrix`` as an image with its token labels (thinned to fit) and a labelled colour bar."""
+    image = axis.imshow(matrix, cmap=cmap, aspect="auto", vmin=0, vmax=vmax)
+    width, height = figure.get_size_inches()
+    fontsize = 8 if len(columns) <= 40 else 7
+    x, x_labels = _ticks(columns, width - 2.5, fontsize, focus)
+    y, y_labels = _ticks(rows, height - 1.5, fontsize, focus if rows is columns else None)
+    axis.set_xticks(x, x_labels, rotation=60, ha="right", fontsize=fontsize)
+    axis.set_yticks(y, y_labels, fontsize=fontsize)
+    bold = [*zip(axis.get_xticklabels(), x), *(zip(axis.get_yticklabels(), y) if rows is columns else [])]
+    for tick, index in bold:
+        if index == focus:
+            tick.set_fontweight("bold")
     axis.set_title(title, fontsize=10)
     if fmt is not None:
         peak = max(max(row) for row in matrix) or 1.0
@@ -23,42 +71,58 @@ def _heatmap(axis, matrix, rows, columns, title, cmap="Blues", fmt=None):
             for j, value in enumerate(row):
                 axis.text(j, i, fmt(value), ha="center", va="center", fontsize=6,
                           color="white" if value > 0.6 * peak else "black")
+    figure.colorbar(image, ax=axis, shrink=0.8).set_label(label, fontsize=8)
     return image
 
 
 def save_figures(report: dict, out: str | Path) -> list[Path]:
-    """Write the report's figures as PNG files into ``out``; return their paths."""
+    """Write the report's figures as PNG files into ``out``; return their paths.
+
+    The figures :func:`skipped_figures` names are left out. Tokens that the font cannot
+    draw (emoji) come out as empty boxes, without a warning for each.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        return _save_figures(report, out, skipped_figures(report))
+
+
+def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path]:
     tokens, focus = report["tokens"], report["focus"]
-    layers, heads = report["model"]["layers"], report["model"]["heads"]
+    layers, heads, count = report["model"]["layers"], report["model"]["heads"], len(report["tokens"])
     paths = []
+
+    def figure_and_axes(width: float, height: float, **options):
+        return plt.subplots(figsize=(min(width, MAX_INCHES), min(height, MAX_INCHES)), layout="constrained",
+                            **options)
 
     def save(figure, name: str) -> None:
         path = out / name
-        figure.tight_layout()
         figure.savefig(path, dpi=130)
         plt.close(figure)
         paths.append(path)
 
     walk = report["walkthrough"]
-    if report.get("attention") is not None:  # long inputs have no (N, N) matrices
-        figure, axis = plt.subplots(figsize=(6, 5))
-        image = _heatmap(axis, report["attention"][walk["layer"]][walk["head"]], tokens, tokens,
-                         f"attention weights, layer {walk['layer']} head {walk['head']} (rows look at columns)")
-        figure.colorbar(image, ax=axis, shrink=0.8)
+    if "heatmap_head.png" not in skipped:
+        side = max(6.0, 2.5 + 0.16 * count)  # about 0.16 inch a token: room for an 8-point label
+        figure, axis = figure_and_axes(side + 1, side)
+        _heatmap(figure, axis, report["attention"][walk["layer"]][walk["head"]], tokens, tokens,
+                 f"attention weights, layer {walk['layer']} head {walk['head']} (rows look at columns)",
+                 label="attention weight (each row sums to 1)", focus=focus["index"])
         save(figure, "heatmap_head.png")
 
-    if len(tokens) <= 40:
-        focus_by_layer = [[sum(c) / len(c) for c in zip(*by_head)] for by_head in report["focus_attention"]]
-        figure, axis = plt.subplots(figsize=(7, 3.5))
-        _heatmap(axis, focus_by_layer, [f"layer {i}" for i in range(layers)], tokens,
-                 f"where '{focus['token']}' looks (mean over heads)", fmt=lambda v: f"{v:.2f}")
-        save(figure, "focus_attention.png")
+    focus_by_layer = [[sum(c) / len(c) for c in zip(*by_head)] for by_head in report["focus_attention"]]
+    numbers = count <= 40  # each cell's weight written in it while the cells are wide enough
+    figure, axis = figure_and_axes(max(7.0, 2.5 + (0.32 if numbers else 0.16) * count), 3.5)
+    _heatmap(figure, axis, focus_by_layer, [f"layer {i}" for i in range(layers)], tokens,
+             f"where '{focus['token']}' looks (mean over heads)", label="attention weight",
+             fmt=(lambda v: f"{v:.2f}") if numbers else None, focus=focus["index"])
+    save(figure, "focus_attention.png")
 
-    if report.get("senses"):
+    if "sense_trajectory.png" not in skipped:
         senses = report["senses"]
-        figure, axis = plt.subplots(figsize=(6, 3.8))
+        figure, axis = figure_and_axes(6, 3.8)
         xs = range(len(senses["cosine"]))
         for s, name in enumerate(senses["names"]):
             axis.plot(xs, [row[s] for row in senses["cosine"]], marker="o", label=f"{name} prototype")
@@ -69,40 +133,52 @@ def save_figures(report: dict, out: str | Path) -> list[Path]:
         axis.set_xticks(list(xs), ["emb", *(str(i) for i in range(len(xs) - 1))])
         axis.set_xlabel("after layer (emb = embeddings, before any attention)")
         axis.set_ylabel("cosine similarity")
+        low, high = axis.get_ylim()
+        axis.set_ylim(low, min(high, 1.0))  # a cosine is at most 1
         axis.set_title(f"'{focus['token']}' moving toward its sense, layer by layer", fontsize=10)
         axis.legend(fontsize=8)
         save(figure, "sense_trajectory.png")
 
     roles = report["head_roles"]
-    names = [n for n in ("previous", "next", "self", "cls", "first", "sep", "punctuation") if n in roles]
-    figure, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.8), sharey=True, squeeze=False)
-    axes = axes[0]
-    for axis, name in zip(axes, names):
-        axis.imshow(roles[name], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
-        axis.set_title(name, fontsize=9)
+    names = [n for n in ROLES if n in roles]
+    columns = min(4, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure, axes = figure_and_axes(2.2 * columns + 1.2, 2.5 * rows + 0.6, nrows=rows, ncols=columns,
+                                   squeeze=False)
+    for k, axis in enumerate(axes.flat):
+        if k >= len(names):
+            axis.set_visible(False)
+            continue
+        image = axis.imshow(roles[names[k]], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
+        axis.set_title(names[k], fontsize=9)
         axis.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=6)
         axis.set_xlabel("head", fontsize=8)
-    axes[0].set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
-    axes[0].set_ylabel("layer")
-    figure.suptitle("head roles: share of attention to each kind of token (Clark et al., 2019)", fontsize=10)
+        axis.set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
+        if k % columns == 0:
+            axis.set_ylabel("layer")
+    figure.colorbar(image, ax=axes, shrink=0.8).set_label("share of attention (0 to 1)", fontsize=8)
+    figure.suptitle("head roles: share of attention to each kind of token, averaged over the sentence "
+                    "(Clark et al., 2019)", fontsize=10)
     save(figure, "head_roles.png")
 
-    figure, axis = plt.subplots(figsize=(6, 3.2))
-    image = _heatmap(axis, report["ablation"], [f"layer {i}" for i in range(layers)],
-                     [f"h{h}" for h in range(heads)],
-                     f"how far '{focus['token']}' moves when one head is zeroed (1 - cos)", cmap="Reds")
-    figure.colorbar(image, ax=axis, shrink=0.8)
+    figure, axis = figure_and_axes(6.5, 3.2)
+    _heatmap(figure, axis, [[v * IMPORTANCE_SCALE for v in row] for row in report["ablation"]],
+             [f"layer {i}" for i in range(layers)], [f"h{h}" for h in range(heads)],
+             f"head importance: how far '{focus['token']}' moves when one head is zeroed", cmap="Reds",
+             label=f"(1 - cos) x {IMPORTANCE_SCALE}")
     save(figure, "head_ablation.png")
 
-    if report.get("rollout") is None:
-        return paths
-    figure, axis = plt.subplots(figsize=(7, 3))
-    xs = range(len(tokens))
-    axis.bar([x - 0.2 for x in xs], report["rollout"], width=0.4, label="rollout")
-    if report.get("flow"):
-        axis.bar([x + 0.2 for x in xs], report["flow"], width=0.4, label="flow (normalised)")
-    axis.set_xticks(list(xs), tokens, rotation=60, ha="right", fontsize=8)
-    axis.set_title(f"what reaches '{focus['token']}' through all layers (Abnar & Zuidema, 2020)", fontsize=10)
-    axis.legend(fontsize=8)
-    save(figure, "rollout_flow.png")
+    if "rollout_flow.png" not in skipped:
+        figure, axis = figure_and_axes(max(7.0, 2.5 + 0.16 * count), 3)
+        xs = range(count)
+        axis.bar([x - 0.2 for x in xs], report["rollout"], width=0.4, label="rollout")
+        if report.get("flow"):
+            axis.bar([x + 0.2 for x in xs], report["flow"], width=0.4, label="flow (normalised)")
+        fontsize = 8 if count <= 40 else 7
+        x, labels = _ticks(tokens, min(MAX_INCHES, 2.5 + 0.16 * count) - 1.5, fontsize, focus["index"])
+        axis.set_xticks(x, labels, rotation=60, ha="right", fontsize=fontsize)
+        axis.set_ylabel("share reaching the focus word", fontsize=8)
+        axis.set_title(f"what reaches '{focus['token']}' through all layers (Abnar & Zuidema, 2020)", fontsize=10)
+        axis.legend(fontsize=8)
+        save(figure, "rollout_flow.png")
     return paths

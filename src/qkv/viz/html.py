@@ -143,14 +143,18 @@ _PAGE = """<!DOCTYPE html>
 <section id="tokens-section">
 <h2>1 · Where each word looks</h2>
 <p class="help">Point at a word (or tab to it): the other words darken by how much attention it pays them in
-the selected head. Click a word to keep it selected. Without a pointer, the focus word is shown.</p>
+the selected head, relative to the word it looks at most (the darkest is its largest weight, whatever that is).
+Click a word, or press Enter, to keep it selected. Without a pointer, the focus word is shown.</p>
 <div id="tokens" class="tokens"></div>
 <p id="token-caption" class="caption"></p>
 </section>
 
 <section id="heatmap-section">
 <h2>2 · The selected head, every word at once</h2>
-<p class="help">Row = the word that asks (query), column = the word it looks at (key). Each row sums to 1.</p>
+<p class="help">Row = the word that asks (query), column = the word it looks at (key). Each row sums to 1.
+Shades are absolute weights, on a square-root scale so that small weights still show (the tables of section 4
+use the same scale):</p>
+<div id="shade-key" class="key" aria-label="colour key: attention weight"></div>
 <div class="two">
 <div id="heatmap-box"></div>
 <div id="head-summary" class="panel"></div>
@@ -192,21 +196,25 @@ as in the layer menu. Context should pull one sense ahead.</p>
 <section id="rollout-section">
 <h2>6 · Attention rollout and flow</h2>
 <p class="help">Rollout multiplies the layers' attention (with the residual) to trace how much of each input word
-reaches the focus word at the last layer (Abnar &amp; Zuidema, 2020); flow treats it as a max-flow network.</p>
+reaches the focus word at the last layer (Abnar &amp; Zuidema, 2020); flow treats it as a max-flow network. Both
+bars use one scale.</p>
 <div class="scroll"><table id="rollout-table" class="data"></table></div>
 <p id="last-layer" class="caption"></p>
 </section>
 
 <section id="ablation-section">
 <h2>7 · Which heads matter, and what they do</h2>
-<p class="help">Importance: how far the focus word's final vector moves (1 − cosine) when that head is switched off.
-Attention weights show where a head looks, not whether it matters. Click a cell to select the head.</p>
+<p class="help">Importance: how far the focus word's final vector moves when that head is switched off, as
+(1 − cosine) × 1000, shaded relative to the most important head. Attention weights show where a head looks, not
+whether it matters. Click a cell to select the head.</p>
 <div class="two">
-<div><h3>Importance (ablation)</h3><div class="scroll"><table id="ablation-grid" class="grid"></table></div></div>
+<div><h3>Importance (ablation), (1 − cos) × 1000</h3>
+<div class="scroll"><table id="ablation-grid" class="grid"></table></div></div>
 <div><h3>Roles <select id="role-select" aria-label="role"></select></h3>
 <div class="scroll"><table id="roles-grid" class="grid"></table></div>
 <p class="help small">Mean attention each head pays to the previous or next word, itself, [CLS] (or the first
-word, in a model without it), [SEP], punctuation or all special tokens, over all words of the sentence.</p></div>
+word, in a model without it), [SEP], punctuation or all special tokens, over all words of the sentence; shaded
+from 0 to 1.</p></div>
 </div>
 </section>
 
@@ -235,7 +243,7 @@ h2 { font-size: 1.15rem; margin: 0 0 6px; }
 h3 { font-size: 0.98rem; margin: 14px 0 6px; }
 header .sub { color: var(--muted); margin: 0 0 8px; }
 #sentence, .tok, .lbl { unicode-bidi: isolate; }
-section { border-top: 1px solid var(--line); padding: 16px 0 10px; }
+section { border-top: 1px solid var(--line); padding: 16px 0 10px; scroll-margin-top: 5.5rem; }
 .help { color: var(--muted); margin: 0 0 10px; max-width: 75ch; }
 .small { font-size: 0.85rem; }
 .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
@@ -281,6 +289,9 @@ table.grid td.sel { outline: 2px solid #d9480f; }
 table.grid th { color: var(--muted); font-weight: 500; padding: 0 3px; }
 td.shade { text-align: center !important; }
 svg text { font-family: inherit; }
+#sense-plot { display: block; width: 100%; max-width: 620px; height: auto; }
+.key { display: flex; flex-wrap: wrap; gap: 2px; margin: 0 0 10px; font-size: 0.8rem; }
+.key span { padding: 1px 6px; border-radius: 3px; font-variant-numeric: tabular-nums; }
 #heatmap rect.cell { stroke: #fff; stroke-width: 0.5; }
 #heatmap rect.cell.row-hl { stroke: #d9480f; stroke-width: 1; }
 .legend { display: flex; flex-wrap: wrap; gap: 14px; margin: 4px 0; font-size: 0.9rem; }
@@ -332,10 +343,19 @@ _SCRIPT = r"""
     const c = a.map(function (v, i) { return Math.round(v + (b[i] - v) * Math.sqrt(t)); });
     return "rgb(" + c[0] + "," + c[1] + "," + c[2] + ")";
   }
-  function inkOn(t) { return Math.sqrt(Math.max(0, Math.min(1, Number(t) || 0))) > 0.55 ? "#ffffff" : "#1d2433"; }
+  // Black or white text, whichever contrasts more with the shade: at least 4.58:1 (WCAG AA) on every shade.
+  function inkOn(colour) {
+    const lum = colour.match(/\d+/g).map(function (v) {
+      v = Number(v) / 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
+    const y = 0.2126 * lum[0] + 0.7152 * lum[1] + 0.0722 * lum[2];
+    return (y + 0.05) * (y + 0.05) < 1.05 * 0.05 ? "#ffffff" : "#000000";
+  }
   function paint(node, t) {
-    node.style.backgroundColor = shade(t);
-    node.style.color = inkOn(t);
+    const colour = shade(t);
+    node.style.backgroundColor = colour;
+    node.style.color = inkOn(colour);
   }
   function bar(value, full, alt) {
     const width = full > 0 ? Math.max(0, Math.min(1, value / full)) * 120 : 0;
@@ -354,6 +374,7 @@ _SCRIPT = r"""
   function parked(i) { return R.kinds[i] === "special" || R.kinds[i] === "punctuation"; }
   const SET_ASIDE = R.set_aside || "[CLS], [SEP] and punctuation";
   const SET_ASIDE_SHORT = (R.special_tokens || ["[CLS]", "[SEP]"]).concat(["punct."]).join("/");
+  const IMPORTANCE = 1000;  // ablation importance is shown as (1 - cos) x 1000, as in the terminal and figures
   function afterLayer(i) { return i === 0 ? "emb" : String(i - 1); }  // hidden state i: after layer i - 1
 
   // ---- controls ----
@@ -391,6 +412,11 @@ _SCRIPT = r"""
     s.addEventListener("focus", function () { state.source = i; drawTokens(); highlightRow(); });
     s.addEventListener("mouseleave", function () { state.source = state.pinned; drawTokens(); highlightRow(); });
     s.addEventListener("click", function () { state.pinned = i; state.source = i; drawTokens(); highlightRow(); });
+    s.addEventListener("keydown", function (event) {
+      if (event.key !== "Enter" && event.key !== " ") return;
+      event.preventDefault();  // Space would scroll the page
+      state.pinned = i; state.source = i; drawTokens(); highlightRow();
+    });
     tokenBox.appendChild(s);
     tokenSpans.push(s);
   }
@@ -450,6 +476,10 @@ _SCRIPT = r"""
   document.getElementById("heatmap-box").appendChild(hasMatrices ? hm : el("p", { class: "help" },
     "This input is long: the report keeps the focus word's attention and streamed statistics " +
     "rather than every head's full matrix, so there is no heatmap."));
+  (function () {
+    const key = document.getElementById("shade-key");
+    for (const w of [0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1]) paint(key.appendChild(el("span", null, w)), w);
+  })();
   function drawHeatmap() {
     if (!hasMatrices) return;
     const A = R.attention[state.layer][state.head];
@@ -484,7 +514,7 @@ _SCRIPT = r"""
       item("share to " + SET_ASIDE, pct(s.parked_share));
       item("entropy (nats; 0 = one word, ln W = uniform)", fmt(s.entropy, 2) + " of " + fmt(Math.log(W), 2));
     }
-    item("importance (ablation)", fmt(R.ablation[state.layer][state.head], 4));
+    item("importance (ablation), (1 − cos) × 1000", fmt(R.ablation[state.layer][state.head] * IMPORTANCE, 1));
     box.appendChild(dl);
   }
 
@@ -496,10 +526,13 @@ _SCRIPT = r"""
     document.getElementById("walkthrough-info").textContent = "Layer " + wt.layer + ", head " + wt.head +
       ": the query of piece “" + visible(pieces[wt.query_piece]) + "” (position " + wt.query_piece +
       "), head dimension d = " + wt.query.length + ", scale 1/√d = " + fmt(wt.scale, 4) + "." +
-      (wt.causal ? " The model is causal: the query sees only the " + N + " pieces up to itself." : "");
+      (wt.causal ? " The model is causal: the query sees only the " + N + " pieces up to itself." : "") +
+      (wt.chosen ? " Why this head: " + visible(wt.chosen) + "." : "");
     document.getElementById("walkthrough-select").addEventListener("click", function () {
       select(wt.layer, wt.head);
-      document.getElementById("heatmap-section").scrollIntoView();
+      const target = document.getElementById("heatmap-section");  // its heading just below the sticky controls
+      target.style.scrollMarginTop = (document.getElementById("controls").offsetHeight + 8) + "px";
+      target.scrollIntoView();
     });
     const table = document.getElementById("walkthrough-table");
     table.appendChild(row([th("#"), th("key piece", "text"), th("query · key"), th("× 1/√d = score"),
@@ -569,8 +602,9 @@ _SCRIPT = r"""
     const box = document.getElementById("senses-box");
     const S = R.senses;
     if (!S || !S.cosine || !S.cosine.length) {
-      box.appendChild(el("p", { class: "help" }, "No sense prototypes for “" + visible(R.focus.token) +
-        "”: pass senses=... to explain() to see this view."));
+      box.appendChild(el("p", { class: "help" }, "No sense examples for “" + visible(R.focus.token) +
+        "”, so no sense view. Built-in examples exist for “bank” only; give your own on the command line with " +
+        "qkv explain --senses \"sense1: sentence | sentence; sense2: sentence\", or with senses= in Python."));
       return;
     }
     const names = S.names, rows = S.cosine, n = rows.length;
@@ -583,11 +617,11 @@ _SCRIPT = r"""
     let lo = Infinity, hi = -Infinity;
     for (const s of series) for (const v of s.values) if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     if (!(hi > lo)) { lo -= 0.05; hi += 0.05; }
-    const margin = (hi - lo) * 0.08; lo -= margin; hi += margin;
+    const margin = (hi - lo) * 0.08; lo -= margin; hi = Math.min(1, hi + margin);  // a cosine is at most 1
     const Wp = 620, Hp = 300, left = 56, right = 16, top = 14, bottom = 40;
     const x = function (i) { return left + (n > 1 ? i / (n - 1) : 0.5) * (Wp - left - right); };
     const y = function (v) { return top + (hi - v) / (hi - lo) * (Hp - top - bottom); };
-    const plot = svg("svg", { id: "sense-plot", width: Wp, height: Hp, role: "img",
+    const plot = svg("svg", { id: "sense-plot", viewBox: "0 0 " + Wp + " " + Hp, role: "img",
                               "aria-label": "cosine to each sense by layer" });
     for (let k = 0; k <= 4; k++) {
       const v = lo + (hi - lo) * k / 4;
@@ -642,7 +676,7 @@ _SCRIPT = r"""
     const roll = R.rollout || [], flow = R.flow;
     table.appendChild(row([th("token", "text"), th("rollout"), th("", "text"),
                            th(flow ? "flow" : "flow (too long to compute)"), th("", "text")]));
-    const fr = maxOf(roll), ff = flow ? maxOf(flow) : 0;
+    const fr = Math.max(maxOf(roll), flow ? maxOf(flow) : 0), ff = fr;  // one scale for both bars
     for (let j = 0; j < W; j++) {
       const b1 = td(null, "barcell"); b1.appendChild(bar(roll[j], fr));
       const b2 = td(null, "barcell"); if (flow) b2.appendChild(bar(flow[j], ff, true));
@@ -690,7 +724,8 @@ _SCRIPT = r"""
   }
   let ablMax = 0;
   for (const r of R.ablation) ablMax = Math.max(ablMax, maxOf(r));
-  grid("ablation-grid", R.ablation, ablMax, "importance", 3);
+  grid("ablation-grid", R.ablation.map(function (r) { return r.map(function (v) { return v * IMPORTANCE; }); }),
+       ablMax * IMPORTANCE, "importance, (1 − cos) × 1000", 1);
   const roleSelect = document.getElementById("role-select");
   const roles = Object.keys(R.head_roles || {});
   for (const name of roles) roleSelect.appendChild(el("option", { value: name }, name));

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from qkv.inspect.explain import DEFAULT_FOCUS, DEFAULT_SENTENCE, explain
+from qkv.inspect.words import word_view
 from qkv.viz.html import render_html, show_controls
 
 __all__ = ["make_server", "serve", "serve_until_interrupted", "ExplainServer", "InputError"]
@@ -50,10 +51,12 @@ def token_limit(model) -> int | None:
 
 
 def check_input(tokenizer, model, sentence: str, focus: str) -> None:
-    """Raise :class:`InputError` for empty fields or a sentence longer than the model reads.
+    """Raise :class:`InputError` for empty fields, a sentence longer than the model reads or a
+    focus word that is not in it.
 
     The tokenizer truncates to the model's maximum by itself, so the count is taken with
-    truncation off: a long sentence is refused, never silently cut.
+    truncation off: a long sentence is refused, never silently cut. A focus word that is
+    not among the sentence's words is refused with the list of its words.
     """
     if not sentence.strip():
         raise InputError("Please type a sentence.")
@@ -61,14 +64,22 @@ def check_input(tokenizer, model, sentence: str, focus: str) -> None:
         raise InputError("Please type the focus word: a word of the sentence to follow.")
     if len(sentence) > MAX_CHARS:
         raise InputError(f"The sentence has {len(sentence):,} characters; the limit here is {MAX_CHARS:,}.")
+    batch = tokenizer(sentence, max_length=_NO_LIMIT)
     limit = token_limit(model)
-    if limit is not None:
-        count = int(tokenizer(sentence, max_length=_NO_LIMIT).input_ids.shape[1])
-        if count > limit:
-            raise InputError(
-                f"The sentence is too long for this model: it has {count} tokens "
-                f"(special tokens included) and the model reads at most {limit}. Shorten it and try again."
-            )
+    count = int(batch.input_ids.shape[1])
+    if limit is not None and count > limit:
+        raise InputError(
+            f"The sentence is too long for this model: it has {count} tokens "
+            f"(special tokens included) and the model reads at most {limit}. Shorten it and try again."
+        )
+    view = word_view(batch)
+    words = list(dict.fromkeys(t for t, kind in zip(view.tokens, view.kinds) if kind == "word"))
+    if not words:
+        raise InputError("The sentence has no words to follow, only punctuation or symbols. Type a sentence "
+                         "with words.")
+    if focus.strip().lower() not in {w.lower() for w in words}:  # as explain() matches it
+        raise InputError(f"The focus word “{focus.strip()}” is not in the sentence. Its words are: "
+                         f"{', '.join(words)}. Type one of them (one word, without spaces).")
 
 
 _STYLE = """
@@ -147,8 +158,9 @@ class ExplainServer(ThreadingHTTPServer):
             check_input(self.tokenizer, self.model, sentence, focus)
             try:
                 report = explain(self.model, self.tokenizer, sentence, focus.strip())
-            except ValueError as error:  # unknown focus word, too long, ...
-                raise InputError(str(error)) from error
+            except ValueError as error:  # anything else explain() refuses; said as a sentence
+                message = str(error)
+                raise InputError(message[:1].upper() + message[1:]) from error
         return render_html(report, back_href="/?" + urlencode({"sentence": sentence, "focus": focus}))
 
 

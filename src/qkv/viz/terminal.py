@@ -1,8 +1,15 @@
-"""The explain report in a terminal: rich tables and bars that fit 100 columns."""
+"""The explain report in a terminal: rich tables and bars sized to the console's width.
+
+Every line fits the console: notes wrap with their indent, bars and the number of vector
+dimensions shrink on narrow consoles, grids of heads split into several tables, and long
+inputs show a window of tokens around the focus word, saying which.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -10,6 +17,7 @@ from rich.text import Text
 __all__ = ["print_report"]
 
 SHADES = " ░▒▓█"
+INDENT = 3  # notes under a heading
 
 
 def bar(value: float, width: int = 20, full: float = 1.0) -> str:
@@ -35,20 +43,60 @@ def _set_aside(report: dict) -> str:
     return report.get("set_aside", "[CLS], [SEP] and punctuation")
 
 
-def _set_aside_short(report: dict) -> str:
-    """The same, short enough for a column header: "[CLS]/[SEP]/punct." or "punct."."""
-    return "/".join([*report.get("special_tokens", ["[CLS]", "[SEP]"]), "punct."])
-
-
 def _causal(report: dict) -> bool:
     return bool(report["model"].get("causal", False))
 
 
+def _note(console: Console, text: str | Text, indent: int = INDENT) -> None:
+    """``text`` under a heading: wrapped to the console's width, every line indented."""
+    console.print(Padding(text if isinstance(text, Text) else Text(text), (0, 0, 0, indent), expand=False))
+
+
+def _heading(console: Console, text: str) -> None:
+    console.print(Text("\n" + text, style="bold"))
+
+
+def _compact_table() -> Table:
+    """A table without lines, one space between columns: for many narrow columns."""
+    return Table(box=None, pad_edge=False, padding=(0, 0, 0, 1), header_style="bold")
+
+
+def _widest(console: Console, build, low: int, high: int) -> Table:
+    """``build(n)`` for the largest ``n`` in ``low..high`` whose table fits the console (``low`` if none)."""
+    options = console.options.update(max_width=10_000)  # the table's natural width, not squeezed to fit
+
+    def fits(n: int) -> bool:
+        return Measurement.get(console, options, build(n)).maximum <= console.width
+
+    while low < high:  # wider tables for larger n: a binary search
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return build(low)
+
+
+def _window(count: int, focus: int, size: int) -> range:
+    """``size`` consecutive indices of ``range(count)`` around ``focus`` (all of them if they fit)."""
+    if count <= size:
+        return range(count)
+    start = max(0, min(focus - size // 2, count - size))
+    return range(start, start + size)
+
+
+def _window_note(report: dict, shown: range, what: str) -> str:
+    """What a window of tokens shows: "rows: tokens 23–53 of 65, around the focus word ...", or
+    "rows: all 10 tokens"."""
+    count = len(report["tokens"])
+    if len(shown) == count:
+        return f"{what}: all {count} tokens"
+    return (f"{what}: tokens {shown.start}–{shown.stop - 1} of {count} (numbered from 0), around the focus word "
+            f"'{report['focus']['token']}' ({report['focus']['index']}); --json or --html has all of them")
+
+
 def print_report(report: dict, console: Console | None = None) -> None:
-    """Print every section of an :func:`qkv.inspect.explain` report."""
-    console = console or Console(width=100)
-    tokens, focus = report["tokens"], report["focus"]
-    model = report["model"]
+    """Print every section of an :func:`qkv.inspect.explain` report, as wide as ``console``
+    (default: a console as wide as the terminal)."""
+    console = console or Console()
+    focus, model = report["focus"], report["model"]
     causal = (f"\ncausal model: '{focus['token']}', like every token, attends only to itself and the tokens "
               f"before it" if _causal(report) else "")
     console.print(Panel(
@@ -75,187 +123,211 @@ def print_report(report: dict, console: Console | None = None) -> None:
         f"attention to {_set_aside(report)} ({parking}); among the {others} it attends most to {top}."),
         title="in short", expand=False,
     ))
-    del tokens
 
 
 def _tokens(report: dict, console: Console) -> None:
-    table = Table(title="1. Tokens and their initial vectors (token embedding + position)", title_justify="left")
+    _heading(console, "1. Tokens and their initial vectors (token embedding + position)")
+    shown = _window(len(report["tokens"]), report["focus"]["index"], 31)
+    if len(shown) < len(report["tokens"]):
+        _note(console, _window_note(report, shown, "rows"))
+    dims = max(1, min(6, (console.width - 50) // 7))  # 4 at 80 columns
+    table = Table(show_edge=False)
     for column in ("#", "token", "pieces", "|x|", "first dimensions"):
         table.add_column(column, overflow="fold")
     vectors = report["initial_vectors"]
-    for i in _shown(report):
+    for i in shown:
         token = report["tokens"][i]
         pieces = " ".join(report["pieces"][p] for p in report["word_pieces"][i])
         style = "bold cyan" if i == report["focus"]["index"] else ("dim" if report["kinds"][i] != "word" else "")
         table.add_row(str(i), Text(token, style=style), Text(pieces), f"{vectors['norm'][i]:.2f}",
-                      fmt_vector(vectors["first_dims"][i], 4))
+                      fmt_vector(vectors["first_dims"][i], dims))
     console.print(table)
-
-
-def _shown(report: dict, around: int = 15) -> list[int]:
-    """Token indices to list: all of a short input, the focus's neighbourhood of a long one."""
-    count, focus = len(report["tokens"]), report["focus"]["index"]
-    if count <= 2 * around + 1:
-        return list(range(count))
-    start = max(0, min(focus - around, count - 2 * around - 1))
-    return list(range(start, start + 2 * around + 1))
 
 
 def _walkthrough(report: dict, console: Console) -> None:
     w = report["walkthrough"]
     piece = report["pieces"][w["query_piece"]]
-    console.print(Text(
-        f"\n2. One head step by step: layer {w['layer']}, head {w['head']} (query of '{piece}')", style="bold"
-    ))
+    _heading(console, f"2. One head step by step: layer {w['layer']}, head {w['head']} (query of '{piece}')")
+    if w.get("chosen"):
+        _note(console, f"why this head: {w['chosen']}")
     if w.get("causal"):
-        console.print(f"   causal: the query sees only the {len(w['keys'])} pieces up to itself; later ones are "
-                      f"hidden (weight 0)")
-    console.print(f"   query q = {fmt_vector(w['query'])}  ({len(w['query'])} numbers)")
-    table = Table(show_edge=False)
-    for column in ("key of", "k (first dims)", "q·k", f"× {w['scale']:.3f}", "softmax", ""):
-        table.add_column(column)
+        _note(console, f"causal: the query sees only the {len(w['keys'])} pieces up to itself; later ones are "
+                       f"hidden (weight 0)")
+    _note(console, f"query q = {fmt_vector(w['query'])}  ({len(w['query'])} numbers)")
     keys = range(len(w["keys"]))
     if len(w["keys"]) > 30:  # a long input: the 30 keys with the largest weights
         keys = sorted(sorted(keys, key=lambda i: -w["weights"][i])[:30])
-        console.print(f"   (the 30 of {len(w['keys'])} keys with the largest weights)")
-    for i in keys:
-        key = w["keys"][i]
-        table.add_row(Text(report["pieces"][i]), fmt_vector(key, 3), f"{w['dot'][i]:+.2f}",
-                      f"{w['scores'][i]:+.2f}", f"{w['weights'][i]:.3f}", bar(w["weights"][i], 16))
+        _note(console, f"rows: the 30 of {len(w['keys'])} keys with the largest weights, in sentence order")
+
+    def build(size: int) -> Table:  # size 1..16: the bar's width; the key's dimensions shrink with it
+        dims = 3 if size >= 12 else 2 if size >= 8 else 1
+        table = Table(show_edge=False)
+        for column in ("key of", "k (first dims)", "q·k", f"× {w['scale']:.3f}", "softmax", ""):
+            table.add_column(column, overflow="fold")
+        for i in keys:
+            table.add_row(Text(report["pieces"][i]), fmt_vector(w["keys"][i], dims), f"{w['dot'][i]:+.2f}",
+                          f"{w['scores'][i]:+.2f}", f"{w['weights'][i]:.3f}", bar(w["weights"][i], size))
+        return table
+
+    table = _widest(console, build, 4, 16)
     console.print(table)
     check = "equals" if w["matches_model"] else "DIFFERS FROM"
-    console.print(f"   output = Σ weight × v = {fmt_vector(w['output'])}; {check} the model's own "
-                  f"(max difference {w['max_difference']:.1e})")
+    _note(console, f"output = Σ weight × v = {fmt_vector(w['output'])}; {check} the model's own "
+                   f"(max difference {w['max_difference']:.1e})")
 
 
 def _layers(report: dict, console: Console) -> None:
     tokens, focus, kinds = report["tokens"], report["focus"]["index"], report["kinds"]
-    console.print(Text(f"\n3. Where '{tokens[focus]}' looks, every layer (mean over heads; darker = more)",
-                       style="bold"))
+    _heading(console, f"3. Where '{tokens[focus]}' looks, every layer (mean over heads)")
     if _causal(report):
-        console.print("   causal: it can only look at itself and the words before it; later columns stay empty")
-    if len(tokens) <= 16:
-        console.print("   columns: " + "  ".join(f"{i}={t}" for i, t in enumerate(tokens)))
-    table = Table(show_edge=False)
+        _note(console, "causal: it can only look at itself and the words before it; later columns stay empty")
+    # A column of 2 shade characters and a space per token (3 for indices over 99); "layer" and "aside" ~15.
+    shown = _window(len(tokens), focus, max(4, (console.width - INDENT - 15) // (3 if len(tokens) <= 100 else 4)))
+    _note(console, "shade: darker = more attention, relative to the largest weight in the row; "
+                   f"aside: the share that goes to {_set_aside(report)}")
+    _note(console, _window_note(report, shown, "columns") + ": " + "  ".join(f"{i}={tokens[i]}" for i in shown))
+    table = _compact_table()
     table.add_column("layer")
-    for i in range(len(tokens)):
-        table.add_column(str(i), justify="center")
-    table.add_column(f"to {_set_aside_short(report)}", justify="right")
+    for i in shown:
+        table.add_column(str(i), justify="center", style="bold cyan" if i == focus else None)
+    table.add_column("aside", justify="right")
     per_head = {(h["layer"], h["head"]): h for h in report["heads"]}
     best_words = []
     for layer, by_head in enumerate(report["focus_attention"]):
         focus_row = [sum(column) / len(column) for column in zip(*by_head)]  # mean over heads
         peak = max(focus_row)
         parked = sum(w for w, k in zip(focus_row, kinds) if k != "word")
-        if len(tokens) <= 16:
-            table.add_row(str(layer), *[shade(v, peak) * 2 for v in focus_row], f"{parked:.0%}")
+        table.add_row(str(layer), *[shade(focus_row[i], peak) * 2 for i in shown], f"{parked:.0%}")
         kept = sorted(((w, t) for t, w, k in zip(tokens, focus_row, kinds) if k == "word" and t != tokens[focus]),
                       reverse=True)
         heads = [per_head[(layer, h)] for h in range(report["model"]["heads"])]
         sharpest = max(heads, key=lambda h: h["top_content"][0][1] if h["top_content"] else 0.0)
         best_words.append(
-            f"   layer {layer}: " + ", ".join(f"{t} {w:.2f}" for w, t in kept[:3])
+            f"layer {layer}: " + ", ".join(f"{t} {w:.2f}" for w, t in kept[:3])
             + (f"  · sharpest head h{sharpest['head']} → {sharpest['top_content'][0][0]} "
                f"{sharpest['top_content'][0][1]:.2f}" if sharpest["top_content"] else "")
         )
-    if len(tokens) <= 16:
-        console.print(table)
-    console.print(Text(f"   most attended words, leaving out {_set_aside(report)} (the sharpest head's share\n"
-                       "   is of its attention left for the other words):"))
+    console.print(Padding(table, (0, 0, 0, INDENT)))
+    _note(console, f"most attended words of the whole input, leaving out {_set_aside(report)} (the sharpest "
+                   "head's share is of its attention left for the other words):")
     for line in best_words:
-        console.print(Text(line))
+        _note(console, line)
 
 
 def _senses(report: dict, console: Console) -> None:
     senses = report.get("senses")
     word = report["focus"]["token"]
     if not senses:
-        console.print(f"\n4. Sense trajectory: no sense examples for '{word}'; pass --senses "
-                      f"\"sense1: sentence | sentence; sense2: sentence\"")
+        _heading(console, "4. Sense trajectory")
+        _note(console, f"no sense examples for '{word}'; pass --senses \"sense1: sentence | sentence; sense2: "
+                       f"sentence\" (or senses= in Python)")
         return
     names = senses["names"]
-    console.print(Text(f"\n4. Context changing meaning: '{word}' against sense prototypes, layer by layer",
-                       style="bold"))
-    console.print("   rows: the word's vector from the embeddings (emb, before any attention), then after each "
-                  "layer,\n   numbered as in sections 2 and 3")
+    _heading(console, f"4. Context changing meaning: '{word}' against sense prototypes, layer by layer")
+    _note(console, "rows: the word's vector from the embeddings (emb, before any attention), then after each "
+                   "layer, numbered as in sections 2 and 3")
     if _causal(report):
-        console.print(Text(f"   causal: the vector of '{word}' depends only on the words before it, here, in the "
-                           f"examples and in\n   the contrast sentence; words after it cannot change it"))
-    table = Table(show_edge=False)
-    table.add_column("after layer")
-    for name in names:
-        table.add_column(f"cos to {name}")
-    table.add_column("nearest")
-    table.add_column("margin")
-    if senses["contrast_cosine"] is not None:
-        table.add_column("cos to the word in the contrast sentence")
-    for layer, row in enumerate(senses["cosine"]):
-        ranked = sorted(row, reverse=True)
-        cells = ["emb" if layer == 0 else str(layer - 1), *[f"{c:.3f}" for c in row], senses["predicted"][layer],
-                 f"{ranked[0] - ranked[1]:+.3f} " + bar(ranked[0] - ranked[1], 12, 0.15)]
-        if senses["contrast_cosine"] is not None:
-            cells.append(f"{senses['contrast_cosine'][layer]:.3f}")
-        table.add_row(*cells)
-    console.print(table)
-    if senses["contrast_sentence"]:
-        console.print(Text(f"   contrast sentence: {senses['contrast_sentence']!r}"))
+        _note(console, f"causal: the vector of '{word}' depends only on the words before it, here, in the "
+                       f"examples and in the contrast sentence; words after it cannot change it")
+    contrast = senses["contrast_cosine"] is not None
+    if contrast:
+        _note(console, f"contrast: cosine to '{word}' in the contrast sentence, {senses['contrast_sentence']!r}")
+
+    def build(size: int) -> Table:  # size: the margin bar's width
+        table = Table(show_edge=False)
+        table.add_column("after layer")
+        for name in names:
+            table.add_column(f"cos to {name}", overflow="fold")
+        table.add_column("nearest", overflow="fold")
+        table.add_column("margin", no_wrap=True)
+        if contrast:
+            table.add_column("contrast", overflow="fold")
+        for layer, row in enumerate(senses["cosine"]):
+            ranked = sorted(row, reverse=True)
+            cells = ["emb" if layer == 0 else str(layer - 1), *[f"{c:.3f}" for c in row],
+                     senses["predicted"][layer], f"{ranked[0] - ranked[1]:+.3f} " + bar(ranked[0] - ranked[1], size,
+                                                                                         0.15)]
+            if contrast:
+                cells.append(f"{senses['contrast_cosine'][layer]:.3f}")
+            table.add_row(*cells)
+        return table
+
+    console.print(_widest(console, build, 3, 12))
 
 
 def _rollout(report: dict, console: Console) -> None:
     tokens = report["tokens"]
-    console.print(Text("\n5. What reaches the focus token through all layers: attention rollout and flow "
-                       "(Abnar & Zuidema, 2020; flow normalised to sum to 1)", style="bold"))
+    _heading(console, "5. What reaches the focus token through all layers: attention rollout and flow")
+    _note(console, "Abnar & Zuidema, 2020; flow normalised to sum to 1; both bars on one scale")
     rollout, flow = report["rollout"], report["flow"]
     if rollout is None:
-        console.print("   (not for long inputs: both need every token's attention in every layer)")
+        _note(console, "(not for long inputs: both need every token's attention in every layer)")
         streamed = report.get("streamed")
         if streamed:
-            console.print(f"   attention received, streamed with {streamed['method']}:")
+            _note(console, f"attention received, streamed with {streamed['method']}:")
             for layer, info in enumerate(streamed["layers"]):
                 words = ", ".join(f"{t} {v:.2f}" for t, v in info["most_received"])
-                console.print(f"   layer {layer}: {words} · mean entropy {info['mean_entropy']:.2f} nats")
+                _note(console, f"layer {layer}: {words} · mean entropy {info['mean_entropy']:.2f} nats")
         return
-    table = Table(show_edge=False)
-    for column in ("token", "rollout", "", "flow", ""):
-        table.add_column(column)
-    top_r = max(rollout)
-    top_f = max(flow) if flow else 1.0
-    for i, token in enumerate(tokens):
-        table.add_row(Text(token), f"{rollout[i]:.3f}", bar(rollout[i], 14, top_r),
-                      "-" if flow is None else f"{flow[i]:.3f}", "" if flow is None else bar(flow[i], 14, top_f))
-    console.print(table)
+    if flow is None:
+        _note(console, "flow: not computed (exact max-flow would take too long for this input)")
+    full = max([*rollout, *(flow or [])]) or 1.0
+
+    def build(size: int) -> Table:  # size: each bar's width
+        table = Table(show_edge=False)
+        for column in ("token", "rollout", "", "flow", ""):
+            table.add_column(column, overflow="fold")
+        for i, token in enumerate(tokens):
+            table.add_row(Text(token), f"{rollout[i]:.3f}", bar(rollout[i], size, full),
+                          "-" if flow is None else f"{flow[i]:.3f}", "" if flow is None else bar(flow[i], size, full))
+        return table
+
+    console.print(_widest(console, build, 4, 20))
+
+
+def _head_tables(console: Console, layers: int, heads: int, row_cells) -> None:
+    """Grids of layers x heads, split into as many tables as the console's width needs.
+
+    ``row_cells(layer, head_range)`` gives the cells of one row, strings or Texts.
+    """
+    cells = [row_cells(layer, range(heads)) for layer in range(layers)]
+    cell = max(len(f"h{heads - 1}"), *(len(str(c)) for row in cells for c in row))
+    per_table = max(1, min(heads, (console.width - INDENT - len("layer")) // (cell + 1)))
+    for start in range(0, heads, per_table):
+        part = range(start, min(heads, start + per_table))
+        table = _compact_table()
+        table.add_column("layer")
+        for h in part:
+            table.add_column(f"h{h}", justify="right", no_wrap=True)
+        for layer in range(layers):
+            table.add_row(str(layer), *cells[layer][part.start:part.stop])
+        console.print(Padding(table, (0, 0, 0, INDENT)))
 
 
 def _heads(report: dict, console: Console) -> None:
     ablation = report["ablation"]
+    layers, heads = len(ablation), len(ablation[0])
     peak = max(max(row) for row in ablation)
-    console.print(Text("\n6. Heads that matter and what heads do", style="bold"))
-    table = Table(title="how far the focus vector moves when one head is zeroed: (1 - cos) x 1000; bold = "
-                        "at least half the largest", show_edge=False, title_justify="left")
-    table.add_column("layer")
-    for h in range(len(ablation[0])):
-        table.add_column(f"h{h}", justify="right")
-    for layer, row in enumerate(ablation):
-        table.add_row(str(layer), *[Text(f"{v * 1000:.1f}", style="bold" if v >= 0.5 * peak else "dim")
-                                    for v in row])
-    console.print(table)
+    _heading(console, "6. Heads that matter and what heads do")
+    _note(console, "importance: how far the focus vector moves when one head is zeroed, (1 - cos) × 1000; "
+                   "bold = at least half the largest")
+    _head_tables(console, layers, heads, lambda layer, part: [
+        Text(f"{ablation[layer][h] * 1000:.1f}", style="bold" if ablation[layer][h] >= 0.5 * peak else "dim")
+        for h in part])
     roles = report["head_roles"]
     legend = {"previous": ("P", "previous"), "next": ("N", "next"), "self": ("S", "itself"),
               "cls": ("C", "[CLS]"), "first": ("F", "the first token"), "sep": ("E", "[SEP]"),
               "punctuation": (".", "punctuation")}
     letters = {name: letter for name, (letter, _) in legend.items() if name in roles}
     described = ", ".join(f"{letter} {legend[name][1]}" for name, letter in letters.items())
-    table = Table(title=f"head roles (Clark et al., 2019): the kind of token each head attends to most — {described}; "
-                        "lower case below 50%", show_edge=False, title_justify="left")
-    table.add_column("layer")
-    heads = len(roles["previous"][0])
-    for h in range(heads):
-        table.add_column(f"h{h}", justify="center")
-    for layer in range(len(roles["previous"])):
+    _note(console, f"head roles (Clark et al., 2019): the kind of token each head attends to most, with its "
+                   f"share — {described}; lower case below 50%")
+
+    def role_cells(layer: int, part: range) -> list[str]:
         cells = []
-        for h in range(heads):
+        for h in part:
             name, value = max(((n, roles[n][layer][h]) for n in letters), key=lambda nv: nv[1])
-            letter = letters[name]
-            cells.append(f"{letter if value >= 0.5 else letter.lower()}{value:.0%}".rjust(4))
-        table.add_row(str(layer), *cells)
-    console.print(table)
+            cells.append(f"{letters[name] if value >= 0.5 else letters[name].lower()}{value:.0%}")
+        return cells
+
+    _head_tables(console, len(roles["previous"]), len(roles["previous"][0]), role_cells)
