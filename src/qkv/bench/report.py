@@ -33,20 +33,22 @@ from rich.console import Console
 from qkv.bench.attention import format_bytes, target_cells
 from qkv.bench.lra import (
     Tab,
-    agg_figure,
     fmt,
     format_seconds,
+    print_tabs,
+)
+from qkv.bench.points import ROW_FIELDS
+from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, METHOD, label
+from qkv.viz.plotting import (
+    agg_figure,
     label_point,
     log_log,
     log_ticks,
     note_coinciding,
-    print_tabs,
     save_figure,
     series_styles,
     size_label,
 )
-from qkv.bench.points import ROW_FIELDS
-from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, METHOD, label
 
 __all__ = ["publish", "write_report", "attention_tabs", "model_tabs", "main", "REPORT_NAME"]
 

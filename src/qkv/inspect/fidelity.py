@@ -248,7 +248,7 @@ def plot_fidelity(result: dict, path: str | Path) -> None:
     """
     import re
 
-    from qkv.bench.lra import agg_figure, label_point, log_ticks, save_figure
+    from qkv.viz.plotting import agg_figure, label_point, log_ticks, save_figure
 
     has_wsd = result["exact"]["wsd_micro_f1"] is not None
     panels = [("token_cosine", "mean cosine of final token vectors to exact", 1.0)]
