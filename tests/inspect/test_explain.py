@@ -67,6 +67,14 @@ def test_walkthrough_reproduces_the_model(report):
     assert walk["chosen"].startswith("among all heads, the one where 'bank' gives the largest share")
 
 
+def test_walkthrough_uses_the_scale_set_attention_gave():
+    model, tokenizer = qkv.load()
+    model.set_attention("sdpa", scale=0.1)
+    walk = explain(model, tokenizer)["walkthrough"]
+    assert walk["matches_model"] and walk["max_difference"] < 1e-5
+    assert torch.allclose(0.1 * torch.tensor(walk["dot"]), torch.tensor(walk["scores"]), atol=1e-4)
+
+
 @pytest.mark.parametrize(("sentence", "sense"), [
     ("She deposited her check at the bank.", "money"),
     ("I deposited money in the bank.", "money"),

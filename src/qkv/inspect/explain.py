@@ -186,8 +186,8 @@ def explain(
     }
     report["initial_vectors"] = initial_vectors(model, batch, view)
     attn = model.blocks[layer].attn
-    report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view, scale=attn.scale,
-                                        causal=attn.causal)
+    scale = attn.options.get("scale", attn.scale)  # set_attention(..., scale=) overrides the layer's own
+    report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view, scale=scale, causal=attn.causal)
     report["walkthrough"]["chosen"] = chosen  # why this head, in words
     report["focus_attention"] = _round(focus_rows)  # (L, H, W)
     report["heads"] = head_summaries(focus_rows, parked, view, top)
