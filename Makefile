@@ -36,7 +36,7 @@ bench: $(STAMP)
 # On a machine with a CUDA GPU, run by a Python whose torch is a CUDA build (not the .venv: it pins a
 # CPU build): the GPU columns of BENCHMARKS.md, then the Triton kernel's full-size checks and TFLOP/s.
 # The sweep starts nothing after GPU_BUDGET_S seconds and writes what it measured; the Triton run
-# prints each figure as it goes. On a lent machine, `make bench-gpu GPU_OUT=$$OUT` writes the files
+# prints each figure as it goes. On a lent machine, `make bench-gpu GPU_OUT=$OUT` writes the files
 # there; copy them into benchmarks/ here, then `qkv bench report benchmarks/bench-*.json --out .`.
 GPU_OUT ?= benchmarks
 GPU_BUDGET_S ?= 300

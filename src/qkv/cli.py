@@ -486,10 +486,11 @@ def _fidelity(args: argparse.Namespace) -> int:
             if not text.strip():
                 raise ValueError(f"--text {args.text}: the file is empty; give a text to encode")
         backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+        known = sorted({v.backend for v in DEFAULT_VARIANTS})
+        unknown = sorted(set(backends or ()) - set(known))
+        if unknown:
+            raise ValueError(f"--backends {args.backends!r}: unknown {unknown}; choose from {known}")
         variants = [v for v in DEFAULT_VARIANTS if backends is None or v.backend in backends]
-        if not variants:
-            raise ValueError(f"--backends {args.backends!r} matches none of "
-                             f"{sorted({v.backend for v in DEFAULT_VARIANTS})}")
         problem = _outputs_problem(args)
         if problem:
             raise ValueError(problem)
@@ -510,8 +511,8 @@ def _fidelity(args: argparse.Namespace) -> int:
     reasons = dict.fromkeys(reason for reason in problems.values() if reason is not None)  # distinct, in order
     variants = [v for v in variants if problems[v.label] is None]
     if not variants:
-        return _fail("fidelity", f"--backends {args.backends!r}: this model can run none of them: "
-                                 + "; ".join(reasons))
+        chosen = f"--backends {args.backends!r}" if args.backends else "the default variants"
+        return _fail("fidelity", f"{chosen}: this model can run none of them: " + "; ".join(reasons))
     for reason in reasons:
         console.print(f"skipped {', '.join(label for label, r in problems.items() if r == reason)}: {reason}")
     with Progress(console=console, transient=True) as progress:

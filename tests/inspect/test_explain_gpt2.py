@@ -58,16 +58,30 @@ def test_causal_attention_is_reported_and_respected(report):
     assert set(report["head_roles"]) == {"previous", "self", "first", "punctuation"}
 
 
-def test_streamed_view_equals_the_materialised_one(tiny_gpt2):
-    full = explain(*tiny_gpt2, SENTENCE, "bank", senses=None)
+@pytest.mark.parametrize("scale", [None, 0.9])  # 0.9: set_attention(..., scale=) overrides the layers' own
+def test_streamed_view_equals_the_materialised_one(tiny_gpt2, scale):
+    model, tokenizer = tiny_gpt2
+    model.set_attention("auto", **({} if scale is None else {"scale": scale}))
+    try:
+        full = explain(model, tokenizer, SENTENCE, "bank", senses=None)
+        streamed = explain(model, tokenizer, SENTENCE, "bank", senses=None, long_view=True)
+    finally:
+        model.set_attention("auto")
     assert all(len(pieces) == 1 for pieces in full["word_pieces"])  # word level = piece level here
-    streamed = explain(*tiny_gpt2, SENTENCE, "bank", senses=None, long_view=True)
+    assert full["walkthrough"]["matches_model"]
     assert torch.allclose(torch.tensor(streamed["focus_attention"]), torch.tensor(full["focus_attention"]),
                           atol=1e-4)
     assert set(streamed["head_roles"]) == set(full["head_roles"])
     for name in full["head_roles"]:
         assert torch.allclose(torch.tensor(streamed["head_roles"][name]), torch.tensor(full["head_roles"][name]),
                               atol=1e-4), name
+
+
+def test_a_one_word_input_has_no_neighbours_and_still_explains(tiny_gpt2):
+    """GPT-2 has no special tokens: a lone word has no word before or after it."""
+    report = explain(*tiny_gpt2, "bank", "bank", senses=None)
+    assert report["tokens"] == ["bank"] and report["walkthrough"]["matches_model"]
+    assert "positional" not in report["walkthrough"]["chosen"]
 
 
 def test_input_errors(tiny_gpt2):

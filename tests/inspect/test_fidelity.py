@@ -54,7 +54,10 @@ def test_cli_writes_table_json_and_plot(minilm, tiny_dataset, tmp_path, capsys):
     assert all(0 < row["token_cosine"] <= 1.0001 and row["wsd_micro_f1"] is not None for row in result["variants"])
     assert (out / "fidelity.png").stat().st_size > 1000
     assert "sliding w=8" in capsys.readouterr().out
+    capsys.readouterr()
     assert main(["fidelity", "--backends", "nonsense"]) == 2
+    assert main(["fidelity", "--backends", "sliding,slidng"]) == 2  # a typo is refused, not dropped
+    assert "unknown ['slidng']; choose from" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("backend,options", [("performer", {"features": 64}), ("nystrom", {"landmarks": 8}),

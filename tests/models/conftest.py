@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-transformers = pytest.importorskip("transformers")
+from hf_reference import transformers
 
 CORPUS = [
     "She deposited her check at the bank.",
@@ -67,9 +66,3 @@ def tiny_gpt2_folder(tmp_path_factory) -> Path:
     model = transformers.GPT2LMHeadModel(config)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
-
-
-def hf_model(folder: Path, kind: str):
-    """The Hugging Face model of a folder, eager attention (it returns weights), eval mode."""
-    cls = {"bert": transformers.BertModel, "gpt2": transformers.GPT2LMHeadModel}[kind]
-    return cls.from_pretrained(folder, attn_implementation="eager").eval()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_reference import transformers
 from safetensors.torch import load_file, save_file
 
 import qkv
-from conftest import transformers
 from qkv.models import BertModel, ConfigError, GPT2LMHeadModel, Tokenizer, WeightsError, load_model
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_reference import hf_model
 
 import qkv
-from conftest import hf_model
 
 SENTENCES = [
     "She deposited her check at the bank.",

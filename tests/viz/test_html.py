@@ -356,3 +356,23 @@ def test_a_word_without_sense_examples_says_how_to_add_them(model_and_tokenizer,
     text = watched.page.locator("#senses-box").inner_text()
     assert "No sense examples for “river”" in text and "--senses" in text and "senses=" in text
     assert "explain()" not in text
+
+
+def test_walkthrough_names_a_scale_set_for_the_layer(watched, report, model_and_tokenizer, tmp_path):
+    """1/√d is named as such; a layer set to another scale shows that scale, not "1/√d"."""
+    from qkv.inspect.explain import explain
+
+    watched.open(write(tmp_path, report))
+    assert "(1/√d)" in watched.page.locator("#walkthrough-info").inner_text()
+    assert "× 1/√d = score" in watched.page.locator("#walkthrough-table").inner_text()
+    model, tokenizer = model_and_tokenizer
+    model.set_attention("auto", scale=0.1)
+    try:
+        scaled = explain(model, tokenizer)
+    finally:
+        model.set_attention("auto")
+    watched.open(write(tmp_path, scaled))
+    info = watched.page.locator("#walkthrough-info").inner_text()
+    assert "scale 0.1000 (set for this layer; 1/√d would be 0.1768)" in info
+    assert "× scale = score" in watched.page.locator("#walkthrough-table").inner_text()
+    assert watched.errors == []

@@ -186,8 +186,8 @@ def explain(
     }
     report["initial_vectors"] = initial_vectors(model, batch, view)
     attn = model.blocks[layer].attn
-    scale = attn.options.get("scale", attn.scale)  # set_attention(..., scale=) overrides the layer's own
-    report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view, scale=scale, causal=attn.causal)
+    report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view, scale=attn.effective_scale,
+                                        causal=attn.causal)
     report["walkthrough"]["chosen"] = chosen  # why this head, in words
     report["focus_attention"] = _round(focus_rows)  # (L, H, W)
     report["heads"] = head_summaries(focus_rows, parked, view, top)
@@ -259,7 +259,10 @@ def choose_head(focus_rows: torch.Tensor, content_share: torch.Tensor, focus: in
     allowed = torch.zeros_like(content_share, dtype=torch.bool)  # (L, H)
     allowed[slice(None) if layer is None else layer, slice(None) if head is None else head] = True
     neighbours = torch.tensor([i for i in (focus - 1, focus + 1) if 0 <= i < len(tokens)], dtype=torch.long)
-    on_neighbour, which = focus_rows[..., neighbours].max(-1)  # (L, H)
+    if len(neighbours):
+        on_neighbour, which = focus_rows[..., neighbours].max(-1)  # (L, H)
+    else:  # a one-word input without special tokens (GPT-2): no head can be positional
+        on_neighbour = which = torch.zeros_like(content_share, dtype=torch.long)
     positional = on_neighbour >= POSITIONAL
 
     def best(candidates: torch.Tensor) -> tuple[int, int]:
@@ -353,7 +356,7 @@ def _layer_qk(model: TransformerStack, cache: ActivationCache, layer: int):
     """Queries (1, H, N, Dh), keys (1, Hkv, N, Dh) and the scale of one layer."""
     attn = model.blocks[layer].attn
     q, k = cache[f"blocks.{layer}.attn.q"], cache[f"blocks.{layer}.attn.k"]
-    return q, k, attn.scale
+    return q, k, attn.effective_scale
 
 
 def streamed_focus_rows(model: TransformerStack, cache: ActivationCache, view: WordView, focus_pieces: list[int],

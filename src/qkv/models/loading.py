@@ -150,5 +150,6 @@ def load(
     model.tokenizer = tokenizer
     sentence_config = folder / "sentence_bert_config.json"
     if sentence_config.is_file() and hasattr(model, "sentence_max_length"):
-        model.sentence_max_length = json.loads(sentence_config.read_text()).get("max_seq_length")
+        declared = json.loads(sentence_config.read_text()).get("max_seq_length")
+        model.sentence_max_length = None if declared is None else min(int(declared), max_length)
     return model, tokenizer

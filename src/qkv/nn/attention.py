@@ -320,6 +320,12 @@ class MultiHeadAttention(nn.Module):
                                       f"(its mixing matrix of the values is the 'attn.weights' hook point)"}
         return {}
 
+    @property
+    def effective_scale(self) -> float | None:
+        """What multiplies q·k in this layer's calls: set_attention's ``scale=`` if given, else
+        the layer's own ``scale`` (None: 1/sqrt(Dh))."""
+        return self.options.get("scale", self.scale)
+
     def call_options(self, nk: int) -> dict[str, object]:
         """The keyword options for this call: the fixed ones, plus learned Linformer projections."""
         if self.backend != "linformer" or self.linformer is None:
@@ -374,7 +380,7 @@ class MultiHeadAttention(nn.Module):
         if self.hook_scores.active or self.hook_weights.active:
             z = self.explicit_attention(q, k, v, key_padding_mask)
         else:
-            options = {"scale": self.scale, **self.call_options(k.shape[2])}  # set_attention's scale wins
+            options = {**self.call_options(k.shape[2]), "scale": self.effective_scale}
             z = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, backend=self.backend,
                           **options)
         z = self.hook_z(z)  # (B, H, N, Dh)
@@ -389,7 +395,7 @@ class MultiHeadAttention(nn.Module):
         An approximate backend has no (Nq, Nk) scores; its weights are the mixing matrix
         it applies to the values (its ``weights_fn``), so hooks see what it computes.
         """
-        scale = self.options.get("scale", self.scale)
+        scale = self.effective_scale
         spec, scale = build_spec(q, k, v, causal=self.causal, window=self.options.get("window"),
                                  mask=None, key_padding_mask=key_padding_mask, scale=scale,
                                  global_tokens=self.options.get("global_tokens"))

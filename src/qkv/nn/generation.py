@@ -67,7 +67,7 @@ class GenerationMixin:
             raise ValueError(f"max_new_tokens must be a whole number >= 0; got {max_new_tokens!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a whole number >= 1 (or None: every token); got {top_k!r}")
         if stop_at_eos and self.eos_token_id is None:
             raise ValueError("stop_at_eos=True, but this model has no eos_token_id; set model.eos_token_id, "
@@ -88,7 +88,7 @@ class GenerationMixin:
                 next_token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             else:
                 next_token = next_logits.argmax(dim=-1)
-            if stop_at_eos and self.eos_token_id is not None:
+            if stop_at_eos:
                 next_token = next_token.masked_fill(finished, self.eos_token_id)
                 finished |= next_token == self.eos_token_id
             ids = torch.cat([ids, next_token[:, None]], dim=1)

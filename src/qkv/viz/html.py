@@ -164,7 +164,8 @@ use the same scale):</p>
 <section id="walkthrough-section">
 <h2>3 · One head, step by step</h2>
 <p class="help">The focus word's query is compared with every key it can see (dot product), the products are
-scaled by 1/√d, softmax turns them into weights that sum to 1, and the output is the weighted average of the values.
+scaled by 1/√d (or the scale the layer is set to), softmax turns them into weights that sum to 1, and the output
+is the weighted average of the values.
 Rows are word pieces, as the model sees them.</p>
 <p id="walkthrough-info"></p>
 <button type="button" id="walkthrough-select">Show this head above</button>
@@ -522,10 +523,14 @@ _SCRIPT = r"""
   (function () {
     const wt = R.walkthrough;
     const N = wt.weights.length;
+    // 1/√d unless the layer runs with another scale (set_attention(..., scale=))
+    const standard = Math.abs(wt.scale * Math.sqrt(wt.query.length) - 1) < 1e-6;
+    const scaleNote = standard ? " (1/√d)" : " (set for this layer; 1/√d would be " +
+      fmt(1 / Math.sqrt(wt.query.length), 4) + ")";
     const pieces = R.pieces || [];
     document.getElementById("walkthrough-info").textContent = "Layer " + wt.layer + ", head " + wt.head +
       ": the query of piece “" + visible(pieces[wt.query_piece]) + "” (position " + wt.query_piece +
-      "), head dimension d = " + wt.query.length + ", scale 1/√d = " + fmt(wt.scale, 4) + "." +
+      "), head dimension d = " + wt.query.length + ", scale " + fmt(wt.scale, 4) + scaleNote + "." +
       (wt.causal ? " The model is causal: the query sees only the " + N + " pieces up to itself." : "") +
       (wt.chosen ? " Why this head: " + visible(wt.chosen) + "." : "");
     document.getElementById("walkthrough-select").addEventListener("click", function () {
@@ -535,7 +540,8 @@ _SCRIPT = r"""
       target.scrollIntoView();
     });
     const table = document.getElementById("walkthrough-table");
-    table.appendChild(row([th("#"), th("key piece", "text"), th("query · key"), th("× 1/√d = score"),
+    const scaled = standard ? "× 1/√d = score" : "× scale = score";
+    table.appendChild(row([th("#"), th("key piece", "text"), th("query · key"), th(scaled),
                            th("softmax weight"), th("", "text")]));
     const full = maxOf(wt.weights);
     for (let j = 0; j < N; j++) {
