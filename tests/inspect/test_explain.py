@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qkv
+from long_text import LONG
 from qkv.cli import main
 from qkv.inspect.explain import explain
 
@@ -174,12 +175,6 @@ def test_terminal_report_numbers_layers_the_same_way_in_every_section(report):
     assert labels == ["emb", "0", "1", "2", "3", "4", "5"]  # as sections 2 and 3: layers 0 to 5
     assert "[CLS], [SEP] and punctuation" in text and "causal" not in text
 
-
-# 59 words; in layer 0, head 2 puts all of bank's attention on "small", the word before it.
-LONG = ("In the late autumn of that strange year, when the river had risen twice above its banks and the old mill "
-        "by the bridge had finally closed, my grandmother walked every morning to the small bank on the corner of "
-        "the square to deposit the few coins she had saved, believing that money kept anywhere else would simply "
-        "vanish.")
 
 
 def test_the_default_head_is_not_a_positional_one(minilm):

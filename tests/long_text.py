@@ -1,4 +1,5 @@
-"""A long sentence shared by the terminal, figure and page tests (its own module, as hostile_text)."""
+"""A long sentence shared by the explain, terminal, figure and page tests (its own module, not conftest:
+``from conftest import`` finds whichever conftest was imported first)."""
 
 # 59 words, 65 tokens with MiniLM: longer than the terminal's 31 rows, and in layer 0, head 2
 # puts all of bank's attention on "small", the word before it (a positional head).
