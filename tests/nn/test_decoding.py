@@ -65,3 +65,8 @@ def test_generate_refuses_settings_it_cannot_honour(kwargs: dict, match: str) ->
     with pytest.raises(ValueError, match=match):
         model.generate(prompt, **{"max_new_tokens": 2, **kwargs})
     assert model.generate(prompt, 0).shape == (1, 3)  # zero new tokens is a valid request
+
+
+def test_a_call_without_tokens_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"input_ids has no tokens \(shape \(1, 0\)\)"):
+        tiny_rotary_decoder()(torch.ones(1, 0, dtype=torch.long))

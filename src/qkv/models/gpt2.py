@@ -86,9 +86,29 @@ class GPT2LMHeadModel(GPT2Model, GenerationMixin):
             config.n_embd, config.vocab_size, bias=False
         )
 
-    def forward(self, *args, **kwargs) -> TransformerOutput:
-        """As :meth:`GPT2Model.forward`, adding ``logits`` (B, N, vocab)."""
-        output = super().forward(*args, **kwargs)
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+    ) -> TransformerOutput:
+        """Decode and score the next token at every position.
+
+        Args:
+            input_ids: (B, N) token ids (only the new ones when a KV cache is given).
+            attention_mask: (B, Nk) bool, True for real tokens, over cached and new positions.
+            positions: (B, N) or (N,) position ids (default: continue after the cache).
+            kv_cache: keys and values of earlier positions, extended in place.
+            output_hidden_states: also return the embeddings and every block's output.
+
+        Returns:
+            :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model) and
+            ``logits`` (B, N, vocab).
+        """
+        output = super().forward(input_ids, attention_mask, positions=positions, kv_cache=kv_cache,
+                                 output_hidden_states=output_hidden_states)
         weight = self.embed.tokens.weight if self.lm_head is None else self.lm_head.weight
         output.logits = torch.matmul(output.last_hidden_state, weight.t())
         return output

@@ -90,7 +90,14 @@ class Embeddings(nn.Module):
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: d_model -> d_ff -> d_model."""
+    """The position-wise feed-forward network: d_model -> d_ff -> d_model.
+
+    Args:
+        d_model: width of the token vectors in and out.
+        d_ff: hidden width.
+        activation: one of :data:`ACTIVATIONS` ("gelu", ...), between the two linear maps.
+        bias: biases in both linear maps.
+    """
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True) -> None:
         super().__init__()
@@ -104,6 +111,7 @@ class MLP(nn.Module):
         self.hook_out = HookPoint()  # (B, N, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, N, d_model) -> (B, N, d_model), each position on its own."""
         return self.hook_out(self.fc_out(self.hook_hidden(self.activation(self.fc_in(x)))))
 
     def extra_repr(self) -> str:

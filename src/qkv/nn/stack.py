@@ -115,6 +115,8 @@ class TransformerStack(HookedModule):
             if input_ids.dim() != 2:
                 one = ". For one sequence use input_ids.unsqueeze(0)" if input_ids.dim() == 1 else ""
                 raise ValueError(f"input_ids must be (B, N) token ids; got shape {tuple(input_ids.shape)}{one}")
+            if input_ids.shape[1] == 0:
+                raise ValueError(f"input_ids has no tokens (shape {tuple(input_ids.shape)}); give at least one")
             return
         if self.tokenizer is None:
             fix = "this model has no tokenizer (models from qkv.load have one), so tokenize the text yourself"
@@ -290,7 +292,9 @@ class TransformerEncoder(TransformerStack):
 class TransformerDecoder(TransformerStack, GenerationMixin):
     """A causal language model built from scratch: pre-LN, tied LM head, KV-cache generation.
 
-    Arguments as :class:`TransformerEncoder` (always pre-LN).
+    Arguments as :class:`TransformerEncoder` (always pre-LN, so no ``norm_first``), plus
+    ``layer_norm_eps`` and ``eos_token_id``: the end-of-sequence token that
+    ``generate(..., stop_at_eos=True)`` stops at (None: generation never stops early).
     """
 
     def __init__(
