@@ -68,6 +68,25 @@ def test_walkthrough_reproduces_the_model(report):
     assert walk["chosen"].startswith("among all heads, the one where 'bank' gives the largest share")
 
 
+def test_walkthrough_lists_the_keys_a_windowed_layer_lets_the_query_see():
+    from rich.console import Console
+
+    from qkv.viz.terminal import print_report
+
+    model, tokenizer = qkv.load()
+    model.set_attention("sliding", window=(2, 2), global_tokens=[0])
+    report = explain(model, tokenizer, layer=5, head=4)
+    walk = report["walkthrough"]
+    assert walk["matches_model"] and walk["max_difference"] < 1e-5
+    assert walk["window"] == [2, 2] and walk["key_pieces"] == [0, 5, 6, 7, 8, 9]  # [CLS] global, bank = 7 ± 2
+    assert len(walk["keys"]) == len(walk["weights"]) == 6 and sum(walk["weights"]) == pytest.approx(1, abs=1e-4)
+    console = Console(width=100, record=True)
+    print_report(report, console)
+    printed = console.export_text()
+    assert "window (2, 2): the query sees only 6 of the 10 pieces" in printed
+    assert "deposited" not in printed.split("2. One head step by step")[1].split("3. Where")[0]  # hidden, not listed
+
+
 def test_walkthrough_uses_the_scale_set_attention_gave():
     model, tokenizer = qkv.load()
     model.set_attention("sdpa", scale=0.1)

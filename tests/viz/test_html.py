@@ -376,3 +376,23 @@ def test_walkthrough_names_a_scale_set_for_the_layer(watched, report, model_and_
     assert "scale 0.1000 (set for this layer; 1/√d would be 0.1768)" in info
     assert "× scale = score" in watched.page.locator("#walkthrough-table").inner_text()
     assert watched.errors == []
+
+
+def test_walkthrough_of_a_windowed_layer_lists_the_keys_it_sees(watched, model_and_tokenizer, tmp_path):
+    from qkv.inspect.explain import explain
+
+    model, tokenizer = model_and_tokenizer
+    model.set_attention("sliding", window=(2, 2), global_tokens=[0])
+    try:
+        report = explain(model, tokenizer, layer=5, head=4)
+    finally:
+        model.set_attention("auto")
+    watched.open(write(tmp_path, report))
+    page = watched.page
+    assert "The layer runs with window (2, 2): the query sees only these 6 of the 10 pieces" in page.locator(
+        "#walkthrough-info").inner_text()
+    rows = page.locator("#walkthrough-table tr")
+    assert rows.count() == 6 + 2  # the header, the keys it sees, the sum
+    firsts = [rows.nth(i).locator("td").first.inner_text() for i in range(1, 7)]
+    assert firsts == ["0", "5", "6", "7", "8", "9"]  # each key's own piece index
+    assert watched.errors == []

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from qkv.attention import attention_stats, attention_weights
+from qkv.attention.api import build_spec
 from qkv.inspect.ablation import head_ablation
 from qkv.inspect.heads import attention_share, head_roles
 from qkv.inspect.rollout import attention_flow, attention_rollout
@@ -187,7 +188,8 @@ def explain(
     report["initial_vectors"] = initial_vectors(model, batch, view)
     attn = model.blocks[layer].attn
     report["walkthrough"] = walkthrough(cache, layer, head, focus_pieces[0], view, scale=attn.effective_scale,
-                                        causal=attn.causal)
+                                        causal=attn.causal, window=attn.options.get("window"),
+                                        global_tokens=attn.options.get("global_tokens"))
     report["walkthrough"]["chosen"] = chosen  # why this head, in words
     report["focus_attention"] = _round(focus_rows)  # (L, H, W)
     report["heads"] = head_summaries(focus_rows, parked, view, top)
@@ -292,22 +294,28 @@ def initial_vectors(model: TransformerStack, batch: Batch, view: WordView) -> di
 
 
 def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int, view: WordView, *,
-                scale: float | None = None, causal: bool = False) -> dict:
+                scale: float | None = None, causal: bool = False, window: object = None,
+                global_tokens: object = None) -> dict:
     """Query, keys, scores, weights and output of one head for the focus's first piece.
 
-    ``scale`` multiplies q·k (None: 1/sqrt(Dh)), as the layer's own. With ``causal`` the
-    query sees only the pieces up to itself, so only those K = query_piece + 1 keys are
-    listed; otherwise all N. Returns lists: query (Dh,), keys and values (K, Dh), dot,
-    scores and weights (K,), output (Dh,).
+    ``scale`` multiplies q·k (None: 1/sqrt(Dh)), as the layer's own. ``causal``, ``window``
+    and ``global_tokens`` (as :func:`qkv.attention` takes them, and as the layer runs) decide
+    which keys the query sees: only those K keys are listed, their piece indices in
+    ``key_pieces`` (all N without either). Returns lists: query (Dh,), keys and values
+    (K, Dh), dot, scores and weights (K,), output (Dh,).
     """
     prefix = f"blocks.{layer}.attn."
-    q = cache[prefix + "q"][0, head, query_piece]  # (Dh,)
+    queries = cache[prefix + "q"]  # (1, H, N, Dh)
     k = cache[prefix + "k"][0]  # (Hkv, N, Dh)
     v = cache[prefix + "v"][0]
-    group = cache[prefix + "q"].shape[1] // k.shape[0]
-    k, v = k[head // group], v[head // group]  # (N, Dh)
-    if causal:  # later keys are hidden from this query
-        k, v = k[:query_piece + 1], v[:query_piece + 1]  # (K, Dh)
+    spec, _ = build_spec(queries, k[None], v[None], causal=causal, window=window, mask=None,
+                         key_padding_mask=None, scale=scale, global_tokens=global_tokens)
+    keys = torch.arange(k.shape[1])
+    visible = spec.pair_structure(torch.tensor([query_piece + spec.offset]), keys)[0]  # (N,) bool
+    key_pieces = keys[visible]  # (K,) the pieces this query sees
+    q = queries[0, head, query_piece]  # (Dh,)
+    group = queries.shape[1] // k.shape[0]
+    k, v = k[head // group][key_pieces], v[head // group][key_pieces]  # (K, Dh)
     dots = k @ q  # (K,)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = dots * scale
@@ -320,6 +328,8 @@ def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int,
         "query_piece": query_piece,
         "scale": scale,
         "causal": causal,
+        "window": None if spec.left is None and (spec.right is None or causal) else [spec.left, spec.right],
+        "key_pieces": key_pieces.tolist(),
         "query": _round(q, 4),
         "keys": _round(k, 4),
         "values": _round(v, 4),

@@ -531,7 +531,9 @@ _SCRIPT = r"""
     document.getElementById("walkthrough-info").textContent = "Layer " + wt.layer + ", head " + wt.head +
       ": the query of piece “" + visible(pieces[wt.query_piece]) + "” (position " + wt.query_piece +
       "), head dimension d = " + wt.query.length + ", scale " + fmt(wt.scale, 4) + scaleNote + "." +
-      (wt.causal ? " The model is causal: the query sees only the " + N + " pieces up to itself." : "") +
+      (wt.window ? " The layer runs with window (" + wt.window.join(", ") + "): the query sees only these " + N +
+        " of the " + pieces.length + " pieces." :
+        wt.causal ? " The model is causal: the query sees only the " + N + " pieces up to itself." : "") +
       (wt.chosen ? " Why this head: " + visible(wt.chosen) + "." : "");
     document.getElementById("walkthrough-select").addEventListener("click", function () {
       select(wt.layer, wt.head);
@@ -544,11 +546,13 @@ _SCRIPT = r"""
     table.appendChild(row([th("#"), th("key piece", "text"), th("query · key"), th(scaled),
                            th("softmax weight"), th("", "text")]));
     const full = maxOf(wt.weights);
+    const keyPieces = wt.key_pieces || wt.weights.map(function (_, j) { return j; });  // each key's piece
     for (let j = 0; j < N; j++) {
       const b = td(null, "barcell"); b.appendChild(bar(wt.weights[j], full));
-      table.appendChild(row([td(j, "num"), td(visible(pieces[j] === undefined ? "?" : pieces[j]), "text"),
+      const p = keyPieces[j];
+      table.appendChild(row([td(p, "num"), td(visible(pieces[p] === undefined ? "?" : pieces[p]), "text"),
                              td(fmt(wt.dot[j], 3), "num"), td(fmt(wt.scores[j], 3), "num"),
-                             td(fmt(wt.weights[j], 4), "num"), b], j === wt.query_piece ? "hl" : null));
+                             td(fmt(wt.weights[j], 4), "num"), b], p === wt.query_piece ? "hl" : null));
     }
     const sum = wt.weights.reduce(function (a, b) { return a + (b || 0); }, 0);
     table.appendChild(row([td(""), td("sum", "text"), td(""), td(""), td(fmt(sum, 4), "num"), td("")]));

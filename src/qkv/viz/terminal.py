@@ -150,11 +150,15 @@ def _walkthrough(report: dict, console: Console) -> None:
     _heading(console, f"2. One head step by step: layer {w['layer']}, head {w['head']} (query of '{piece}')")
     if w.get("chosen"):
         _note(console, f"why this head: {w['chosen']}")
-    if w.get("causal"):
+    if w.get("window"):
+        _note(console, f"window {tuple(w['window'])}: the query sees only {len(w['keys'])} of the "
+                       f"{len(report['pieces'])} pieces (the layer runs with this window); the others are hidden")
+    elif w.get("causal"):
         _note(console, f"causal: the query sees only the {len(w['keys'])} pieces up to itself; later ones are "
                        f"hidden (weight 0)")
     _note(console, f"query q = {fmt_vector(w['query'])}  ({len(w['query'])} numbers)")
     keys = range(len(w["keys"]))
+    key_pieces = w.get("key_pieces") or list(keys)  # the piece each listed key belongs to
     if len(w["keys"]) > 30:  # a long input: the 30 keys with the largest weights
         keys = sorted(sorted(keys, key=lambda i: -w["weights"][i])[:30])
         _note(console, f"rows: the 30 of {len(w['keys'])} keys with the largest weights, in sentence order")
@@ -165,7 +169,7 @@ def _walkthrough(report: dict, console: Console) -> None:
         for column in ("key of", "k (first dims)", "q·k", f"× {w['scale']:.3f}", "softmax", ""):
             table.add_column(column, overflow="fold")
         for i in keys:
-            table.add_row(Text(report["pieces"][i]), fmt_vector(w["keys"][i], dims), f"{w['dot'][i]:+.2f}",
+            table.add_row(Text(report["pieces"][key_pieces[i]]), fmt_vector(w["keys"][i], dims), f"{w['dot'][i]:+.2f}",
                           f"{w['scores'][i]:+.2f}", f"{w['weights'][i]:.3f}", bar(w["weights"][i], size))
         return table
 
