@@ -71,10 +71,16 @@ class GPT2Model(TransformerStack):
             output_hidden_states: also return the embeddings and every block's output.
 
         Returns:
-            :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model).
+            :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model); from
+            :class:`GPT2LMHeadModel`, also ``logits`` (B, N, vocab).
         """
-        return self.run_blocks(input_ids, attention_mask, positions=positions, kv_cache=kv_cache,
-                               output_hidden_states=output_hidden_states)
+        output = self.run_blocks(input_ids, attention_mask, positions=positions, kv_cache=kv_cache,
+                                 output_hidden_states=output_hidden_states)
+        return self.add_head(output)
+
+    def add_head(self, output: TransformerOutput) -> TransformerOutput:
+        """What a model with a head adds to the blocks' output (nothing here)."""
+        return output
 
 
 class GPT2LMHeadModel(GPT2Model, GenerationMixin):
@@ -86,29 +92,8 @@ class GPT2LMHeadModel(GPT2Model, GenerationMixin):
             config.n_embd, config.vocab_size, bias=False
         )
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        positions: Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        output_hidden_states: bool = False,
-    ) -> TransformerOutput:
-        """Decode and score the next token at every position.
-
-        Args:
-            input_ids: (B, N) token ids (only the new ones when a KV cache is given).
-            attention_mask: (B, Nk) bool, True for real tokens, over cached and new positions.
-            positions: (B, N) or (N,) position ids (default: continue after the cache).
-            kv_cache: keys and values of earlier positions, extended in place.
-            output_hidden_states: also return the embeddings and every block's output.
-
-        Returns:
-            :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model) and
-            ``logits`` (B, N, vocab).
-        """
-        output = super().forward(input_ids, attention_mask, positions=positions, kv_cache=kv_cache,
-                                 output_hidden_states=output_hidden_states)
+    def add_head(self, output: TransformerOutput) -> TransformerOutput:
+        """Next-token scores: ``logits`` (B, N, vocab) from the final vectors."""
         weight = self.embed.tokens.weight if self.lm_head is None else self.lm_head.weight
         output.logits = torch.matmul(output.last_hidden_state, weight.t())
         return output
