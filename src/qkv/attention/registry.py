@@ -134,14 +134,14 @@ class CallNeeds:
     key_padding: bool
     causal: bool
     window: bool
-    device: str
+    device: str | None  # device type; None: not known yet (a module may still move), not checked
     global_tokens: bool = False
 
     def unmet_by(self, backend: Backend) -> str | None:
         """A phrase naming the first need ``backend`` cannot meet, or None."""
-        if self.device not in backend.devices:
+        if self.device is not None and self.device not in backend.devices:
             return f"run on device type {self.device!r}"
-        if backend.unavailable is not None:
+        if self.device is not None and backend.unavailable is not None:
             reason = backend.unavailable(self.device)
             if reason is not None:
                 return reason

@@ -21,7 +21,7 @@ from qkv.attention.api import build_spec, zero_unread_keys
 from qkv.attention.approximate import LinformerOptions
 from qkv.attention.masks import normalize_window
 from qkv.attention.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
-from qkv.attention.registry import Backend, CallNeeds, available_backends, get_backend
+from qkv.attention.registry import CallNeeds, available_backends, get_backend
 from qkv.nn.hooks import HookPoint
 
 __all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "LinformerProjection", "ATTENTION_OPTIONS"]
@@ -293,16 +293,12 @@ class MultiHeadAttention(nn.Module):
         if backend == "auto":
             return  # "auto" picks, per call, an exact backend that can serve it
         needs = CallNeeds(return_lse=False, grad=False, mask=False, key_padding=False, causal=self.causal,
-                          window=window is not None, device="any",
+                          window=window is not None, device=None,  # the module may still move
                           global_tokens=options.get("global_tokens") is not None)
-
-        def unmet(record: Backend) -> str | None:  # as CallNeeds.unmet_by, wherever the module runs
-            return needs.unmet_by(dataclasses.replace(record, devices=frozenset({"any"}), unavailable=None))
-
         record = get_backend(backend)
-        reason = unmet(record)
+        reason = needs.unmet_by(record)
         if reason is not None:
-            able = [name for name in available_backends() if unmet(get_backend(name)) is None]
+            able = [name for name in available_backends() if needs.unmet_by(get_backend(name)) is None]
             because = " (this layer is causal, as in a decoder)" if self.causal and not record.supports_causal else ""
             raise ValueError(
                 f"backend={backend!r} cannot {reason}{because}; backends that can serve this layer: {able or 'none'}"
