@@ -302,6 +302,14 @@ def speed(run: Run, sizes: Sizes, device: str, dtype: torch.dtype) -> None:
         record("flex compiled", n, 1, True, mode, partial(_flex_run, q, k, v, window, mode), **band)
 
 
+def tuned_configs() -> dict[str, dict[str, str]]:
+    """The tile configuration autotuning chose, per kernel and tuning key (empty off a GPU)."""
+    from qkv.attention import triton_flash
+
+    return {name: {str(key): str(config) for key, config in getattr(tuner, "cache", {}).items()}
+            for name, tuner in triton_flash._TUNED.items()}
+
+
 def targets(rows: list[dict], compile_rows: list[dict], sizes: Sizes) -> list[dict]:
     """Each target with its measured value (None when a figure is missing) and met/missed."""
     def value(backend: str, n: int, mode: str, causal: bool, key: str, window: bool = False) -> float | None:
@@ -388,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_speed:
         run.say("speed (CUDA-event medians)" if device == "cuda" else "speed (interpreter: the timings mean nothing)")
         speed(run, sizes, device, dtype)
+        run.result["tuned_configs"] = tuned_configs()
         run.finish_section("speed")
         run.result["targets"] = targets(run.result["timings"], run.result["compile"], sizes)
         for goal in run.result["targets"]:
