@@ -119,3 +119,12 @@ def test_senses_follow_the_chosen_occurrence(minilm):
     first = explain(*minilm, sentence, "bank", senses=senses)["senses"]
     second = explain(*minilm, sentence, "bank", occurrence=2, senses=senses)["senses"]
     assert first["cosine"] != second["cosine"]  # the sense section follows the second 'bank' too
+
+
+def test_a_contrast_that_would_not_be_shown_is_refused_before_the_model_runs(minilm, capsys):
+    with pytest.raises(ValueError, match=r"contrast: 'spring' has no built-in sense examples.*give senses too"):
+        explain(*minilm, SPRING, "spring", contrast="Birds sing in the spring.")
+    with pytest.raises(ValueError, match=r"contrast sentence 'The river flooded\.': focus word 'bank' is not in"):
+        explain(*minilm, "The bank was closed.", "bank", contrast="The river flooded.")
+    assert main(["explain", SPRING, "--focus", "spring", "--contrast", "Birds sing in the spring."]) == 2
+    assert "has no built-in sense examples" in capsys.readouterr().err

@@ -156,6 +156,9 @@ def explain(
     chosen_focus = view.find(focus, occurrence, unknown_token=unknown_token(tokenizer))
     focus_word = chosen_focus.index
     focus_pieces = view.pieces[focus_word]
+    word = view.tokens[focus_word].lower()
+    senses = senses if senses is not None else DEFAULT_SENSES.get(word)
+    check_contrast(tokenizer, word, senses, contrast)
     layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
     causal = bool(model.blocks[0].attn.causal)
     if layer is not None and not 0 <= layer < layers:
@@ -235,8 +238,6 @@ def explain(
     if long_view:
         report["streamed"] = streamed_summaries(model, cache, view, top, causal=causal)
 
-    word = view.tokens[focus_word].lower()
-    senses = senses if senses is not None else DEFAULT_SENSES.get(word)
     if senses:
         trajectory = sense_trajectory(model, tokenizer, sentence, word, senses, contrast, chosen_focus.occurrence)
         report["senses"] = {
@@ -252,6 +253,22 @@ def explain(
     else:
         report["senses"] = None
     return report
+
+
+def check_contrast(tokenizer: Tokenizer, word: str, senses: dict[str, list[str]] | None,
+                   contrast: str | None) -> None:
+    """Refuse, before the model runs, a contrast sentence that would not be shown (no senses to
+    compare it in) or that does not contain ``word``."""
+    if contrast is None:
+        return
+    if not senses:
+        raise ValueError(f"contrast: '{word}' has no built-in sense examples, and the contrast sentence is shown "
+                         f"in the sense section; give senses too (--senses \"sense1: sentence | sentence; sense2: "
+                         f"sentence\")")
+    try:
+        word_view(tokenizer(contrast, truncation=False)).find(word)
+    except ValueError as error:
+        raise ValueError(f"contrast sentence {contrast!r}: {error}") from error
 
 
 def choose_head(focus_rows: torch.Tensor, content_share: torch.Tensor, focus: int, tokens: list[str],

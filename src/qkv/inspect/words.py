@@ -100,7 +100,12 @@ class WordView:
         """
         found = self.occurrences(word)
         if not found:
-            raise ValueError(self._not_found(word))
+            words = [t for t, k in zip(self.tokens, self.kinds) if k == "word"]
+            if not words:
+                raise ValueError(f"the sentence has no words to follow (only {self.tokens}); give a sentence with "
+                                 f"words")
+            raise ValueError(self.split_reason(word) or f"focus word {word!r} is not in the sentence; its words are "
+                                                        f"{words}")
         if occurrence is not None and not 1 <= occurrence <= len(found):
             choices = {1: "1", 2: "1 or 2"}.get(len(found), f"1 to {len(found)}")
             raise ValueError(
@@ -122,11 +127,9 @@ class WordView:
         return FocusChoice(index=chosen, occurrence=found.index(chosen) + 1, occurrences=found,
                            note="; ".join(notes) or None)
 
-    def _not_found(self, word: str) -> str:
-        """Why ``word`` is not a token to follow: not in the text, or split across several tokens."""
-        words = [t for t, k in zip(self.tokens, self.kinds) if k == "word"]
-        if not words:
-            return f"the sentence has no words to follow (only {self.tokens}); give a sentence with words"
+    def split_reason(self, word: str) -> str | None:
+        """If ``word`` is spelled by several consecutive tokens (the tokenizer split it into words of
+        their own, as BERT does with Chinese characters), the message saying so; else None."""
         wanted = word.strip().lower()
         for start in range(len(self.tokens)):
             spelled = ""
@@ -140,7 +143,7 @@ class WordView:
                             f"tokens ({parts}); give one of them as the focus")
                 if not wanted.startswith(spelled):
                     break
-        return f"focus word {word!r} is not in the sentence; its words are {words}"
+        return None
 
 
 _ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth", 7: "seventh", 8: "eighth",
