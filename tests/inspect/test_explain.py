@@ -47,7 +47,7 @@ def test_report_structure(report):
     attention = torch.tensor(report["attention"])
     assert attention.shape == (6, 12, 10, 10)
     assert torch.allclose(attention[:, :, 7], focus_attention, atol=1e-4)
-    assert len(report["heads"]) == 72 and {"top", "top_content", "parked_share"} <= set(report["heads"][0])
+    assert len(report["heads"]) == 72 and {"ranked", "top_content", "parked_share"} <= set(report["heads"][0])
     assert sum(report["rollout"]) == pytest.approx(1.0, abs=1e-3)
     assert sum(report["flow"]) == pytest.approx(1.0, abs=1e-3)
     assert torch.tensor(report["ablation"]).shape == (6, 12)
