@@ -106,12 +106,26 @@ def input_length(model: TransformerStack, tokens: int, truncated_from: int | Non
     ``trained``: the longest input the model was trained for (a sentence-transformers
     folder's ``max_seq_length``, which :func:`qkv.load` reads; MiniLM: 256), else its
     position table; ``positions``: the rows of its position table (MiniLM: 512).
-    ``beyond_trained``: the input is longer than ``trained``.
+    ``beyond_trained``: the input is longer than ``trained``; ``truncated_from``: the
+    input's length before truncation (None: not truncated); ``note``: what this means for
+    the attention shown, in words, for every view ("" for an input of a trained length).
     """
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     trained = getattr(model, "sentence_max_length", None) or positions
-    return {"tokens": tokens, "trained": trained, "positions": positions,
-            "beyond_trained": trained is not None and tokens > trained, "truncated_from": truncated_from}
+    beyond = trained is not None and tokens > trained
+    if truncated_from is not None:
+        note = (f"Truncated: the input had {truncated_from} tokens; this report explains its first {tokens} "
+                f"(whole words), within the {trained} the model was trained on.")
+    elif beyond:
+        note = (f"This input has {tokens} tokens; the model was trained on inputs of at most {trained} "
+                f"(its position table has {positions} rows). Positions from {trained} on were rarely or never seen "
+                f"in training, so the attention shown there, positional heads above all, may not be what the model "
+                f"does on text like its training data: a head may jump far away or spread out. To stay within what "
+                f"it was trained on, truncate to the first {trained} tokens (qkv explain --truncate).")
+    else:
+        note = ""
+    return {"tokens": tokens, "trained": trained, "positions": positions, "beyond_trained": beyond,
+            "truncated_from": truncated_from, "note": note}
 
 
 def _truncated(tokenizer: Tokenizer, sentence: str, limit: int) -> str:

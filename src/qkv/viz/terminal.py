@@ -115,7 +115,7 @@ def print_report(report: dict, console: Console | None = None) -> None:
     (default: a console as wide as the terminal)."""
     console = console or Console()
     focus, model = report["focus"], report["model"]
-    length_note = _length_note(report)
+    length_note = (report.get("length") or {}).get("note")
     causal = (f"\ncausal model: '{focus['token']}', like every token, attends only to itself and the tokens "
               f"before it" if _causal(report) else "")
     console.print(Panel(
@@ -125,7 +125,7 @@ def print_report(report: dict, console: Console | None = None) -> None:
         title="qkv explain", expand=False,
     ))
     if length_note:
-        console.print(Panel(Text(length_note), title="long input", border_style="yellow", expand=False))
+        console.print(Panel(Text(length_note), title="input length", border_style="yellow", expand=False))
     _tokens(report, console)
     _walkthrough(report, console)
     _layers(report, console)
@@ -144,22 +144,6 @@ def print_report(report: dict, console: Console | None = None) -> None:
         f"attention to {_set_aside(report)} ({parking}); among the {others} it attends most to {top}."),
         title="in short", expand=False,
     ))
-
-
-def _length_note(report: dict) -> str:
-    """What the input's length means for the attention shown, when it is longer than the model
-    was trained on or was truncated ("" otherwise)."""
-    length = report.get("length") or {}
-    if length.get("truncated_from"):
-        return (f"Truncated: the input had {length['truncated_from']} tokens; the report explains its first "
-                f"{length['tokens']} (whole words), the length the model was trained on.")
-    if not length.get("beyond_trained"):
-        return ""
-    return (f"This input has {length['tokens']} tokens; the model was trained on inputs of at most "
-            f"{length['trained']} (its position table has {length['positions']} rows). Positions past "
-            f"{length['trained'] - 1} were rarely or never seen in training, so attention there, positional "
-            f"heads above all, may not be what the model does on text like its training data (a head may jump "
-            f"far away or spread out). --truncate explains the first {length['trained']} tokens only.")
 
 
 def _tokens(report: dict, console: Console) -> None:
