@@ -150,7 +150,7 @@ _PAGE = """<!DOCTYPE html>
 the selected head, relative to the word it looks at most (the darkest is its largest weight, whatever that is).
 Click a word, or press Enter, to keep it selected (the panel beside the heatmap follows it); the arrow keys move
 from word to word. Without a pointer, the focus word is shown. “Looks most at” ranks every word by its exact
-weight, the word itself, [CLS], [SEP] and punctuation included, and says what share goes to the latter.</p>
+weight, the word itself and %SETASIDE% included, and says what share goes to the latter.</p>
 <div id="tokens" class="tokens"></div>
 <p id="token-caption" class="caption"></p>
 </section>
