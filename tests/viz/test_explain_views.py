@@ -135,19 +135,20 @@ def test_the_long_paragraphs_page_stays_within_a_few_screens(browser, paragraph_
         note = page.inner_text("#length-note")
         assert "376 tokens" in note and "256" in note and "--truncate" in note
         visible = "t => t.querySelectorAll('tr:not([hidden])').length"
-        # Header, the top rows, "… N more keys", and the sum.
-        assert page.eval_on_selector("#walkthrough-table", visible) == 1 + TOP_ROWS + 1 + 1
-        more = page.inner_text("#walkthrough-table tr.more-row")
+        # Header, the top rows and the sum; below the table, "… N more keys".
+        assert page.eval_on_selector("#walkthrough-table", visible) == 1 + TOP_ROWS + 1
+        more = page.inner_text("#walkthrough-table-more")
         assert f"{len(report['walkthrough']['weights']) - TOP_ROWS} more keys, each at most" in more
         weights = page.eval_on_selector_all("#walkthrough-table tr:not([hidden]) td:nth-child(5)",
                                             "cells => cells.map(c => Number(c.textContent))")[:TOP_ROWS]
         assert weights == sorted(weights, reverse=True)
-        assert page.eval_on_selector("#rollout-table", visible) == 1 + TOP_ROWS + 1
-        assert page.eval_on_selector("#vectors-table", visible) == 1 + TOP_ROWS + 1
+        assert page.eval_on_selector("#rollout-table", visible) == 1 + TOP_ROWS
+        assert page.eval_on_selector("#vectors-table", visible) == 1 + TOP_ROWS
+        assert "more words" in page.inner_text("#rollout-table-more")
         columns = page.eval_on_selector("#focus-table", "t => t.rows[0].cells.length")
         assert columns < 60 and "get at most" in page.inner_text("#focus-columns-note")
         # Everything is one click away.
-        page.click("#walkthrough-table .show-all")
+        page.click("#walkthrough-table-more .show-all")
         assert page.eval_on_selector("#walkthrough-table", visible) == 1 + len(report["walkthrough"]["weights"]) + 1
         page.click("#focus-columns-toggle")
         assert page.eval_on_selector("#focus-table", "t => t.rows[0].cells.length") == len(report["tokens"]) + 2
@@ -240,6 +241,16 @@ def test_arrow_keys_move_between_tokens(browser, report, tmp_path):
         assert page.evaluate("document.activeElement.dataset.index") == "1"
         page.keyboard.press("End")
         assert page.evaluate("document.activeElement.dataset.index") == str(len(report["tokens"]) - 1)
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_show_all_buttons_stay_in_view_on_a_narrow_page(browser, paragraph_report, tmp_path):
+    context, page, errors = open_page(browser, tmp_path, paragraph_report, width=400, height=720)
+    try:
+        rights = page.eval_on_selector_all(".show-all", "bs => bs.map(b => b.getBoundingClientRect().right)")
+        assert len(rights) >= 4 and max(rights) <= 400  # walkthrough, focus columns, rollout, vectors
         assert errors == []
     finally:
         context.close()

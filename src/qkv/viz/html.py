@@ -306,7 +306,7 @@ svg text { font-family: inherit; }
 .ok { color: #207a3c; } .bad { color: #a03000; }
 #length-note { max-width: 75ch; }
 .ranking { margin: 0; padding-left: 1.6em; }
-tr.more-row td { color: var(--muted); text-align: left; white-space: normal; }
+.more-note { color: var(--muted); font-size: 0.9rem; margin: 4px 0 0; }
 .show-all { margin-left: 8px; font-size: 0.85rem; }
 .columns-note { color: var(--muted); font-size: 0.9rem; margin: 0 0 4px; }
 /* A box wider than the screen says so: a hint above it and a shade on its right edge until scrolled to the end. */
@@ -420,20 +420,19 @@ _SCRIPT = r"""
       return "“" + tokenLabel(j) + "”" + (j === source ? " (itself)" : "") + " " + fmt(ranked.weights[k], 3);
     });
   }
-  // Rows of a table: those shown(k) is true for now, the rest behind a "show all" button, with a note
-  // of what they hold ("… 361 more keys, each at most 0.004").
+  // Rows of a table: those shown(k) is true for now, the rest behind a "show all" button below the table's box
+  // (always in view, however wide the table), with a note of what they hold ("… 361 more keys, each at most 0.004").
   function limitRows(table, rows, shown, note) {
     let hidden = 0;
     rows.forEach(function (r, k) { if (!shown(k)) { r.hidden = true; hidden++; } table.appendChild(r); });
     if (!hidden) return;
-    const cell = el("td", { colspan: 30 }, "… " + hidden + " more " + note + " ");
+    const more = el("p", { id: table.id + "-more", class: "more-note" }, "… " + hidden + " more " + note + " ");
     const button = el("button", { type: "button", class: "show-all" }, "show all " + rows.length);
-    const more = row([cell], "more-row");
     button.addEventListener("click", function () {
       rows.forEach(function (r) { r.hidden = false; }); more.remove(); markScrollable();
     });
-    cell.appendChild(button);
-    table.appendChild(more);
+    more.appendChild(button);
+    table.closest(".scroll").after(more);
   }
   // Boxes wider than the screen (tables, the heatmap) get a "scroll →" hint and a shaded right edge.
   function markScrollable() {
