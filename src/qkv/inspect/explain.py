@@ -9,9 +9,14 @@ terminal, figure and HTML views read):
    products, the softmax weights and the weighted average of the values;
 3. the focus token's attention in every layer and head, with and without the special
    tokens ([CLS], [SEP]; GPT-2 has none) and punctuation, and the share those receive;
+   where each word looks most is one ranking by exact weight, :func:`rank_attention`,
+   which every view renders;
 4. the focus vector against sense prototypes, layer by layer;
 5. attention rollout and flow, and head importance by ablation;
 6. head roles (Clark et al., 2019).
+
+``report["length"]`` compares the input's length with what the model was trained on
+(:func:`input_length`) and says, in words, what a longer input means for the attention shown.
 
 BERT-family encoders and GPT-2-family decoders both work. In a causal model (GPT-2) a
 token attends only to itself and the tokens before it: the walkthrough lists those keys
