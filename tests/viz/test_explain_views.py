@@ -254,3 +254,16 @@ def test_show_all_buttons_stay_in_view_on_a_narrow_page(browser, paragraph_repor
         assert errors == []
     finally:
         context.close()
+
+
+def test_the_last_layer_summary_ranks_the_word_itself_too(browser, report, tmp_path):
+    # bank's own 0.110 sits between deposited 0.135 and check 0.108: no view leaves it out silently.
+    expected = "looks most at “[CLS]” 0.438, “deposited” 0.135, “bank” (itself) 0.110, “check” 0.108"
+    terminal = " ".join(printed(report).split("in short", 1)[1].replace("│", " ").split())
+    assert expected.replace("“", "'").replace("”", "'") in terminal
+    context, page, errors = open_page(browser, tmp_path, report)
+    try:
+        assert expected in page.inner_text("#last-layer")
+        assert errors == []
+    finally:
+        context.close()

@@ -853,8 +853,9 @@ _SCRIPT = r"""
       document.getElementById("last-layer").textContent = "Last layer, mean of heads: " + pct(last.parked_share) +
         " of the focus word's attention goes to " + SET_ASIDE + "; among the rest it looks most at " +
         (last.top_content || []).map(function (t) {
-          return "“" + visible(t.token) + "” " + fmt(t.weight, 2);
-        }).join(", ") + ".";
+          return "“" + visible(t.token) + "” " + fmt(t.weight, 3);
+        }).join(", ") + "." + (last.ranked ? " In all, it looks most at " +
+        rankedItems(last.ranked, FOCUS, 4).join(", ") + "." : "");
     }
   })();
 

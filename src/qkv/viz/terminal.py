@@ -47,13 +47,13 @@ def _set_aside(report: dict) -> str:
     return report.get("set_aside", "[CLS], [SEP] and punctuation")
 
 
-def ranking_text(report: dict, ranked: dict, source: int, count: int = NAMED) -> str:
+def ranking_text(report: dict, ranked: dict, source: int, count: int = NAMED, share: bool = True) -> str:
     """A ranking of :func:`qkv.inspect.explain.rank_attention` in words: "'check' (itself) 0.734,
     'deposited' 0.113, '[CLS]' 0.053; 7% to [CLS], [SEP] and punctuation" (``source``: the
-    word whose row it is)."""
+    word whose row it is; ``share``: end with the parked share)."""
     named = ", ".join(f"'{report['tokens'][j]}'{' (itself)' if j == source else ''} {w:.3f}"
                       for j, w in zip(ranked["order"][:count], ranked["weights"][:count]))
-    return f"{named}; {ranked['parked_share']:.0%} to {_set_aside(report)}"
+    return f"{named}; {ranked['parked_share']:.0%} to {_set_aside(report)}" if share else named
 
 
 def _left_out_note(left_out: int, below: float, what: str) -> str:
@@ -139,9 +139,11 @@ def print_report(report: dict, console: Console | None = None) -> None:
                            "causal models tend to park attention on the first token instead: F in the head roles")
     else:
         others, parking = "other words", "models park attention there"
+    ranked = (f" In all, it looks most at {ranking_text(report, last['ranked'], focus['index'], 4, share=False)}."
+              if last.get("ranked") else "")
     console.print(Panel(Text(
         f"In the last layer, averaged over heads, '{focus['token']}' gives {last['parked_share']:.0%} of its "
-        f"attention to {_set_aside(report)} ({parking}); among the {others} it attends most to {top}."),
+        f"attention to {_set_aside(report)} ({parking}); among the {others} it attends most to {top}.{ranked}"),
         title="in short", expand=False,
     ))
 
