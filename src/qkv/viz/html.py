@@ -837,7 +837,8 @@ _SCRIPT = r"""
     const rows = words.map(function (j) {
       const b1 = td(null, "barcell"); b1.appendChild(bar(roll[j], fr));
       const b2 = td(null, "barcell"); if (flow) b2.appendChild(bar(flow[j], ff, true));
-      return row([td(tokenLabel(j), "text"), td(fmt(roll[j], 3), "num"), b1,
+      const label = ranked ? tokenLabel(j) + " (" + j + ")" : tokenLabel(j);  // out of sentence order: its place
+      return row([td(label, "text"), td(fmt(roll[j], 3), "num"), b1,
                   td(flow ? fmt(flow[j], 3) : "–", "num"), b2], j === FOCUS ? "hl" : null);
     });
     if (ranked) {

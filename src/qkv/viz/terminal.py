@@ -320,8 +320,9 @@ def _rollout(report: dict, console: Console) -> None:
         table = Table(show_edge=False)
         for column in ("token", "rollout", "", "flow", ""):
             table.add_column(column, overflow="fold")
-        for i in rows:
-            table.add_row(Text(tokens[i]), f"{rollout[i]:.3f}", bar(rollout[i], size, full),
+        for i in rows:  # out of sentence order, each word says its place
+            label = tokens[i] if left_out == "" else f"{tokens[i]} ({i})"
+            table.add_row(Text(label), f"{rollout[i]:.3f}", bar(rollout[i], size, full),
                           "-" if flow is None else f"{flow[i]:.3f}", "" if flow is None else bar(flow[i], size, full))
         return table
 
