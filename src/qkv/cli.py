@@ -318,7 +318,7 @@ def _explain(args: argparse.Namespace) -> int:
             return _fail("explain", f"{option} {value}: this model has {count} {what}, numbered 0 to {count - 1}")
     try:
         report = explain(model, tokenizer, args.sentence, args.focus, occurrence=args.occurrence, layer=args.layer,
-                         head=args.head, senses=senses, contrast=args.contrast)
+                         head=args.head, senses=senses, contrast=args.contrast, truncate=args.truncate)
     except ValueError as err:
         return _fail("explain", str(err))
     print_report(report, _console())
@@ -695,6 +695,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--contrast", default=None, metavar="SENTENCE",
                          help="a sentence that uses the focus word in another sense, to compare its vector with "
                               "(default: an example of the sense the focus word is farthest from)")
+    explain.add_argument("--truncate", action="store_true",
+                         help="explain only the first words of an input longer than the model was trained on "
+                              "(MiniLM: 256 tokens), cut at a word boundary; without it such an input is explained "
+                              "whole, with a note on what the extra length means")
     explain.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     explain.add_argument("--html", default=None, metavar="PATH", help="write a self-contained interactive page")
     explain.add_argument("--out", default=None, metavar="DIR", help="write PNG figures")

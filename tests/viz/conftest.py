@@ -33,7 +33,6 @@ def report(model_and_tokenizer) -> dict:
 def long_report(model_and_tokenizer) -> dict:
     """The report of a 65-token sentence (:data:`long_text.LONG`), focus 'bank'."""
     from long_text import LONG
-
     from qkv.inspect.explain import explain
 
     return explain(*model_and_tokenizer, LONG, "bank")
