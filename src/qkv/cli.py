@@ -33,6 +33,7 @@ from torch import Tensor
 
 import qkv
 from qkv.argtypes import positive_int
+from qkv.files import outputs_problem, write_text
 
 __all__ = ["main", "tokenize", "walkthrough_numbers"]
 
@@ -219,46 +220,10 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
-# Output options: name -> (kind, an example name for the message).
-_OUTPUTS = {"json": ("file", "report.json"), "html": ("file", "report.html"), "out": ("folder", "figures")}
-
-
-def _output_problem(option: str, path: str, kind: str, example: str) -> str | None:
-    """Why ``path`` cannot be written as a ``kind`` ("file" or "folder"), or None if it can.
-
-    Folders that do not exist yet are fine when they can be created (they are, on writing).
-    """
-    target = Path(path).expanduser()
-    if kind == "file" and target.is_dir():
-        return f"{option} {path}: this is a folder; give a file path such as {target / example}"
-    if kind == "folder" and target.exists() and not target.is_dir():
-        return f"{option} {path}: this is a file; give a folder for the output files"
-    existing = target if kind == "folder" else target.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{option} {path}: cannot create a folder inside {existing}, which is a file; choose another path"
-    writable = os.access(existing, os.W_OK | os.X_OK) and (not target.is_file() or os.access(target, os.W_OK))
-    if not writable:
-        return f"{option} {path}: no permission to write there; choose another path"
-    return None
-
-
 def _outputs_problem(args: argparse.Namespace) -> str | None:
     """The first problem with the output options --json, --html and --out that ``args`` has."""
-    for name, (kind, example) in _OUTPUTS.items():
-        path = getattr(args, name, None)
-        problem = None if path is None else _output_problem(f"--{name}", path, kind, example)
-        if problem:
-            return problem
-    return None
-
-
-def _write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path``, creating missing parent folders."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    return outputs_problem((f"--{name}", getattr(args, name, None), kind)
+                           for name, kind in (("json", "file"), ("html", "file"), ("out", "folder")))
 
 
 def _word_list(text: str | None) -> list[str] | None:
@@ -317,12 +282,12 @@ def _explain(args: argparse.Namespace) -> int:
         return _fail("explain", str(err))
     print_report(report, _console())
     if args.json:
-        _write_text(args.json, json.dumps(report))
+        write_text(args.json, json.dumps(report))
         print(f"wrote {args.json}")
     if args.html:
         from qkv.viz.html import render_html
 
-        _write_text(args.html, render_html(report))
+        write_text(args.html, render_html(report))
         print(f"wrote {args.html} (self-contained; open it in a browser)")
     if args.out:
         from qkv.viz.figures import save_figures, skipped_figures
@@ -379,7 +344,7 @@ def _save_outputs(console: Console, args: argparse.Namespace, result: dict, plot
     import json
 
     if args.json:
-        _write_text(args.json, json.dumps(result, indent=1))
+        write_text(args.json, json.dumps(result, indent=1))
         console.print(f"wrote {args.json}")
     if args.out:
         path = Path(args.out).expanduser() / filename
@@ -632,7 +597,7 @@ def _train_demo(args: argparse.Namespace) -> int:
                   f"'{example['tokens'][example['cue_index']]}'; predicted {example['predicted']} "
                   f"(true {example['sense']})")
     if args.json:
-        _write_text(args.json, json.dumps(data, indent=1))
+        write_text(args.json, json.dumps(data, indent=1))
         console.print(f"wrote {args.json}")
     if args.out:
         from qkv.viz.training import save_training_figures
@@ -758,22 +723,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version and usage errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    if args.command == "walkthrough":
-        return _walkthrough(args)
-    if args.command == "explain":
-        return _explain(args)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "wsd":
-        return _wsd(args)
-    if args.command == "contextuality":
-        return _contextuality(args)
-    if args.command == "fidelity":
-        return _fidelity(args)
-    if args.command == "train-demo":
-        return _train_demo(args)
-    parser.print_help(sys.stderr)
-    return 2
+    commands = {"walkthrough": _walkthrough, "explain": _explain, "serve": _serve, "wsd": _wsd,
+                "contextuality": _contextuality, "fidelity": _fidelity, "train-demo": _train_demo}
+    if args.command not in commands:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:  # every file is written whole or not at all, so what exists is complete
+        print(f"qkv {args.command}: interrupted (Ctrl-C); files already written are complete", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

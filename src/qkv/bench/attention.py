@@ -50,6 +50,7 @@ from rich.table import Table
 import qkv
 from qkv.argtypes import positive_int
 from qkv.attention.masks import MaskSpec, normalize_window
+from qkv.bench import refuse_outputs
 from qkv.bench.measure import (
     available_memory_bytes,
     machine_info,
@@ -58,6 +59,7 @@ from qkv.bench.measure import (
     peak_tensor_bytes,
     time_round_robin,
 )
+from qkv.files import write_text
 
 __all__ = ["Candidate", "CANDIDATES", "build_run", "run_attention_bench", "main"]
 
@@ -434,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default bench-results; the committed report lives in benchmarks)")
     args = parser.parse_args(argv)
     check_options(parser, args)
+    refuse_outputs(parser, [("--json", args.json, "file"), ("--out", args.out, "folder"),
+                            ("--report-dir", args.report_dir if args.section in ("lra", "all") else None, "folder")])
     console = Console()
     if args.section == "sweep":
         sweep.run_command(args, " ".join(["qkv bench attention", *argv]), console)
@@ -479,8 +483,7 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def write_json(result: dict, path: Path, console: Console) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    write_text(path, json.dumps(result, indent=2))
     console.print(f"wrote {path}")
 
 

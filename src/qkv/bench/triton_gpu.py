@@ -38,9 +38,11 @@ import torch
 import qkv
 from qkv.attention import get_backend
 from qkv.attention.oracle import two_x_rule
+from qkv.bench import refuse_outputs
 from qkv.bench.long_context import flex_mask_mod, sdpa_call
 from qkv.bench.measure import machine_info, synchronize
 from qkv.bench.points import attention_flops
+from qkv.files import write_text
 
 TARGETS = {
     "forward_tflops": 450.0,  # non-causal forward, N = 4k .. 16k (every size)
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if device != "cuda" and not args.quick:
         parser.error(f"--device {device}: the full sizes are for a GPU (under the CPU's interpreter they would "
                      "take days); add --quick, or run on a CUDA device")
+    refuse_outputs(parser, [("--json", args.json, "file")])
     sizes = Sizes.quick() if args.quick else Sizes()
     dtype = torch.bfloat16
 
@@ -288,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
               "checks": checks, "timings": rows, "targets": goals,
               "wall_s": time.perf_counter() - started}
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+        write_text(args.json, json.dumps(result, indent=2, default=str))
         progress(f"wrote {args.json}")
     return 0 if all(row["passed"] for row in checks) else 1

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.files import save_figure
 from qkv.inspect.wsd import WsdWord, word_piece_vectors
 
 if TYPE_CHECKING:
@@ -372,4 +373,4 @@ def plot_contextuality(result: dict, path: str | Path) -> None:
     # right of the panel, off the lines; handles long enough to tell dashed from solid
     axis.legend(fontsize=8, handlelength=3.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
-    figure.savefig(path, dpi=130)
+    save_figure(figure, path, dpi=130)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.files import save_figure
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
@@ -304,5 +306,5 @@ def plot_wsd(result: dict, path: str | Path) -> None:
                    "grey: each word's micro-F1", fontsize=9)
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=130)
+    save_figure(figure, path, dpi=130)
     plt.close(figure)

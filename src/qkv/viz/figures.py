@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
+from qkv.files import save_figure
 from qkv.inspect.explain import MAX_MATRIX_WORDS
 
 __all__ = ["save_figures", "skipped_figures"]
@@ -99,7 +100,7 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
 
     def save(figure, name: str) -> None:
         path = out / name
-        figure.savefig(path, dpi=130)
+        save_figure(figure, path, dpi=130)
         plt.close(figure)
         paths.append(path)
 
