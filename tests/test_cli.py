@@ -236,3 +236,77 @@ def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
     assert "GPT-2" in explain and "BERT folder" not in explain
     assert "--contrast SENTENCE a sentence that uses the focus word in another sense" in explain
     assert "--batch-size BATCH_SIZE sentences per forward pass" in help_of("wsd")
+
+
+# ---- output paths that cannot be written: one line naming the option, exit 2, before any work ----
+
+def _refuse_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model, training or measuring fails the test: the path check must come first."""
+    from qkv import train
+    from qkv.bench import model, report, ring, sweep
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the output paths were checked")
+
+    monkeypatch.setattr(qkv, "load", refuse)
+    monkeypatch.setattr(train, "train_demo", refuse)
+    for module, name in ((sweep, "run_sweep"), (model, "run_model_bench"), (ring, "measure"),
+                         (report, "write_report")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+COMMANDS_WITH_OUTPUTS = {
+    "explain": (["explain"], ("--json", "--html", "--out")),
+    "wsd": (["wsd", "--data", "."], ("--json", "--out")),
+    "contextuality": (["contextuality", "--data", "."], ("--json", "--out")),
+    "fidelity": (["fidelity"], ("--json", "--out")),
+    "train-demo": (["train-demo", "--quick"], ("--json", "--out")),
+    "bench attention": (["bench", "attention", "--quick"], ("--json", "--out")),
+    "bench model": (["bench", "model", "--quick"], ("--json", "--out")),
+    "bench ring": (["bench", "ring", "--quick"], ("--json", "--out")),
+    "bench report": (["bench", "report", "{tmp}/result.json"], ("--out",)),
+}
+CASES = [(name, option) for name, (_, options) in COMMANDS_WITH_OUTPUTS.items() for option in options]
+FOLDER_OPTIONS = ("--out",)
+
+
+@pytest.mark.parametrize("where", ["/proc/x/y", "/sys/x", "{tmp}/a-file/x"])
+@pytest.mark.parametrize(("command", "option"), CASES)
+def test_unwritable_output_paths_are_refused_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str], command: str,
+                                                             option: str, where: str) -> None:
+    if not Path("/" + where.split("/")[1]).is_dir() and not where.startswith("{tmp}"):
+        pytest.skip(f"no {where.split('/')[1]} here")
+    _refuse_work(monkeypatch)
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "result.json").write_text("{}")
+    path = where.format(tmp=tmp_path) + ("" if option in FOLDER_OPTIONS else ".json")
+    argv = [part.format(tmp=tmp_path) for part in COMMANDS_WITH_OUTPUTS[command][0]]
+    assert main([*argv, option, path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line
+    assert err.startswith(f"qkv {command}: error: {option} {path}: "), err
+
+
+@pytest.mark.parametrize(("argv", "patch"), [
+    (["explain"], "qkv.load"),
+    (["wsd", "--data", "."], "qkv.inspect.wsd.read_dataset"),
+    (["contextuality", "--data", "."], "qkv.inspect.wsd.read_dataset"),
+    (["fidelity"], "qkv.load"),
+    (["train-demo", "--quick"], "qkv.train.train_demo"),
+    (["walkthrough"], "qkv.cli.walkthrough_numbers"),
+    (["bench", "attention", "--quick", "--out", "{tmp}"], "qkv.bench.sweep.run_sweep"),
+    (["bench", "model", "--quick", "--out", "{tmp}"], "qkv.bench.model.run_model_bench"),
+    (["bench", "ring", "--quick", "--out", "{tmp}"], "qkv.bench.ring.measure"),
+])
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str], argv: list[str], patch: str) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(patch, interrupted)
+    assert main([part.format(tmp=tmp_path) for part in argv]) == 130
+    err = capsys.readouterr().err
+    command = " ".join(argv[:2]) if argv[0] == "bench" else argv[0]
+    assert err.count("\n") == 1 and err.startswith(f"qkv {command}: interrupted (Ctrl-C)"), err
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -697,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=positive_int, default=None,
                       help="optimiser steps of each run (default: 2000; 400 with --quick)")
     demo.add_argument("--seed", type=int, default=None, help="seeds the model, the data and the sampling (default: 0)")
-    demo.add_argument("--quick", action="store_true", help="a short run (fewer steps and sentences; a few seconds)")
+    demo.add_argument("--quick", action="store_true", help="a short run (fewer steps and sentences; about 20 s on 2 cores)")
     demo.add_argument("--d-model", dest="d_model", type=positive_int, default=None, help="model width (default: 64)")
     demo.add_argument("--heads", dest="num_heads", type=positive_int, default=None,
                       help="heads per layer (default: 4)")

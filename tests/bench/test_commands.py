@@ -1,6 +1,6 @@
 """``qkv bench attention|model|ring --quick --out DIR`` and ``qkv bench report``: what they write.
 
-One run of each command (the attention sweep --quick takes about 20 s on 2 cores); the
+One run of each command (the attention sweep --quick takes about 2 minutes on 2 cores); the
 tests check the structure of the JSON, the plots and BENCHMARKS.md, never the timings.
 """
 

@@ -27,8 +27,9 @@ The long-context sections (issue 6; :mod:`qkv.bench.long_context`, tables and re
   error vs exact per backend and N), written with plots to ``--report-dir``.
 - ``--section all``: exact, then lra.
 
-``--quick`` runs each section at tiny sizes (well under a minute each); ``--sizes`` replaces
-the sizes of every section that runs.
+``--quick`` runs each section at tiny sizes (the sweep still compiles FlexAttention for each
+variant, which takes up to a minute on 2 CPU cores); ``--sizes`` replaces the sizes of every
+section that runs.
 """
 
 from __future__ import annotations
@@ -365,7 +366,8 @@ SECTIONS_HELP = """sections:
   sweep        (default) every backend and peer (naive, SDPA, compiled FlexAttention; on CUDA SDPA's flash,
                cuDNN and efficient kernels), N=512..64k, full / causal / window / causal-window: time,
                peak memory, error vs exact, FLOP rate, scaling exponent; writes <out>/bench-attention-<device>.json,
-               its PNGs and <out>/BENCHMARKS.md (about 20-30 min on 2 CPU cores; --quick well under a minute)
+               its PNGs and <out>/BENCHMARKS.md (about 20-30 min on 2 CPU cores; --quick
+               about 2 min, up to 4 on a busy machine, a quarter to half of it compiling FlexAttention)
   exact        exact backends vs SDPA and naive, N=512..16k: time, memory in fresh processes, the targets
   sliding      sliding window (256, 256) vs SDPA + band mask, compiled FlexAttention, tiled; N=4k..64k
   approximate  linear, Performer, Nystrom, Linformer (+ budget grid), sliding vs SDPA, naive;

@@ -85,7 +85,7 @@ class DemoConfig:
             raise ValueError(f"threads must be >= 1 or None (torch's setting); got {self.threads}")
 
 
-# A shortened run for tests and `qkv train-demo --quick`: a few seconds on 2 cores.
+# A shortened run for tests and `qkv train-demo --quick`.
 QUICK = {"steps": 400, "log_every": 20, "train_size": 4800, "heldout_size": 600, "train_templates": 300,
          "heldout_templates": 75}
 
