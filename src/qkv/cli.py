@@ -158,9 +158,11 @@ def _render(n: dict[str, Any], dim: int, causal: bool, console: Console) -> None
     console.print(Panel(
         f"Self-attention for the token [bold]{focus}[/bold] (position {i}), D = {dim}"
         + (", causal" if causal else "")
-        + ".\nThese are random vectors, not a trained model; `qkv explain` on a real model "
-        "comes later. Every number below is computed by hand and checked against "
-        "qkv.attention_weights and qkv.attention(backend='reference').",
+        + ".\nThe vectors and projections are random, not learnt: the weights below show how "
+        "attention computes, and mean nothing about these words (which word 'attends' to which "
+        "changes with --seed). `qkv explain` shows what a trained model attends to. Every number "
+        "below is computed by hand and checked against qkv.attention_weights and "
+        "qkv.attention(backend='reference').",
         title="qkv walkthrough",
     ))
 
@@ -199,7 +201,7 @@ def _render(n: dict[str, Any], dim: int, causal: bool, console: Console) -> None
     most = ", ".join(f"'{tokens[j]}' ({n['weights'][j].item():.2f})" for j in top)
     console.print(f"\n[bold]5. Output[/bold]: the weighted average of the values, "
                   f"sum_j weight_j v_j = {_vec(n['output'])}")
-    console.print(f"'{focus}' attends most to {most}.")
+    console.print(f"'{focus}' attends most to {most}: chance, with random vectors (try another --seed).")
     console.print(f"Check: matches qkv to within {TOLERANCE:g}.")
 
 
