@@ -34,6 +34,7 @@ from torch import Tensor
 import qkv
 from qkv.argtypes import positive_int
 from qkv.files import outputs_problem, write_text
+from qkv.numbering import EMBEDDINGS
 
 __all__ = ["main", "tokenize", "walkthrough_numbers"]
 
@@ -323,6 +324,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+VECTORS_CAPTION = (f"{EMBEDDINGS}: the embeddings, before any layer; i: the vectors after layer i "
+                   f"(hook names blocks.i, from 0)")
+
+
 def _load_data_and_model(command: str, args: argparse.Namespace):
     """(dataset, model, tokenizer) for the data commands, or None after printing the error.
 
@@ -372,12 +377,12 @@ def _wsd(args: argparse.Namespace) -> int:
                          progress=progress)
     layers = result["layers"]
     table = Table(title=f"word-sense disambiguation, {args.method}, {model.name}: F1 (%) averaged over "
-                        f"{len(dataset)} words")
-    table.add_column("layer")
+                        f"{len(dataset)} words", caption=VECTORS_CAPTION)
+    table.add_column("after layer")
     table.add_column("micro-F1", justify="right")
     table.add_column("macro-F1", justify="right")
     for layer in layers:
-        label = "0 (embeddings)" if layer == "0" else ("last 4 summed" if layer == "last4" else layer)
+        label = {"last4": "last 4 summed"}.get(layer, layer)
         scores = result["average"][layer]
         table.add_row(label, f"{scores['micro_f1']:.1f}", f"{scores['macro_f1']:.1f}")
     table.add_row("most frequent sense", f"{result['mfs']['micro_f1']:.1f}", f"{result['mfs']['macro_f1']:.1f}",
@@ -413,14 +418,15 @@ def _contextuality(args: argparse.Namespace) -> int:
         task = progress.add_task("contextuality", total=total)
         result = contextuality(model, tokenizer, dataset, max_sentences_per_word=args.max_sentences,
                                on_batch=lambda n: progress.advance(task, n))
-    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {model.name}, {result['sentences']} sentences")
+    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {model.name}, {result['sentences']} sentences",
+                  caption=VECTORS_CAPTION)
     columns = ["self_similarity", "intra_similarity", "anisotropy", "adjusted_self_similarity",
                "adjusted_intra_similarity"]
-    table.add_column("layer")
+    table.add_column("after layer")
     for column in columns:
         table.add_column(column.replace("_", " "), justify="right")
     for i, layer in enumerate(result["layers"]):
-        table.add_row("0 (embeddings)" if layer == "0" else layer, *[f"{result[c][i]:.3f}" for c in columns])
+        table.add_row(layer, *[f"{result[c][i]:.3f}" for c in columns])
     console.print(table)
     _save_outputs(console, args, result, plot_contextuality, "contextuality.png")
     return 0
@@ -699,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=positive_int, default=None,
                       help="optimiser steps of each run (default: 2000; 400 with --quick)")
     demo.add_argument("--seed", type=int, default=None, help="seeds the model, the data and the sampling (default: 0)")
-    demo.add_argument("--quick", action="store_true", help="a short run (fewer steps and sentences; about 20 s on 2 cores)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a short run (fewer steps and sentences; about 20 s on 2 cores)")
     demo.add_argument("--d-model", dest="d_model", type=positive_int, default=None, help="model width (default: 64)")
     demo.add_argument("--heads", dest="num_heads", type=positive_int, default=None,
                       help="heads per layer (default: 4)")

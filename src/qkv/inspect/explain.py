@@ -33,6 +33,7 @@ from qkv.inspect.heads import attention_share, head_roles
 from qkv.inspect.rollout import attention_flow, attention_rollout
 from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES, sense_trajectory
 from qkv.inspect.words import WordView, word_view
+from qkv.numbering import LAYER_NUMBERING
 
 if TYPE_CHECKING:
     from qkv.models.tokenizer import Batch, Tokenizer
@@ -172,6 +173,7 @@ def explain(
 
     special_tokens = list(dict.fromkeys(t for t, kind in zip(view.tokens, view.kinds) if kind == "special"))
     report = {
+        "layer_numbering": LAYER_NUMBERING,
         "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
                   "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None),
                   "causal": causal},
