@@ -30,7 +30,7 @@ from qkv.attention import attention_stats, attention_weights
 from qkv.attention.api import build_spec
 from qkv.inspect.ablation import head_ablation
 from qkv.inspect.heads import attention_share, head_roles
-from qkv.inspect.rollout import attention_flow, attention_rollout
+from qkv.inspect.rollout import attention_flow, attention_rollout, flat_note
 from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES, sense_trajectory
 from qkv.inspect.words import WordView, word_view
 from qkv.numbering import LAYER_NUMBERING
@@ -216,6 +216,9 @@ def explain(
         # Refused (ValueError) when exact max-flow would take more than seconds; rollout still shows paths.
         with contextlib.suppress(ValueError):
             report["flow"] = _round(attention_flow(weights, focus_word, normalize=True)[-1])  # (W,), sums to 1
+    # Near-even shares single out no word: say so rather than let their bars look meaningful.
+    report["flat_notes"] = [note for name in ("rollout", "flow")
+                            if report[name] is not None and (note := flat_note(name, report[name]))]
     report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces))  # (L, H)
     if weights is not None:
         sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])

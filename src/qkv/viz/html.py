@@ -693,6 +693,12 @@ _SCRIPT = r"""
       table.appendChild(row([td(tokenLabel(j), "text"), td(fmt(roll[j], 3), "num"), b1,
                              td(flow ? fmt(flow[j], 3) : "–", "num"), b2], j === FOCUS ? "hl" : null));
     }
+    let after = table.parentNode;
+    for (const note of R.flat_notes || []) {  // near-even shares: say they single out no word
+      const caption = el("p", { class: "caption flat-note" }, note + ".");
+      after.after(caption);
+      after = caption;
+    }
     const last = R.last_layer;
     if (last) {
       document.getElementById("last-layer").textContent = "Last layer, mean of heads: " + pct(last.parked_share) +
