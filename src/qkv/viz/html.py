@@ -73,8 +73,8 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
             app uses it); it is escaped.
 
     Returns:
-        The page, a complete HTML document. Save it with ``Path(...).write_text(page,
-        encoding="utf-8")``; it needs nothing else.
+        The page, a complete HTML document. Save it with ``qkv.files.write_text(path, page)``
+        (whole or not at all); it needs nothing else.
     """
     sentence = show_controls(str(report.get("sentence", "")))
     focus = show_controls(str(report.get("focus", {}).get("token", "")))
