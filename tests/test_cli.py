@@ -312,3 +312,32 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch: pytest.MonkeyPatch, t
     command = " ".join(argv[:2]) if argv[0] == "bench" else argv[0]
     assert err.count("\n") == 1 and err.startswith(f"qkv {command}: interrupted (Ctrl-C)"), err
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_an_interrupted_sweep_writes_what_it_measured_and_exits_130(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from qkv.bench import sweep
+
+    real, calls = sweep.measure_point, []
+
+    def ctrl_c_at_the_second_point(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_point", ctrl_c_at_the_second_point)
+    assert main(["bench", "attention", "--quick", "--variants", "full", "--backends", "sdpa (torch)",
+                 "--no-memory", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.startswith("qkv bench attention: interrupted (Ctrl-C)")
+    result = json.loads((tmp_path / "bench-attention-cpu.json").read_text())
+    assert result["interrupted"] is True
+    by_n = {row["n"]: row for row in result["rows"]}
+    assert set(by_n) == set(sweep.QUICK_SIZES)  # every point has its row
+    assert by_n[256]["time_s"] > 0 and not by_n[256]["skipped"]  # measured before the Ctrl-C
+    assert all(by_n[n]["skipped"].startswith(sweep.INTERRUPTED) for n in (512, 1024))
+    assert "interrupted (Ctrl-C)" in (tmp_path / "BENCHMARKS.md").read_text()
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left

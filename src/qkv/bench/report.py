@@ -39,7 +39,7 @@ from qkv.bench.lra import (
     print_tabs,
 )
 from qkv.bench.points import ROW_FIELDS
-from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, METHOD, label
+from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, INTERRUPTED, METHOD, label
 from qkv.files import write_text
 from qkv.viz.plotting import (
     agg_figure,
@@ -100,8 +100,8 @@ METRICS: tuple[tuple[str, str, Callable[[dict], str]], ...] = (
 def skip_notes(table: dict[str, dict[int, dict]]) -> list[str]:
     """Per contender: the sizes it skipped and why (the reason at the first of them); then one
     note for every point left out once the sweep's time budget was spent."""
-    def left_out_by_budget(row: dict) -> bool:
-        return bool(row["skipped"]) and row["skipped"].startswith(BUDGET_SPENT)
+    def left_out_by_budget(row: dict) -> bool:  # or by a Ctrl-C: every point after it, in one note
+        return bool(row["skipped"]) and row["skipped"].startswith((BUDGET_SPENT, INTERRUPTED))
 
     notes, over_budget = [], []
     for name, by_n in table.items():
