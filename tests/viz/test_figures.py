@@ -41,7 +41,7 @@ def test_every_colour_scale_is_labelled_in_one_unit(report, tmp_path, monkeypatc
     shown = drawn(report, tmp_path, monkeypatch)
     labels = {name: [axis.get_ylabel() for axis in figure.axes] for name, figure in shown.items()}
     assert "share of attention (0 to 1)" in labels["head_roles.png"]
-    titles = [axis.get_title().replace("\n", " ") for axis in shown["head_roles.png"].axes]
+    titles = [axis.get_title() for axis in shown["head_roles.png"].axes]
     assert all(ROLE_NAMES[name] in titles for name in report["head_roles"])  # every role the page shows
     assert "(1 - cos) x 1000" in labels["head_ablation.png"]
     image = shown["head_ablation.png"].axes[0].images[0]

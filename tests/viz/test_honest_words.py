@@ -62,7 +62,7 @@ def test_sense_trajectory_title_says_it_shows_the_gap(report, shown) -> None:
 
 
 def test_head_role_labels_use_the_legend_words(report, shown) -> None:
-    titles = {axis.get_title().replace("\n", " ") for axis in shown["head_roles.png"].axes}
+    titles = {axis.get_title() for axis in shown["head_roles.png"].axes}
     assert {ROLE_NAMES[name] for name in report["head_roles"]} <= titles
     legend = terminal_text(report)
     for name, letter in (("previous", "P"), ("cls", "C"), ("sep", "E"), ("punctuation", ".")):
@@ -70,7 +70,7 @@ def test_head_role_labels_use_the_legend_words(report, shown) -> None:
     assert "'.' has no lower case" in legend  # the legend's case rule says how '.' reads
 
 
-def test_the_page_calls_flat_flow_flat(browser, report, tmp_path) -> None:
+def test_the_page_calls_flat_flow_flat_and_names_roles_as_the_figure(browser, report, tmp_path) -> None:
     from qkv.viz.html import render_html
 
     path = tmp_path / "report.html"
@@ -82,5 +82,7 @@ def test_the_page_calls_flat_flow_flat(browser, report, tmp_path) -> None:
         notes = page.locator("#rollout-section .flat-note")
         assert notes.count() == 1 and notes.first.is_visible()
         assert notes.first.inner_text().startswith("flow is flat")
+        options = page.locator("#role-select option").all_inner_texts()
+        assert options == [ROLE_NAMES[name] for name in report["head_roles"]]  # the figure's words
     finally:
         page.close()

@@ -29,7 +29,7 @@ import torch
 from qkv.attention import attention_stats, attention_weights
 from qkv.attention.api import build_spec
 from qkv.inspect.ablation import head_ablation
-from qkv.inspect.heads import attention_share, head_roles
+from qkv.inspect.heads import ROLE_NAMES, attention_share, head_roles
 from qkv.inspect.rollout import attention_flow, attention_rollout, flat_note
 from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES, sense_trajectory
 from qkv.inspect.words import WordView, word_view
@@ -227,6 +227,7 @@ def explain(
         roles = streamed_head_roles(model, cache, view, causal=causal)
     roles = _roles_for_model(roles, view, causal)
     report["head_roles"] = {name: _round(value) for name, value in roles.items()}  # each (L, H)
+    report["role_names"] = {name: ROLE_NAMES[name] for name in roles}  # in words, for every view's labels
     if long_view:
         report["streamed"] = streamed_summaries(model, cache, view, top, causal=causal)
 

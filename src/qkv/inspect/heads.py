@@ -27,7 +27,7 @@ HEAD_ROLES = ("previous", "next", "self", "cls", "sep", "punctuation", "special"
 # "cls" in causal models, explain's report). "special" overlaps "cls" and "sep".
 ROLE_NAMES = {"previous": "the previous token", "next": "the next token", "self": "itself", "cls": "[CLS]",
               "first": "the first token", "sep": "[SEP]", "punctuation": "punctuation",
-              "special": "all special tokens ([CLS] and [SEP] together)"}
+              "special": "all special tokens"}
 
 
 def _check_mask(name: str, mask: object, size: int) -> Tensor:

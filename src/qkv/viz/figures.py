@@ -155,16 +155,16 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
             axis.set_visible(False)
             continue
         image = axis.imshow(roles[names[k]], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
-        axis.set_title(ROLE_NAMES[names[k]].replace(" (", "\n("), fontsize=8)
+        axis.set_title(ROLE_NAMES[names[k]], fontsize=8)
         axis.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=6)
         axis.set_xlabel("head", fontsize=8)
         axis.set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
         if k % columns == 0:
             axis.set_ylabel("layer")
     figure.colorbar(image, ax=axes, shrink=0.8).set_label("share of attention (0 to 1)", fontsize=8)
+    overlap = " (all special tokens: [CLS] and [SEP] together)" if "special" in names else ""
     figure.suptitle("head roles (Clark et al., 2019): each panel, one head's share of attention to that kind of "
-                    "token,\naveraged over the sentence's tokens (the special tokens' panel adds up two others)",
-                    fontsize=10)
+                    f"token,\naveraged over the sentence's tokens{overlap}", fontsize=10)
     save(figure, "head_roles.png")
 
     figure, axis = figure_and_axes(6.5, 3.2)

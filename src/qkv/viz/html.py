@@ -744,7 +744,7 @@ _SCRIPT = r"""
        ablMax * IMPORTANCE, "importance, (1 − cos) × 1000", 1);
   const roleSelect = document.getElementById("role-select");
   const roles = Object.keys(R.head_roles || {});
-  for (const name of roles) roleSelect.appendChild(el("option", { value: name }, name));
+  for (const name of roles) roleSelect.appendChild(el("option", { value: name }, (R.role_names || {})[name] || name));
   function drawRoles() {
     if (!roles.length) return;
     grid("roles-grid", R.head_roles[state.role], 1, state.role, 2);
