@@ -115,3 +115,19 @@ def test_the_first_problem_is_named(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     problem = outputs_problem([("--json", tmp_path / "ok.json", "file"), ("--out", tmp_path / "a-file", "folder")])
     assert problem.startswith("--out ")
+
+
+def test_a_file_size_limit_midway_leaves_the_old_file_intact(tmp_path: Path) -> None:
+    """As ``(ulimit -f 1; qkv ... --json X)``: the write fails with EFBIG after the first KiB."""
+    import resource
+    import subprocess
+    import sys
+
+    target = tmp_path / "result.json"
+    target.write_bytes(OLD)
+    code = f"from qkv.files import write_text; write_text({str(target)!r}, '[' + '1, ' * 5000 + '1]')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)))
+    assert done.returncode != 0 and "File too large" in done.stderr
+    assert target.read_bytes() == OLD
+    assert leftovers(tmp_path) == []
