@@ -12,7 +12,8 @@ Three measures of a model's word vectors in the embeddings and after every layer
   sentences. Vectors that share a large common direction have a high cosine whatever
   they mean, so the paper subtracts it: adjusted = similarity − anisotropy.
 
-The pure functions take tensors: vectors of shape (n, L + 1, d), layer l in ``[:, l]``.
+The pure functions take tensors: vectors of shape (n, L + 1, d), hidden state l in ``[:, l]``
+(0: the embeddings; l: after layer l - 1).
 A vector holding any NaN (a word truncated away by :func:`qkv.inspect.wsd.word_piece_vectors`)
 is skipped at every layer. Sums run in float64; results are float64.
 
