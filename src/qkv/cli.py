@@ -330,8 +330,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-VECTORS_CAPTION = (f"{EMBEDDINGS}: the embeddings, before any layer; i: the vectors after layer i "
-                   f"(hook names blocks.i, from 0)")
+VECTORS_CAPTION = f"{EMBEDDINGS}: the embeddings, before any layer; i: after layer i (blocks.i)"
 
 
 def _load_data_and_model(command: str, args: argparse.Namespace):

@@ -314,7 +314,7 @@ def test_the_command_names_layers_as_every_command_does(tiny_bert, tmp_path, mon
                  "--json", str(tmp_path / "c.json")]) == 0
     terminal = capsys.readouterr().out
     words = " ".join(terminal.split())
-    assert "emb: the embeddings, before any layer; i: the vectors after layer i" in words
+    assert "emb: the embeddings, before any layer; i: after layer i (blocks.i)" in words
     assert "(embeddings)" not in terminal and "│ emb " in terminal and "after layer" in terminal
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["layers"] == ["emb", "0", "1"] and data["layer_numbering"] == LAYER_NUMBERING

@@ -109,7 +109,7 @@ def test_pipeline_on_a_fixture_dataset(minilm, tiny_dataset, tmp_path, capsys):
     assert main(["wsd", "--data", str(tiny_dataset), "--json", str(tmp_path / "wsd.json"), "--out", str(out)]) == 0
     terminal = capsys.readouterr().out
     words = " ".join(terminal.split())
-    assert "emb: the embeddings, before any layer; i: the vectors after layer i" in words
+    assert "emb: the embeddings, before any layer; i: after layer i (blocks.i)" in words
     assert "(embeddings)" not in terminal and "│ emb " in terminal and "after layer" in terminal
     data = json.loads((tmp_path / "wsd.json").read_text())
     assert {"micro_f1", "macro_f1"} <= set(data["average"]["last4"]) and "emb" in data["words"]["bow"]
