@@ -341,3 +341,16 @@ def test_an_interrupted_sweep_writes_what_it_measured_and_exits_130(monkeypatch:
     assert all(by_n[n]["skipped"].startswith(sweep.INTERRUPTED) for n in (512, 1024))
     assert "interrupted (Ctrl-C)" in (tmp_path / "BENCHMARKS.md").read_text()
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
+
+
+def test_the_long_context_report_folder_is_checked_before_measuring(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from qkv.bench import long_context
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured before --report-dir was checked")
+
+    monkeypatch.setattr(long_context, "run_section", refuse)
+    assert main(["bench", "attention", "--section", "lra", "--quick", "--report-dir", "/proc/x/report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("qkv bench attention: error: --report-dir /proc/x/report: ")
