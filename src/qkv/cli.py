@@ -10,8 +10,10 @@ transformer from scratch and shows its attention learning which word decides ano
 sense (:mod:`qkv.train`). ``qkv bench`` forwards to :mod:`qkv.bench`.
 
 Usage errors, found before any model is loaded where possible, print one line naming the
-option (``qkv explain: error: --layer 6: ...``) and exit with code 2, as argparse does.
-Output files go where asked; missing parent folders are created.
+option (``qkv explain: error: --layer 6: ...``) and exit with code 2, as argparse does; an
+output path that cannot be written is one of them (:func:`qkv.files.output_problem`).
+Output files go where asked, missing parent folders created, each written whole or not at
+all (:mod:`qkv.files`). Ctrl-C prints one line and exits with code 130.
 """
 
 from __future__ import annotations

@@ -1,12 +1,20 @@
 """Benchmark programs: ``qkv bench attention|model|ring|report|triton`` (also ``python -m qkv.bench ...``).
 
 Benchmarks print tables and write JSON, plots and BENCHMARKS.md (:mod:`qkv.bench.report`);
-they are programs, never timed tests.
+they are programs, never timed tests. Each checks its output paths before it measures
+(:func:`refuse_outputs`), writes every file whole or not at all (:mod:`qkv.files`), and
+exits with code 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
+    from pathlib import Path
 
 __all__ = ["main", "refuse_outputs"]
 
@@ -35,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def refuse_outputs(parser, outputs) -> None:
+def refuse_outputs(parser: argparse.ArgumentParser, outputs: Iterable[tuple[str, str | Path | None, str]]) -> None:
     """Exit with code 2 and one line naming the option when an output path cannot be written.
 
     ``parser``: the benchmark's argparse parser (its ``prog`` starts the line); ``outputs``:
