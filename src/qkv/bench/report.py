@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from qkv.bench import refuse_outputs
 from qkv.bench.attention import format_bytes, target_cells
 from qkv.bench.lra import (
     Tab,
@@ -38,7 +39,8 @@ from qkv.bench.lra import (
     print_tabs,
 )
 from qkv.bench.points import ROW_FIELDS
-from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, METHOD, label
+from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, INTERRUPTED, METHOD, label
+from qkv.files import write_text
 from qkv.viz.plotting import (
     agg_figure,
     label_point,
@@ -98,8 +100,8 @@ METRICS: tuple[tuple[str, str, Callable[[dict], str]], ...] = (
 def skip_notes(table: dict[str, dict[int, dict]]) -> list[str]:
     """Per contender: the sizes it skipped and why (the reason at the first of them); then one
     note for every point left out once the sweep's time budget was spent."""
-    def left_out_by_budget(row: dict) -> bool:
-        return bool(row["skipped"]) and row["skipped"].startswith(BUDGET_SPENT)
+    def left_out_by_budget(row: dict) -> bool:  # or by a Ctrl-C: every point after it, in one note
+        return bool(row["skipped"]) and row["skipped"].startswith((BUDGET_SPENT, INTERRUPTED))
 
     notes, over_budget = [], []
     for name, by_n in table.items():
@@ -481,7 +483,7 @@ def write_report(paths: Iterable[Path], out_dir: Path, plots: bool = True) -> li
     written = [p for path, result in results for p in (write_plots(result, path) if plots else [])]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / REPORT_NAME
-    report.write_text(report_markdown(results, out_dir))
+    write_text(report, report_markdown(results, out_dir))
     return [*written, report]
 
 
@@ -489,8 +491,7 @@ def publish(result: dict, json_path: Path | None, out_dir: Path, console: Consol
     """Write ``result`` as JSON (``json_path`` or the default name in ``out_dir``), its plots beside
     it, and ``out_dir/BENCHMARKS.md`` from every result beside it; returns the JSON's path."""
     json_path = json_path or default_json(result["benchmark"], result["machine"]["device"], out_dir)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=1))
+    write_text(json_path, json.dumps(result, indent=1))
     plots = write_plots(result, json_path)
     siblings = {p.resolve() for p in json_path.parent.glob(RESULT_PATTERN)} | {json_path.resolve()}
     report = write_report(sorted(siblings), out_dir, plots=False)[-1]
@@ -509,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in args.json if not p.is_file()]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
+    refuse_outputs(parser, [("--out", args.out, "folder")])
     written = write_report(args.json, args.out)
     Console().print("wrote " + ", ".join(str(p) for p in written))
     return 0

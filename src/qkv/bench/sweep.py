@@ -78,6 +78,7 @@ ERROR_SAMPLE_ROWS = 512  # ... and over this many evenly spaced rows above it
 CPU_FLEX_MAX_N = 16384
 CUDA_ONLY = "CUDA only"  # how the skip reason of a CUDA kernel on the CPU starts
 BUDGET_SPENT = "the sweep's time budget"  # how the skip reason of a point left out by --budget-s starts
+INTERRUPTED = "interrupted (Ctrl-C)"  # the skip reason of the points a Ctrl-C left unmeasured
 
 
 @dataclass(frozen=True)
@@ -439,6 +440,40 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
     rows: list[dict] = []
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
+    try:
+        _measure_points(sizes, chosen, contenders, settings, history, printed, rows, started, console)
+    except KeyboardInterrupt:  # keep what was measured; the rest is marked, and the caller exits 130
+        console.print(f"[dim]{INTERRUPTED}: every point not yet measured is marked so[/]")
+        done = {(row["n"], row["variant"]) for row in rows}  # whole points only: rows are added a point at a time
+        for n in sizes:
+            for variant in chosen:
+                if (n, variant.name) not in done:
+                    point = Point(n, variant, None, None, None, settings)
+                    rows += [point.row(c, skipped=f"{INTERRUPTED} before this point") for c in contenders]
+        interrupted = True
+    else:
+        interrupted = False
+    add_ratios(rows, same=("n", "variant", "device"))
+    full = [r for r in rows if r["variant"] == every["full"].name]
+    return {
+        "benchmark": "attention",
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "interrupted": interrupted,
+        "machine": machine_info(settings.device),
+        "config": config_of(settings, sizes, chosen, started, load_before),
+        "contenders": [{"name": c.name, "mode": c.mode, "kind": c.kind, "backend": c.backend, "kernel": c.kernel,
+                        "exact": c.exact} for c in contenders],
+        "rows": rows,
+        "scaling": scaling_exponents(r for r in rows if not r["skipped"]),
+        "targets": evaluate_targets(full, settings.heads) if full else [],
+    }
+
+
+def _measure_points(sizes: tuple[int, ...], chosen: list[Variant], contenders: list[Contender],
+                    settings: SweepSettings, history: History, printed: set[tuple], rows: list[dict],
+                    started: float, console: Console) -> None:
+    """Measure every (N, variant) point in order, adding its rows to ``rows`` once it is complete."""
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("attention", total=len(sizes) * len(chosen) * len(contenders))
         for n in sizes:
@@ -478,20 +513,6 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
                 point_rows.update(measured)
                 rows += [point_rows[(c.name, c.mode)] for c in contenders]
             del q, k, v
-    add_ratios(rows, same=("n", "variant", "device"))
-    full = [r for r in rows if r["variant"] == every["full"].name]
-    return {
-        "benchmark": "attention",
-        "date": datetime.date.today().isoformat(),
-        "command": command,
-        "machine": machine_info(settings.device),
-        "config": config_of(settings, sizes, chosen, started, load_before),
-        "contenders": [{"name": c.name, "mode": c.mode, "kind": c.kind, "backend": c.backend, "kernel": c.kernel,
-                        "exact": c.exact} for c in contenders],
-        "rows": rows,
-        "scaling": scaling_exponents(r for r in rows if not r["skipped"]),
-        "targets": evaluate_targets(full, settings.heads) if full else [],
-    }
 
 
 METHOD = {
@@ -547,4 +568,6 @@ def run_command(args, command: str, console: Console) -> dict:
     result = run_sweep(args.sizes, args.variants, settings, args.backends, console, command, args.window)
     report.print_attention(result, console)
     report.publish(result, args.json, args.out, console)
+    if result["interrupted"]:  # what was measured is written; now stop as Ctrl-C asked
+        raise KeyboardInterrupt
     return result

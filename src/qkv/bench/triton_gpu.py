@@ -38,9 +38,11 @@ import torch
 import qkv
 from qkv.attention import get_backend
 from qkv.attention.oracle import two_x_rule
+from qkv.bench import refuse_outputs
 from qkv.bench.long_context import flex_mask_mod, sdpa_call
 from qkv.bench.measure import machine_info, synchronize
 from qkv.bench.points import attention_flops
+from qkv.files import write_text
 
 TARGETS = {
     "forward_tflops": 600.0,  # non-causal forward, N = 4k .. 16k (the lowest)
@@ -125,10 +127,7 @@ class Run:
         self.result["wall_s"] = self.clock() - self.started
         if self.json_path is None:
             return
-        self.json_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.json_path.with_name(f".{self.json_path.name}.tmp")
-        temporary.write_text(json.dumps(self.result, indent=2, default=str))
-        temporary.replace(self.json_path)  # atomic: a kill never leaves half a file
+        write_text(self.json_path, json.dumps(self.result, indent=2, default=str))  # whole, or the last one
 
 
 BUDGET_SPENT = "not run: the --budget-s wall-time budget was spent"
@@ -381,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                      "take days); add --quick, or run on a CUDA device")
     if args.budget_s is not None and args.budget_s <= 0:
         parser.error(f"--budget-s must be positive; got {args.budget_s}")
+    refuse_outputs(parser, [("--json", args.json, "file")])
     sizes = Sizes.quick() if args.quick else Sizes()
     dtype = torch.bfloat16
     run = Run(device, sizes, args.json, args.budget_s)

@@ -34,10 +34,11 @@ import torch
 from qkv.attention import attention_stats, attention_weights
 from qkv.attention.api import build_spec
 from qkv.inspect.ablation import head_ablation
-from qkv.inspect.heads import attention_share, head_roles
-from qkv.inspect.rollout import attention_flow, attention_rollout
+from qkv.inspect.heads import ROLE_NAMES, attention_share, head_roles
+from qkv.inspect.rollout import attention_flow, attention_rollout, flat_note
 from qkv.inspect.senses import DEFAULT_SENSES, sense_trajectory
 from qkv.inspect.words import WordView, unknown_token, word_view
+from qkv.numbering import LAYER_NUMBERING
 
 if TYPE_CHECKING:
     from qkv.models.tokenizer import Batch, Tokenizer
@@ -283,6 +284,7 @@ def explain(
 
     special_tokens = list(dict.fromkeys(t for t, kind in zip(view.tokens, view.kinds) if kind == "special"))
     report = {
+        "layer_numbering": LAYER_NUMBERING,
         "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
                   "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None),
                   "causal": causal},
@@ -334,6 +336,9 @@ def explain(
         # Refused (ValueError) when exact max-flow would take more than seconds; rollout still shows paths.
         with contextlib.suppress(ValueError):
             report["flow"] = _round(attention_flow(weights, focus_word, normalize=True)[-1])  # (W,), sums to 1
+    # Near-even shares single out no word: say so rather than let their bars look meaningful.
+    report["flat_notes"] = [note for name in ("rollout", "flow")
+                            if report[name] is not None and (note := flat_note(name, report[name]))]
     report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces))  # (L, H)
     if weights is not None:
         sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])
@@ -342,6 +347,7 @@ def explain(
         roles = streamed_head_roles(model, cache, view, causal=causal)
     roles = _roles_for_model(roles, view, causal)
     report["head_roles"] = {name: _round(value) for name, value in roles.items()}  # each (L, H)
+    report["role_names"] = {name: ROLE_NAMES[name] for name in roles}  # in words, for every view's labels
     if long_view:
         report["streamed"] = streamed_summaries(model, cache, view, top, causal=causal)
 

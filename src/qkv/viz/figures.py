@@ -18,7 +18,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
+from qkv.files import save_figure
 from qkv.inspect.explain import MAX_MATRIX_WORDS
+from qkv.inspect.heads import ROLE_NAMES
 
 __all__ = ["save_figures", "skipped_figures"]
 
@@ -122,7 +124,7 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
 
     def save(figure, name: str) -> None:
         path = out / name
-        figure.savefig(path, dpi=130)
+        save_figure(figure, path, dpi=130)
         plt.close(figure)
         paths.append(path)
 
@@ -161,7 +163,10 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
         axis.set_ylabel("cosine similarity")
         low, high = axis.get_ylim()
         axis.set_ylim(low, min(high, 1.0))  # a cosine is at most 1
-        axis.set_title(f"'{focus['token']}' moving toward its sense, layer by layer", fontsize=10)
+        last = sorted(senses["cosine"][-1], reverse=True)
+        axis.set_title(f"cosine of '{focus['token']}' to each sense's prototype: the gap between the lines is how "
+                       f"far it leans\nto one sense ({senses['predicted'][-1]} after the last layer, by "
+                       f"{last[0] - last[1]:.3f})", fontsize=9)
         axis.legend(fontsize=8)
         save(figure, "sense_trajectory.png")
 
@@ -176,15 +181,16 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
             axis.set_visible(False)
             continue
         image = axis.imshow(roles[names[k]], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
-        axis.set_title(names[k], fontsize=9)
+        axis.set_title(ROLE_NAMES[names[k]], fontsize=8)
         axis.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=6)
         axis.set_xlabel("head", fontsize=8)
         axis.set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
         if k % columns == 0:
             axis.set_ylabel("layer")
     figure.colorbar(image, ax=axes, shrink=0.8).set_label("share of attention (0 to 1)", fontsize=8)
-    figure.suptitle("head roles: share of attention to each kind of token, averaged over the sentence "
-                    "(Clark et al., 2019)", fontsize=10)
+    overlap = " (all special tokens: [CLS] and [SEP] together)" if "special" in names else ""
+    figure.suptitle("head roles (Clark et al., 2019): each panel, one head's share of attention to that kind of "
+                    f"token,\naveraged over the sentence's tokens{overlap}", fontsize=10)
     save(figure, "head_roles.png")
 
     figure, axis = figure_and_axes(6.5, 3.2)
@@ -208,13 +214,15 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
         axis.bar([x - 0.2 for x in xs], [rollout[j] for j in words], width=0.4, label="rollout")
         if flow:
             axis.bar([x + 0.2 for x in xs], [flow[j] for j in words], width=0.4, label="flow (normalised)")
+        axis.axhline(1 / count, color="gray", linestyle=":", linewidth=1, label=f"even share 1/{count}")
         fontsize = 8 if shown <= 40 else 7
         keep = words.index(focus["index"]) if focus["index"] in words else None
         x, labels = _ticks([tokens[j] for j in words], min(MAX_INCHES, 2.5 + 0.16 * shown) - 1.5, fontsize, keep)
         axis.set_xticks(x, labels, rotation=60, ha="right", fontsize=fontsize)
         axis.set_ylabel("share reaching the focus word", fontsize=8)
-        axis.set_title(f"what reaches '{focus['token']}' through all layers (Abnar & Zuidema, 2020){left_out}",
-                       fontsize=10)
+        flat = "".join(f"\n{note}" for note in report.get("flat_notes", []))
+        axis.set_title(f"what reaches '{focus['token']}' through all layers (Abnar & Zuidema, 2020){left_out}{flat}",
+                       fontsize=10 if not (flat or left_out) else 8)
         axis.legend(fontsize=8)
         save(figure, "rollout_flow.png")
     return paths

@@ -73,8 +73,8 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
             app uses it); it is escaped.
 
     Returns:
-        The page, a complete HTML document. Save it with ``Path(...).write_text(page,
-        encoding="utf-8")``; it needs nothing else.
+        The page, a complete HTML document. Save it with ``qkv.files.write_text(path, page)``
+        (whole or not at all); it needs nothing else.
     """
     sentence = show_controls(str(report.get("sentence", "")))
     focus = show_controls(str(report.get("focus", {}).get("token", "")))
@@ -855,6 +855,12 @@ _SCRIPT = r"""
     } else {
       rows.forEach(function (r) { table.appendChild(r); });
     }
+    let after = table.parentNode;
+    for (const note of R.flat_notes || []) {  // near-even shares: say they single out no word
+      const caption = el("p", { class: "caption flat-note" }, note + ".");
+      after.after(caption);
+      after = caption;
+    }
     const last = R.last_layer;
     if (last) {
       document.getElementById("last-layer").textContent = "Last layer, mean of heads: " + pct(last.parked_share) +
@@ -901,7 +907,7 @@ _SCRIPT = r"""
        ablMax * IMPORTANCE, "importance, (1 − cos) × 1000", 1);
   const roleSelect = document.getElementById("role-select");
   const roles = Object.keys(R.head_roles || {});
-  for (const name of roles) roleSelect.appendChild(el("option", { value: name }, name));
+  for (const name of roles) roleSelect.appendChild(el("option", { value: name }, (R.role_names || {})[name] || name));
   function drawRoles() {
     if (!roles.length) return;
     grid("roles-grid", R.head_roles[state.role], 1, state.role, 2);

@@ -16,6 +16,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from qkv.inspect.heads import ROLE_NAMES
+
 __all__ = ["print_report"]
 
 SHADES = " ░▒▓█"
@@ -331,6 +333,8 @@ def _rollout(report: dict, console: Console) -> None:
     console.print(_widest(console, build, 4, 20))
     if left_out:
         _note(console, left_out)
+    for note in report.get("flat_notes", []):
+        _note(console, note)
 
 
 def _head_tables(console: Console, layers: int, heads: int, row_cells) -> None:
@@ -363,13 +367,11 @@ def _heads(report: dict, console: Console) -> None:
         Text(f"{ablation[layer][h] * 1000:.1f}", style="bold" if ablation[layer][h] >= 0.5 * peak else "dim")
         for h in part])
     roles = report["head_roles"]
-    legend = {"previous": ("P", "previous"), "next": ("N", "next"), "self": ("S", "itself"),
-              "cls": ("C", "[CLS]"), "first": ("F", "the first token"), "sep": ("E", "[SEP]"),
-              "punctuation": (".", "punctuation")}
-    letters = {name: letter for name, (letter, _) in legend.items() if name in roles}
-    described = ", ".join(f"{letter} {legend[name][1]}" for name, letter in letters.items())
+    legend = {"previous": "P", "next": "N", "self": "S", "cls": "C", "first": "F", "sep": "E", "punctuation": "."}
+    letters = {name: letter for name, letter in legend.items() if name in roles}
+    described = ", ".join(f"{letter} {ROLE_NAMES[name]}" for name, letter in letters.items())
     _note(console, f"head roles (Clark et al., 2019): the kind of token each head attends to most, with its "
-                   f"share — {described}; lower case below 50%")
+                   f"share — {described}; lower case below 50% ('.' has no lower case: read its share)")
 
     def role_cells(layer: int, part: range) -> list[str]:
         cells = []
