@@ -214,7 +214,10 @@ def test_a_sweep_stops_starting_points_once_its_budget_is_spent(monkeypatch: pyt
                 assert rows[(name, mode, variant, n)]["skipped"].startswith(BUDGET_SPENT)
     assert result["config"]["budget_s"] == 100.0
     report_text = "\n".join(report.attention_section(Path("bench-attention-cpu.json"), result, Path(".")))
-    assert "nothing started after the sweep's time budget of 100 s" in report_text
+    assert "nothing started after the sweep's time budget of 100 s (it ran out after N=32" in report_text
+    summary = report.summary_tab({"cpu": result})  # the sizes measured, not the sizes asked for
+    assert summary.columns[1:3] == ["CPU 32", "CPU exponent"]
+    assert "its time budget ran out after N=32" in report.summary_note({"cpu": result})
     notes = [line for line in report_text.splitlines() if line.startswith("- ") and BUDGET_SPENT in line]
     assert notes == [f"- every contender not yet measured, from N={n}: {BUDGET_SPENT} of 100 s (--budget-s) was "
                      "spent before this point" for n in (64, 32)]  # the full variant's table, then the causal one
