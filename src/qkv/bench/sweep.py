@@ -15,8 +15,14 @@ Contenders (:data:`CONTENDERS`), each a :class:`~qkv.bench.long_context.Contende
   ``qkv.attention_stats``.
 
 Variants (:data:`VARIANTS`): full, causal, window (256, 256), causal with window (256, 0).
-Sizes: N = 512 .. 64K (``--quick``: 256, 512, 1024); B=1, H=8, D=64; float32 on the CPU,
-bfloat16 on CUDA (the FlashAttention and cuDNN kernels take no float32).
+B=1, H=8, D=64. Defaults per device (:func:`settings_from_args`): on the CPU, float32 and
+N = 512 .. 64K in powers of two; on CUDA, bfloat16 (the FlashAttention and cuDNN kernels take
+no float32), N = 1K, 4K, 16K, 64K, FlexAttention compiled with the machine's Inductor cache,
+and a time budget (:data:`CUDA_BUDGET_S`) that bounds the sweep to a few minutes with a cold
+cache, where each new kernel variant compiles and autotunes. ``--quick``: 256, 512, 1024.
+On CUDA the contenders that are Python loops over tiles (tiled, sliding, whose GPU path is
+tiled's, and attention_stats) run up to N = 4K only (:data:`DEVICE_LOOP_MAX_N`): each tile
+is a few small kernel launches, so their time follows the number of tiles, not the GPU.
 
 Per point: a first, untimed run (the warm-up) measures the peak memory
 (:func:`qkv.bench.measure.peak_tensor_bytes`) and the max absolute error of its output against
@@ -64,7 +70,8 @@ from qkv.bench.measure import (
 )
 from qkv.bench.points import attention_flops, loglog_slope, point_row, scaling_exponents
 
-__all__ = ["Variant", "VARIANTS", "CONTENDERS", "SweepSettings", "run_sweep", "exact_rows", "SIZES", "QUICK_SIZES"]
+__all__ = ["Variant", "VARIANTS", "CONTENDERS", "SweepSettings", "run_sweep", "exact_rows", "SIZES", "QUICK_SIZES",
+           "CUDA_SIZES", "settings_from_args"]
 
 WINDOW = 256
 SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -77,6 +84,13 @@ ERROR_ALL_ROWS_MAX_N = 2048  # the error is taken over every query row up to thi
 ERROR_SAMPLE_ROWS = 512  # ... and over this many evenly spaced rows above it
 CPU_FLEX_MAX_N = 16384
 CUDA_ONLY = "CUDA only"  # how the skip reason of a CUDA kernel on the CPU starts
+CUDA_SIZES = (1024, 4096, 16384, 65536)
+CUDA_BUDGET_S = 210.0  # the default --budget-s on CUDA: the sweep within about 4 minutes, cold caches included
+DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}  # per device type
+PYTHON_LOOPS = ("qkv tiled", "qkv sliding", "qkv attention_stats")  # a Python loop over tiles on a GPU
+DEVICE_LOOP_MAX_N = {"cuda": 4096}  # per device type: PYTHON_LOOPS run up to this N
+LOOP_NOTE = ("a Python loop over tiles, a few small kernel launches each: its time follows the tile count, not "
+             "the device; the triton backend is the GPU path")
 BUDGET_SPENT = "the sweep's time budget"  # how the skip reason of a point left out by --budget-s starts
 
 
@@ -154,7 +168,7 @@ class SweepSettings:
 
     heads: int = 8
     head_dim: int = 64
-    dtype: str = "float32"
+    dtype: str | None = None  # None: the device's default (DEFAULT_DTYPES)
     device: str = "cpu"
     quick: bool = False
     repeats: int | None = None  # timed rounds; None: from the run's length
@@ -164,6 +178,17 @@ class SweepSettings:
     max_run_s: float = MAX_RUN_S  # skip a point predicted to run longer
     memory_budget: int = 0  # bytes a point may need (0: 80% of what is free)
     budget_s: float | None = None  # wall seconds for the whole sweep; what is not started by then is skipped
+
+    def __post_init__(self) -> None:
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", DEFAULT_DTYPES.get(torch.device(self.device).type, "float32"))
+
+    @property
+    def default_sizes(self) -> tuple[int, ...]:
+        """The sizes measured when none are given: ``--quick``'s, the GPU's or the CPU's."""
+        if self.quick:
+            return QUICK_SIZES
+        return CUDA_SIZES if self.device.startswith("cuda") else SIZES
 
 
 # ----------------------------------------------------------------------------- planning
@@ -237,7 +262,8 @@ def budget_reason(settings: SweepSettings, started: float) -> str | None:
 def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: SweepSettings,
                       history: History, started: float | None = None) -> tuple[str, str] | None:
     """(kind, reason) why this point is not run, or None. Kinds: structural, budget (with
-    ``started``, the sweep's perf_counter start), failed, limit, time."""
+    ``started``, the sweep's perf_counter start), failed, device-limit (a Python loop above
+    the device's :data:`DEVICE_LOOP_MAX_N`), limit, time."""
     reason = structural_reason(contender, variant, settings.device)
     if reason:
         return "structural", reason
@@ -251,8 +277,12 @@ def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: 
     masked = variant.window is not None or (variant.causal and contender.kind == "naive")
     if masked and contender.name in USES_DENSE_MASK:
         factor += DENSE_MASK_BYTES / (4 * settings.heads) + (1.0 if contender.kind == "naive" else 0.0)
+    device_type = torch.device(settings.device).type
+    loop_max_n = DEVICE_LOOP_MAX_N.get(device_type) if contender.name in PYTHON_LOOPS else None
+    if loop_max_n is not None and n > loop_max_n:
+        return "device-limit", f"on {device_type.upper()}, run up to N={loop_max_n} only ({LOOP_NOTE})"
     limits = replace(contender, memory_factor=factor)
-    if settings.device.startswith("cuda"):
+    if device_type == "cuda":  # the CPU's size limits are about the CPU's time and memory
         limits = replace(limits, max_n=None)
     reason = long_context.skip_reason(limits, n, settings.heads, settings.memory_budget, settings.quick)
     if reason:
@@ -430,7 +460,7 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
     if not settings.memory_budget:
         free = torch.cuda.mem_get_info()[0] if settings.device.startswith("cuda") else available_memory_bytes()
         settings = replace(settings, memory_budget=int(0.8 * free))
-    sizes = sizes or (QUICK_SIZES if settings.quick else SIZES)
+    sizes = sizes or settings.default_sizes
     every = make_variants(window)
     chosen = [every[key] for key in (variants or tuple(every))]
     contenders = [c for c in CONTENDERS if names is None or c.name in names]
@@ -456,11 +486,13 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
                         continue
                     kind, reason = skip
                     point_rows[(contender.name, contender.mode)] = point.row(contender, skipped=reason)
+                    once = kind in ("structural", "device-limit")  # the same in every variant
                     shown = ("budget",) if kind == "budget" else (
-                        contender.name, contender.mode, None if kind == "structural" else variant.key, kind)
+                        contender.name, contender.mode, None if once else variant.key, kind)
                     if shown not in printed:
                         printed.add(shown)
-                        where = "" if kind == "structural" else f"{variant.name}, from N={n}: "
+                        where = ("" if kind == "structural" else f"from N={n}: " if once
+                                 else f"{variant.name}, from N={n}: ")
                         what = "everything left" if kind == "budget" else label(contender.name, contender.mode)
                         progress.console.print(f"[dim]skip {escape(what)}: {escape(where + reason)}[/]")
                     progress.advance(task)
@@ -512,8 +544,9 @@ METHOD = {
                 "(at least 3)"),
     "skips": ("a point is skipped when it would not fit in 80% of the free memory, when its run is predicted "
               "(from the same contender's last sizes) to exceed the time limit, above a contender's size "
-              "limit, after it failed at a smaller N, or once the sweep's time budget (--budget-s, if set) "
-              "is spent"),
+              "limit (on CUDA, the Python loops over tiles, tiled, sliding and attention_stats, above "
+              f"N={DEVICE_LOOP_MAX_N['cuda']}), after it failed at a smaller N, or once the sweep's time budget "
+              "(--budget-s, if set) is spent"),
 }
 
 
@@ -524,6 +557,7 @@ def config_of(settings: SweepSettings, sizes: tuple[int, ...], variants: list[Va
         "device": settings.device, "sizes": list(sizes), "variants": [v.describe() for v in variants],
         "quick": settings.quick, "repeats": settings.repeats, "max_run_s": settings.max_run_s,
         "budget_s": settings.budget_s,
+        "python_loop_max_n": DEVICE_LOOP_MAX_N.get(torch.device(settings.device).type),
         "baseline_max_run_s": settings.max_run_s * BASELINE_TIME_FACTOR,
         "memory_budget_bytes": settings.memory_budget,
         "flex_compile_cache": "a cold Inductor cache, a fresh one per compile" if settings.cold_compile
@@ -533,17 +567,25 @@ def config_of(settings: SweepSettings, sizes: tuple[int, ...], variants: list[Va
     }
 
 
+def settings_from_args(args) -> SweepSettings:
+    """The sweep's settings from ``qkv bench attention``'s parsed arguments, each one not given
+    taking its device's default: on CUDA bfloat16, FlexAttention compiled with the machine's
+    Inductor cache and a time budget of :data:`CUDA_BUDGET_S` (none with ``--quick``)."""
+    cuda = args.device == "cuda"
+    budget_s = args.budget_s if args.budget_s is not None else CUDA_BUDGET_S if cuda and not args.quick else None
+    return SweepSettings(
+        heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, device=args.device, quick=args.quick,
+        repeats=args.repeats or (2 if args.quick else None), memory=not args.no_memory,
+        cold_compile=not (args.warm_compile or args.quick or cuda),
+        max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S), budget_s=budget_s,
+    )
+
+
 def run_command(args, command: str, console: Console) -> dict:
     """``qkv bench attention`` (the sweep) from parsed arguments: measure, print, publish."""
     from qkv.bench import report
 
-    cuda = args.device == "cuda"
-    settings = SweepSettings(
-        heads=args.heads, head_dim=args.head_dim, dtype=args.dtype or ("bfloat16" if cuda else "float32"),
-        device=args.device, quick=args.quick, repeats=args.repeats or (2 if args.quick else None),
-        memory=not args.no_memory, cold_compile=not (args.warm_compile or args.quick),
-        max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S), budget_s=args.budget_s,
-    )
+    settings = settings_from_args(args)
     result = run_sweep(args.sizes, args.variants, settings, args.backends, console, command, args.window)
     report.print_attention(result, console)
     report.publish(result, args.json, args.out, console)
