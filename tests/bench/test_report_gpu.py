@@ -74,3 +74,16 @@ def test_seconds_under_a_millisecond_keep_their_digits() -> None:
     assert format_seconds(2.54e-4) == "254 µs"
     assert format_seconds(3.2e-3) == "3.2 ms"
     assert format_seconds(12.3) == "12.30 s"
+
+
+def test_the_report_names_its_sources_as_one_glob_when_it_can(tmp_path: Path) -> None:
+    """``folder/bench-*.json`` when that is every file given, so that one command republishes a new GPU run."""
+    folder, out = tmp_path / "results", tmp_path / "site"
+    folder.mkdir()
+    paths = [folder / "bench-triton-cuda.json", folder / "bench-triton-cpu.json"]
+    for path in paths:
+        path.write_text(json.dumps(triton_result(per_tensor=True)))
+    assert report.sources_argument(paths, out) == "../results/bench-*.json"
+    assert report.sources_argument(paths[:1], out) == "../results/bench-triton-cuda.json"
+    report.write_report(paths, out, plots=False)
+    assert "`qkv bench report ../results/bench-*.json --out .` run here" in (out / report.REPORT_NAME).read_text()

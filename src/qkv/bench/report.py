@@ -10,14 +10,20 @@ Where the files go. Each of ``qkv bench attention|model|ring`` takes ``--out DIR
   separate runs (attention on the CPU, on a GPU, the models, ring) collect in one report.
 
 ``qkv bench report JSON... [--out DIR]`` regenerates ``DIR/BENCHMARKS.md`` (default: the
-current folder) and the plots from existing JSON files, measuring nothing. The repository's
-report is ``BENCHMARKS.md`` at its root, from ``benchmarks/bench-*.json``::
+current folder) and the plots from existing JSON files, measuring nothing. It also reads
+``qkv bench triton``'s JSON (its correctness checks, TFLOP/s against SDPA's kernels, the
+sliding-window times and targets; plot ``<stem>-tflops.png``). The repository's report is
+``BENCHMARKS.md`` at its root, from ``benchmarks/bench-*.json``::
 
     qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
     qkv bench model --json benchmarks/bench-model-cpu.json --out .
     qkv bench ring --json benchmarks/bench-ring-cpu.json --out .
     qkv bench attention --device cuda --json benchmarks/bench-attention-cuda.json --out .   # on a GPU
+    qkv bench triton --json benchmarks/bench-triton-cuda.json                              # on a GPU
     qkv bench report benchmarks/bench-*.json --out .                                       # no rerun
+
+The last line is the one command that publishes a GPU run made elsewhere: copy its two JSON
+files into ``benchmarks/`` under those names, then run it (``make bench-gpu`` ends with it).
 """
 
 from __future__ import annotations
@@ -513,21 +519,31 @@ def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
 
 
 GPU_PENDING = (
-    "Not measured yet: no GPU has been lent to this project so far. On a machine with CUDA, one run fills "
-    "the GPU columns above and adds this section: `make bench-gpu`, which runs `qkv bench attention --device "
-    "cuda --sizes 1024,4096,16384,65536 --warm-compile --budget-s 300 --json "
-    "benchmarks/bench-attention-cuda.json --out .` "
-    "(bfloat16; SDPA's FlashAttention, cuDNN and "
-    "memory-efficient kernels pinned with `torch.nn.attention.sdpa_kernel`, compiled FlexAttention, every "
-    "qkv backend; times synchronised with `torch.cuda.synchronize`, memory from "
-    "`torch.cuda.max_memory_allocated`)."
+    "Not measured yet. On a machine with CUDA, one run fills the GPU columns above and adds this section and "
+    "the Triton kernel's: `make bench-gpu`, which runs `qkv bench attention --device cuda --budget-s 210 --json "
+    "benchmarks/bench-attention-cuda.json --out .` (the CUDA defaults: bfloat16, N = 1K, 4K, 16K, 64K; SDPA's "
+    "FlashAttention, cuDNN and memory-efficient kernels pinned with `torch.nn.attention.sdpa_kernel`, compiled "
+    "FlexAttention, every qkv backend; times synchronised with `torch.cuda.synchronize`, memory from "
+    "`torch.cuda.max_memory_allocated`), then `qkv bench triton --json benchmarks/bench-triton-cuda.json`, then "
+    "`qkv bench report benchmarks/bench-*.json --out .`."
 )
+
+
+def sources_argument(paths: list[Path], out_dir: Path) -> str:
+    """The JSON files as ``qkv bench report`` takes them, from ``out_dir``: ``folder/bench-*.json``
+    when that names exactly these files, else each one."""
+    folders = {p.resolve().parent for p in paths}
+    if len(folders) == 1:
+        folder = folders.pop()
+        if {p.resolve() for p in paths} == {p.resolve() for p in folder.glob(RESULT_PATTERN)}:
+            return link(folder / RESULT_PATTERN, out_dir)
+    return " ".join(link(p, out_dir) for p in paths)
 
 
 def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
     """BENCHMARKS.md from the loaded results."""
     attention = {r["config"]["device"]: (p, r) for p, r in results if r["benchmark"] == "attention"}
-    sources = " ".join(link(p, out_dir) for p, _ in results)
+    sources = sources_argument([p for p, _ in results], out_dir)
     parts = [
         "# Benchmarks",
         "Generated from the JSON files below by `qkv bench report` (or by the benchmark commands' `--out`); "
@@ -537,7 +553,7 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
         "## Attention: summary",
     ]
     if "cuda" not in attention:
-        parts.append("The GPU columns are **not measured yet** (no GPU has been lent to this project so far).")
+        parts.append("The GPU columns are **not measured yet** (see [Attention on the GPU](#attention-on-the-gpu)).")
     parts += [note for note in [summary_note({device: r for device, (_, r) in attention.items()})] if note]
     parts += markdown_tabs([summary_tab({device: r for device, (_, r) in attention.items()})])
     for device in DEVICES:
