@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -90,6 +91,15 @@ def test_block_sizes_that_do_not_divide_the_lengths(blocks):
     q, k, v = on_device(*make_qkv(1, 4, 2, 45, 71, 8, seed=3))
     for name in ("none", "causal", "window+padding"):
         assert_two_x_rule("triton", torch.float64, q, k, v, blocks=blocks, **triton_cases(1, 45, 71)[name])
+
+
+@pytest.mark.parametrize("scale", [-0.7, 0.0, 1e-3])
+def test_any_finite_scale_float64(scale):
+    """The kernels scale inside exp2 and assume a positive scale; negative and zero scales are
+    mapped onto it (negated or zero queries) and must give the oracle's outputs and gradients."""
+    q, k, v = on_device(*make_qkv(2, 4, 2, 21, 30, 8, seed=5))
+    for name in ("none", "causal", "window+padding"):
+        assert_two_x_rule("triton", torch.float64, q, k, v, scale=scale, **triton_cases(2, 21, 30)[name])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -259,6 +269,19 @@ def test_cpu_without_the_interpreter_is_refused_with_the_fix():
     assert unavailable_reason("mps") is not None
 
 
+def test_autotuning_tries_only_the_tiles_of_the_call_head_dim_class():
+    """Each configuration tried costs a compile on a shape's first call: the pruner keeps a few."""
+    from qkv.attention import triton_flash as kernels
+
+    for shapes in (kernels._FORWARD_SHAPES, kernels._BACKWARD_KV_SHAPES, kernels._BACKWARD_Q_SHAPES):
+        prune = kernels._pruner(shapes)
+        every = kernels._all_configs(shapes)
+        for head_dim, head_class in ((64, "narrow"), (128, "narrow"), (256, "wide")):
+            kept = prune(every, {"BLOCK_D": head_dim}, BLOCK_DV=head_dim)
+            assert [str(config) for config in kept] == [str(c) for c in kernels._configs(shapes[head_class])]
+            assert 1 <= len(kept) <= 3
+
+
 @pytest.mark.slow
 def test_kernels_compile_for_a_hopper_gpu(tmp_path):
     """What the interpreter cannot check: the kernels compile to sm_90 machine code (no GPU needed)."""
@@ -269,4 +292,17 @@ def test_kernels_compile_for_a_hopper_gpu(tmp_path):
     if result.returncode != 0 and "ptxas" in result.stderr and "not found" in result.stderr:
         pytest.skip("this Triton build has no ptxas")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("shared=") == 5
+    lines = result.stdout.splitlines()
+    assert len([line for line in lines if "shared=" in line]) == 7, result.stdout
+
+    def count(line: str, what: str) -> int:
+        return int(re.search(rf"\b{re.escape(what)}=(\d+)", line).group(1))
+
+    matrix_kernels = [line for line in lines if " bf16" in line and not line.startswith("_delta_kernel")]
+    assert len(matrix_kernels) == 5, result.stdout
+    for line in matrix_kernels:
+        # Hopper's warpgroup matrix products, fed by pipelined asynchronous copies in the hot loops.
+        assert count(line, "wgmma") > 0, line
+        assert count(line, "cp.async") > 0, line
+    no_atomics = [line for line in lines if "_backward_q_kernel" in line or "ATOMIC_DQ=False" in line]
+    assert no_atomics and all(count(line, "atom") == 0 for line in no_atomics), result.stdout

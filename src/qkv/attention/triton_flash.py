@@ -185,12 +185,17 @@ def _visible(
 
 @triton.jit
 def _scores(
-    q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, qk_scale, window_left, window_right,
+    q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, window_left, window_right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PADDING: tl.constexpr, MASKED: tl.constexpr,
     ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Scores of a (BM, BN) tile in base 2, ``q @ k_t * scale * log2(e)``, -inf where hidden."""
-    scores = _dot(q, k_t, ACC_DTYPE, PRECISION) * qk_scale
+    """Unscaled scores ``q @ k_t`` of a (BM, BN) tile, -inf where hidden.
+
+    The callers scale inside the exponent, ``exp2(fma(s, scale * log2(e), -shift))``: one
+    fused operation per score instead of two. This needs ``qk_scale > 0``, which
+    :class:`TritonFlashAttention` guarantees.
+    """
+    scores = _dot(q, k_t, ACC_DTYPE, PRECISION)
     if MASKED:
         visible = _visible(rows, cols, nq, nk, offset, window_left, window_right, HAS_LEFT, HAS_RIGHT)
         scores = tl.where(visible, scores, float("-inf"))
@@ -218,13 +223,13 @@ def _forward_key_range(
         key_in = cols < nk
         k_t = _load_tile(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                          offs_d < head_dim, key_in, not EVEN_D, MASKED)  # (D, BN)
-        scores = _scores(q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, qk_scale, window_left, window_right,
+        scores = _scores(q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, window_left, window_right,
                          HAS_LEFT, HAS_RIGHT, HAS_PADDING, MASKED, ACC_DTYPE, PRECISION)  # (BM, BN)
-        new_max = tl.maximum(row_max, tl.max(scores, 1))  # (BM,)
+        new_max = tl.maximum(row_max, tl.max(scores, 1) * qk_scale)  # (BM,), base 2
         # A row that has seen only -inf keeps a finite shift: exp2 never meets -inf - -inf.
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         rescale = tl.exp2(row_max - shift)
-        probs = tl.exp2(scores - shift[:, None])  # (BM, BN), unnormalised
+        probs = tl.exp2(tl.fma(scores, qk_scale, -shift[:, None]))  # (BM, BN), unnormalised
         row_sum = row_sum * rescale + tl.sum(probs, 1)
         v = _load_tile(v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                        key_in, offs_dv < value_dim, MASKED, not EVEN_DV)  # (BN, Dv)
@@ -301,6 +306,37 @@ def _forward_kernel(
 # Backward
 # ---------------------------------------------------------------------------------------
 @triton.jit
+def _delta_kernel(
+    Out, DO, GradLse, Delta,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_lb, stride_lh,
+    num_q_heads, nq, value_dim,
+    HAS_GRAD_LSE: tl.constexpr, BLOCK_DV: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta = rowsum(dO * O) - dLSE for one block of query rows: the backward's preprocessing pass.
+
+    A gradient flowing into the LSE adds P * dLSE to dS, which is the same as subtracting
+    it from delta.
+    """
+    batch_head = tl.program_id(1)
+    b = (batch_head // num_q_heads).to(tl.int64)
+    h = (batch_head % num_q_heads).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_in = rows < nq
+    tile_in = row_in[:, None] & (offs_dv[None, :] < value_dim)
+    out = tl.load(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_dv[None, :] * stride_od,
+                  mask=tile_in, other=0.0).to(ACC_DTYPE)  # (BM, Dv)
+    grad_out = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don
+                       + offs_dv[None, :] * stride_dod, mask=tile_in, other=0.0).to(ACC_DTYPE)  # (BM, Dv)
+    delta = tl.sum(out * grad_out, 1)  # (BM,)
+    if HAS_GRAD_LSE:
+        delta -= tl.load(GradLse + b * stride_lb + h * stride_lh + rows, mask=row_in, other=0.0).to(ACC_DTYPE)
+    tl.store(Delta + b * stride_lb + h * stride_lh + rows, delta, mask=row_in)
+
+
+@triton.jit
 def _backward_query_range(
     dk, dv, k, v, keep, cols, q_base, do_base, lse_base, delta_base, dq_base, offs_m, offs_d, offs_dv,
     start, end, nq, nk, offset, head_dim, value_dim, qk_scale, sm_scale, window_left, window_right,
@@ -321,7 +357,7 @@ def _backward_query_range(
         # Rows that saw nothing have lse = -inf; +inf makes their probabilities exp2(-inf) = 0.
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
         delta = tl.load(delta_base + rows, mask=row_in, other=0.0).to(ACC_DTYPE)
-        scores_t = _dot(k, tl.trans(q), ACC_DTYPE, PRECISION) * qk_scale  # (BN, BM)
+        scores_t = _dot(k, tl.trans(q), ACC_DTYPE, PRECISION)  # (BN, BM), unscaled
         if MASKED:
             positions = rows[None, :] + offset
             visible_t = row_in[None, :] & (cols[:, None] < nk)
@@ -332,7 +368,7 @@ def _backward_query_range(
             scores_t = tl.where(visible_t, scores_t, float("-inf"))
         if HAS_PADDING:
             scores_t = tl.where(keep[:, None] != 0, scores_t, float("-inf"))
-        probs_t = tl.exp2(scores_t - lse2[None, :])  # (BN, BM)
+        probs_t = tl.exp2(tl.fma(scores_t, qk_scale, -lse2[None, :]))  # (BN, BM)
         dv = _dot_into(dv, _cast(probs_t, grad_out.dtype, PRECISION), grad_out, PRECISION)
         dp_t = _dot(v, tl.trans(grad_out), ACC_DTYPE, PRECISION)  # (BN, BM)
         ds_t = probs_t * (dp_t - delta[None, :])  # dS = P * (dP - delta), transposed
@@ -432,9 +468,9 @@ def _backward_q_key_range(
                          offs_d < head_dim, key_in, not EVEN_D, MASKED)  # (D, BN)
         v_t = _load_tile(v_base + cols[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
                          offs_dv < value_dim, key_in, not EVEN_DV, MASKED)  # (Dv, BN)
-        scores = _scores(q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, qk_scale, window_left, window_right,
+        scores = _scores(q, k_t, rows, cols, key_in, pad_base, nq, nk, offset, window_left, window_right,
                          HAS_LEFT, HAS_RIGHT, HAS_PADDING, MASKED, ACC_DTYPE, PRECISION)  # (BM, BN)
-        probs = tl.exp2(scores - lse2[:, None])
+        probs = tl.exp2(tl.fma(scores, qk_scale, -lse2[:, None]))
         dp = _dot(grad_out, v_t, ACC_DTYPE, PRECISION)  # (BM, BN)
         ds = probs * (dp - delta[:, None])
         dq = _dot_into(dq, _cast(ds, k_t.dtype, PRECISION), tl.trans(k_t), PRECISION)
@@ -511,17 +547,39 @@ INTERPRETED = not isinstance(_forward_kernel, JITFunction)
 LIBRARY_INTERPRETED = not isinstance(tl.max, JITFunction)
 MIXED = INTERPRETED != LIBRARY_INTERPRETED
 
-def _forward_configs() -> list[triton.Config]:
-    """Forward tile shapes tried per GPU (FlashAttention-2 and Triton's tutorial use 128 x 64)."""
-    shapes = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4),
-              (128, 64, 8, 4), (64, 128, 4, 3), (64, 32, 4, 2)]
+def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
-def _backward_configs() -> list[triton.Config]:
-    """Backward tile shapes (key blocks are the outer loop: BLOCK_N keys, BLOCK_M query rows per step)."""
-    shapes = [(32, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2), (16, 64, 4, 3), (32, 128, 8, 2)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+# Tile shapes tried per GPU and shape, (BLOCK_M, BLOCK_N, warps, pipeline stages), a few per
+# head-dim class: each one tried costs a compile on the first call. Wide heads get smaller
+# tiles so that a pipelined stage of K and V fits in shared memory.
+_FORWARD_SHAPES = {"narrow": [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4)],
+                   "wide": [(128, 32, 8, 2), (64, 64, 4, 2)]}
+# dK/dV by key block (BLOCK_N keys stay in registers; BLOCK_M query rows per step).
+_BACKWARD_KV_SHAPES = {"narrow": [(32, 128, 4, 3), (64, 128, 8, 2)],
+                       "wide": [(16, 64, 4, 2), (32, 64, 4, 2)]}
+# dQ by query block (BLOCK_M rows stay; BLOCK_N keys per step): the transposed tiles.
+_BACKWARD_Q_SHAPES = {"narrow": [(128, 32, 4, 3), (128, 64, 8, 2)],
+                      "wide": [(64, 32, 4, 2), (32, 32, 4, 2)]}
+
+
+def _head_dim_class(meta: dict) -> str:
+    return "wide" if max(meta["BLOCK_D"], meta["BLOCK_DV"]) > 128 else "narrow"
+
+
+def _pruner(shapes: dict[str, list[tuple[int, int, int, int]]]):
+    """Autotuning prune: only the configurations of the call's head-dim class."""
+    by_class = {name: {str(config) for config in _configs(listed)} for name, listed in shapes.items()}
+
+    def prune(configs, named_args, **meta):
+        keep = by_class[_head_dim_class({**named_args, **meta})]
+        return [config for config in configs if str(config) in keep]
+    return prune
+
+
+def _all_configs(shapes: dict[str, list[tuple[int, int, int, int]]]) -> list[triton.Config]:
+    return _configs([shape for listed in shapes.values() for shape in listed])
 
 
 _TUNING_KEY = ["nq", "nk", "head_dim", "value_dim", "group_size", "HAS_LEFT", "HAS_RIGHT", "HAS_PADDING"]
@@ -532,12 +590,14 @@ def _tuned(name: str):
     """The autotuned launcher of a kernel, built on first use (GPU only)."""
     if name not in _TUNED:
         if name == "forward":
-            _TUNED[name] = triton.autotune(_forward_configs(), key=_TUNING_KEY)(_forward_kernel)
+            shapes, kernel, extra = _FORWARD_SHAPES, _forward_kernel, {}
         elif name == "backward_kv":
-            _TUNED[name] = triton.autotune(_backward_configs(), key=[*_TUNING_KEY, "ATOMIC_DQ"],
-                                           reset_to_zero=["DQ"])(_backward_kv_kernel)
+            shapes, kernel, extra = _BACKWARD_KV_SHAPES, _backward_kv_kernel, {"reset_to_zero": ["DQ"]}
         else:
-            _TUNED[name] = triton.autotune(_backward_configs(), key=_TUNING_KEY)(_backward_q_kernel)
+            shapes, kernel, extra = _BACKWARD_Q_SHAPES, _backward_q_kernel, {}
+        key = [*_TUNING_KEY, "ATOMIC_DQ"] if name == "backward_kv" else _TUNING_KEY
+        _TUNED[name] = triton.autotune(_all_configs(shapes), key=key,
+                                       prune_configs_by={"early_config_prune": _pruner(shapes)}, **extra)(kernel)
     return _TUNED[name]
 
 
@@ -610,7 +670,7 @@ def flash_forward(
         k: (B, Hkv, Nk, D) keys; Hq is a multiple of Hkv.
         v: (B, Hkv, Nk, Dv) values.
         spec: the call's masking (causal/window and key padding only).
-        scale: multiplies q k^T.
+        scale: multiplies q k^T; must be > 0 (:class:`TritonFlashAttention` maps the others).
         blocks: (BLOCK_M, BLOCK_N) to use instead of autotuning.
 
     Returns:
@@ -629,6 +689,19 @@ def flash_forward(
     return out, lse
 
 
+def _delta(out: Tensor, grad_out: Tensor, grad_lse: Tensor | None, meta: dict) -> Tensor:
+    """rowsum(dO * O) - dLSE, (B, Hq, Nq) in the accumulation dtype, by :func:`_delta_kernel`."""
+    batch, num_q_heads, nq, value_dim = out.shape
+    delta = torch.empty(batch, num_q_heads, nq, dtype=lse_dtype(out.dtype), device=out.device)
+    lse_like = delta if grad_lse is None else grad_lse.to(delta.dtype).expand_as(delta).contiguous()
+    block_m = INTERPRETER_BLOCKS[0] if INTERPRETED else 64
+    _delta_kernel[(triton.cdiv(nq, block_m), batch * num_q_heads)](
+        out, grad_out, lse_like, delta, *out.stride(), *grad_out.stride(), lse_like.stride(0), lse_like.stride(1),
+        num_q_heads, nq, value_dim, HAS_GRAD_LSE=grad_lse is not None, BLOCK_DV=meta["BLOCK_DV"],
+        ACC_DTYPE=meta["ACC_DTYPE"], BLOCK_M=block_m)
+    return delta
+
+
 def flash_backward(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, grad_lse: Tensor | None,
     spec: MaskSpec, scale: float, deterministic: bool = False, blocks: tuple[int, int] | None = None,
@@ -642,10 +715,7 @@ def flash_backward(
     num_kv_heads, nk, value_dim = k.shape[1], k.shape[2], v.shape[-1]
     geometry = _geometry(q, k, v, spec)
     acc_dtype = lse_dtype(q.dtype)
-    # delta_i = dO_i . O_i; a gradient flowing into the LSE adds P * dlse, i.e. subtracts it here.
-    delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(dim=-1)  # (B, Hq, Nq)
-    if grad_lse is not None:
-        delta = delta - grad_lse.to(acc_dtype)
+    delta = _delta(out, grad_out, grad_lse, geometry["meta"])  # (B, Hq, Nq)
     padding, stride_pb = _key_padding(spec, k)
     grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
@@ -671,9 +741,15 @@ class TritonFlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, spec, scale, deterministic, blocks):
-        out, lse = flash_forward(q, k, v, spec, scale, blocks)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.spec, ctx.scale, ctx.deterministic, ctx.blocks = spec, scale, deterministic, blocks
+        # The kernels scale inside exp2 and need a positive scale: q k^T * s equals
+        # (-q) k^T * |s|, and s = 0 equals zero queries at scale 1 (every score 0).
+        q_sign = 1.0 if scale > 0 else (-1.0 if scale < 0 else 0.0)
+        kernel_q = q if q_sign == 1.0 else q * q_sign
+        kernel_scale = abs(scale) if scale != 0 else 1.0
+        out, lse = flash_forward(kernel_q, k, v, spec, kernel_scale, blocks)
+        ctx.save_for_backward(kernel_q, k, v, out, lse)
+        ctx.spec, ctx.scale, ctx.q_sign = spec, kernel_scale, q_sign
+        ctx.deterministic, ctx.blocks = deterministic, blocks
         return out, lse
 
     @staticmethod
@@ -683,4 +759,6 @@ class TritonFlashAttention(torch.autograd.Function):
             grad_out = torch.zeros_like(out)
         grad_q, grad_k, grad_v = flash_backward(q, k, v, out, lse, grad_out, grad_lse, ctx.spec, ctx.scale,
                                                 ctx.deterministic, ctx.blocks)
+        if ctx.q_sign != 1.0:
+            grad_q = grad_q * ctx.q_sign
         return grad_q, grad_k, grad_v, None, None, None, None
