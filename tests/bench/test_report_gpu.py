@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qkv.bench import main, report
+from qkv.bench import main, report, triton_gpu
 from qkv.bench.lra import format_seconds
 from qkv.bench.points import attention_flops
 
@@ -87,3 +87,36 @@ def test_the_report_names_its_sources_as_one_glob_when_it_can(tmp_path: Path) ->
     assert report.sources_argument(paths[:1], out) == "../results/bench-triton-cuda.json"
     report.write_report(paths, out, plots=False)
     assert "`qkv bench report ../results/bench-*.json --out .` run here" in (out / report.REPORT_NAME).read_text()
+
+
+def test_a_budgeted_run_shows_its_compile_times_and_what_it_left_out(tmp_path: Path) -> None:
+    """The command's own fields: first-call compile times, checks and timings not run (with the
+    reason), and a target met at or below its limit."""
+    result = triton_result(per_tensor=True) | {"benchmark": "triton", "device": "cuda", "budget_s": 90.0,
+                                               "command": "qkv bench triton --budget-s 90"}
+    result["compile"] = [{"backend": "qkv triton", "n": 1024, "batch": 6, "first_call_s": 12.5},
+                         {"backend": "qkv triton deterministic", "skipped": triton_gpu.BUDGET_SPENT}]
+    result["checks"].append({"check": "N=61 D=256 causal", "skipped": triton_gpu.BUDGET_SPENT})
+    result["timings"][1] |= {"skipped": triton_gpu.BUDGET_SPENT, "time_s": None, "tflops": None}
+    result["targets"].append({"target": "cold first call, seconds (at most)", "measured": 12.5, "limit": 20.0,
+                              "met": True})
+    path = tmp_path / "bench-triton-cuda.json"
+    path.write_text(json.dumps(result))
+    report.write_report([path], tmp_path, plots=False)
+    section = (tmp_path / report.REPORT_NAME).read_text().split("## The Triton kernel on the GPU", 1)[1]
+    assert "`qkv bench triton --budget-s 90` on Test GPU" in section and "under a --budget-s of 90 s" in section
+    assert "1 of 2 correctness checks passed" in section  # of those that ran
+    assert "| qkv triton | 1K | 6 | 12.50 s |" in section
+    assert "| N=61 D=256 causal | not run | - |" in section
+    assert "| cold first call, seconds (at most) | - | 12.500 | <= 20.000 | yes |" in section
+    assert (f"- first call of qkv triton deterministic, check N=61 D=256 causal, qkv triton N=1K fwd+bwd: "
+            f"{triton_gpu.BUDGET_SPENT}") in section
+
+
+def test_the_triton_command_labels_its_json(tmp_path: Path) -> None:
+    """What the report needs to label a run: the benchmark, the date, the command line, Triton's version."""
+    path = tmp_path / "run.json"
+    triton_gpu.Run("cpu", triton_gpu.Sizes.quick(), path, None).save()
+    result = json.loads(path.read_text())
+    assert result["benchmark"] == "triton" and len(result["date"]) == 10 and "triton" in result["machine"]
+    assert report.benchmark_of(result) == "triton"

@@ -259,13 +259,25 @@ def timing_label(row: dict) -> str:
 
 
 def triton_tabs(result: dict) -> list[Tab]:
-    """``qkv bench triton``: its correctness checks, TFLOP/s per N for each contender (forward,
-    then forward + backward), the sliding-window times and the targets."""
+    """``qkv bench triton``: the first call's compile time, the correctness checks, TFLOP/s per N for
+    each contender (forward, then forward + backward), the sliding-window times and the targets.
+    Steps not run (a spent ``--budget-s``, a kernel missing) show "-" here and are listed by
+    :func:`triton_notes`."""
     sizes = result["sizes"]
-    tabs = [Tab("correctness at full size, bfloat16, against float64: worst error / bound of the output, dq, dk "
-                "and dv (the 2x rule passes at <= 1)", ["check", "passed", "worst error / bound", "wall time"],
-                [[c["check"], "yes" if c["passed"] else "NO", fmt(worst_over_bound(c), "{:.2f}"),
-                  format_seconds(c.get("wall_s"))] for c in result["checks"]])]
+    tabs = []
+    compiled = [r for r in result.get("compile", []) if r.get("first_call_s") is not None]
+    if compiled:
+        tabs.append(Tab("first forward + backward of one shape with an empty Triton cache (compile and autotune)",
+                        ["contender", "N", "B", "wall time"],
+                        [[r["backend"], size_label(r["n"]), str(r["batch"]), format_seconds(r["first_call_s"])]
+                         for r in compiled]))
+    timed = any("wall_s" in c for c in result["checks"])
+    tabs.append(Tab("correctness at full size, bfloat16, against float64: worst error / bound of the output, dq, dk "
+                    "and dv (the 2x rule passes at <= 1)",
+                    ["check", "passed", "worst error / bound", *(["wall time"] if timed else [])],
+                    [[c["check"], "not run" if c.get("skipped") else "yes" if c["passed"] else "NO",
+                      fmt(worst_over_bound(c), "{:.2f}"), *([format_seconds(c.get("wall_s"))] if timed else [])]
+                     for c in result["checks"]]))
     dense = [r for r in result["timings"] if not r.get("window")]
     lengths = sorted({r["n"] for r in dense})
     batches = {r["n"]: r["batch"] for r in dense}
@@ -289,27 +301,59 @@ def triton_tabs(result: dict) -> list[Tab]:
                          for name in dict.fromkeys(r["backend"] for r in windowed)]))
     if result.get("targets"):
         tabs.append(Tab("the Triton kernel's targets", ["target", "N", "measured", "limit", "met"],
-                        [target_cells({**t, "n": "-", "rule": ">="}) for t in result["targets"]]))
+                        [target_cells({**t, "n": "-", "rule": target_rule(t)}) for t in result["targets"]]))
     return tabs
+
+
+def target_rule(target: dict) -> str:
+    """">=" or "<=": the target's own ``rule``, else the one its measured value and ``met`` imply."""
+    if target.get("rule") or target["measured"] is None:
+        return target.get("rule", "")
+    return ">=" if (target["measured"] >= target["limit"]) == target["met"] else "<="
+
+
+def triton_notes(result: dict) -> list[str]:
+    """The steps of a ``qkv bench triton`` run that did not run, one note per reason."""
+    left_out: dict[str, list[str]] = {}
+    for row in result.get("compile", []):
+        if row.get("skipped"):
+            left_out.setdefault(row["skipped"], []).append(f"first call of {row['backend']}")
+    for row in result["checks"]:
+        if row.get("skipped"):
+            left_out.setdefault(row["skipped"], []).append(f"check {row['check']}")
+    for row in result["timings"]:
+        if row.get("skipped"):
+            window = f" window {row['window']}" if row.get("window") else ""
+            left_out.setdefault(row["skipped"], []).append(
+                f"{timing_label(row)}{window} N={size_label(row['n'])} {row['mode']}")
+    return [f"{', '.join(steps)}: {reason}" for reason, steps in left_out.items()]
 
 
 def triton_section(path: Path, result: dict, out_dir: Path) -> list[str]:
     m = result["machine"]
     versions = ", ".join(f"{name} {m[name]}" for name in ("torch", "triton", "python") if m.get(name))
-    passed = sum(c["passed"] for c in result["checks"])
-    worst = max((worst_over_bound(c) or 0.0 for c in result["checks"]), default=0.0)
+    run = [c for c in result["checks"] if not c.get("skipped")]
+    passed = sum(c["passed"] for c in run)
+    worst = max((worst_over_bound(c) or 0.0 for c in run), default=0.0)
+    budget = f" under a --budget-s of {result['budget_s']:g} s" if result.get("budget_s") else ""
     made = f" How the file was made: {result['what']}." if result.get("what") else ""
-    parts = ["## The Triton kernel on the GPU",
-             f"`{result.get('command') or 'qkv bench triton'}` on {m.get('gpu') or m.get('cpu')}; {versions}; "
-             f"{result.get('date', '')}{' (--quick)' if result.get('quick') else ''}: {passed} of "
-             f"{len(result['checks'])} correctness checks passed (worst error / bound {worst:.2f}); then TFLOP/s "
+    device = DEVICES.get(device_of(result), device_of(result))
+    when = f"; {result['date']}" if result.get("date") else ""
+    parts = [f"## The Triton kernel on the {device}",
+             f"`{result.get('command') or 'qkv bench triton'}` on {m.get('gpu') or m.get('cpu')}; {versions}"
+             f"{when}{' (--quick)' if result.get('quick') else ''}{budget}: {passed} of "
+             f"{len(run)} correctness checks passed (worst error / bound {worst:.2f}); then TFLOP/s "
              "from CUDA-event medians against PyTorch SDPA pinned to its FlashAttention-2 and cuDNN kernels, and a "
              "sliding window against compiled FlexAttention with the same block mask. FLOPs as in the sweep "
              f"(causal counts the visible pairs).{made} Raw numbers: [{path.name}]({link(path, out_dir)})."]
     plot = Path(f"{path.with_suffix('')}-tflops.png")
     if plot.exists():
         parts.append(f"![TFLOP/s]({link(plot, out_dir)})")
-    return parts + markdown_tabs(triton_tabs(result))
+    parts += markdown_tabs(triton_tabs(result))
+    notes = triton_notes(result)
+    if notes:
+        parts.append("Not run:\n\n" + "\n".join(f"- {note}" for note in notes))
+    return parts
 
 
 # ----------------------------------------------------------------------------- plots
