@@ -305,3 +305,30 @@ def test_the_default_cuda_budget_bounds_the_sweep(monkeypatch: pytest.MonkeyPatc
     measured = sorted({r["n"] for r in result["rows"] if r["time_s"]})
     assert measured == [16, 24, 32, 48][:started]
     assert all(r["skipped"].startswith(BUDGET_SPENT) for r in result["rows"] if r["n"] not in measured)
+
+
+@pytest.mark.parametrize("tunes", [True, False], ids=["tuned-first", "control"])
+def test_a_backend_that_tunes_on_its_first_call_is_called_before_the_measured_run(
+        monkeypatch: pytest.MonkeyPatch, tunes: bool) -> None:
+    """Triton's first call of a shape compiles and autotunes, with benchmarking buffers of its own: the
+    sweep makes that call first (its time kept as first_call_s), so the peak memory is the kernel's.
+    Here tiled stands in, its first call allocating 64 MiB more."""
+    built = sweep.build
+
+    def build_with_a_costly_first_call(*args, **kwargs):
+        setup, calls = built(*args, **kwargs), []
+
+        def run():
+            scratch = torch.ones(16 * 2**20) if not calls else None  # 64 MiB, the first call only
+            calls.append(1)
+            del scratch
+            return setup.run()
+        return replace(setup, run=run)
+
+    monkeypatch.setattr(sweep, "build", build_with_a_costly_first_call)
+    monkeypatch.setattr(sweep, "TUNED_ON_FIRST_CALL", ("tiled",) if tunes else ())
+    settings = SweepSettings(quick=True, repeats=1, memory_budget=2**30)
+    result = sweep.run_sweep((33,), ("full",), settings, ("qkv tiled",), console=Console(file=io.StringIO()))
+    row = next(r for r in result["rows"] if r["mode"] == "fwd")
+    assert (row["peak_bytes"] < 2**26) == tunes
+    assert (row.get("first_call_s", 0) > 0) == tunes
