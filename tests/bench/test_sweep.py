@@ -332,3 +332,5 @@ def test_a_backend_that_tunes_on_its_first_call_is_called_before_the_measured_ru
     row = next(r for r in result["rows"] if r["mode"] == "fwd")
     assert (row["peak_bytes"] < 2**26) == tunes
     assert (row.get("first_call_s", 0) > 0) == tunes
+    first_calls = [cells[0] for cells in report.first_call_tab(result).rows]
+    assert first_calls == (["qkv tiled, full", "qkv tiled, fwd+bwd, full"] if tunes else [])

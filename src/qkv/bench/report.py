@@ -169,6 +169,19 @@ def compile_tab(result: dict) -> Tab:
                ["variant", *(size_label(n) for n in sizes)], rows)
 
 
+def first_call_tab(result: dict) -> Tab:
+    """The first call of each shape of a backend that compiles and autotunes on it (triton), apart
+    from its timing."""
+    sizes = result["config"]["sizes"]
+    found = {(label(r["backend"], r["mode"]), r["variant"], r["n"]): r["first_call_s"] for r in result["rows"]
+             if r.get("first_call_s") is not None}
+    rows = []
+    for name, variant in dict.fromkeys((name, variant) for name, variant, _ in found):
+        rows.append([f"{name}, {variant}", *(format_seconds(found.get((name, variant, n))) for n in sizes)])
+    return Tab("first call of each shape, not in its times: compile and autotune",
+               ["contender", *(size_label(n) for n in sizes)], rows)
+
+
 def summary_tab(by_device: dict[str, dict]) -> Tab:
     """Times at a few N and the exponent, each device's columns side by side (full variant); a
     device without results gets one column saying so."""
@@ -551,7 +564,7 @@ def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
         *(f"![{name}]({link(Path(f'{stem}-{name}.png'), out_dir)})" for name in ("time", "memory", "error")),
         *([f"The CUDA kernels behind SDPA ({', '.join(cuda_only(result))}) run only with `--device cuda`."]
           if cuda_only(result) else []),
-        *markdown_tabs([scaling_tab(result), compile_tab(result)]),
+        *markdown_tabs([scaling_tab(result), compile_tab(result), first_call_tab(result)]),
     ]
     for variant in (v["name"] for v in config["variants"]):
         tabs, notes = attention_tabs(result, variant)
@@ -729,4 +742,4 @@ def print_attention(result: dict, console: Console) -> None:
     for variant in (v["name"] for v in result["config"]["variants"]):
         tabs, notes = attention_tabs(result, variant)
         print_tabs(tabs, console, notes)
-    print_tabs([scaling_tab(result), compile_tab(result), targets_tab(result)], console)
+    print_tabs([scaling_tab(result), compile_tab(result), first_call_tab(result), targets_tab(result)], console)
