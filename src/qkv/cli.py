@@ -305,14 +305,20 @@ def _explain(args: argparse.Namespace) -> int:
         model, tokenizer = qkv.load(args.model)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         return _fail("explain", str(err))
+    from qkv.inspect.words import word_view
+
+    try:  # which token to follow, named as the options are, before the model runs
+        word_view(tokenizer(args.sentence, truncation=False)).find(args.focus, args.occurrence, option="--occurrence")
+    except ValueError as err:
+        return _fail("explain", str(err))
     layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
     for option, value, count, what in (("--layer", args.layer, layers, "layers"),
                                        ("--head", args.head, heads, "heads per layer")):
         if value is not None and not 0 <= value < count:
             return _fail("explain", f"{option} {value}: this model has {count} {what}, numbered 0 to {count - 1}")
     try:
-        report = explain(model, tokenizer, args.sentence, args.focus, layer=args.layer, head=args.head,
-                         senses=senses, contrast=args.contrast)
+        report = explain(model, tokenizer, args.sentence, args.focus, occurrence=args.occurrence, layer=args.layer,
+                         head=args.head, senses=senses, contrast=args.contrast)
     except ValueError as err:
         return _fail("explain", str(err))
     print_report(report, _console())
@@ -677,6 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("sentence", nargs="?", default=DEFAULT_SENTENCE,
                          help=f"the sentence (default: {DEFAULT_SENTENCE!r})")
     explain.add_argument("--focus", default="bank", help="the word to follow (default: bank)")
+    explain.add_argument("--occurrence", type=positive_int, default=None, metavar="N",
+                         help="which occurrence of a repeated focus word to follow, from 1 (default: the first)")
     explain.add_argument("--model", default="minilm", help=MODEL_HELP)
     explain.add_argument("--layer", type=int, default=None,
                          help="layer of the step-by-step head, from 0 (default: the head where the focus word "
@@ -685,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--senses", default=None,
                          help='sense examples: "money: sentence | sentence; river: sentence | sentence"')
     explain.add_argument("--contrast", default=None, metavar="SENTENCE",
-                         help="a sentence that uses the focus word in another sense, to compare its vector with")
+                         help="a sentence that uses the focus word in another sense, to compare its vector with "
+                              "(default: an example of the sense the focus word is farthest from)")
     explain.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     explain.add_argument("--html", default=None, metavar="PATH", help="write a self-contained interactive page")
     explain.add_argument("--out", default=None, metavar="DIR", help="write PNG figures")

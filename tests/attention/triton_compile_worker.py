@@ -51,20 +51,21 @@ def compile_kernel(fn, pointers: dict[str, str], meta: dict, config: triton.Conf
         "wgmma": len(re.findall(r"\bwgmma\.mma_async", ptx)),
         "mma.sync": len(re.findall(r"\bmma\.sync", ptx)),
         "cp.async": len(re.findall(r"\bcp\.async\.c[ag]", ptx)),
+        "tma": len(re.findall(r"\bcp\.async\.bulk\.tensor", ptx)),
         "atom": len(re.findall(r"\b(?:atom|red)\.global", ptx)),
     }
     described = " ".join(f"{name}={count}" for name, count in counts.items())
-    atomic = f" ATOMIC_DQ={meta['ATOMIC_DQ']}" if "ATOMIC_DQ" in meta else ""
-    print(f"{fn.__name__} {pointers['Q'].lstrip('*')}{atomic} {config.kwargs} warps={config.num_warps} "
+    reads = " USE_TMA" if meta.get("USE_TMA") else ""
+    print(f"{fn.__name__}{reads} {pointers['Q'].lstrip('*')} {config.kwargs} warps={config.num_warps} "
           f"stages={config.num_stages} shared={kernel.metadata.shared} {described}", flush=True)
 
 
 def main() -> None:
     assert not triton_flash.INTERPRETED, "run without TRITON_INTERPRET"
-    narrow = triton_flash._configs
-    forward = narrow(triton_flash._FORWARD_SHAPES["narrow"])[0]
-    backward_kv = narrow(triton_flash._BACKWARD_KV_SHAPES["narrow"])[0]
-    backward_q = narrow(triton_flash._BACKWARD_Q_SHAPES["narrow"])[0]
+    medium = triton_flash._configs
+    forward = medium(triton_flash._FORWARD_SHAPES["medium"])[0]
+    backward_kv = medium(triton_flash._BACKWARD_KV_SHAPES["medium"])[0]
+    backward_q = medium(triton_flash._BACKWARD_Q_SHAPES["medium"])[0]
     for dtype, precision in (("bf16", "tf32"), ("fp32", "ieee")):
         tensors = {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "Out": f"*{dtype}", "Lse": "*fp32",
                    "KeyPadding": "*i8", "DO": f"*{dtype}", "Delta": "*fp32", "DQ": "*fp32", "DK": f"*{dtype}",
@@ -72,13 +73,15 @@ def main() -> None:
         causal = {"HAS_LEFT": False, "HAS_RIGHT": True, "HAS_PADDING": False, "BLOCK_D": 128, "BLOCK_DV": 128,
                   "EVEN_D": True, "EVEN_DV": True, "ACC_DTYPE": tl.float32, "PRECISION": precision}
         window = {**causal, "HAS_LEFT": True, "HAS_PADDING": True, "BLOCK_D": 64, "BLOCK_DV": 64, "EVEN_D": False}
-        compile_kernel(triton_flash._forward_kernel, tensors, causal, forward)
+        compile_kernel(triton_flash._forward_kernel, tensors, {**causal, "USE_TMA": False}, forward)
         if dtype == "fp32":  # float32 differs only in the products' precision
             continue
-        compile_kernel(triton_flash._forward_kernel, tensors, window, forward)
-        compile_kernel(triton_flash._backward_kv_kernel, tensors, {**causal, "ATOMIC_DQ": False}, backward_kv)
-        compile_kernel(triton_flash._backward_kv_kernel, tensors, {**window, "ATOMIC_DQ": True}, backward_kv)
-        compile_kernel(triton_flash._backward_q_kernel, {**tensors, "DQ": f"*{dtype}"}, causal, backward_q)
+        compile_kernel(triton_flash._forward_kernel, tensors, {**window, "USE_TMA": False}, forward)
+        tile = f"tensordesc<{dtype}[1, 1, {forward.kwargs['BLOCK_N']}, 128]>"
+        descriptors = {"DescK": tile, "DescV": tile}
+        compile_kernel(triton_flash._forward_kernel, {**tensors, **descriptors}, {**causal, "USE_TMA": True}, forward)
+        compile_kernel(triton_flash._backward_kv_kernel, tensors, causal, backward_kv)
+        compile_kernel(triton_flash._backward_q_kernel, {**tensors, "DQ": f"*{dtype}"}, window, backward_q)
         compile_kernel(triton_flash._delta_kernel, {**tensors, "GradLse": "*fp32"},
                        {"HAS_GRAD_LSE": True, "BLOCK_DV": 128, "ACC_DTYPE": tl.float32},
                        triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1))

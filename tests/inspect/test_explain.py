@@ -40,7 +40,8 @@ def test_bank_attends_to_deposited_and_check(report):
 
 def test_report_structure(report):
     assert report["tokens"] == ["[CLS]", "She", "deposited", "her", "check", "at", "the", "bank", ".", "[SEP]"]
-    assert report["focus"] == {"index": 7, "token": "bank", "pieces": [7]}
+    assert report["focus"] == {"index": 7, "token": "bank", "pieces": [7], "occurrence": 1, "occurrences": [7],
+                               "note": None}
     focus_attention = torch.tensor(report["focus_attention"])
     assert focus_attention.shape == (6, 12, 10)
     assert torch.allclose(focus_attention.sum(-1), torch.ones(6, 12), atol=1e-4)
@@ -128,7 +129,8 @@ def test_cli_explain_writes_json_and_figures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "deposited" in printed and "in short" in printed
     data = json.loads(path.read_text())
-    assert data["focus"] == {"index": 7, "token": "bank", "pieces": [7]}
+    assert data["focus"] == {"index": 7, "token": "bank", "pieces": [7], "occurrence": 1, "occurrences": [7],
+                             "note": None}
     assert len(data["focus_attention"]) == 6
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert "sense_trajectory.png" in figures and "heatmap_head.png" in figures

@@ -31,8 +31,8 @@ from qkv.attention.api import build_spec
 from qkv.inspect.ablation import head_ablation
 from qkv.inspect.heads import attention_share, head_roles
 from qkv.inspect.rollout import attention_flow, attention_rollout
-from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES, sense_trajectory
-from qkv.inspect.words import WordView, word_view
+from qkv.inspect.senses import DEFAULT_SENSES, sense_trajectory
+from qkv.inspect.words import WordView, unknown_token, word_view
 
 if TYPE_CHECKING:
     from qkv.models.tokenizer import Batch, Tokenizer
@@ -103,6 +103,7 @@ def explain(
     sentence: str = DEFAULT_SENTENCE,
     focus: str = DEFAULT_FOCUS,
     *,
+    occurrence: int | None = None,
     layer: int | None = None,
     head: int | None = None,
     senses: dict[str, list[str]] | None = None,
@@ -116,15 +117,20 @@ def explain(
         model: a qkv BERT- or GPT-2-family model (e.g. from ``qkv.load()``).
         tokenizer: its tokenizer.
         sentence: the text.
-        focus: a word of the sentence (case-insensitive, surrounding spaces ignored; its
-            first occurrence).
+        focus: a word of the sentence (case-insensitive, surrounding spaces ignored), or a
+            symbol or emoji of it (one the tokenizer reads as [UNK] is followed, and
+            ``report["focus"]["note"]`` says what that means).
+        occurrence: which occurrence of a repeated ``focus`` to follow, from 1 (default: the
+            first; ``report["focus"]["note"]`` then says that it repeats and how to choose).
         layer, head: the head to walk through step by step, counted from 0 (default: the
             head where the focus pays most attention to content words, passing over heads
             that put 90% or more of it on the word just before or after it; see
             :func:`choose_head`; ``report["walkthrough"]["chosen"]`` says why, in words).
         senses: sense name -> example sentences using ``focus`` in that sense (default
             for 'bank': money and river contexts; None otherwise skips the section).
-        contrast: a sentence using ``focus`` in another sense.
+        contrast: a sentence using ``focus`` in another sense (default: the example of the
+            sense the focus is farthest from at the last layer that is nearest that sense's
+            mean; see :func:`qkv.inspect.senses.sense_trajectory`).
         top: how many most-attended tokens to list per head.
         long_view: compute without materialising any (N, N) matrix: the focus token's
             rows exactly, every other statistic streamed by :func:`qkv.attention_stats`
@@ -135,7 +141,7 @@ def explain(
 
     Raises:
         ValueError: an empty sentence, one longer than the model reads, ``focus`` not among
-            its words, or ``layer``/``head`` out of range.
+            its words, or ``occurrence``/``layer``/``head`` out of range; all before the model runs.
     """
     if not sentence.strip():
         raise ValueError("the sentence is empty; give a sentence that contains the focus word")
@@ -147,8 +153,12 @@ def explain(
             f"Shorten it (qkv explain shows one sentence or a short passage)."
         )
     view = word_view(batch)
-    focus_word = view.index_of(focus)
+    chosen_focus = view.find(focus, occurrence, unknown_token=unknown_token(tokenizer))
+    focus_word = chosen_focus.index
     focus_pieces = view.pieces[focus_word]
+    word = view.tokens[focus_word].lower()
+    senses = senses if senses is not None else DEFAULT_SENSES.get(word)
+    check_contrast(tokenizer, word, senses, contrast)
     layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
     causal = bool(model.blocks[0].attn.causal)
     if layer is not None and not 0 <= layer < layers:
@@ -181,7 +191,10 @@ def explain(
         "kinds": view.kinds,
         "pieces": view.piece_tokens,
         "word_pieces": view.pieces,
-        "focus": {"index": focus_word, "token": view.tokens[focus_word], "pieces": focus_pieces},
+        "focus": {"index": focus_word, "token": view.tokens[focus_word], "pieces": focus_pieces,
+                  "occurrence": chosen_focus.occurrence,  # which occurrence of the word, from 1
+                  "occurrences": chosen_focus.occurrences,  # the token index of each occurrence
+                  "note": chosen_focus.note},  # the word repeats / is read as [UNK], in words; or None
         "special_tokens": special_tokens,  # distinct, in order: ["[CLS]", "[SEP]"] for BERT, [] for GPT-2
         "set_aside": set_aside_phrase(special_tokens),  # what "parked" attention goes to, in words
     }
@@ -225,22 +238,37 @@ def explain(
     if long_view:
         report["streamed"] = streamed_summaries(model, cache, view, top, causal=causal)
 
-    word = view.tokens[focus_word].lower()
-    senses = senses if senses is not None else DEFAULT_SENSES.get(word)
-    contrast = contrast if contrast is not None else DEFAULT_CONTRAST.get(word)
     if senses:
-        trajectory = sense_trajectory(model, tokenizer, sentence, word, senses, contrast)
+        trajectory = sense_trajectory(model, tokenizer, sentence, word, senses, contrast, chosen_focus.occurrence)
         report["senses"] = {
             "names": trajectory.senses,
             "examples": senses,
             "cosine": _round(trajectory.cosine),  # (L+1, S)
             "predicted": trajectory.predicted,
             "contrast_sentence": trajectory.contrast_sentence,
-            "contrast_cosine": None if trajectory.contrast_cosine is None else _round(trajectory.contrast_cosine),
+            "contrast_cosine": _round(trajectory.contrast_cosine),  # (L+1,)
+            "contrast_sense": trajectory.contrast_sense,
+            "contrast_reason": trajectory.contrast_reason,  # why this contrast, in words
         }
     else:
         report["senses"] = None
     return report
+
+
+def check_contrast(tokenizer: Tokenizer, word: str, senses: dict[str, list[str]] | None,
+                   contrast: str | None) -> None:
+    """Refuse, before the model runs, a contrast sentence that would not be shown (no senses to
+    compare it in) or that does not contain ``word``."""
+    if contrast is None:
+        return
+    if not senses:
+        raise ValueError(f"contrast: '{word}' has no built-in sense examples, and the contrast sentence is shown "
+                         f"in the sense section; give senses too (--senses \"sense1: sentence | sentence; sense2: "
+                         f"sentence\")")
+    try:
+        word_view(tokenizer(contrast, truncation=False)).find(word)
+    except ValueError as error:
+        raise ValueError(f"contrast sentence {contrast!r}: {error}") from error
 
 
 def choose_head(focus_rows: torch.Tensor, content_share: torch.Tensor, focus: int, tokens: list[str],

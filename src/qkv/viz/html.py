@@ -90,6 +90,8 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
     causal = ('<p id="causal-note" class="help">A causal model (GPT-2 family): every word attends only to itself '
               "and the words before it, so later words get no attention and cannot change its vector.</p>"
               if model.get("causal") else "")
+    note = report.get("focus", {}).get("note")  # the focus word repeats, or is read as [UNK]
+    focus_note = (f'<p id="focus-note" class="help">{html.escape(show_controls(note))}</p>' if note else "")
     values = {
         "CSP": html.escape(csp, quote=True),
         "TITLE": html.escape(f"qkv · {focus} · {sentence}", quote=True),
@@ -99,6 +101,7 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
         "SUMMARY": html.escape(summary, quote=True),
         "SETASIDE": html.escape(report.get("set_aside", _SET_ASIDE), quote=True),
         "CAUSAL": causal,
+        "FOCUSNOTE": focus_note,
         "STYLE": _STYLE,
         "SCRIPT": _SCRIPT,
         "DATA": json_for_script(report),
@@ -106,7 +109,7 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _PAGE)
 
 
-_PLACEHOLDER = re.compile(r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|SETASIDE|CAUSAL|STYLE|SCRIPT|DATA)%")
+_PLACEHOLDER = re.compile(r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|SETASIDE|CAUSAL|FOCUSNOTE|STYLE|SCRIPT|DATA)%")
 _SET_ASIDE = "[CLS], [SEP] and punctuation"  # reports without "set_aside" come from BERT models
 
 # The page; its %NAME% placeholders are filled in one pass, so text from the report is
@@ -129,6 +132,7 @@ _PAGE = """<!DOCTYPE html>
 <p id="sentence" class="sentence">%SENTENCE%</p>
 <p class="sub">Following the word <strong id="focus-word">%FOCUS%</strong> ·
 <span id="model-summary">%SUMMARY%</span></p>
+%FOCUSNOTE%
 %CAUSAL%
 <noscript><p class="warn">This page draws its views with JavaScript; turn it on to see them.</p></noscript>
 </header>
@@ -676,7 +680,8 @@ _SCRIPT = r"""
         return afterLayer(i) + " " + visible(p); }).join(" · ")));
     }
     if (S.contrast_sentence) {
-      box.appendChild(el("p", { class: "caption" }, "Contrast sentence: “" + visible(S.contrast_sentence) + "”"));
+      box.appendChild(el("p", { class: "caption", id: "contrast-caption" }, "Contrast sentence: “" +
+        visible(S.contrast_sentence) + "”" + (S.contrast_reason ? " (" + visible(S.contrast_reason) + ")" : "")));
     }
   })();
 

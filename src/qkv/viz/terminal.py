@@ -102,7 +102,8 @@ def print_report(report: dict, console: Console | None = None) -> None:
     console.print(Panel(
         Text.assemble((report["sentence"], "bold"), "\nfocus: ", (focus["token"], "bold cyan"),
                       f" (token {focus['index']}) · model: {model['layers']} layers x {model['heads']} heads, "
-                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}"),
+                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}",
+                      ("\n" + focus["note"], "yellow") if focus.get("note") else ""),
         title="qkv explain", expand=False,
     ))
     _tokens(report, console)
@@ -235,7 +236,8 @@ def _senses(report: dict, console: Console) -> None:
                        f"examples and in the contrast sentence; words after it cannot change it")
     contrast = senses["contrast_cosine"] is not None
     if contrast:
-        _note(console, f"contrast: cosine to '{word}' in the contrast sentence, {senses['contrast_sentence']!r}")
+        _note(console, f"contrast: cosine to '{word}' in the contrast sentence, {senses['contrast_sentence']!r}"
+                       + (f"; {senses['contrast_reason']}" if senses.get("contrast_reason") else ""))
 
     def build(size: int) -> Table:  # size: the margin bar's width
         table = Table(show_edge=False)
