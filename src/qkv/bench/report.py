@@ -182,6 +182,22 @@ def first_call_tab(result: dict) -> Tab:
                ["contender", *(size_label(n) for n in sizes)], rows)
 
 
+def summary_note(by_device: dict[str, dict]) -> str:
+    """Where each device's columns of the summary come from: the machine, dtype, versions, date."""
+    notes = []
+    for device, title in DEVICES.items():
+        result = by_device.get(device)
+        if result is None:
+            continue
+        config, machine = result["config"], result["machine"]
+        where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
+        cut = budget_cut(result)
+        missing = "" if cut is None else f"; its time budget ran out after N={size_label(cut)}"
+        notes.append(f"{title}: {where}, {config['dtype']}, B=1 H={config['heads']} D={config['head_dim']}, torch "
+                     f"{machine['torch']}, {result.get('date', '')}{missing}")
+    return "Columns: " + "; ".join(notes) + "." if notes else ""
+
+
 def summary_tab(by_device: dict[str, dict]) -> Tab:
     """Times at a few N and the exponent, each device's columns side by side (full variant); a
     device without results gets one column saying so."""
@@ -207,22 +223,6 @@ def summary_tab(by_device: dict[str, dict]) -> Tab:
     rows = [[name, *(c for found, missing in cells.values() for c in found.get(name, missing))]
             for name in dict.fromkeys(names)]
     return Tab("attention, not causal, no window: median time per call and scaling exponent", columns, rows)
-
-
-def summary_note(by_device: dict[str, dict]) -> str:
-    """Where each device's columns of the summary come from: the machine, dtype, versions, date."""
-    notes = []
-    for device, title in DEVICES.items():
-        result = by_device.get(device)
-        if result is None:
-            continue
-        config, machine = result["config"], result["machine"]
-        where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
-        cut = budget_cut(result)
-        missing = "" if cut is None else f"; its time budget ran out after N={size_label(cut)}"
-        notes.append(f"{title}: {where}, {config['dtype']}, B=1 H={config['heads']} D={config['head_dim']}, torch "
-                     f"{machine['torch']}, {result.get('date', '')}{missing}")
-    return "Columns: " + "; ".join(notes) + "." if notes else ""
 
 
 def targets_tab(result: dict) -> Tab | None:
