@@ -351,12 +351,14 @@ def triton_section(path: Path, result: dict, out_dir: Path) -> list[str]:
     budget = f" under a --budget-s of {result['budget_s']:g} s" if result.get("budget_s") else ""
     made = f" How the file was made: {result['what']}." if result.get("what") else ""
     device = DEVICES.get(device_of(result), device_of(result))
+    timing = ("CUDA-event medians" if device_of(result) == "cuda"
+              else "wall-time medians (under Triton's interpreter: meaningless)")
     when = f"; {result['date']}" if result.get("date") else ""
     parts = [f"## The Triton kernel on the {device}",
              f"`{result.get('command') or 'qkv bench triton'}` on {m.get('gpu') or m.get('cpu')}; {versions}"
              f"{when}{' (--quick)' if result.get('quick') else ''}{budget}: {passed} of "
-             f"{len(run)} correctness checks passed (worst error / bound {worst:.2f}); then TFLOP/s "
-             "from CUDA-event medians against PyTorch SDPA pinned to its FlashAttention-2 and cuDNN kernels, and a "
+             f"{len(run)} correctness checks passed (worst error / bound {worst:.2f}); then TFLOP/s from "
+             f"{timing} against PyTorch SDPA pinned to its FlashAttention-2 and cuDNN kernels, and a "
              "sliding window against compiled FlexAttention with the same block mask. FLOPs as in the sweep "
              f"(causal counts the visible pairs).{made} Raw numbers: [{path.name}]({link(path, out_dir)})."]
     plot = Path(f"{path.with_suffix('')}-tflops.png")
