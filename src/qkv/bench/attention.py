@@ -396,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", choices=("sweep", "exact", "sliding", "approximate", "lra", "all"),
                         default="sweep", help="what to measure (default sweep; see below)")
     parser.add_argument("--sizes", type=sizes_arg, default=None,
-                        help="comma-separated N (default: the section's; sweep 512,...,65536)")
+                        help="comma-separated N (default: the section's; sweep 512,...,65536 on the CPU, "
+                             f"{','.join(map(str, sweep.CUDA_SIZES))} on CUDA)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     parser.add_argument("--heads", type=positive_int, default=8, help="attention heads H (default 8)")
     parser.add_argument("--head-dim", type=positive_int, default=64, help="head dimension D (default 64)")
@@ -422,10 +423,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"--quick {sweep.QUICK_MAX_RUN_S:g}; SDPA's forward gets {sweep.BASELINE_TIME_FACTOR:g}x)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="sweep: wall seconds for the whole sweep; points not started by then are skipped "
-                             "with that reason, and what was measured is written (default: no budget)")
+                             "with that reason, and what was measured is written (default: none on the CPU, "
+                             f"{sweep.CUDA_BUDGET_S:g} on CUDA)")
     parser.add_argument("--warm-compile", action="store_true",
                         help="sweep and sliding: time FlexAttention's compile with Inductor's on-disk cache as it "
-                             "is (default: a fresh empty cache, a cold compile; --quick implies warm)")
+                             "is (default: a fresh empty cache, a cold compile; --quick and --device cuda imply "
+                             "warm)")
     parser.add_argument("--json", type=Path, default=None,
                         help="where the JSON goes (default: sweep <out>/bench-attention-<device>.json, exact "
                              "bench-results/attention.json, other sections bench-results/attention-<section>.json; "

@@ -45,7 +45,7 @@ LRA_REFERENCE = (
 
 
 TEXT_COLUMNS = ("contender", "backend", "target", "met", "note", "variant",  # left-aligned; others: numbers
-                "results", "benchmark", "device", "CPU", "GPU", "torch", "Python", "date", "quick")
+                "results", "benchmark", "device", "CPU", "GPU", "torch", "Python", "date", "quick", "check")
 
 
 @dataclass
@@ -80,6 +80,8 @@ class Tab:
 def format_seconds(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 1e-3:  # a GPU kernel's time: ms with one decimal would keep a single digit
+        return f"{value * 1e6:.0f} µs"
     return f"{value:.2f} s" if value >= 10 else f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.3f} s"
 
 

@@ -25,8 +25,11 @@ first time; its timings mean nothing.
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +100,14 @@ def time_median(run: Callable[[], object], device: str, repeats: int, warmup: in
     return statistics.median(times)
 
 
+def triton_version() -> str | None:
+    """The installed Triton's version, or None."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 class Run:
     """One run's results, its clock and budget: every step prints its line as it finishes and
     rewrites the JSON, so a run stopped by a timeout keeps what it measured."""
@@ -105,7 +116,9 @@ class Run:
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock, self.started, self.budget_s = clock, clock(), budget_s
         self.json_path = json_path
-        self.result: dict = {"machine": machine_info(device), "device": device, "dtype": "bfloat16",
+        machine = machine_info(device) | {"triton": triton_version()}
+        self.result: dict = {"benchmark": "triton", "date": datetime.date.today().isoformat(), "command": None,
+                             "machine": machine, "device": device, "dtype": "bfloat16",
                              "sizes": vars(sizes), "budget_s": budget_s, "compile": [], "checks": [],
                              "timings": [], "targets": [], "sections_done": []}
 
@@ -384,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
     dtype = torch.bfloat16
     run = Run(device, sizes, args.json, args.budget_s)
+    run.result["command"] = " ".join(["qkv bench triton", *(sys.argv[1:] if argv is None else argv)])
     run.result["quick"] = args.quick
 
     run.say(f"compile time: first forward + backward ({device}, {dtype})")
