@@ -191,9 +191,13 @@ class Candidate:
     seconds: float | None  # estimated time of the call; None: it cannot serve the call
     how: str  # how it would run the call, or why it cannot ("cannot ...")
 
+    @property
+    def time_text(self) -> str:
+        """The estimated time, readable ("1.2 ms"), or "-"."""
+        return "-" if self.seconds is None else _format_seconds(self.seconds)
+
     def describe(self) -> str:
-        cost = "-" if self.seconds is None else _format_seconds(self.seconds)
-        return f"{self.name:8s} {cost:>10s}  {self.how}"
+        return f"{self.name:8s} {self.time_text:>10s}  {self.how}"
 
 
 def _format_seconds(seconds: float) -> str:
