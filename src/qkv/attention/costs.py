@@ -130,7 +130,7 @@ def sdpa_estimate(spec: MaskSpec, shape: CallShape, grad: bool) -> Estimate:
     """SDPA: the whole (Nq, Nk) matrix, half of it for plain causal; a dense mask for anything
     else (windows, bottom-right causal with Nq != Nk, padding, user masks)."""
     prices = _prices("sdpa", shape.device)
-    if spec.is_empty or spec.is_plain_causal:
+    if not spec.hides_pairs or spec.is_plain_causal:
         pairs = shape.nq * shape.nk // (2 if spec.is_plain_causal else 1)
         how = "is_causal, no mask" if spec.is_plain_causal else "no mask"
         return Estimate(_priced(prices, pairs * shape.units_per_pair, grad), how)

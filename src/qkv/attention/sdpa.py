@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.attention.costs import CallShape
-from qkv.attention.masks import BlockVisibility, MaskSpec
+from qkv.attention.masks import MaskSpec
 from qkv.attention.reference import repeat_kv_heads
 
 __all__ = ["sdpa_attention", "sdpa_runner"]
@@ -82,11 +82,7 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         return repeat_kv_heads(k, shape.q_heads), repeat_kv_heads(v, shape.q_heads)
 
     row_length = min(shape.nk, _PROBED_ROW_LENGTHS)
-    needs_mask = not (spec.is_empty or spec.is_plain_causal)
-    if needs_mask and spec.mask is None and spec.key_padding_mask is None:
-        # e.g. causal with one query: the structure hides nothing
-        needs_mask = spec.block_visibility(0, spec.nq, 0, spec.nk) is not BlockVisibility.FULL
-    if not needs_mask:
+    if not spec.hides_pairs or spec.is_plain_causal:
         is_causal = spec.is_plain_causal
         repair_nan = not _carries_query_nan(shape.device, dtype, "causal" if is_causal else "plain", row_length)
         if groups == 1 and not repair_nan:  # the common case: nothing but the call itself

@@ -189,11 +189,34 @@ def summary_tab(by_device: dict[str, dict]) -> Tab:
     return Tab("attention, not causal, no window: median time per call and scaling exponent", columns, rows)
 
 
+AUTO_LIMIT = 1.1  # auto's time / the fastest exact qkv backend's at the same point
+
+
+def auto_targets(result: dict) -> list[dict]:
+    """Per variant and N: ``qkv auto``'s forward time over the fastest exact qkv backend that ran the
+    same call (the same point), limit 1.1: auto picks by estimated cost and must not lose by more."""
+    points: dict[tuple[str, int], dict[str, float]] = {}
+    for r in result["rows"]:
+        if r["mode"] == "fwd" and r.get("kind") == "qkv" and r.get("exact") and r.get("time_s"):
+            points.setdefault((r["variant"], r["n"]), {})[r["backend"]] = r["time_s"]
+    found = []
+    for (variant, n), times in points.items():
+        auto = times.pop("qkv auto", None)
+        if auto is None or not times:
+            continue
+        fastest = min(times, key=times.get)
+        found.append({"target": f"auto / fastest exact ({fastest.removeprefix('qkv ')}), {variant}", "n": n,
+                      "measured": auto / times[fastest], "limit": AUTO_LIMIT, "rule": "<=",
+                      "met": auto <= AUTO_LIMIT * times[fastest]})
+    return found
+
+
 def targets_tab(result: dict) -> Tab | None:
-    if not result.get("targets"):
+    targets = [*result.get("targets", []), *auto_targets(result)]
+    if not targets:
         return None
-    return Tab("the exact backends' targets, from the full variant", ["target", "N", "measured", "limit", "met"],
-               [target_cells(t) for t in result["targets"]])
+    return Tab("targets: the exact backends' (full variant), and auto against the fastest exact backend "
+               "(every variant)", ["target", "N", "measured", "limit", "met"], [target_cells(t) for t in targets])
 
 
 # ----------------------------------------------------------------------------- model and ring tables
