@@ -134,10 +134,21 @@ def sdpa_estimate(spec: MaskSpec, shape: CallShape, grad: bool) -> Estimate:
         pairs = shape.nq * shape.nk // (2 if spec.is_plain_causal else 1)
         how = "is_causal, no mask" if spec.is_plain_causal else "no mask"
         return Estimate(_priced(prices, pairs * shape.units_per_pair, grad), how)
-    rows = shape.batch if spec.key_padding_mask is not None or spec.mask is not None else 1
-    elements = rows * shape.nq * shape.nk
+    elements = _mask_elements(spec, shape)
     seconds = _priced(prices, shape.nq * shape.nk * shape.units_per_pair, grad, elements, masked=True)
-    return Estimate(seconds, f"every (query, key) pair and a dense mask of {elements:,} elements")
+    return Estimate(seconds, f"every (query, key) pair and a mask of {elements:,} elements")
+
+
+def _mask_elements(spec: MaskSpec, shape: CallShape) -> int:
+    """Elements of the mask SDPA is given: the padding alone is (B, 1, 1, Nk); a causal/window
+    structure is (Nq, Nk), and (B, 1, Nq, Nk) once combined with padding; a user mask adds its own."""
+    structure = spec.has_structure and spec.hides_structure
+    elements = shape.nq * shape.nk if structure else 0
+    if spec.key_padding_mask is not None:
+        elements = shape.batch * (elements or shape.nk)
+    if spec.mask is not None:
+        elements = max(elements, spec.mask.numel(), shape.nq * shape.nk)
+    return elements
 
 
 def tiled_estimate(spec: MaskSpec, shape: CallShape, grad: bool,

@@ -164,12 +164,14 @@ class MaskSpec:
         return not self.has_structure and self.mask is None and self.key_padding_mask is None
 
     @property
-    def hides_pairs(self) -> bool:
-        """True when some (query, key) pair is hidden: a mask, key padding, or a causal/window
-        structure that cuts into the (Nq, Nk) matrix (causal with one query hides nothing)."""
-        if self.mask is not None or self.key_padding_mask is not None:
-            return True
+    def hides_structure(self) -> bool:
+        """True when causal/window hide some (query, key) pair (causal with one query hides none)."""
         return self.has_structure and self.block_visibility(0, self.nq, 0, self.nk) is not BlockVisibility.FULL
+
+    @property
+    def hides_pairs(self) -> bool:
+        """True when some (query, key) pair is hidden: a mask, key padding, or the structure."""
+        return self.mask is not None or self.key_padding_mask is not None or self.hides_structure
 
     @property
     def is_plain_causal(self) -> bool:
