@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from qkv.attention.costs import CallShape
-from qkv.attention.masks import MaskSpec, keep_read, normalize_window, padding_view
+from qkv.attention.masks import MaskSpec, keep_read, normalize_window
 from qkv.attention.reference import reference_weights
 from qkv.attention.registry import Backend, CallNeeds, Candidate, dispatch_costs, registered, resolve_backend
 from qkv.attention.stats import AttentionStats, streaming_stats
@@ -522,7 +522,10 @@ def attention(
     keys = plan.keys
     if keys == "padding":
         spec = spec.with_tensors(None, key_padding_mask)
-        k, v = keep_read((k, v), padding_view(key_padding_mask, -1, 1, -2, 1))  # (B, 1, Nk, 1)
+        read_shape = (key_padding_mask.shape[0], 1, spec.nk, 1)  # (B, 1, Nk, 1)
+        read = (key_padding_mask.view(read_shape) if key_padding_mask.is_contiguous()
+                else key_padding_mask.reshape(read_shape))
+        k, v = keep_read((k, v), read)
     elif keys == "masks":
         if plan.mask_shape is not None:
             mask = mask.view(plan.mask_shape) if mask.is_contiguous() else mask.reshape(plan.mask_shape)

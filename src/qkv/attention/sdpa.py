@@ -101,6 +101,17 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
 
     zeroes_empty_rows = _zeroes_hidden_rows(shape.device, dtype)
     repair_nan = not _carries_query_nan(shape.device, dtype, "masked", row_length)
+    if (zeroes_empty_rows and not repair_nan and groups == 1 and spec.mask is None and not spec.hides_structure
+            and spec.key_padding_mask is not None):
+        # key padding alone, the commonest mask: SDPA's (B, 1, 1, Nk) form is a view of it
+        padding_shape = (shape.batch, 1, 1, shape.nk)
+
+        def run_padded(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
+            padding = spec.key_padding_mask
+            mask = padding.view(padding_shape) if padding.is_contiguous() else padding.reshape(padding_shape)
+            return sdpa(q, k, v, attn_mask=mask, scale=scale)
+
+        return run_padded
 
     def run_masked(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
         out = masked(q, *heads(k, v), spec)

@@ -30,7 +30,8 @@ The long-context sections (issue 6; :mod:`qkv.bench.long_context`, tables and re
 ``--section overhead`` (:mod:`qkv.bench.overhead`): what ``qkv.attention`` adds to the kernel it
 calls, on one thread at N = 16, 128 and 4096 (full, causal, key padding), against a plain SDPA call;
 ``qkv.nn.MultiHeadAttention`` against the same module calling SDPA; and ``auto`` against
-``backend="sliding"`` with a window at N = 8192. Writes ``bench-results/attention-overhead.json``.
+``backend="sliding"`` with a window at N = 8192. Writes ``bench-results/bench-overhead-cpu.json``
+(``qkv bench report`` makes it BENCHMARKS.md's "Overhead" section).
 
 ``--quick`` runs each section at tiny sizes (well under a minute each); ``--sizes`` replaces
 the sizes of every section that runs.
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         overhead.print_overhead(result, console)
         print_targets(result["targets"], console, title="overhead goals")
-        write_json(result, args.json or Path("bench-results/attention-overhead.json"), console)
+        write_json(result, args.json or Path("bench-results/bench-overhead-cpu.json"), console)
         return 0
     if args.section in ("exact", "all"):
         sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)

@@ -23,6 +23,7 @@ import datetime
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from qkv.bench.lra import Tab, format_seconds, print_tabs
 from qkv.bench.measure import machine_info, median
 from qkv.nn import MultiHeadAttention
 
-__all__ = ["SdpaMultiHeadAttention", "run_overhead", "overhead_tabs", "SIZES", "QUICK_SIZES"]
+__all__ = ["SdpaMultiHeadAttention", "run_overhead", "overhead_tabs", "overhead_section", "SIZES", "QUICK_SIZES"]
 
 SIZES = (16, 128, 4096)
 QUICK_SIZES = (16, 128)
@@ -225,3 +226,25 @@ def print_overhead(result: dict, console: Console) -> None:
              f"({machine['cpu_count']} cores, 1 torch thread), torch {machine['torch']}; 1-minute load average "
              f"{load['before']:.1f} -> {load['after']:.1f}"]
     print_tabs(overhead_tabs(result), console, notes)
+
+
+def overhead_section(path: Path, result: dict, link: str) -> list[str]:
+    """BENCHMARKS.md's "Overhead" section from one result (``link``: the JSON's path from the report)."""
+    config, machine = result["config"], result["machine"]
+    load = config["load_average_1min"]
+    missed = [t for t in result["targets"] if not t["met"]]
+    summary = ("every goal met" if not missed else
+               "missed: " + "; ".join(f"{t['target']} at N={t['n']} ({t['measured']:.2f}x)" for t in missed))
+    parts = [
+        "## Overhead",
+        f"`{result.get('command') or 'qkv bench attention --section overhead'}` on {machine['cpu']} "
+        f"({machine['cpu_count']} cores shared with other work, one torch thread), torch {machine['torch']}, "
+        f"{result.get('date', '')}: B=1, H={config['heads']}, D={config['head_dim']}, float32, no autograd; "
+        f"{config['method']}; 1-minute load average {load['before']:.1f} -> {load['after']:.1f}. What "
+        f"`qkv.attention` adds to the kernel it calls, against a plain SDPA call whose mask (`is_causal`, or the "
+        f"padding as a (B, 1, 1, N) bool mask) is prepared once; `MultiHeadAttention` against the same module "
+        f"calling SDPA directly; and `auto` against `backend=\"sliding\"` with a window. Goals: 1.1x, module "
+        f"1.05x; {summary}. Raw numbers: [{path.name}]({link}).",
+    ]
+    parts += [tab.markdown() for tab in overhead_tabs(result)]
+    return parts

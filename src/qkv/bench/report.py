@@ -56,7 +56,7 @@ REPORT_NAME = "BENCHMARKS.md"
 RESULT_PATTERN = "bench-*.json"
 SUMMARY_SIZES = (4096, 16384, 65536)
 DEVICES = {"cpu": "CPU", "cuda": "GPU"}
-ORDER = {"attention": 0, "model": 1, "ring": 2}
+ORDER = {"attention": 0, "attention-overhead": 1, "model": 2, "ring": 3}
 
 
 def default_json(benchmark: str, device: str, out_dir: Path) -> Path:
@@ -436,7 +436,11 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
         elif device == "cuda":
             parts += ["## Attention on the GPU", GPU_PENDING]
     for path, result in results:
-        if result["benchmark"] == "model":
+        if result["benchmark"] == "attention-overhead":
+            from qkv.bench.overhead import overhead_section
+
+            parts += overhead_section(path, result, link(path, out_dir))
+        elif result["benchmark"] == "model":
             m = result["machine"]
             parts += [f"## Models ({DEVICES.get(result['config']['device'])})",
                       f"`{result.get('command') or 'qkv bench model'}` on {m.get('gpu') or m['cpu']}, "
