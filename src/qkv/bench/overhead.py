@@ -239,7 +239,7 @@ def overhead_section(path: Path, result: dict, link: str) -> list[str]:
         "## Overhead",
         f"`{result.get('command') or 'qkv bench attention --section overhead'}` on {machine['cpu']} "
         f"({machine['cpu_count']} cores shared with other work, one torch thread), torch {machine['torch']}, "
-        f"{result.get('date', '')}: B=1, H={config['heads']}, D={config['head_dim']}, float32, no autograd; "
+        f"{result.get('date', '')}: B=1, H={config['heads']}, D={config['head_dim']}, float32; "
         f"{config['method']}; 1-minute load average {load['before']:.1f} -> {load['after']:.1f}. What "
         f"`qkv.attention` adds to the kernel it calls, against a plain SDPA call whose mask (`is_causal`, or the "
         f"padding as a (B, 1, 1, N) bool mask) is prepared once; `MultiHeadAttention` against the same module "
