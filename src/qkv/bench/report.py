@@ -16,6 +16,7 @@ report is ``BENCHMARKS.md`` at its root, from ``benchmarks/bench-*.json``::
     qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
     qkv bench model --json benchmarks/bench-model-cpu.json --out .
     qkv bench ring --json benchmarks/bench-ring-cpu.json --out .
+    qkv bench attention --section overhead --json benchmarks/bench-overhead-cpu.json        # then report
     qkv bench attention --device cuda --json benchmarks/bench-attention-cuda.json --out .   # on a GPU
     qkv bench report benchmarks/bench-*.json --out .                                       # no rerun
 """
