@@ -173,3 +173,30 @@ def test_a_plan_gives_the_same_answers_as_the_first_call():
         expected = qkv.attention(q, k, v, backend="reference", **kwargs)
         assert torch.equal(first, again)
         torch.testing.assert_close(again, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_picks_within_ten_percent_of_the_fastest_in_the_measured_cpu_sweep():
+    """At every point of the committed CPU sweep (benchmarks/bench-attention-cpu.json: B=1, H=8, D=64,
+    float32, N = 512..64K, full, causal, window, causal window), the backend "auto" picks for that call
+    took at most 1.1x the time of the fastest exact qkv backend measured there. Stored measurements,
+    not a timed test: it checks the cost model against them."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench-attention-cpu.json"
+    if not path.exists():
+        pytest.skip("no committed CPU sweep")
+    result = json.loads(path.read_text())
+    config = result["config"]
+    times: dict[tuple, dict[str, float]] = {}
+    for row in result["rows"]:
+        if row["mode"] == "fwd" and row.get("kind") == "qkv" and row.get("exact") and row.get("time_s") \
+                and row["backend"] != "qkv auto":
+            key = (row["variant"], row["n"], row["causal"], tuple(row["window"]) if row["window"] else None)
+            times.setdefault(key, {})[row["backend"].removeprefix("qkv ")] = row["time_s"]
+    assert len(times) >= 20
+    for (variant, n, causal, window), measured in times.items():
+        q, k, v = meta_qkv(n, config["heads"], config["head_dim"])
+        picked = qkv.explain_dispatch(q, k, v, causal=causal, window=window).backend
+        fastest = min(measured.values())
+        assert picked in measured and measured[picked] <= 1.1 * fastest, (variant, n, picked, measured)
