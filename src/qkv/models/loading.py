@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from qkv.models.bert import BERT_ANCHOR, BERT_IGNORED, BERT_PREFIX, BertModel, bert_key_map
-from qkv.models.config import BertConfig, ConfigError, GPT2Config, config_from_dict
+from qkv.models.config import BertConfig, ConfigError, GPT2Config, LlamaConfig, config_from_dict
 from qkv.models.gpt2 import GPT2_ANCHOR, GPT2_IGNORED, GPT2_PREFIX, GPT2LMHeadModel, gpt2_key_map
+from qkv.models.llama import LLAMA_ANCHOR, LLAMA_IGNORED, LLAMA_PREFIX, LlamaForCausalLM, llama_key_map
 from qkv.models.tokenizer import Tokenizer
 from qkv.models.weights import assign_weights, read_safetensors, strip_prefix
 
@@ -73,7 +74,7 @@ def resolve_folder(path_or_name: str | Path) -> Path:
     return folder
 
 
-def read_config(folder: Path) -> BertConfig | GPT2Config:
+def read_config(folder: Path) -> BertConfig | GPT2Config | LlamaConfig:
     """The family config from ``folder/config.json``."""
     path = folder / "config.json"
     if not path.is_file():
@@ -90,7 +91,7 @@ def load_model(
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
-) -> BertModel | GPT2LMHeadModel:
+) -> BertModel | GPT2LMHeadModel | LlamaForCausalLM:
     """The model of a folder, weights loaded, in eval mode (no tokenizer); arguments as :func:`load`."""
     dtype = resolve_dtype(dtype)  # before reading any file: a bad dtype fails fast
     folder = resolve_folder(path_or_name)
@@ -101,6 +102,11 @@ def load_model(
         with_pooler = "pooler.dense.weight" in tensors
         model = BertModel(config, with_pooler=with_pooler)
         key_map, ignored = bert_key_map(config, with_pooler), BERT_IGNORED
+    elif isinstance(config, LlamaConfig):
+        tensors = strip_prefix(tensors, LLAMA_PREFIX, LLAMA_ANCHOR)
+        model = LlamaForCausalLM(config)
+        key_map = llama_key_map(config)
+        ignored = LLAMA_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
     else:
         tensors = strip_prefix(tensors, GPT2_PREFIX, GPT2_ANCHOR)
         model = GPT2LMHeadModel(config)
