@@ -44,11 +44,10 @@ def make_folder(folder: Path, kind: str, **overrides) -> Path:
     eos = tokenizer.token_to_id("<|endoftext|>")
     config_class, options = FAMILIES[kind]
     torch.manual_seed(0)
-    config = config_class(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=36, intermediate_size=37, num_hidden_layers=3,
-        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=eos,
-        eos_token_id=eos, pad_token_id=eos, **{**options, **overrides},
-    )
+    sizes = {"hidden_size": 36, "intermediate_size": 37, "num_hidden_layers": 3, "num_attention_heads": 6,
+             "num_key_value_heads": 2, "max_position_embeddings": 64}
+    config = config_class(vocab_size=tokenizer.get_vocab_size(), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                          **{**sizes, **options, **overrides})
     model = transformers.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # norms start at one; move them so that a skipped weight would show
         for name, parameter in model.named_parameters():
