@@ -167,6 +167,15 @@ def explain(
         focus_rows = weights[:, :, focus_word]  # (L, H, W)
     parked = view.special_mask | view.punctuation_mask  # (W,)
     content = content_mask(view, focus_word)
+    kinds, set_aside = list(view.kinds), None
+    # A model whose heads park attention on the first token (the attention sink) gets it set aside
+    # as BERT's [CLS] and [SEP] are: kind "sink", left out of the content words.
+    sink = bool(getattr(model, "first_token_sink", False)) and focus_word != 0
+    if sink:
+        kinds[0] = "sink"
+        parked, content = parked.clone(), content.clone()
+        parked[0], content[0] = True, False
+        set_aside = f"the first token ('{view.tokens[0]}', the attention sink) and punctuation"
     content_share = focus_rows[..., content].sum(-1)  # (L, H)
     layer, head, chosen = choose_head(focus_rows, content_share, focus_word, view.tokens, layer, head)
 
@@ -174,16 +183,23 @@ def explain(
     report = {
         "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
                   "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None),
-                  "causal": causal},
+                  "causal": causal, "kv_heads": model.blocks[0].attn.num_kv_heads,
+                  # query heads sharing each key/value head (grouped-query attention)
+                  "kv_groups": [list(range(g * (heads // model.blocks[0].attn.num_kv_heads),
+                                           (g + 1) * (heads // model.blocks[0].attn.num_kv_heads)))
+                                for g in range(model.blocks[0].attn.num_kv_heads)]},
         "sentence": sentence,
         "long_view": long_view,
         "tokens": view.tokens,
-        "kinds": view.kinds,
+        "kinds": kinds,
         "pieces": view.piece_tokens,
         "word_pieces": view.pieces,
         "focus": {"index": focus_word, "token": view.tokens[focus_word], "pieces": focus_pieces},
         "special_tokens": special_tokens,  # distinct, in order: ["[CLS]", "[SEP]"] for BERT, [] for GPT-2
-        "set_aside": set_aside_phrase(special_tokens),  # what "parked" attention goes to, in words
+        "set_aside": set_aside or set_aside_phrase(special_tokens),  # what "parked" attention goes to, in words
+        # the focus's attention on the first token: per layer (mean over heads) and per head
+        "sink": {"token": view.tokens[0], "share": _round(focus_rows[..., 0].mean(-1)),
+                 "share_by_head": _round(focus_rows[..., 0])} if sink else None,
     }
     report["initial_vectors"] = initial_vectors(model, batch, view)
     attn = model.blocks[layer].attn
@@ -285,10 +301,15 @@ def choose_head(focus_rows: torch.Tensor, content_share: torch.Tensor, focus: in
 
 
 def initial_vectors(model: TransformerStack, batch: Batch, view: WordView) -> dict:
-    """Token embedding + position embedding of each word (mean of its pieces), before LayerNorm."""
+    """Token embedding + position embedding of each word (mean of its pieces), before LayerNorm.
+
+    A model with rotary positions (Llama family) has no position embedding: its positions
+    enter as rotations of q and k inside every layer, so the vector is the token's alone.
+    """
     ids = batch.input_ids.to(model.device)
-    positions = torch.arange(ids.shape[1], device=ids.device)
-    raw = model.embed.tokens(ids)[0] + model.embed.positions(positions)  # (N, d)
+    raw = model.embed.tokens(ids)[0]  # (N, d)
+    if model.embed.positions is not None:
+        raw = raw + model.embed.positions(torch.arange(ids.shape[1], device=ids.device))
     words = view.vectors_to_words(raw)  # (W, d)
     return {"norm": _round(words.norm(dim=-1)), "first_dims": _round(words[:, :8], 4)}
 

@@ -44,6 +44,10 @@ class LlamaForCausalLM(TransformerStack, GenerationMixin):
     serves every layer, so cos and sin are computed once per forward.
     """
 
+    # Most heads of trained Llama-family models park attention on the first token (an attention
+    # sink; Xiao et al., 2023): qkv explain sets it aside as it does BERT's [CLS] and [SEP].
+    first_token_sink = True
+
     def __init__(self, config: LlamaConfig) -> None:
         d_model, head_dim = config.hidden_size, config.head_size
         rotary = RotaryEmbedding(head_dim, config.rope_theta, scaling=config.rope_scaling,

@@ -102,7 +102,7 @@ def print_report(report: dict, console: Console | None = None) -> None:
     console.print(Panel(
         Text.assemble((report["sentence"], "bold"), "\nfocus: ", (focus["token"], "bold cyan"),
                       f" (token {focus['index']}) · model: {model['layers']} layers x {model['heads']} heads, "
-                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}"),
+                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}{_gqa(model)}"),
         title="qkv explain", expand=False,
     ))
     _tokens(report, console)
@@ -123,6 +123,15 @@ def print_report(report: dict, console: Console | None = None) -> None:
         f"attention to {_set_aside(report)} ({parking}); among the {others} it attends most to {top}."),
         title="in short", expand=False,
     ))
+
+
+def _gqa(model: dict) -> str:
+    """A header line naming the query heads that share each key/value head (grouped-query attention)."""
+    groups = model.get("kv_groups")
+    if not groups or len(groups) == model["heads"]:
+        return ""
+    shared = ", ".join(f"h{g[0]}-h{g[-1]}" if len(g) > 1 else f"h{g[0]}" for g in groups)
+    return f"\ngrouped-query attention: {model['heads']} query heads share {len(groups)} key/value heads ({shared})"
 
 
 def _tokens(report: dict, console: Console) -> None:
@@ -212,6 +221,10 @@ def _layers(report: dict, console: Console) -> None:
                f"{sharpest['top_content'][0][1]:.2f}" if sharpest["top_content"] else "")
         )
     console.print(Padding(table, (0, 0, 0, INDENT)))
+    if report.get("sink"):
+        _note(console, f"attention sink: the share of the attention of '{tokens[focus]}' on the first token "
+                       f"'{report['sink']['token']}', per layer: "
+                       + ", ".join(f"{i}: {share:.0%}" for i, share in enumerate(report["sink"]["share"])))
     _note(console, f"most attended words of the whole input, leaving out {_set_aside(report)} (the sharpest "
                    "head's share is of its attention left for the other words):")
     for line in best_words:
