@@ -209,7 +209,14 @@ def model_tabs(result: dict) -> list[Tab]:
                         ["backend", "median time", "tokens/s", "peak memory"],
                         [[r["backend"], format_seconds(r["time_s"]), f"{r['tokens_per_s']:.0f}",
                           format_bytes(r["peak_bytes"])] for r in forward]))
-    generation = result.get("generation", {}).get("table", [])
+    smollm2 = result.get("smollm2")
+    if smollm2:
+        tabs.append(Tab(f"SmolLM2-135M-Instruct (GGUF, float32): prefill batch {smollm2['batch']} x "
+                        f"{smollm2['length']}, decode batch 1 x {smollm2['new_tokens']} new tokens with the KV cache",
+                        ["implementation", "load", "prefill tokens/s", "decode tokens/s"],
+                        [[r["implementation"], format_seconds(r["load_s"]), f"{r['prefill_tokens_per_s']:.0f}",
+                          f"{r['decode_tokens_per_s']:.1f}"] for r in smollm2["rows"]]))
+    generation = (result.get("generation") or {}).get("table", [])
     if generation:
         tabs.append(Tab("tiny GPT-2 (4 layers, d=128): time for the next token",
                         ["length", "with KV cache", "without", "ratio"],

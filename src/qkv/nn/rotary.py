@@ -170,7 +170,8 @@ class RotaryEmbedding(nn.Module):
         if self.rope_type == "dynamic":
             self.update_dynamic(positions)
         cached = self._cached
-        if cached is not None and cached[0] is positions and cached[1] == (positions._version, dtype):
+        version = None if positions.is_inference() else positions._version  # inference tensors have none
+        if cached is not None and cached[0] is positions and cached[1] == (version, dtype):
             return cached[2], cached[3]
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         inv_freq = self.inv_freq.to(positions.device, compute)
@@ -180,7 +181,7 @@ class RotaryEmbedding(nn.Module):
         angles = torch.cat([angles, angles], dim=-1)
         cos = (angles.cos() * self.attention_scaling).to(dtype)
         sin = (angles.sin() * self.attention_scaling).to(dtype)
-        self._cached = (positions, (positions._version, dtype), cos, sin)
+        self._cached = (positions, (version, dtype), cos, sin)
         return cos, sin
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
