@@ -189,9 +189,10 @@ def load_gguf(
     ignored = ()
     # Names and shapes from the header, checked on a model without storage before any tensor is read.
     with torch.device("meta"):
+        model = LlamaForCausalLM(config)
         shapes = {t.name: torch.empty(tuple(int(n) for n in reversed(t.shape))) for t in reader.tensors}
-        assign_weights(LlamaForCausalLM(config), shapes, key_map, ignored, source_name=f"{path} (its GGUF metadata)")
-    model = LlamaForCausalLM(config)
+        assign_weights(model, shapes, key_map, ignored, source_name=f"{path} (its GGUF metadata)")
+    model = model.to_empty(device="cpu")  # storage without a random initialisation: every tensor is set below
     tensors = {}
     for tensor in reader.tensors:
         if tensor.name in ignored:

@@ -29,7 +29,8 @@ ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 
 def _base_inv_freq(dim: int, theta: float) -> Tensor:
     """theta^(-2i/D) for i < D/2, in float32 as the reference implementations compute it."""
-    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float32) / dim))
+    # on the CPU even inside a `with torch.device("meta")` block: a model built there keeps real frequencies
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").to(torch.float32) / dim))
 
 
 def _param(params: Mapping[str, object], name: str, rope_type: str) -> float:
@@ -110,9 +111,9 @@ def rope_frequencies(
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # a ramp of zero width
-    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low), 0, 1)
     extrapolate = 1 - ramp  # 1: keep the frequency (fast dims), 0: interpolate (slow dims)
-    position_freqs = theta ** (torch.arange(0, dim, 2).to(torch.float32) / dim)
+    position_freqs = theta ** (torch.arange(0, dim, 2, device="cpu").to(torch.float32) / dim)
     inv_freq = (1.0 / (factor * position_freqs)) * (1 - extrapolate) + (1.0 / position_freqs) * extrapolate
     return inv_freq, float(attention_factor)
 
