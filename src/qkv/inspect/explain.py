@@ -343,6 +343,11 @@ def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int,
     weights = torch.softmax(scores, dim=-1)
     output = weights @ v  # (Dh,)
     captured = cache[prefix + "z"][0, head, query_piece]
+    rotary = None
+    if prefix + "q_pre_rotary" in cache:  # rotary positions: q and k before the rotation, and their dot products
+        raw_q = cache[prefix + "q_pre_rotary"][0, head, query_piece]  # (Dh,)
+        raw_k = cache[prefix + "k_pre_rotary"][0, head // group][key_pieces]  # (K, Dh)
+        rotary = {"query": _round(raw_q, 4), "keys": _round(raw_k, 4), "dot": _round(raw_k @ raw_q)}
     return {
         "layer": layer,
         "head": head,
@@ -358,6 +363,7 @@ def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int,
         "scores": _round(scores),
         "weights": _round(weights),
         "output": _round(output, 4),
+        "rotary": rotary,  # before rotation (None without rotary positions); query, keys, dot as above
         "matches_model": bool(torch.allclose(output, captured, atol=1e-5)),
         "max_difference": float((output - captured).abs().max()),
     }

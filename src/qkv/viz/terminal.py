@@ -168,6 +168,11 @@ def _walkthrough(report: dict, console: Console) -> None:
     _note(console, f"query q = {fmt_vector(w['query'])}  ({len(w['query'])} numbers)")
     keys = range(len(w["keys"]))
     key_pieces = w.get("key_pieces") or list(keys)  # the piece each listed key belongs to
+    if w.get("rotary"):
+        before = ", ".join(f"{report['pieces'][key_pieces[i]]} {w['rotary']['dot'][i]:+.1f}" for i in list(keys)[:12])
+        _note(console, f"rotary positions: q and every k are rotated by their own position first (q before: "
+                       f"{fmt_vector(w['rotary']['query'])}), so q·k depends on how far apart they are; q·k "
+                       f"before the rotation: {before}")
     if len(w["keys"]) > 30:  # a long input: the 30 keys with the largest weights
         keys = sorted(sorted(keys, key=lambda i: -w["weights"][i])[:30])
         _note(console, f"rows: the 30 of {len(w['keys'])} keys with the largest weights, in sentence order")
