@@ -36,7 +36,7 @@ def sdpa_attention(
     """
     if return_lse:  # the registry refuses this first; kept as a guard for direct calls
         raise ValueError("the sdpa backend cannot return the LSE; use backend='tiled'")
-    out = _masked_sdpa(q, repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1]), spec, scale)
+    out = _masked_sdpa(q, k, v, spec, scale)
     # PyTorch's CPU kernel returns zeros for a query containing NaN; the contract says NaN.
     # A sum is the cheapest test (one fast pass); only then find the rows.
     if torch.isnan(q.sum()):
@@ -46,16 +46,24 @@ def sdpa_attention(
 
 
 def _masked_sdpa(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float) -> Tensor:
-    """SDPA on (B, H, N, D) tensors with equal head counts, the spec compiled to a mask."""
+    """SDPA on (B, Hq, N, D) queries and (B, Hkv, N, D) keys and values, the spec compiled to a mask.
+
+    Without gradients, grouped-query heads go to SDPA as they are (``enable_gqa``: no copy of the
+    keys and values); with gradients they are repeated first, since ``enable_gqa`` sums the
+    shared heads' dK and dV less accurately in low precision.
+    """
+    if q.shape[1] != k.shape[1] and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        k, v = repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1])
+    options = {"scale": scale, "enable_gqa": True} if q.shape[1] != k.shape[1] else {"scale": scale}
     if spec.is_empty:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, **options)
     if spec.is_plain_causal:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **options)
 
     visible = spec.dense_mask(q.device)  # broadcastable to (B, H, Nq, Nk)
     bias = spec.float_bias
     if visible is None and bias is None:  # e.g. causal with one query: it sees every key
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, **options)
     if bias is not None:
         bias = bias.to(q.dtype)
         if visible is not None:
@@ -66,7 +74,7 @@ def _masked_sdpa(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float) 
     else:
         row_is_empty = ~visible.any(dim=-1, keepdim=True)  # (.., Nq, 1)
         attn_mask = visible | row_is_empty
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **options)
     if bool(row_is_empty.any()):
         out = out.masked_fill(row_is_empty, 0.0)
     return out

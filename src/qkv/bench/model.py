@@ -170,6 +170,7 @@ def bench_smollm2(batch: int = 8, length: int = 256, new_tokens: int = 128, repe
                      "decode_s": median(decode_times[name]), "decode_times_s": decode_times[name],
                      "decode_tokens_per_s": new_tokens / median(decode_times[name])})
     result = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)", "batch": batch,
+              "torch_threads": torch.get_num_threads(),
               "length": length, "new_tokens": new_tokens, "prompt_tokens": prompt.shape[1], "rows": rows}
     if len(rows) == 2:
         ours_row, their_row = rows

@@ -212,7 +212,8 @@ def model_tabs(result: dict) -> list[Tab]:
     smollm2 = result.get("smollm2")
     if smollm2:
         tabs.append(Tab(f"SmolLM2-135M-Instruct (GGUF, float32): prefill batch {smollm2['batch']} x "
-                        f"{smollm2['length']}, decode batch 1 x {smollm2['new_tokens']} new tokens with the KV cache",
+                        f"{smollm2['length']}, decode batch 1 x {smollm2['new_tokens']} new tokens with the KV cache"
+                        + (f", {smollm2['torch_threads']} torch thread(s)" if smollm2.get("torch_threads") else ""),
                         ["implementation", "load", "prefill tokens/s", "decode tokens/s"],
                         [[r["implementation"], format_seconds(r["load_s"]), f"{r['prefill_tokens_per_s']:.0f}",
                           f"{r['decode_tokens_per_s']:.1f}"] for r in smollm2["rows"]]))
