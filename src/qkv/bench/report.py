@@ -427,7 +427,10 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
                       f"`{result.get('command') or 'qkv bench model'}` on {m.get('gpu') or m['cpu']}, "
                       f"{result.get('date', '')}. MiniLM (all-MiniLM-L6-v2) forward, qkv against Hugging Face "
                       f"`transformers` with `attn_implementation=\"sdpa\"`; a random tiny GPT-2 generating "
-                      f"greedily. Raw numbers: [{path.name}]({link(path, out_dir)}).",
+                      f"greedily"
+                      + ("; SmolLM2-135M-Instruct from its GGUF file, qkv against transformers loading the same "
+                         "file, in interleaved rounds" if result.get("smollm2") else "")
+                      + f". Raw numbers: [{path.name}]({link(path, out_dir)}).",
                       *markdown_tabs(model_tabs(result))]
             plot = Path(f"{path.with_suffix('')}-generation.png")
             if plot.exists():

@@ -262,7 +262,7 @@ select, button { font: inherit; }
   overflow-y: auto; }
 .tok { padding: 3px 7px; border-radius: 5px; border: 1px solid var(--line); cursor: pointer; background: #fff;
   transition: background-color 0.12s; }
-.tok.kind-special, .tok.kind-punctuation { color: var(--muted); font-style: italic; }
+.tok.kind-special, .tok.kind-punctuation, .tok.kind-sink { color: var(--muted); font-style: italic; }
 .tok.source { outline: 2px solid #d9480f; outline-offset: 1px; }
 .tok.focus { font-weight: 700; }
 .caption { color: var(--muted); min-height: 1.5em; margin: 6px 0 0; }
@@ -372,7 +372,7 @@ _SCRIPT = r"""
   function tokenLabel(i) { return visible(R.tokens[i]); }
   function shortLabel(i) { const t = tokenLabel(i); return t.length > 14 ? t.slice(0, 13) + "…" : t; }
   function maxOf(list) { let m = 0; for (const v of list) if (v !== null && v > m) m = v; return m; }
-  function parked(i) { return R.kinds[i] === "special" || R.kinds[i] === "punctuation"; }
+  function parked(i) { return R.kinds[i] === "special" || R.kinds[i] === "punctuation" || R.kinds[i] === "sink"; }
   const SET_ASIDE = R.set_aside || "[CLS], [SEP] and punctuation";
   const SET_ASIDE_SHORT = (R.special_tokens || ["[CLS]", "[SEP]"]).concat(["punct."]).join("/");
   const IMPORTANCE = 1000;  // ablation importance is shown as (1 - cos) x 1000, as in the terminal and figures
