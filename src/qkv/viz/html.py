@@ -87,8 +87,9 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
            "img-src data:; base-uri 'none'; form-action 'none'")
     back = (f'<p class="back"><a id="back" href="{html.escape(back_href, quote=True)}">← explain another '
             f"sentence</a></p>" if back_href is not None else "")
-    causal = ('<p id="causal-note" class="help">A causal model (GPT-2 family): every word attends only to itself '
-              "and the words before it, so later words get no attention and cannot change its vector.</p>"
+    causal = ('<p id="causal-note" class="help">A causal model (a decoder such as GPT-2 or SmolLM2): every word '
+              "attends only to itself and the words before it, so later words get no attention and cannot change "
+              "its vector.</p>"
               if model.get("causal") else "")
     values = {
         "CSP": html.escape(csp, quote=True),
