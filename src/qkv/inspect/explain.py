@@ -13,9 +13,12 @@ terminal, figure and HTML views read):
 5. attention rollout and flow, and head importance by ablation;
 6. head roles (Clark et al., 2019).
 
-BERT-family encoders and GPT-2-family decoders both work. In a causal model (GPT-2) a
+BERT-family encoders and GPT-2- and Llama-family decoders work. In a causal model a
 token attends only to itself and the tokens before it: the walkthrough lists those keys
 only, ``report["model"]["causal"]`` says so, and the views mention it where it matters.
+A Llama-family model also gets its attention sink set aside (``report["sink"]``), its
+grouped-query heads named (``report["model"]["kv_groups"]``) and the walkthrough's q and k
+before the rotary rotation (``report["walkthrough"]["rotary"]``).
 """
 
 from __future__ import annotations
