@@ -58,7 +58,7 @@ def run_sliding(q, k, v, *, block: int, return_lse: bool = False, **masking):
 def run_backend(backend: str, q, k, v, blocks: tuple[int, ...] | None = None, **kwargs):
     """qkv.attention with ``backend``; ``blocks`` selects tiled or triton tile sizes or sliding's band block."""
     if backend == "triton" and blocks is not None:
-        options = qkv.TritonOptions(block_m=blocks[0], block_n=blocks[1], deterministic=len(blocks) > 2)
+        options = qkv.TritonOptions(block_m=blocks[0], block_n=blocks[1])
         return qkv.attention(q, k, v, backend="triton", options=options, **kwargs)
     if backend == "tiled" and blocks is not None:
         return run_tiled(q, k, v, block_q=blocks[0], block_k=blocks[1], **kwargs)

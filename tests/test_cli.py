@@ -39,7 +39,9 @@ def test_default_walkthrough_prints_every_step(capsys: pytest.CaptureFixture[str
     assert main(["walkthrough"]) == 0
     out = capsys.readouterr().out
     assert "bank" in out
-    assert "random vectors, not a trained model" in out
+    words = " ".join(out.replace("│", " ").split())  # panel borders and wrapping removed
+    assert "random, not learnt" in words and "mean nothing about these words" in words
+    assert "chance, with random vectors" in words
     assert "█" in out
     for step in ("1. Tokens", "2. Projections", "3. Scores", "4. Weights", "5. Output"):
         assert step in out
@@ -236,3 +238,119 @@ def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
     assert "GPT-2" in explain and "BERT folder" not in explain
     assert "--contrast SENTENCE a sentence that uses the focus word in another sense" in explain
     assert "--batch-size BATCH_SIZE sentences per forward pass" in help_of("wsd")
+
+
+# ---- output paths that cannot be written: one line naming the option, exit 2, before any work ----
+
+def _refuse_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model, training or measuring fails the test: the path check must come first."""
+    from qkv import train
+    from qkv.bench import model, report, ring, sweep
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the output paths were checked")
+
+    monkeypatch.setattr(qkv, "load", refuse)
+    monkeypatch.setattr(train, "train_demo", refuse)
+    for module, name in ((sweep, "run_sweep"), (model, "run_model_bench"), (ring, "measure"),
+                         (report, "write_report")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+COMMANDS_WITH_OUTPUTS = {
+    "explain": (["explain"], ("--json", "--html", "--out")),
+    "wsd": (["wsd", "--data", "."], ("--json", "--out")),
+    "contextuality": (["contextuality", "--data", "."], ("--json", "--out")),
+    "fidelity": (["fidelity"], ("--json", "--out")),
+    "train-demo": (["train-demo", "--quick"], ("--json", "--out")),
+    "bench attention": (["bench", "attention", "--quick"], ("--json", "--out")),
+    "bench model": (["bench", "model", "--quick"], ("--json", "--out")),
+    "bench ring": (["bench", "ring", "--quick"], ("--json", "--out")),
+    "bench report": (["bench", "report", "{tmp}/result.json"], ("--out",)),
+}
+CASES = [(name, option) for name, (_, options) in COMMANDS_WITH_OUTPUTS.items() for option in options]
+FOLDER_OPTIONS = ("--out",)
+
+
+@pytest.mark.parametrize("where", ["/proc/x/y", "/sys/x", "{tmp}/a-file/x"])
+@pytest.mark.parametrize(("command", "option"), CASES)
+def test_unwritable_output_paths_are_refused_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str], command: str,
+                                                             option: str, where: str) -> None:
+    if not Path("/" + where.split("/")[1]).is_dir() and not where.startswith("{tmp}"):
+        pytest.skip(f"no {where.split('/')[1]} here")
+    _refuse_work(monkeypatch)
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "result.json").write_text("{}")
+    path = where.format(tmp=tmp_path) + ("" if option in FOLDER_OPTIONS else ".json")
+    argv = [part.format(tmp=tmp_path) for part in COMMANDS_WITH_OUTPUTS[command][0]]
+    assert main([*argv, option, path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line
+    assert err.startswith(f"qkv {command}: error: {option} {path}: "), err
+
+
+@pytest.mark.parametrize(("argv", "patch"), [
+    (["explain"], "qkv.load"),
+    (["wsd", "--data", "."], "qkv.inspect.wsd.read_dataset"),
+    (["contextuality", "--data", "."], "qkv.inspect.wsd.read_dataset"),
+    (["fidelity"], "qkv.load"),
+    (["train-demo", "--quick"], "qkv.train.train_demo"),
+    (["walkthrough"], "qkv.cli.walkthrough_numbers"),
+    (["bench", "attention", "--quick", "--out", "{tmp}"], "qkv.bench.sweep.run_sweep"),
+    (["bench", "model", "--quick", "--out", "{tmp}"], "qkv.bench.model.run_model_bench"),
+    (["bench", "ring", "--quick", "--out", "{tmp}"], "qkv.bench.ring.measure"),
+])
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str], argv: list[str], patch: str) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(patch, interrupted)
+    assert main([part.format(tmp=tmp_path) for part in argv]) == 130
+    err = capsys.readouterr().err
+    command = " ".join(argv[:2]) if argv[0] == "bench" else argv[0]
+    assert err.count("\n") == 1 and err.startswith(f"qkv {command}: interrupted (Ctrl-C)"), err
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_an_interrupted_sweep_writes_what_it_measured_and_exits_130(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from qkv.bench import sweep
+
+    real, calls = sweep.measure_point, []
+
+    def ctrl_c_at_the_second_point(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_point", ctrl_c_at_the_second_point)
+    assert main(["bench", "attention", "--quick", "--variants", "full", "--backends", "sdpa (torch)",
+                 "--no-memory", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.startswith("qkv bench attention: interrupted (Ctrl-C)")
+    result = json.loads((tmp_path / "bench-attention-cpu.json").read_text())
+    assert result["interrupted"] is True
+    by_n = {row["n"]: row for row in result["rows"]}
+    assert set(by_n) == set(sweep.QUICK_SIZES)  # every point has its row
+    assert by_n[256]["time_s"] > 0 and not by_n[256]["skipped"]  # measured before the Ctrl-C
+    assert all(by_n[n]["skipped"].startswith(sweep.INTERRUPTED) for n in (512, 1024))
+    assert "interrupted (Ctrl-C)" in (tmp_path / "BENCHMARKS.md").read_text()
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
+
+
+def test_the_long_context_report_folder_is_checked_before_measuring(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from qkv.bench import long_context
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured before --report-dir was checked")
+
+    monkeypatch.setattr(long_context, "run_section", refuse)
+    assert main(["bench", "attention", "--section", "lra", "--quick", "--report-dir", "/proc/x/report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("qkv bench attention: error: --report-dir /proc/x/report: ")

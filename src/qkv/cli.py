@@ -10,8 +10,10 @@ transformer from scratch and shows its attention learning which word decides ano
 sense (:mod:`qkv.train`). ``qkv bench`` forwards to :mod:`qkv.bench`.
 
 Usage errors, found before any model is loaded where possible, print one line naming the
-option (``qkv explain: error: --layer 6: ...``) and exit with code 2, as argparse does.
-Output files go where asked; missing parent folders are created.
+option (``qkv explain: error: --layer 6: ...``) and exit with code 2, as argparse does; an
+output path that cannot be written is one of them (:func:`qkv.files.output_problem`).
+Output files go where asked, missing parent folders created, each written whole or not at
+all (:mod:`qkv.files`). Ctrl-C prints one line and exits with code 130.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from torch import Tensor
 
 import qkv
 from qkv.argtypes import positive_int
+from qkv.files import outputs_problem, write_text
+from qkv.numbering import EMBEDDINGS
 
 __all__ = ["main", "tokenize", "walkthrough_numbers"]
 
@@ -157,9 +161,11 @@ def _render(n: dict[str, Any], dim: int, causal: bool, console: Console) -> None
     console.print(Panel(
         f"Self-attention for the token [bold]{focus}[/bold] (position {i}), D = {dim}"
         + (", causal" if causal else "")
-        + ".\nThese are random vectors, not a trained model; `qkv explain` on a real model "
-        "comes later. Every number below is computed by hand and checked against "
-        "qkv.attention_weights and qkv.attention(backend='reference').",
+        + ".\nThe vectors and projections are random, not learnt: the weights below show how "
+        "attention computes, and mean nothing about these words (which word 'attends' to which "
+        "changes with --seed). `qkv explain` shows what a trained model attends to. Every number "
+        "below is computed by hand and checked against qkv.attention_weights and "
+        "qkv.attention(backend='reference').",
         title="qkv walkthrough",
     ))
 
@@ -198,7 +204,7 @@ def _render(n: dict[str, Any], dim: int, causal: bool, console: Console) -> None
     most = ", ".join(f"'{tokens[j]}' ({n['weights'][j].item():.2f})" for j in top)
     console.print(f"\n[bold]5. Output[/bold]: the weighted average of the values, "
                   f"sum_j weight_j v_j = {_vec(n['output'])}")
-    console.print(f"'{focus}' attends most to {most}.")
+    console.print(f"'{focus}' attends most to {most}: chance, with random vectors (try another --seed).")
     console.print(f"Check: matches qkv to within {TOLERANCE:g}.")
 
 
@@ -219,46 +225,10 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
-# Output options: name -> (kind, an example name for the message).
-_OUTPUTS = {"json": ("file", "report.json"), "html": ("file", "report.html"), "out": ("folder", "figures")}
-
-
-def _output_problem(option: str, path: str, kind: str, example: str) -> str | None:
-    """Why ``path`` cannot be written as a ``kind`` ("file" or "folder"), or None if it can.
-
-    Folders that do not exist yet are fine when they can be created (they are, on writing).
-    """
-    target = Path(path).expanduser()
-    if kind == "file" and target.is_dir():
-        return f"{option} {path}: this is a folder; give a file path such as {target / example}"
-    if kind == "folder" and target.exists() and not target.is_dir():
-        return f"{option} {path}: this is a file; give a folder for the output files"
-    existing = target if kind == "folder" else target.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{option} {path}: cannot create a folder inside {existing}, which is a file; choose another path"
-    writable = os.access(existing, os.W_OK | os.X_OK) and (not target.is_file() or os.access(target, os.W_OK))
-    if not writable:
-        return f"{option} {path}: no permission to write there; choose another path"
-    return None
-
-
 def _outputs_problem(args: argparse.Namespace) -> str | None:
     """The first problem with the output options --json, --html and --out that ``args`` has."""
-    for name, (kind, example) in _OUTPUTS.items():
-        path = getattr(args, name, None)
-        problem = None if path is None else _output_problem(f"--{name}", path, kind, example)
-        if problem:
-            return problem
-    return None
-
-
-def _write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path``, creating missing parent folders."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    return outputs_problem((f"--{name}", getattr(args, name, None), kind)
+                           for name, kind in (("json", "file"), ("html", "file"), ("out", "folder")))
 
 
 def _word_list(text: str | None) -> list[str] | None:
@@ -305,24 +275,30 @@ def _explain(args: argparse.Namespace) -> int:
         model, tokenizer = qkv.load(args.model)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         return _fail("explain", str(err))
+    from qkv.inspect.words import word_view
+
+    try:  # which token to follow, named as the options are, before the model runs
+        word_view(tokenizer(args.sentence, truncation=False)).find(args.focus, args.occurrence, option="--occurrence")
+    except ValueError as err:
+        return _fail("explain", str(err))
     layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
     for option, value, count, what in (("--layer", args.layer, layers, "layers"),
                                        ("--head", args.head, heads, "heads per layer")):
         if value is not None and not 0 <= value < count:
             return _fail("explain", f"{option} {value}: this model has {count} {what}, numbered 0 to {count - 1}")
     try:
-        report = explain(model, tokenizer, args.sentence, args.focus, layer=args.layer, head=args.head,
-                         senses=senses, contrast=args.contrast)
+        report = explain(model, tokenizer, args.sentence, args.focus, occurrence=args.occurrence, layer=args.layer,
+                         head=args.head, senses=senses, contrast=args.contrast, truncate=args.truncate)
     except ValueError as err:
         return _fail("explain", str(err))
     print_report(report, _console())
     if args.json:
-        _write_text(args.json, json.dumps(report))
+        write_text(args.json, json.dumps(report))
         print(f"wrote {args.json}")
     if args.html:
         from qkv.viz.html import render_html
 
-        _write_text(args.html, render_html(report))
+        write_text(args.html, render_html(report))
         print(f"wrote {args.html} (self-contained; open it in a browser)")
     if args.out:
         from qkv.viz.figures import save_figures, skipped_figures
@@ -381,6 +357,9 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+VECTORS_CAPTION = f"{EMBEDDINGS}: the embeddings, before any layer; i: after layer i (blocks.i)"
+
+
 def _load_data_and_model(command: str, args: argparse.Namespace):
     """(dataset, model, tokenizer) for the data commands, or None after printing the error.
 
@@ -404,7 +383,7 @@ def _save_outputs(console: Console, args: argparse.Namespace, result: dict, plot
     import json
 
     if args.json:
-        _write_text(args.json, json.dumps(result, indent=1))
+        write_text(args.json, json.dumps(result, indent=1))
         console.print(f"wrote {args.json}")
     if args.out:
         path = Path(args.out).expanduser() / filename
@@ -430,12 +409,12 @@ def _wsd(args: argparse.Namespace) -> int:
                          progress=progress)
     layers = result["layers"]
     table = Table(title=f"word-sense disambiguation, {args.method}, {model.name}: F1 (%) averaged over "
-                        f"{len(dataset)} words")
-    table.add_column("layer")
+                        f"{len(dataset)} words", caption=VECTORS_CAPTION)
+    table.add_column("after layer")
     table.add_column("micro-F1", justify="right")
     table.add_column("macro-F1", justify="right")
     for layer in layers:
-        label = "0 (embeddings)" if layer == "0" else ("last 4 summed" if layer == "last4" else layer)
+        label = {"last4": "last 4 summed"}.get(layer, layer)
         scores = result["average"][layer]
         table.add_row(label, f"{scores['micro_f1']:.1f}", f"{scores['macro_f1']:.1f}")
     table.add_row("most frequent sense", f"{result['mfs']['micro_f1']:.1f}", f"{result['mfs']['macro_f1']:.1f}",
@@ -471,14 +450,15 @@ def _contextuality(args: argparse.Namespace) -> int:
         task = progress.add_task("contextuality", total=total)
         result = contextuality(model, tokenizer, dataset, max_sentences_per_word=args.max_sentences,
                                on_batch=lambda n: progress.advance(task, n))
-    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {model.name}, {result['sentences']} sentences")
+    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {model.name}, {result['sentences']} sentences",
+                  caption=VECTORS_CAPTION)
     columns = ["self_similarity", "intra_similarity", "anisotropy", "adjusted_self_similarity",
                "adjusted_intra_similarity"]
-    table.add_column("layer")
+    table.add_column("after layer")
     for column in columns:
         table.add_column(column.replace("_", " "), justify="right")
     for i, layer in enumerate(result["layers"]):
-        table.add_row("0 (embeddings)" if layer == "0" else layer, *[f"{result[c][i]:.3f}" for c in columns])
+        table.add_row(layer, *[f"{result[c][i]:.3f}" for c in columns])
     console.print(table)
     _save_outputs(console, args, result, plot_contextuality, "contextuality.png")
     return 0
@@ -657,7 +637,7 @@ def _train_demo(args: argparse.Namespace) -> int:
                   f"'{example['tokens'][example['cue_index']]}'; predicted {example['predicted']} "
                   f"(true {example['sense']})")
     if args.json:
-        _write_text(args.json, json.dumps(data, indent=1))
+        write_text(args.json, json.dumps(data, indent=1))
         console.print(f"wrote {args.json}")
     if args.out:
         from qkv.viz.training import save_training_figures
@@ -702,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("sentence", nargs="?", default=DEFAULT_SENTENCE,
                          help=f"the sentence (default: {DEFAULT_SENTENCE!r})")
     explain.add_argument("--focus", default="bank", help="the word to follow (default: bank)")
+    explain.add_argument("--occurrence", type=positive_int, default=None, metavar="N",
+                         help="which occurrence of a repeated focus word to follow, from 1 (default: the first)")
     explain.add_argument("--model", default="minilm", help=MODEL_HELP)
     explain.add_argument("--layer", type=int, default=None,
                          help="layer of the step-by-step head, from 0 (default: the head where the focus word "
@@ -710,7 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--senses", default=None,
                          help='sense examples: "money: sentence | sentence; river: sentence | sentence"')
     explain.add_argument("--contrast", default=None, metavar="SENTENCE",
-                         help="a sentence that uses the focus word in another sense, to compare its vector with")
+                         help="a sentence that uses the focus word in another sense, to compare its vector with "
+                              "(default: an example of the sense the focus word is farthest from)")
+    explain.add_argument("--truncate", action="store_true",
+                         help="explain only the first words of an input longer than the model was trained on "
+                              "(MiniLM: 256 tokens), cut at a word boundary; without it such an input is explained "
+                              "whole, with a note on what the extra length means")
     explain.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     explain.add_argument("--html", default=None, metavar="PATH", help="write a self-contained interactive page")
     explain.add_argument("--out", default=None, metavar="DIR", help="write PNG figures")
@@ -770,7 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=positive_int, default=None,
                       help="optimiser steps of each run (default: 2000; 400 with --quick)")
     demo.add_argument("--seed", type=int, default=None, help="seeds the model, the data and the sampling (default: 0)")
-    demo.add_argument("--quick", action="store_true", help="a short run (fewer steps and sentences; a few seconds)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a short run (fewer steps and sentences; about 20 s on 2 cores)")
     demo.add_argument("--d-model", dest="d_model", type=positive_int, default=None, help="model width (default: 64)")
     demo.add_argument("--heads", dest="num_heads", type=positive_int, default=None,
                       help="heads per layer (default: 4)")
@@ -796,28 +784,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version and usage errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    if args.command == "walkthrough":
-        return _walkthrough(args)
-    if args.command == "explain":
-        return _explain(args)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "generate":
-        try:
-            return _generate(args)
-        except KeyboardInterrupt:
-            print("\nqkv generate: interrupted", file=sys.stderr)
-            return 130
-    if args.command == "wsd":
-        return _wsd(args)
-    if args.command == "contextuality":
-        return _contextuality(args)
-    if args.command == "fidelity":
-        return _fidelity(args)
-    if args.command == "train-demo":
-        return _train_demo(args)
-    parser.print_help(sys.stderr)
-    return 2
+    commands = {"walkthrough": _walkthrough, "explain": _explain, "generate": _generate, "serve": _serve,
+                "wsd": _wsd, "contextuality": _contextuality, "fidelity": _fidelity, "train-demo": _train_demo}
+    if args.command not in commands:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:  # every file is written whole or not at all, so what exists is complete
+        print(f"qkv {args.command}: interrupted (Ctrl-C); files already written are complete", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import io
+import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -183,19 +186,20 @@ class ShiftedClock:
 
 
 def sweep_with_clock_jumps(monkeypatch: pytest.MonkeyPatch, after: str, sizes: tuple[int, ...],
-                           variants: tuple[str, ...]) -> dict:
-    """A quick sweep of naive and tiled with a 100 s budget, the clock moved 1000 s on after
-    each call of ``sweep.<after>`` (a step that can take long)."""
+                           variants: tuple[str, ...], settings: SweepSettings | None = None,
+                           jump_s: float = 1000.0) -> dict:
+    """A quick sweep of naive and tiled (``settings``: a 100 s budget), the clock moved ``jump_s``
+    on after each call of ``sweep.<after>`` (a step that can take long)."""
     clock, step = ShiftedClock(), getattr(sweep, after)
 
     def step_then_jump(*args, **kwargs):
         result = step(*args, **kwargs)
-        clock.offset += 1000.0
+        clock.offset += jump_s
         return result
 
     monkeypatch.setattr(sweep, "time", clock)
     monkeypatch.setattr(sweep, after, step_then_jump)
-    settings = SweepSettings(quick=True, memory=False, repeats=1, memory_budget=2**30, budget_s=100.0)
+    settings = settings or SweepSettings(quick=True, memory=False, repeats=1, memory_budget=2**30, budget_s=100.0)
     return sweep.run_sweep(sizes, variants, settings, ("naive", "qkv tiled"), console=Console(file=io.StringIO()))
 
 
@@ -214,7 +218,10 @@ def test_a_sweep_stops_starting_points_once_its_budget_is_spent(monkeypatch: pyt
                 assert rows[(name, mode, variant, n)]["skipped"].startswith(BUDGET_SPENT)
     assert result["config"]["budget_s"] == 100.0
     report_text = "\n".join(report.attention_section(Path("bench-attention-cpu.json"), result, Path(".")))
-    assert "nothing started after the sweep's time budget of 100 s" in report_text
+    assert "nothing started after the sweep's time budget of 100 s (it ran out after N=32" in report_text
+    summary = report.summary_tab({"cpu": result})  # the sizes measured, not the sizes asked for
+    assert summary.columns[1:3] == ["CPU 32", "CPU exponent"]
+    assert "its time budget ran out after N=32" in report.summary_note({"cpu": result})
     notes = [line for line in report_text.splitlines() if line.startswith("- ") and BUDGET_SPENT in line]
     assert notes == [f"- every contender not yet measured, from N={n}: {BUDGET_SPENT} of 100 s (--budget-s) was "
                      "spent before this point" for n in (64, 32)]  # the full variant's table, then the causal one
@@ -227,3 +234,103 @@ def test_a_point_builds_no_contender_once_the_budget_is_spent(monkeypatch: pytes
     skipped = [r["skipped"] for r in result["rows"] if r["skipped"]]
     assert measured == [("naive", "fwd")]
     assert len(skipped) == 3 and all(reason.startswith(BUDGET_SPENT) for reason in skipped)
+
+
+def parsed(**given) -> argparse.Namespace:
+    """``qkv bench attention``'s parsed arguments: the parser's defaults, then ``given``."""
+    defaults = {"heads": 8, "head_dim": 64, "dtype": None, "device": "cpu", "quick": False, "repeats": None,
+                "no_memory": False, "warm_compile": False, "max_run_s": None, "budget_s": None}
+    return argparse.Namespace(**(defaults | given))
+
+
+def test_the_defaults_on_cuda_suit_a_gpu() -> None:
+    """bfloat16, N up to 64K, a warm compile cache and a time budget on CUDA; the CPU keeps its own."""
+    gpu = sweep.settings_from_args(parsed(device="cuda"))
+    assert gpu.dtype == "bfloat16" and not gpu.cold_compile and gpu.budget_s == sweep.CUDA_BUDGET_S
+    assert gpu.default_sizes == sweep.CUDA_SIZES and max(sweep.CUDA_SIZES) == 65536
+    assert sweep.CUDA_BUDGET_S <= 240  # the sweep's share of make bench-gpu's 8 minutes
+    chosen = sweep.settings_from_args(parsed(device="cuda", dtype="float16", budget_s=50.0, warm_compile=True))
+    assert (chosen.dtype, chosen.budget_s) == ("float16", 50.0)
+    quick = sweep.settings_from_args(parsed(device="cuda", quick=True))
+    assert quick.budget_s is None and quick.default_sizes == sweep.QUICK_SIZES
+    cpu = sweep.settings_from_args(parsed())
+    assert (cpu.dtype, cpu.budget_s, cpu.cold_compile, cpu.default_sizes) == ("float32", None, True, sweep.SIZES)
+    assert SweepSettings(device="cuda:1").dtype == "bfloat16" and SweepSettings().dtype == "float32"
+
+
+def test_python_loops_stop_at_small_n_on_cuda() -> None:
+    cuda, cpu = SweepSettings(device="cuda", memory_budget=2**40), SweepSettings(memory_budget=2**40)
+    history = History()
+    loops = [by_name("qkv tiled"), by_name("qkv tiled", "fwd+bwd"), by_name("qkv attention_stats", "stats"),
+             by_name("qkv sliding"), by_name("qkv sliding", "fwd+bwd")]
+    window = VARIANTS["window"]
+    for contender in loops:
+        assert point_skip_reason(contender, window, 4096, cuda, history) is None
+        kind, reason = point_skip_reason(contender, window, 4097, cuda, history)
+        assert kind == "device-limit" and reason.startswith("on CUDA, run up to N=4096 only (a Python loop")
+        assert point_skip_reason(contender, window, 8192, cpu, history) is None  # the CPU runs them on
+    for name in ("sdpa (torch)", "qkv sdpa", "qkv auto", "qkv linear"):
+        assert point_skip_reason(by_name(name), VARIANTS["full"], 65536, cuda, history) is None
+
+
+def test_a_device_limit_is_printed_once_and_recorded_on_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA cap's code path, run on the CPU with a cap of N=32: tiled stops, naive runs on; one
+    line per contender and mode says why, and every row left out (and the report) says it too."""
+    monkeypatch.setattr(sweep, "DEVICE_LOOP_MAX_N", {"cpu": 32})
+    output = io.StringIO()
+    settings = SweepSettings(quick=True, memory=False, repeats=1, memory_budget=2**30)
+    result = sweep.run_sweep((32, 64), ("full", "causal"), settings, ("naive", "qkv tiled"),
+                             console=Console(file=output, width=400))
+    rows = {(r["backend"], r["mode"], r["variant"], r["n"]): r for r in result["rows"]}
+    reason = "on CPU, run up to N=32 only (a Python loop over tiles"
+    for variant in ("full", "causal"):
+        assert rows[("naive", "fwd", variant, 64)]["time_s"] > 0
+        for mode in ("fwd", "fwd+bwd"):
+            assert rows[("qkv tiled", mode, variant, 32)]["time_s"] > 0
+            assert rows[("qkv tiled", mode, variant, 64)]["skipped"].startswith(reason)
+    printed = [line for line in output.getvalue().splitlines() if reason in line]
+    assert [line.split(":")[0] for line in printed] == ["skip qkv tiled", "skip qkv tiled, fwd+bwd"]
+    assert all("from N=64: " in line for line in printed)
+    notes = report.attention_tabs(result, "causal")[1]
+    assert any(note.startswith(f"qkv tiled: 64: {reason}") for note in notes)
+
+
+def test_the_default_cuda_budget_bounds_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the CUDA defaults (run here on the CPU) and every point taking 100 s by the clock, the
+    points started within the default budget are measured and the rest are left out by it."""
+    settings = replace(sweep.settings_from_args(parsed(device="cuda", no_memory=True, repeats=1)), device="cpu",
+                       memory_budget=2**30)
+    result = sweep_with_clock_jumps(monkeypatch, "measure_point", (16, 24, 32, 48), ("full",), settings, 100.0)
+    started = math.ceil(sweep.CUDA_BUDGET_S / 100.0)
+    measured = sorted({r["n"] for r in result["rows"] if r["time_s"]})
+    assert measured == [16, 24, 32, 48][:started]
+    assert all(r["skipped"].startswith(BUDGET_SPENT) for r in result["rows"] if r["n"] not in measured)
+
+
+@pytest.mark.parametrize("tunes", [True, False], ids=["tuned-first", "control"])
+def test_a_backend_that_tunes_on_its_first_call_is_called_before_the_measured_run(
+        monkeypatch: pytest.MonkeyPatch, tunes: bool) -> None:
+    """Triton's first call of a shape compiles and autotunes, with benchmarking buffers of its own: the
+    sweep makes that call first (its time kept as first_call_s), so the peak memory is the kernel's.
+    Here tiled stands in, its first call allocating 64 MiB more."""
+    built = sweep.build
+
+    def build_with_a_costly_first_call(*args, **kwargs):
+        setup, calls = built(*args, **kwargs), []
+
+        def run():
+            scratch = torch.ones(16 * 2**20) if not calls else None  # 64 MiB, the first call only
+            calls.append(1)
+            del scratch
+            return setup.run()
+        return replace(setup, run=run)
+
+    monkeypatch.setattr(sweep, "build", build_with_a_costly_first_call)
+    monkeypatch.setattr(sweep, "TUNED_ON_FIRST_CALL", ("tiled",) if tunes else ())
+    settings = SweepSettings(quick=True, repeats=1, memory_budget=2**30)
+    result = sweep.run_sweep((33,), ("full",), settings, ("qkv tiled",), console=Console(file=io.StringIO()))
+    row = next(r for r in result["rows"] if r["mode"] == "fwd")
+    assert (row["peak_bytes"] < 2**26) == tunes
+    assert (row.get("first_call_s", 0) > 0) == tunes
+    first_calls = [cells[0] for cells in report.first_call_tab(result).rows]
+    assert first_calls == (["qkv tiled, full", "qkv tiled, fwd+bwd, full"] if tunes else [])

@@ -24,10 +24,10 @@ def tiny_gpt2_folder(tmp_path_factory) -> Path:
     import torch
     from tokenizers import ByteLevelBPETokenizer
 
-    from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES
+    from qkv.inspect.senses import DEFAULT_SENSES
 
     corpus = ["She deposited her check at the bank.", "The river bank was muddy after the rain.",
-              DEFAULT_CONTRAST["bank"], *(s for examples in DEFAULT_SENSES["bank"].values() for s in examples)]
+              *(s for examples in DEFAULT_SENSES["bank"].values() for s in examples)]
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     tokenizer = ByteLevelBPETokenizer()
     tokenizer.train_from_iterator(corpus * 4, vocab_size=1000, min_frequency=1, special_tokens=["<|endoftext|>"])

@@ -20,6 +20,7 @@ from qkv.inspect.contextuality import (
     word_self_similarities,
 )
 from qkv.inspect.wsd import read_dataset
+from qkv.numbering import LAYER_NUMBERING
 
 D = 5  # odd width on purpose
 
@@ -256,7 +257,8 @@ def test_contextuality_end_to_end(tiny_bert, tmp_path) -> None:
                            on_batch=progress.append, pairs=800)
 
     layers = 2 + 1
-    assert result["layers"] == ["0", "1", "2"]
+    assert result["layers"] == ["emb", "0", "1"]  # the embeddings, then after layers 0 and 1
+    assert result["layer_numbering"] == LAYER_NUMBERING
     assert result["sentences"] == 4 + 4 + 2 == sum(progress)
     assert result["pairs"] == 800
     assert set(result["per_word_self_similarity"]) == {"apple", "bank"}
@@ -299,3 +301,20 @@ def test_contextuality_samples_at_most_max_sentences_per_word(tiny_bert, tmp_pat
         contextuality(model, tokenizer, dataset, max_sentences_per_word=0)
     with pytest.raises(ValueError, match="dataset must be a non-empty list"):
         contextuality(model, tokenizer, [])
+
+
+def test_the_command_names_layers_as_every_command_does(tiny_bert, tmp_path, monkeypatch, capsys) -> None:
+    import qkv
+    from qkv.cli import main
+
+    for word, rows in SENTENCES.items():
+        write_word(tmp_path / "data", word, rows)
+    monkeypatch.setattr(qkv, "load", lambda *args, **kwargs: tiny_bert)
+    assert main(["contextuality", "--data", str(tmp_path / "data"), "--max-sentences", "4",
+                 "--json", str(tmp_path / "c.json")]) == 0
+    terminal = capsys.readouterr().out
+    words = " ".join(terminal.split())
+    assert "emb: the embeddings, before any layer; i: after layer i (blocks.i)" in words
+    assert "(embeddings)" not in terminal and "│ emb " in terminal and "after layer" in terminal
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["layers"] == ["emb", "0", "1"] and data["layer_numbering"] == LAYER_NUMBERING

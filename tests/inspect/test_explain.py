@@ -40,14 +40,15 @@ def test_bank_attends_to_deposited_and_check(report):
 
 def test_report_structure(report):
     assert report["tokens"] == ["[CLS]", "She", "deposited", "her", "check", "at", "the", "bank", ".", "[SEP]"]
-    assert report["focus"] == {"index": 7, "token": "bank", "pieces": [7]}
+    assert report["focus"] == {"index": 7, "token": "bank", "pieces": [7], "occurrence": 1, "occurrences": [7],
+                               "note": None}
     focus_attention = torch.tensor(report["focus_attention"])
     assert focus_attention.shape == (6, 12, 10)
     assert torch.allclose(focus_attention.sum(-1), torch.ones(6, 12), atol=1e-4)
     attention = torch.tensor(report["attention"])
     assert attention.shape == (6, 12, 10, 10)
     assert torch.allclose(attention[:, :, 7], focus_attention, atol=1e-4)
-    assert len(report["heads"]) == 72 and {"top", "top_content", "parked_share"} <= set(report["heads"][0])
+    assert len(report["heads"]) == 72 and {"ranked", "top_content", "parked_share"} <= set(report["heads"][0])
     assert sum(report["rollout"]) == pytest.approx(1.0, abs=1e-3)
     assert sum(report["flow"]) == pytest.approx(1.0, abs=1e-3)
     assert torch.tensor(report["ablation"]).shape == (6, 12)
@@ -128,7 +129,8 @@ def test_cli_explain_writes_json_and_figures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "deposited" in printed and "in short" in printed
     data = json.loads(path.read_text())
-    assert data["focus"] == {"index": 7, "token": "bank", "pieces": [7]}
+    assert data["focus"] == {"index": 7, "token": "bank", "pieces": [7], "occurrence": 1, "occurrences": [7],
+                             "note": None}
     assert len(data["focus_attention"]) == 6
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert "sense_trajectory.png" in figures and "heatmap_head.png" in figures
@@ -258,3 +260,89 @@ def test_cli_says_which_figures_it_did_not_write_and_why(tmp_path, capsys):
     written = sorted(p.name for p in out.iterdir())
     assert f"wrote {len(written)} figures" in printed and "sense_trajectory.png" not in written
     assert "no sense_trajectory.png: no sense examples for 'river'" in printed
+
+
+# ---- one ranking, by exact weight ----
+
+def test_rank_attention_ranks_exact_weights_keeps_self_and_parked_and_states_their_share():
+    from qkv.inspect.explain import rank_attention
+
+    # Weights that agree to 5 decimals: ranked by their exact values, never by rounded ones.
+    row = torch.tensor([0.5, 3e-7, 2e-7, 0.3, 1e-7, 0.2 - 6e-7])
+    parked = torch.tensor([True, False, False, False, False, True])
+    ranked = rank_attention(row, parked, top=4)
+    assert ranked["order"] == [0, 3, 5, 1]
+    assert ranked["parked_share"] == pytest.approx(0.7, abs=1e-5)
+    assert ranked["left_out"] == 2 and ranked["left_out_max"] == pytest.approx(2e-7, abs=1e-6)
+    # Ties keep sentence order; a batch of rows ranks each row.
+    rows = torch.tensor([[0.25, 0.25, 0.5], [0.1, 0.6, 0.3]])
+    both = rank_attention(rows, torch.zeros(3, dtype=torch.bool), top=3)
+    assert both["order"] == [[2, 0, 1], [1, 2, 0]] and both["parked_share"] == [0.0, 0.0]
+
+
+def test_the_report_carries_one_ranking_for_every_view(report, minilm):
+    # check at layer 5, head 4 gives 0.734 to itself: its ranking starts with itself.
+    tokens, check = report["tokens"], report["tokens"].index("check")
+    ranked = report["ranked"]
+    assert ranked["order"][5][4][check][0] == check
+    assert ranked["weights"][5][4][check][0] == pytest.approx(0.734, abs=1e-3)
+    assert [tokens[j] for j in ranked["order"][5][4][check][:3]] == ["check", "deposited", "[CLS]"]
+    # The focus word's ranking per head is the same list as its row of the per-word rankings.
+    focus = report["focus"]["index"]
+    for summary in report["heads"]:
+        layer, head = summary["layer"], summary["head"]
+        assert summary["ranked"]["order"] == ranked["order"][layer][head][focus]
+    # Every listed weight is the exact-weight order of the report's own rows.
+    weights = torch.tensor(report["attention"])  # (L, H, W, W)
+    listed = torch.tensor(ranked["weights"])  # (L, H, W, k)
+    assert (listed[..., :-1] >= listed[..., 1:]).all()
+    assert torch.allclose(listed[..., 0], weights.max(-1).values, atol=1e-4)
+    # The last layer's mean keeps its numbers (as transformers computes them) and ranks [CLS] first.
+    last = report["last_layer"]["ranked"]
+    assert [tokens[j] for j in last["order"][:4]] == ["[CLS]", "deposited", "bank", "check"]
+    assert last["weights"][:2] == pytest.approx([0.438, 0.135], abs=1e-3)
+
+
+def test_walkthrough_order_is_the_exact_order_of_its_weights(report):
+    walk = report["walkthrough"]
+    scores = walk["scores"]
+    assert [scores[i] for i in walk["order"]] == sorted(scores, reverse=True)
+
+
+# ---- inputs longer than the model was trained on ----
+
+@pytest.fixture(scope="module")
+def paragraph_report(minilm):
+    from long_text import PARAGRAPH
+
+    return explain(*minilm, PARAGRAPH, "bank")
+
+
+def test_a_long_input_says_it_is_longer_than_the_model_was_trained_on(paragraph_report, report):
+    length = paragraph_report["length"]
+    assert length["tokens"] == 376 and length["trained"] == 256 and length["positions"] == 512
+    assert length["beyond_trained"] and length["truncated_from"] is None
+    assert "256" in length["note"] and "truncate" in length["note"]
+    assert report["length"]["note"] == "" and not report["length"]["beyond_trained"]
+
+
+def test_truncate_keeps_the_first_whole_words_the_model_was_trained_on(minilm):
+    from long_text import PARAGRAPH
+
+    truncated = explain(*minilm, PARAGRAPH, "bank", truncate=True)
+    length = truncated["length"]
+    assert length["truncated_from"] == 376 and 250 <= length["tokens"] <= 256 and not length["beyond_trained"]
+    assert PARAGRAPH.startswith(truncated["sentence"]) and PARAGRAPH[len(truncated["sentence"])] in " ,."
+    assert "Truncated" in length["note"]
+    assert len(truncated["pieces"]) == length["tokens"] and truncated["pieces"][-1] == "[SEP]"
+    with pytest.raises(ValueError, match=r"not in the first \d+ tokens that truncation keeps"):
+        explain(*minilm, PARAGRAPH, "vault", truncate=True)
+
+
+def test_cli_truncate(tmp_path, capsys):
+    from long_text import PARAGRAPH
+
+    out = tmp_path / "r.json"
+    assert main(["explain", PARAGRAPH, "--focus", "bank", "--truncate", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["length"]["truncated_from"] == 376
+    assert "Truncated" in " ".join(capsys.readouterr().out.split())

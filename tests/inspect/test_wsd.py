@@ -19,6 +19,7 @@ from qkv.inspect.wsd import (
     run_wsd,
     word_piece_vectors,
 )
+from qkv.numbering import LAYER_NUMBERING
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "coarsewsd20"
 
@@ -44,10 +45,10 @@ def test_nearest_centroid_by_cosine():
 
 
 def test_layer_names_and_features():
-    assert layer_names(6) == ["0", "1", "2", "3", "4", "5", "6", "last4"]
+    assert layer_names(6) == ["emb", "0", "1", "2", "3", "4", "5", "last4"]
     vectors = torch.arange(2 * 7 * 3, dtype=torch.float32).view(2, 7, 3)
     features = layer_features(vectors)
-    assert torch.equal(features["0"], vectors[:, 0]) and torch.equal(features["6"], vectors[:, 6])
+    assert torch.equal(features["emb"], vectors[:, 0]) and torch.equal(features["5"], vectors[:, 6])
     assert torch.equal(features["last4"], vectors[:, 3] + vectors[:, 4] + vectors[:, 5] + vectors[:, 6])
 
 
@@ -76,12 +77,24 @@ def test_word_vectors_are_the_mean_of_pieces_at_every_layer(minilm):
     assert vectors[0].shape == (2, 7, 384)
     assert torch.allclose(vectors[0][0], hidden[:, pieces[1]].mean(dim=1), atol=1e-5)
     assert torch.allclose(vectors[0][1], hidden[:, pieces[3]].mean(dim=1), atol=1e-5)
-    # Layer 0 is the embeddings (before attention), the last layer the model's output.
+    # Hidden state 0 is the embeddings (before attention), the last one the model's output.
     assert torch.allclose(vectors[0][1, 0], output.hidden_states[0][0, pieces[3]].mean(0), atol=1e-5)
     assert torch.allclose(vectors[0][1, -1], output.last_hidden_state[0, pieces[3]].mean(0), atol=1e-5)
 
 
-def test_pipeline_on_a_fixture_dataset(minilm, tiny_dataset, tmp_path):
+def test_vector_names_match_the_hook_names(minilm):
+    """The vector named "i" is what layer i (hook names blocks.{i}) outputs; "emb" the embeddings."""
+    model, tokenizer = minilm
+    words = "she sat on the bank".split()
+    features = layer_features(word_piece_vectors(model, tokenizer, [words], [[4]])[0])
+    _, cache = model.run_with_cache(" ".join(words))
+    bank = cache.batch.tokens[0].index("bank")
+    assert torch.allclose(features["emb"][0], cache["embed.embed"][0, bank], atol=1e-5)
+    for i in range(len(model.blocks)):
+        assert torch.allclose(features[str(i)][0], cache[f"blocks.{i}.resid_post"][0, bank], atol=1e-5)
+
+
+def test_pipeline_on_a_fixture_dataset(minilm, tiny_dataset, tmp_path, capsys):
     model, tokenizer = minilm
     result = run_wsd(model, tokenizer, read_dataset(tiny_dataset))
     assert set(result["words"]) == {"bank", "bow"}
@@ -89,11 +102,19 @@ def test_pipeline_on_a_fixture_dataset(minilm, tiny_dataset, tmp_path):
     for layer in result["layers"]:
         mean = (result["words"]["bank"][layer]["micro_f1"] + result["words"]["bow"][layer]["micro_f1"]) / 2
         assert result["average"][layer]["micro_f1"] == pytest.approx(mean)
-    assert result["words"]["bank"]["6"]["micro_f1"] == 100.0  # money against river, after attention
+    assert result["words"]["bank"]["5"]["micro_f1"] == 100.0  # money against river, after the last layer
+    assert result["layer_numbering"] == LAYER_NUMBERING
     out = tmp_path / "run"
+    capsys.readouterr()
     assert main(["wsd", "--data", str(tiny_dataset), "--json", str(tmp_path / "wsd.json"), "--out", str(out)]) == 0
+    terminal = capsys.readouterr().out
+    words = " ".join(terminal.split())
+    assert "emb: the embeddings, before any layer; i: after layer i (blocks.i)" in words
+    assert "(embeddings)" not in terminal and "│ emb " in terminal and "after layer" in terminal
     data = json.loads((tmp_path / "wsd.json").read_text())
-    assert {"micro_f1", "macro_f1"} <= set(data["average"]["last4"]) and "0" in data["words"]["bow"]
+    assert {"micro_f1", "macro_f1"} <= set(data["average"]["last4"]) and "emb" in data["words"]["bow"]
+    assert data["layers"] == ["emb", "0", "1", "2", "3", "4", "5", "last4"]
+    assert data["layer_numbering"] == LAYER_NUMBERING
     assert (out / "wsd_1nn.png").stat().st_size > 1000
     assert main(["wsd", "--data", str(tmp_path / "missing")]) == 2
 
@@ -103,7 +124,7 @@ def test_real_data_first_attention_layer_lifts_f1(minilm):
     model, tokenizer = minilm
     result = run_wsd(model, tokenizer, read_dataset(DATA, ["digit", "hood"]))
     # Measured with this pipeline on all-MiniLM-L6-v2 (the full 12-word run is in the README).
-    assert result["words"]["digit"]["0"]["micro_f1"] == pytest.approx(59.5, abs=0.1)
-    assert result["words"]["digit"]["6"]["micro_f1"] == pytest.approx(95.2, abs=0.1)
-    assert result["words"]["hood"]["6"]["micro_f1"] == pytest.approx(90.2, abs=0.1)
-    assert result["average"]["1"]["micro_f1"] - result["average"]["0"]["micro_f1"] > 20
+    assert result["words"]["digit"]["emb"]["micro_f1"] == pytest.approx(59.5, abs=0.1)
+    assert result["words"]["digit"]["5"]["micro_f1"] == pytest.approx(95.2, abs=0.1)
+    assert result["words"]["hood"]["5"]["micro_f1"] == pytest.approx(90.2, abs=0.1)
+    assert result["average"]["0"]["micro_f1"] - result["average"]["emb"]["micro_f1"] > 20

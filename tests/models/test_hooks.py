@@ -214,3 +214,92 @@ def test_missing_cache_key_hint_fits_what_was_asked(tiny_bert):
     _, some = model.run_with_cache(TEXT, names="blocks.0.attn.weights")
     with pytest.raises(KeyError, match=r"add it to names=, or pass names=None"):
         some["blocks.1.attn.weights"]
+
+
+def test_transformer_lens_keys_are_aliases_of_qkv_names(tiny_bert):
+    model, _ = tiny_bert
+    _, cache = model.run_with_cache(TEXT)
+    assert cache["pattern", 1] is cache["blocks.1.attn.weights"]
+    assert cache["attn", -1] is cache["blocks.1.attn.weights"]  # negative layers count from the last
+    assert cache["attn_scores", 0] is cache["blocks.0.attn.scores"]
+    assert cache["q", 0] is cache["blocks.0.attn.q"] and cache["z", 1] is cache["blocks.1.attn.z"]
+    assert cache["resid_post", 1] is cache["blocks.1.resid_post"] and cache["post", 0] is cache["blocks.0.mlp.hidden"]
+    assert ("pattern", 1) in cache and ("pattern", 7) not in cache and ("result", 0) not in cache
+    with pytest.raises(KeyError, match=r"'blocks\.7\.attn\.weights' was not captured"):
+        cache["pattern", 7]
+    with pytest.raises(KeyError, match=r"\('result', 1\): .*blocks\.1\.attn\.z.*blocks\.1\.attn\.out"):
+        cache["result", 1]
+    with pytest.raises(KeyError, match=r"\('mlp_pre', 0\): .*blocks\.0\.mlp\.hidden"):
+        cache["mlp_pre", 0]
+    with pytest.raises(KeyError, match=r"'nonsense' is not a name qkv knows.*'pattern'"):
+        cache["nonsense", 0]
+    with pytest.raises(KeyError, match=r"\(name, layer\) pairs"):
+        cache["pattern", "1"]
+
+
+def test_transformer_lens_names_as_strings_say_which_qkv_key_to_use(tiny_bert):
+    model, _ = tiny_bert
+    _, cache = model.run_with_cache(TEXT)
+    with pytest.raises(KeyError, match=r"use 'blocks\.1\.attn\.weights', or cache\['pattern', 1\]"):
+        cache["blocks.1.attn.hook_pattern"]
+    with pytest.raises(KeyError, match=r"use 'blocks\.0\.resid_pre', or cache\['resid_pre', 0\]"):
+        cache["blocks.0.hook_resid_pre"]
+    with pytest.raises(KeyError, match=r"'blocks\.i\.attn\.weights'.*cache\.stack\('attn\.weights'\)"):
+        cache["pattern"]
+    with pytest.raises(KeyError, match=r"embed\.embed"):
+        cache["hook_embed"]
+    with pytest.raises(KeyError, match="not one of the model's"):  # a qkv-style name gets no TransformerLens hint
+        cache["blocks.0.attn.nonsense"]
+
+
+def test_cache_keys_values_items(tiny_bert):
+    model, _ = tiny_bert
+    _, cache = model.run_with_cache(TEXT, names="blocks.*.attn.weights")
+    assert cache.keys() == cache.names() == ["blocks.0.attn.weights", "blocks.1.attn.weights"]
+    assert [v is cache[k] for k, v in zip(cache.keys(), cache.values())] == [True, True]
+    assert [name for name, _ in cache.items()] == cache.keys()
+    assert dict(cache.items())["blocks.1.attn.weights"] is cache["pattern", 1]
+
+
+def test_output_attentions_as_transformers(tiny_bert, tiny_bert_folder):
+    from hf_reference import transformers
+
+    model, tokenizer = tiny_bert
+    batch = tokenizer([TEXT, "The river bank."])
+    output = model(batch.input_ids, batch.attention_mask, output_attentions=True)
+    assert model(batch.input_ids).attentions is None
+    hf = transformers.BertModel.from_pretrained(tiny_bert_folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = hf(batch.input_ids, attention_mask=batch.attention_mask.long(), output_attentions=True).attentions
+    assert len(output.attentions) == len(expected) == 2
+    for ours, theirs in zip(output.attentions, expected):
+        assert ours.shape == theirs.shape == (2, 3, batch.input_ids.shape[1], batch.input_ids.shape[1])
+        torch.testing.assert_close(ours[0], theirs[0], atol=1e-6, rtol=0)  # the unpadded row
+    # Gradients flow through them, as in transformers.
+    ids = batch.input_ids[:1]
+    model.zero_grad()
+    model(ids, output_attentions=True).attentions[1][0, 0, 1, 2].backward()
+    assert model.blocks[1].attn.q_proj.weight.grad.abs().sum() > 0
+    model.zero_grad()
+
+
+def test_output_attentions_on_a_decoder_and_a_layer_without_weights(tiny_gpt2_folder):
+    model, tokenizer = qkv.load(tiny_gpt2_folder)
+    ids = tokenizer(TEXT).input_ids
+    output = model(ids, output_attentions=True)
+    assert len(output.attentions) == len(model.blocks) and output.logits is not None
+    assert torch.all(output.attentions[0][0, :, 0, 1:] == 0)  # causal: the first token sees only itself
+    model.set_attention("tiled", layers=[1])  # computes no weights by itself, but is watched here
+    torch.testing.assert_close(model(ids, output_attentions=True).attentions[1], output.attentions[1])
+    model.set_attention("linear", layers=[1])
+    assert model(ids, output_attentions=True).attentions[1].shape == output.attentions[1].shape
+
+
+def test_output_attentions_refused_where_a_layer_has_no_weights(tiny_bert, monkeypatch):
+    model, tokenizer = tiny_bert
+    attn = model.blocks[1].attn
+    monkeypatch.setattr(type(attn), "unavailable_hooks", lambda self: (
+        {self.hook_scores: "no scores here", self.hook_weights: "no weights here"} if self is attn else {}))
+    with pytest.raises(ValueError, match=r"output_attentions=True .*layer 1 \('auto'\): no weights here.*"
+                                         r"set_attention\('auto'\).*run_with_cache"):
+        model(tokenizer(TEXT).input_ids, output_attentions=True)

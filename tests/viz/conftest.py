@@ -33,7 +33,6 @@ def report(model_and_tokenizer) -> dict:
 def long_report(model_and_tokenizer) -> dict:
     """The report of a 65-token sentence (:data:`long_text.LONG`), focus 'bank'."""
     from long_text import LONG
-
     from qkv.inspect.explain import explain
 
     return explain(*model_and_tokenizer, LONG, "bank")
@@ -63,12 +62,12 @@ def gpt2_report(tmp_path_factory):
     from tokenizers import ByteLevelBPETokenizer
 
     from qkv.inspect.explain import explain
-    from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES
+    from qkv.inspect.senses import DEFAULT_SENSES
     from qkv.models.config import GPT2Config
     from qkv.models.gpt2 import GPT2LMHeadModel
     from qkv.models.tokenizer import Tokenizer
 
-    corpus = ["She deposited her check at the bank.", DEFAULT_CONTRAST["bank"],
+    corpus = ["She deposited her check at the bank.",
               *(s for examples in DEFAULT_SENSES["bank"].values() for s in examples)]
     trained = ByteLevelBPETokenizer()
     trained.train_from_iterator(corpus * 4, vocab_size=1000, min_frequency=1, special_tokens=["<|endoftext|>"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -197,6 +200,89 @@ def test_hostile_input_in_the_browser(page, base):
     assert page.eval_on_selector_all("script", "ss => ss.map(s => s.id)") == ["report", "app"]
     assert "<script>alert(1)</script>" in page.locator("#sentence").inner_text()
     assert page.errors == []
+
+
+SPRING = "In spring the water from the spring tasted cold."
+SPRING_SENSES = ("season: In spring the days grow long. | Flowers bloom every spring.; "
+                 "water: The spring fed a clear stream. | They drank from a mountain spring.")
+
+
+def test_options_follow_what_was_asked(base):
+    status, body = get(f"{base}/explain?" + urlencode({
+        "sentence": SPRING, "focus": "spring", "occurrence": "2", "layer": "2", "head": "5", "senses": SPRING_SENSES,
+        "contrast": "Birds sing in the spring."}))
+    assert status == 200
+    report = json.loads(re.search(r'<script type="application/json" id="report">(.*?)</script>', body, re.S)[1])
+    assert report["focus"]["index"] == 7 and report["focus"]["occurrence"] == 2
+    assert (report["walkthrough"]["layer"], report["walkthrough"]["head"]) == (2, 5)
+    assert report["senses"]["names"] == ["season", "water"]
+    assert report["senses"]["contrast_sentence"] == "Birds sing in the spring."
+    back = re.search(r'id="back" href="([^"]*)"', body)[1]
+    assert "occurrence=2" in back and "layer=2" in back and "head=5" in back and "contrast=Birds" in back
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("layer", "6", "Layer “6”: this model has 6 layers, numbered 0 to 5."),
+    ("head", "-1", "Head “-1”: this model has 12 heads per layer, numbered 0 to 11."),
+    ("occurrence", "3", "Occurrence 3: &#x27;spring&#x27; occurs twice in the sentence (tokens 2 and 7); give 1 or 2."),
+    ("occurrence", "two", "Occurrence “two”: give a whole number from 1."),
+    ("senses", "season: In spring.", "Senses: needs at least two senses to compare"),
+    ("senses", "<b>x</b>", "Senses: must look like"),
+    ("contrast", "<script>alert(1)</script>", "Contrast: &#x27;spring&#x27; has no built-in sense examples"),
+])
+def test_bad_options_are_refused_like_the_cli(base, field, value, message):
+    status, body = get(f"{base}/explain?" + urlencode({"sentence": SPRING, "focus": "spring", field: value}))
+    assert status == 400
+    assert message in body
+    assert "<script>alert" not in body and "<b>x</b>" not in body
+    assert f'id="{field}"' in body and html.escape(value, quote=True) in body  # the form comes back filled in
+
+
+def test_a_contrast_without_the_focus_word_is_refused(base):
+    status, body = get(f"{base}/explain?" + urlencode({"sentence": "The bank was closed.", "focus": "bank",
+                                                       "contrast": "<script>alert(1)</script>"}))
+    assert status == 400
+    assert ("Contrast sentence &#x27;&lt;script&gt;alert(1)&lt;/script&gt;&#x27;: focus word &#x27;bank&#x27; "
+            "is not") in body
+    assert "<script>alert" not in body
+
+
+def test_a_focus_read_as_unk_is_served(base):
+    status, body = get(explain_url(base, "I love 🦀 food.", "🦀"))
+    assert status == 200
+    assert "read by the model as [UNK]" in body
+
+
+def test_options_in_the_browser(page, base):
+    page.goto(base + "/")
+    page.fill("#sentence", SPRING)
+    page.fill("#focus", "spring")
+    page.click("#options summary")
+    page.fill("#occurrence", "2")
+    page.fill("#layer", "2")
+    page.fill("#head", "5")
+    page.fill("#senses", SPRING_SENSES)
+    page.fill("#contrast", "Birds sing in the spring.")
+    with page.expect_navigation():
+        page.click("#submit")
+    page.wait_for_selector("body[data-ready=true]")
+    focus_at = page.eval_on_selector_all("#tokens .tok", "ts => ts.findIndex(t => t.classList.contains('focus'))")
+    assert focus_at == 7
+    assert page.locator("#walkthrough-info").inner_text().startswith("Layer 2, head 5:")
+    senses = page.locator("#senses-box").inner_text()
+    assert "season" in senses and "water" in senses
+    assert "Birds sing in the spring." in page.locator("#contrast-caption").inner_text()
+    assert "following the second, at token 7" in page.locator("#focus-note").inner_text()
+    assert page.errors == []
+    page.click("#back")  # back to the form, every field as it was
+    assert page.input_value("#occurrence") == "2" and page.input_value("#head") == "5"
+    assert page.input_value("#senses") == SPRING_SENSES
+    # An option out of range: the error on the page, the form filled in again.
+    page.fill("#layer", "9")
+    with page.expect_navigation():
+        page.click("#submit")
+    assert page.locator("#error").inner_text() == "Layer “9”: this model has 6 layers, numbered 0 to 5."
+    assert page.input_value("#layer") == "9" and page.input_value("#contrast") == "Birds sing in the spring."
 
 
 def test_serve_says_qkv_serve(monkeypatch, capsys):

@@ -31,13 +31,14 @@ _KERNEL_MODULE = "qkv.attention.triton_flash"
 class TritonOptions:
     """Options of the Triton kernel (``qkv.attention(..., backend="triton", options=...)``)."""
 
-    # dQ from a second pass over query blocks instead of atomic adds: bitwise reproducible
-    # gradients, at the price of recomputing the scores once more.
-    deterministic: bool = False
     # Query rows and keys per tile; None: autotuned per GPU and shape (16 x 16 under the
     # interpreter). Powers of two >= 16, both or neither.
     block_m: int | None = None
     block_n: int | None = None
+    # Read K and V in the forward through tensor descriptors (Hopper's bulk copy engine):
+    # None: the default; True: required (refused with the reason where it cannot be used,
+    # e.g. before Hopper or for float32); False: per-element loads.
+    tma: bool | None = None
 
     def __post_init__(self) -> None:
         if (self.block_m is None) != (self.block_n is None):
@@ -117,7 +118,7 @@ def triton_attention(
         spec: the call's masking.
         scale: multiplies q k^T.
         return_lse: also return the LSE (B, Hq, Nq), float32 (float64 for float64 inputs).
-        options: :class:`TritonOptions` (deterministic backward, fixed block sizes).
+        options: :class:`TritonOptions` (fixed block sizes, tensor-descriptor loads).
 
     Returns:
         out (B, Hq, Nq, Dv) in q's dtype, and lse when ``return_lse``.
@@ -131,7 +132,12 @@ def triton_attention(
     reason = unavailable_reason(q.device.type)
     if reason is not None:
         raise RuntimeError(f"backend='triton' cannot {reason}")
-    from qkv.attention.triton_flash import TritonFlashAttention
+    from qkv.attention.triton_flash import TritonFlashAttention, tma_unsupported_reason
 
-    out, lse = TritonFlashAttention.apply(q, k, v, spec, float(scale), options.deterministic, options.blocks)
+    tma = bool(options.tma)
+    if tma:
+        why = tma_unsupported_reason(k, v)
+        if why is not None:
+            raise ValueError(f"TritonOptions(tma=True) cannot be honoured: {why}; use tma=None or False")
+    out, lse = TritonFlashAttention.apply(q, k, v, spec, float(scale), options.blocks, tma)
     return (out, lse) if return_lse else out

@@ -27,8 +27,9 @@ The long-context sections (issue 6; :mod:`qkv.bench.long_context`, tables and re
   error vs exact per backend and N), written with plots to ``--report-dir``.
 - ``--section all``: exact, then lra.
 
-``--quick`` runs each section at tiny sizes (well under a minute each); ``--sizes`` replaces
-the sizes of every section that runs.
+``--quick`` runs each section at tiny sizes (the sweep still compiles FlexAttention for each
+variant, which takes up to a minute on 2 CPU cores); ``--sizes`` replaces the sizes of every
+section that runs.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from rich.table import Table
 import qkv
 from qkv.argtypes import positive_int
 from qkv.attention.masks import MaskSpec, normalize_window
+from qkv.bench import refuse_outputs
 from qkv.bench.measure import (
     available_memory_bytes,
     machine_info,
@@ -58,6 +60,7 @@ from qkv.bench.measure import (
     peak_tensor_bytes,
     time_round_robin,
 )
+from qkv.files import write_text
 
 __all__ = ["Candidate", "CANDIDATES", "build_run", "run_attention_bench", "main"]
 
@@ -363,7 +366,8 @@ SECTIONS_HELP = """sections:
   sweep        (default) every backend and peer (naive, SDPA, compiled FlexAttention; on CUDA SDPA's flash,
                cuDNN and efficient kernels), N=512..64k, full / causal / window / causal-window: time,
                peak memory, error vs exact, FLOP rate, scaling exponent; writes <out>/bench-attention-<device>.json,
-               its PNGs and <out>/BENCHMARKS.md (about 20-30 min on 2 CPU cores; --quick well under a minute)
+               its PNGs and <out>/BENCHMARKS.md (about 20-30 min on 2 CPU cores; --quick
+               about 2 min, up to 4 on a busy machine, a quarter to half of it compiling FlexAttention)
   exact        exact backends vs SDPA and naive, N=512..16k: time, memory in fresh processes, the targets
   sliding      sliding window (256, 256) vs SDPA + band mask, compiled FlexAttention, tiled; N=4k..64k
   approximate  linear, Performer, Nystrom, Linformer (+ budget grid), sliding vs SDPA, naive;
@@ -392,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", choices=("sweep", "exact", "sliding", "approximate", "lra", "all"),
                         default="sweep", help="what to measure (default sweep; see below)")
     parser.add_argument("--sizes", type=sizes_arg, default=None,
-                        help="comma-separated N (default: the section's; sweep 512,...,65536)")
+                        help="comma-separated N (default: the section's; sweep 512,...,65536 on the CPU, "
+                             f"{','.join(map(str, sweep.CUDA_SIZES))} on CUDA)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     parser.add_argument("--heads", type=positive_int, default=8, help="attention heads H (default 8)")
     parser.add_argument("--head-dim", type=positive_int, default=64, help="head dimension D (default 64)")
@@ -418,10 +423,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"--quick {sweep.QUICK_MAX_RUN_S:g}; SDPA's forward gets {sweep.BASELINE_TIME_FACTOR:g}x)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="sweep: wall seconds for the whole sweep; points not started by then are skipped "
-                             "with that reason, and what was measured is written (default: no budget)")
+                             "with that reason, and what was measured is written (default: none on the CPU, "
+                             f"{sweep.CUDA_BUDGET_S:g} on CUDA)")
     parser.add_argument("--warm-compile", action="store_true",
                         help="sweep and sliding: time FlexAttention's compile with Inductor's on-disk cache as it "
-                             "is (default: a fresh empty cache, a cold compile; --quick implies warm)")
+                             "is (default: a fresh empty cache, a cold compile; --quick and --device cuda imply "
+                             "warm)")
     parser.add_argument("--json", type=Path, default=None,
                         help="where the JSON goes (default: sweep <out>/bench-attention-<device>.json, exact "
                              "bench-results/attention.json, other sections bench-results/attention-<section>.json; "
@@ -434,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default bench-results; the committed report lives in benchmarks)")
     args = parser.parse_args(argv)
     check_options(parser, args)
+    refuse_outputs(parser, [("--json", args.json, "file"), ("--out", args.out, "folder"),
+                            ("--report-dir", args.report_dir if args.section in ("lra", "all") else None, "folder")])
     console = Console()
     if args.section == "sweep":
         sweep.run_command(args, " ".join(["qkv bench attention", *argv]), console)
@@ -479,8 +488,7 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def write_json(result: dict, path: Path, console: Console) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    write_text(path, json.dumps(result, indent=2))
     console.print(f"wrote {path}")
 
 

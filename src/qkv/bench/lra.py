@@ -22,6 +22,7 @@ from rich.table import Table
 
 from qkv.bench.attention import format_bytes, target_cells
 from qkv.bench.long_context import APPROXIMATE_CONTENDERS, APPROXIMATE_MEMORY_N, SDPA
+from qkv.files import write_text
 from qkv.viz.plotting import (
     agg_figure,
     label_point,
@@ -44,7 +45,7 @@ LRA_REFERENCE = (
 
 
 TEXT_COLUMNS = ("contender", "backend", "target", "met", "note", "variant",  # left-aligned; others: numbers
-                "results", "benchmark", "device", "CPU", "GPU", "torch", "Python", "date", "quick")
+                "results", "benchmark", "device", "CPU", "GPU", "torch", "Python", "date", "quick", "check")
 
 
 @dataclass
@@ -79,6 +80,8 @@ class Tab:
 def format_seconds(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 1e-3:  # a GPU kernel's time: ms with one decimal would keep a single digit
+        return f"{value * 1e6:.0f} µs"
     return f"{value:.2f} s" if value >= 10 else f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.3f} s"
 
 
@@ -275,12 +278,12 @@ def write_report(result: dict, out_dir: Path, stem: str = "long-context-cpu") ->
     out_dir.mkdir(parents=True, exist_ok=True)
     sliding, approximate = result["sliding"], result["approximate"]
     paths = {suffix: out_dir / f"{stem}{suffix}" for suffix in (".json", ".md", "-time.png", "-error.png")}
-    paths[".json"].write_text(json.dumps(result, indent=2))
+    write_text(paths[".json"], json.dumps(result, indent=2))
     seen = {distinct_call(r) for r in approximate["rows"]}
     plot_times(approximate["rows"] + [r for r in sliding["rows"] if distinct_call(r) not in seen],
                paths["-time.png"])
     plot_error_vs_speedup(approximate["rows"], paths["-error.png"])
-    paths[".md"].write_text(report_markdown(result, {k: p.name for k, p in paths.items()}))
+    write_text(paths[".md"], report_markdown(result, {k: p.name for k, p in paths.items()}))
     return list(paths.values())
 
 

@@ -28,6 +28,7 @@ import torch
 from rich.console import Console
 
 import qkv
+from qkv.bench import refuse_outputs
 from qkv.bench.measure import machine_info, median, peak_tensor_bytes, synchronize, time_round_robin
 from qkv.bench.points import point_row
 from qkv.models import GPT2Config, GPT2LMHeadModel
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    refuse_outputs(parser, [("--json", args.json, "file"), ("--out", args.out, "folder")])
     parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:

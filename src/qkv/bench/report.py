@@ -10,14 +10,20 @@ Where the files go. Each of ``qkv bench attention|model|ring`` takes ``--out DIR
   separate runs (attention on the CPU, on a GPU, the models, ring) collect in one report.
 
 ``qkv bench report JSON... [--out DIR]`` regenerates ``DIR/BENCHMARKS.md`` (default: the
-current folder) and the plots from existing JSON files, measuring nothing. The repository's
-report is ``BENCHMARKS.md`` at its root, from ``benchmarks/bench-*.json``::
+current folder) and the plots from existing JSON files, measuring nothing. It also reads
+``qkv bench triton``'s JSON (its correctness checks, TFLOP/s against SDPA's kernels, the
+sliding-window times and targets; plot ``<stem>-tflops.png``). The repository's report is
+``BENCHMARKS.md`` at its root, from ``benchmarks/bench-*.json``::
 
     qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
     qkv bench model --json benchmarks/bench-model-cpu.json --out .
     qkv bench ring --json benchmarks/bench-ring-cpu.json --out .
     qkv bench attention --device cuda --json benchmarks/bench-attention-cuda.json --out .   # on a GPU
+    qkv bench triton --json benchmarks/bench-triton-cuda.json                              # on a GPU
     qkv bench report benchmarks/bench-*.json --out .                                       # no rerun
+
+The last line is the one command that publishes a GPU run made elsewhere: copy its two JSON
+files into ``benchmarks/`` under those names, then run it (``make bench-gpu`` ends with it).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from qkv.bench import refuse_outputs
 from qkv.bench.attention import format_bytes, target_cells
 from qkv.bench.lra import (
     Tab,
@@ -38,7 +45,8 @@ from qkv.bench.lra import (
     print_tabs,
 )
 from qkv.bench.points import ROW_FIELDS
-from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, METHOD, label
+from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, INTERRUPTED, METHOD, label
+from qkv.files import write_text
 from qkv.viz.plotting import (
     agg_figure,
     label_point,
@@ -56,7 +64,7 @@ REPORT_NAME = "BENCHMARKS.md"
 RESULT_PATTERN = "bench-*.json"
 SUMMARY_SIZES = (4096, 16384, 65536)
 DEVICES = {"cpu": "CPU", "cuda": "GPU"}
-ORDER = {"attention": 0, "model": 1, "ring": 2}
+ORDER = {"attention": 0, "triton": 1, "model": 2, "ring": 3}
 
 
 def default_json(benchmark: str, device: str, out_dir: Path) -> Path:
@@ -98,8 +106,8 @@ METRICS: tuple[tuple[str, str, Callable[[dict], str]], ...] = (
 def skip_notes(table: dict[str, dict[int, dict]]) -> list[str]:
     """Per contender: the sizes it skipped and why (the reason at the first of them); then one
     note for every point left out once the sweep's time budget was spent."""
-    def left_out_by_budget(row: dict) -> bool:
-        return bool(row["skipped"]) and row["skipped"].startswith(BUDGET_SPENT)
+    def left_out_by_budget(row: dict) -> bool:  # or by a Ctrl-C: every point after it, in one note
+        return bool(row["skipped"]) and row["skipped"].startswith((BUDGET_SPENT, INTERRUPTED))
 
     notes, over_budget = [], []
     for name, by_n in table.items():
@@ -163,6 +171,35 @@ def compile_tab(result: dict) -> Tab:
                ["variant", *(size_label(n) for n in sizes)], rows)
 
 
+def first_call_tab(result: dict) -> Tab:
+    """The first call of each shape of a backend that compiles and autotunes on it (triton), apart
+    from its timing."""
+    sizes = result["config"]["sizes"]
+    found = {(label(r["backend"], r["mode"]), r["variant"], r["n"]): r["first_call_s"] for r in result["rows"]
+             if r.get("first_call_s") is not None}
+    rows = []
+    for name, variant in dict.fromkeys((name, variant) for name, variant, _ in found):
+        rows.append([f"{name}, {variant}", *(format_seconds(found.get((name, variant, n))) for n in sizes)])
+    return Tab("first call of each shape, not in its times: compile and autotune",
+               ["contender", *(size_label(n) for n in sizes)], rows)
+
+
+def summary_note(by_device: dict[str, dict]) -> str:
+    """Where each device's columns of the summary come from: the machine, dtype, versions, date."""
+    notes = []
+    for device, title in DEVICES.items():
+        result = by_device.get(device)
+        if result is None:
+            continue
+        config, machine = result["config"], result["machine"]
+        where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
+        cut = budget_cut(result)
+        missing = "" if cut is None else f"; its time budget ran out after N={size_label(cut)}"
+        notes.append(f"{title}: {where}, {config['dtype']}, B=1 H={config['heads']} D={config['head_dim']}, torch "
+                     f"{machine['torch']}, {result.get('date', '')}{missing}")
+    return "Columns: " + "; ".join(notes) + "." if notes else ""
+
+
 def summary_tab(by_device: dict[str, dict]) -> Tab:
     """Times at a few N and the exponent, each device's columns side by side (full variant); a
     device without results gets one column saying so."""
@@ -173,8 +210,9 @@ def summary_tab(by_device: dict[str, dict]) -> Tab:
             columns.append(title)
             cells[device] = {}, ["not measured yet"]
             continue
-        run = result["config"]["sizes"]
-        sizes = [n for n in SUMMARY_SIZES if n in run] or run[-3:]
+        measured = sorted({r["n"] for r in result["rows"] if r["time_s"]})  # a spent budget leaves sizes out
+        sizes = [n for n in SUMMARY_SIZES if n in measured]
+        sizes = sizes if len(sizes) > 1 else measured[-3:]
         columns += [f"{title} {size_label(n)}" for n in sizes] + [f"{title} exponent"]
         fits = fits_of(result)
         device_cells = {}
@@ -226,6 +264,123 @@ def model_tabs(result: dict) -> list[Tab]:
     return tabs
 
 
+# ----------------------------------------------------------------------------- the Triton kernel's run
+
+CHECKED = ("out", "dq", "dk", "dv")  # what each of qkv bench triton's checks compares
+
+
+def worst_over_bound(check: dict) -> float | None:
+    """A correctness check's largest error / bound over the output and the three gradients (the
+    2x rule passes at <= 1); a result that kept only that figure gives it as ``worst_error_over_bound``."""
+    if all(name in check for name in CHECKED):
+        return max(check[name]["error"] / check[name]["bound"] for name in CHECKED)
+    return check.get("worst_error_over_bound")
+
+
+def timing_label(row: dict) -> str:
+    return f"{row['backend']}{', causal' if row['causal'] else ''}"
+
+
+def triton_tabs(result: dict) -> list[Tab]:
+    """``qkv bench triton``: the first call's compile time, the correctness checks, TFLOP/s per N for
+    each contender (forward, then forward + backward), the sliding-window times and the targets.
+    Steps not run (a spent ``--budget-s``, a kernel missing) show "-" here and are listed by
+    :func:`triton_notes`."""
+    sizes = result["sizes"]
+    tabs = []
+    compiled = [r for r in result.get("compile", []) if r.get("first_call_s") is not None]
+    if compiled:
+        tabs.append(Tab("first forward + backward of one shape with an empty Triton cache (compile and autotune)",
+                        ["contender", "N", "B", "wall time"],
+                        [[r["backend"], size_label(r["n"]), str(r["batch"]), format_seconds(r["first_call_s"])]
+                         for r in compiled]))
+    timed = any("wall_s" in c for c in result["checks"])
+    tabs.append(Tab("correctness at full size, bfloat16, against float64: worst error / bound of the output, dq, dk "
+                    "and dv (the 2x rule passes at <= 1)",
+                    ["check", "passed", "worst error / bound", *(["wall time"] if timed else [])],
+                    [[c["check"], "not run" if c.get("skipped") else "yes" if c["passed"] else "NO",
+                      fmt(worst_over_bound(c), "{:.2f}"), *([format_seconds(c.get("wall_s"))] if timed else [])]
+                     for c in result["checks"]]))
+    dense = [r for r in result["timings"] if not r.get("window")]
+    lengths = sorted({r["n"] for r in dense})
+    batches = {r["n"]: r["batch"] for r in dense}
+    for mode, title in (("fwd", "forward"), ("fwd+bwd", "forward + backward")):
+        table: dict[str, dict[int, dict]] = {}
+        for row in dense:
+            if row["mode"] == mode:
+                table.setdefault(timing_label(row), {})[row["n"]] = row
+        rows = [[name, *(fmt(by_n[n].get("tflops") if n in by_n else None, "{:.0f}") for n in lengths)]
+                for name, by_n in sorted(table.items(), key=lambda item: "causal" in item[0])]
+        tabs.append(Tab(f"{title} TFLOP/s (bfloat16, H={sizes['heads']}, D={sizes['head_dim']}, B x N = "
+                        f"{size_label(sizes['tokens'])} tokens)", ["contender",
+                        *(f"{size_label(n)} (B={batches[n]})" for n in lengths)], rows))
+    windowed = [r for r in result["timings"] if r.get("window")]
+    if windowed:
+        modes = list(dict.fromkeys(r["mode"] for r in windowed))
+        found = {(r["backend"], r["mode"]): r for r in windowed}
+        tabs.append(Tab(f"causal sliding window of {windowed[0]['window']} keys at N={size_label(windowed[0]['n'])}, "
+                        "B=1: median time per call", ["contender", *modes],
+                        [[name, *(format_seconds(found.get((name, mode), {}).get("time_s")) for mode in modes)]
+                         for name in dict.fromkeys(r["backend"] for r in windowed)]))
+    if result.get("targets"):
+        tabs.append(Tab("the Triton kernel's targets", ["target", "N", "measured", "limit", "met"],
+                        [target_cells({**t, "n": "-", "rule": target_rule(t)}) for t in result["targets"]]))
+    return tabs
+
+
+def target_rule(target: dict) -> str:
+    """">=" or "<=": the target's own ``rule``, else the one its measured value and ``met`` imply."""
+    if target.get("rule") or target["measured"] is None:
+        return target.get("rule", "")
+    return ">=" if (target["measured"] >= target["limit"]) == target["met"] else "<="
+
+
+def triton_notes(result: dict) -> list[str]:
+    """The steps of a ``qkv bench triton`` run that did not run, one note per reason."""
+    left_out: dict[str, list[str]] = {}
+    for row in result.get("compile", []):
+        if row.get("skipped"):
+            left_out.setdefault(row["skipped"], []).append(f"first call of {row['backend']}")
+    for row in result["checks"]:
+        if row.get("skipped"):
+            left_out.setdefault(row["skipped"], []).append(f"check {row['check']}")
+    for row in result["timings"]:
+        if row.get("skipped"):
+            window = f" window {row['window']}" if row.get("window") else ""
+            left_out.setdefault(row["skipped"], []).append(
+                f"{timing_label(row)}{window} N={size_label(row['n'])} {row['mode']}")
+    return [f"{', '.join(steps)}: {reason}" for reason, steps in left_out.items()]
+
+
+def triton_section(path: Path, result: dict, out_dir: Path) -> list[str]:
+    m = result["machine"]
+    versions = ", ".join(f"{name} {m[name]}" for name in ("torch", "triton", "python") if m.get(name))
+    run = [c for c in result["checks"] if not c.get("skipped")]
+    passed = sum(c["passed"] for c in run)
+    worst = max((worst_over_bound(c) or 0.0 for c in run), default=0.0)
+    budget = f" under a --budget-s of {result['budget_s']:g} s" if result.get("budget_s") else ""
+    made = f" How the file was made: {result['what']}." if result.get("what") else ""
+    device = DEVICES.get(device_of(result), device_of(result))
+    timing = ("CUDA-event medians" if device_of(result) == "cuda"
+              else "wall-time medians (under Triton's interpreter: meaningless)")
+    when = f"; {result['date']}" if result.get("date") else ""
+    parts = [f"## The Triton kernel on the {device}",
+             f"`{result.get('command') or 'qkv bench triton'}` on {m.get('gpu') or m.get('cpu')}; {versions}"
+             f"{when}{' (--quick)' if result.get('quick') else ''}{budget}: {passed} of "
+             f"{len(run)} correctness checks passed (worst error / bound {worst:.2f}); then TFLOP/s from "
+             f"{timing} against PyTorch SDPA pinned to its FlashAttention-2 and cuDNN kernels, and a "
+             "sliding window against compiled FlexAttention with the same block mask. FLOPs as in the sweep "
+             f"(causal counts the visible pairs).{made} Raw numbers: [{path.name}]({link(path, out_dir)})."]
+    plot = Path(f"{path.with_suffix('')}-tflops.png")
+    if plot.exists():
+        parts.append(f"![TFLOP/s]({link(plot, out_dir)})")
+    parts += markdown_tabs(triton_tabs(result))
+    notes = triton_notes(result)
+    if notes:
+        parts.append("Not run:\n\n" + "\n".join(f"- {note}" for note in notes))
+    return parts
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -233,6 +388,12 @@ def variant_axes(figure, variants: list[str]):
     columns = 2 if len(variants) > 1 else 1
     rows = (len(variants) + columns - 1) // columns
     return [figure.add_subplot(rows, columns, i + 1) for i in range(len(variants))]
+
+
+def machine_label(result: dict) -> str:
+    """The machine, torch version and date of a result, as plot titles give them."""
+    machine = result["machine"]
+    return f"{machine.get('gpu') or machine['cpu']}, torch {machine['torch']}, {result.get('date', '')}"
 
 
 def plot_against_n(result: dict, key: str, ylabel: str, unit: str, path: Path) -> None:
@@ -253,9 +414,8 @@ def plot_against_n(result: dict, key: str, ylabel: str, unit: str, path: Path) -
                 axis.plot(*zip(*points), label=name, **(styles[name] | dotted))
         log_log(axis, "sequence length N", ylabel, variant, x="N", y=unit)
         note_coinciding(axis, series)
-    machine = result["machine"]
     figure.suptitle(f"attention, B=1 H={result['config']['heads']} D={result['config']['head_dim']} "
-                    f"{result['config']['dtype']} on {machine.get('gpu') or machine['cpu']}")
+                    f"{result['config']['dtype']} on {machine_label(result)}")
     save_figure(figure, path, dpi=110, legend=True, order=names)
 
 
@@ -286,7 +446,7 @@ def plot_error_vs_speed(result: dict, path: Path) -> None:
         axis.margins(0.12)
         log_log(axis, "speed-up over sdpa (torch)", "max |out - exact|", f"{variant}, N={size_label(n)}",
                 x="x", y="", min_decades=1)  # exact backends' errors differ by a few %: not spread over the panel
-    figure.suptitle("error against speed, forward")
+    figure.suptitle(f"error against speed, forward, {result['config']['dtype']} on {machine_label(result)}")
     save_figure(figure, path, dpi=110, legend=True)
 
 
@@ -304,6 +464,32 @@ def plot_generation(result: dict, path: Path) -> None:
     save_figure(figure, path)
 
 
+def plot_triton_rates(result: dict, path: Path) -> None:
+    """TFLOP/s against N, forward and forward + backward panels, one line per contender (causal dashed)."""
+    dense = [r for r in result["timings"] if not r.get("window") and r.get("tflops")]
+    names = list(dict.fromkeys(r["backend"] for r in dense))
+    styles = series_styles(names)
+    figure = agg_figure(12, 4.4)
+    for index, (mode, title) in enumerate((("fwd", "forward"), ("fwd+bwd", "forward + backward"))):
+        axis = figure.add_subplot(1, 2, index + 1)
+        for name in names:
+            for causal in (False, True):
+                points = sorted((r["n"], r["tflops"]) for r in dense
+                                if (r["backend"], r["mode"], r["causal"]) == (name, mode, causal))
+                if points:
+                    axis.plot(*zip(*points), label=timing_label({"backend": name, "causal": causal}),
+                              **(styles[name] | {"linestyle": "--" if causal else "-"}))
+        axis.set(xscale="log", xlabel="sequence length N (B x N fixed)", ylabel="TFLOP/s", title=title, ylim=(0, None))
+        log_ticks(axis, x="N")
+        axis.grid(True, alpha=0.35)
+    sizes, machine = result["sizes"], result["machine"]
+    figure.suptitle(f"qkv's Triton kernel against SDPA's kernels, bfloat16, H={sizes['heads']} D={sizes['head_dim']}, "
+                    f"{size_label(sizes['tokens'])} tokens per call\non {machine.get('gpu') or machine.get('cpu')}, "
+                    + ", ".join(f"{name} {machine[name]}" for name in ("torch", "triton") if machine.get(name))
+                    + f", {result.get('date', '')}")
+    save_figure(figure, path, dpi=110, legend=True)
+
+
 def write_plots(result: dict, json_path: Path) -> list[Path]:
     """The plots of one result, beside its JSON: ``<stem>-<plot>.png``."""
     stem = json_path.with_suffix("")
@@ -312,6 +498,8 @@ def write_plots(result: dict, json_path: Path) -> list[Path]:
         plots = [("time", lambda p: plot_against_n(result, "time_s", "median time per call", "s", p)),
                  ("memory", lambda p: plot_against_n(result, "peak_bytes", "peak tensor memory", "B", p)),
                  ("error", lambda p: plot_error_vs_speed(result, p))]
+    elif result["benchmark"] == "triton" and any(r.get("tflops") for r in result["timings"]):
+        plots = [("tflops", lambda p: plot_triton_rates(result, p))]
     elif result["benchmark"] == "model" and result.get("generation"):
         plots = [("generation", lambda p: plot_generation(result, p))]
     paths = []
@@ -333,10 +521,11 @@ def machine_tab(results: list[tuple[Path, dict]], out_dir: Path) -> Tab:
     rows = []
     for path, result in results:
         m = result["machine"]
-        rows.append([f"[{path.name}]({link(path, out_dir)})", result["benchmark"], m["device"], m["cpu"],
-                     f"{m['cpu_count']} / {m['torch_threads']}", f"{m['memory_bytes'] / 1e9:.0f} GB",
-                     m.get("gpu") or "-", m["torch"], m["python"], result.get("date", "-"),
-                     "yes" if result.get("config", {}).get("quick") else "no"])
+        memory = f"{m['memory_bytes'] / 1e9:.0f} GB" if m.get("memory_bytes") else "-"
+        quick = result.get("config", {}).get("quick", result.get("quick"))
+        rows.append([f"[{path.name}]({link(path, out_dir)})", result["benchmark"], device_of(result),
+                     m.get("cpu") or "-", f"{m.get('cpu_count', '-')} / {m.get('torch_threads', '-')}", memory,
+                     m.get("gpu") or "-", m["torch"], m["python"], result.get("date", "-"), "yes" if quick else "no"])
     return Tab("where each result was measured", ["results", "benchmark", "device", "CPU", "cores / threads",
                                                   "memory", "GPU", "torch", "Python", "date", "quick"], rows)
 
@@ -352,11 +541,21 @@ def cuda_only(result: dict) -> list[str]:
     return list(names)
 
 
-def budget_clause(config: dict) -> str:
+def budget_cut(result: dict) -> int | None:
+    """The largest N measured in a sweep whose time budget (``--budget-s``) left points out, else None."""
+    if not any(r["skipped"] and r["skipped"].startswith(BUDGET_SPENT) for r in result["rows"]):
+        return None
+    return max((r["n"] for r in result["rows"] if r["time_s"]), default=None)
+
+
+def budget_clause(result: dict) -> str:
     """How the sweep's time budget (``--budget-s``) shaped it, if it had one."""
-    if config.get("budget_s") is None:
+    budget = result["config"].get("budget_s")
+    if budget is None:
         return ""
-    return f", and nothing started after the sweep's time budget of {config['budget_s']:g} s"
+    cut = budget_cut(result)
+    ran_out = "" if cut is None else f" (it ran out after N={size_label(cut)}: the larger sizes are missing)"
+    return f", and nothing started after the sweep's time budget of {budget:g} s{ran_out}"
 
 
 def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
@@ -370,14 +569,14 @@ def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
         f"{result.get('date', '')}{' (--quick)' if config.get('quick') else ''}: B=1, H={config['heads']}, "
         f"D={config['head_dim']}, N = {', '.join(size_label(n) for n in config['sizes'])}; a run predicted to "
         f"take over {config['max_run_s']:g} s is skipped (SDPA's forward: {config['baseline_max_run_s']:g} s)"
-        f"{budget_clause(config)}; "
+        f"{budget_clause(result)}; "
         f"the sweep took {config.get('wall_s', 0) / 60:.1f} min, 1-minute load average "
         f"{config['load_average_1min']['before']:.1f} -> {config['load_average_1min']['after']:.1f}. "
         f"Raw numbers: [{path.name}]({link(path, out_dir)}).",
         *(f"![{name}]({link(Path(f'{stem}-{name}.png'), out_dir)})" for name in ("time", "memory", "error")),
         *([f"The CUDA kernels behind SDPA ({', '.join(cuda_only(result))}) run only with `--device cuda`."]
           if cuda_only(result) else []),
-        *markdown_tabs([scaling_tab(result), compile_tab(result)]),
+        *markdown_tabs([scaling_tab(result), compile_tab(result), first_call_tab(result)]),
     ]
     for variant in (v["name"] for v in config["variants"]):
         tabs, notes = attention_tabs(result, variant)
@@ -389,21 +588,31 @@ def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
 
 
 GPU_PENDING = (
-    "Not measured yet: no GPU has been lent to this project so far. On a machine with CUDA, one run fills "
-    "the GPU columns above and adds this section: `make bench-gpu`, which runs `qkv bench attention --device "
-    "cuda --sizes 1024,4096,16384,65536 --warm-compile --budget-s 300 --json "
-    "benchmarks/bench-attention-cuda.json --out .` "
-    "(bfloat16; SDPA's FlashAttention, cuDNN and "
-    "memory-efficient kernels pinned with `torch.nn.attention.sdpa_kernel`, compiled FlexAttention, every "
-    "qkv backend; times synchronised with `torch.cuda.synchronize`, memory from "
-    "`torch.cuda.max_memory_allocated`)."
+    "Not measured yet. On a machine with CUDA, one run fills the GPU columns above and adds this section and "
+    "the Triton kernel's: `make bench-gpu`, which runs `qkv bench attention --device cuda --budget-s 210 --json "
+    "benchmarks/bench-attention-cuda.json --out .` (the CUDA defaults: bfloat16, N = 1K, 4K, 16K, 64K; SDPA's "
+    "FlashAttention, cuDNN and memory-efficient kernels pinned with `torch.nn.attention.sdpa_kernel`, compiled "
+    "FlexAttention, every qkv backend; times synchronised with `torch.cuda.synchronize`, memory from "
+    "`torch.cuda.max_memory_allocated`), then `qkv bench triton --json benchmarks/bench-triton-cuda.json`, then "
+    "`qkv bench report benchmarks/bench-*.json --out .`."
 )
+
+
+def sources_argument(paths: list[Path], out_dir: Path) -> str:
+    """The JSON files as ``qkv bench report`` takes them, from ``out_dir``: ``folder/bench-*.json``
+    when that names exactly these files, else each one."""
+    folders = {p.resolve().parent for p in paths}
+    if len(folders) == 1:
+        folder = folders.pop()
+        if {p.resolve() for p in paths} == {p.resolve() for p in folder.glob(RESULT_PATTERN)}:
+            return link(folder / RESULT_PATTERN, out_dir)
+    return " ".join(link(p, out_dir) for p in paths)
 
 
 def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
     """BENCHMARKS.md from the loaded results."""
     attention = {r["config"]["device"]: (p, r) for p, r in results if r["benchmark"] == "attention"}
-    sources = " ".join(link(p, out_dir) for p, _ in results)
+    sources = sources_argument([p for p, _ in results], out_dir)
     parts = [
         "# Benchmarks",
         "Generated from the JSON files below by `qkv bench report` (or by the benchmark commands' `--out`); "
@@ -413,7 +622,8 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
         "## Attention: summary",
     ]
     if "cuda" not in attention:
-        parts.append("The GPU columns are **not measured yet** (no GPU has been lent to this project so far).")
+        parts.append("The GPU columns are **not measured yet** (see [Attention on the GPU](#attention-on-the-gpu)).")
+    parts += [note for note in [summary_note({device: r for device, (_, r) in attention.items()})] if note]
     parts += markdown_tabs([summary_tab({device: r for device, (_, r) in attention.items()})])
     for device in DEVICES:
         if device in attention:
@@ -421,7 +631,9 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
         elif device == "cuda":
             parts += ["## Attention on the GPU", GPU_PENDING]
     for path, result in results:
-        if result["benchmark"] == "model":
+        if result["benchmark"] == "triton":
+            parts += triton_section(path, result, out_dir)
+        elif result["benchmark"] == "model":
             m = result["machine"]
             parts += [f"## Models ({DEVICES.get(result['config']['device'])})",
                       f"`{result.get('command') or 'qkv bench model'}` on {m.get('gpu') or m['cpu']}, "
@@ -482,8 +694,23 @@ def print_ring(result: dict, console: Console) -> None:
 def load(paths: Iterable[Path]) -> list[tuple[Path, dict]]:
     """The results, attention (CPU, then GPU) first, then model, then ring."""
     loaded = [(Path(p), json.loads(Path(p).read_text())) for p in paths]
-    return sorted(loaded, key=lambda pr: (ORDER.get(pr[1]["benchmark"], 9), pr[1].get("config", {}).get("device", ""),
-                                          pr[0].name))
+    for _, result in loaded:
+        result.setdefault("benchmark", benchmark_of(result))
+    return sorted(loaded, key=lambda pr: (ORDER.get(pr[1]["benchmark"], 9), device_of(pr[1]), pr[0].name))
+
+
+def benchmark_of(result: dict) -> str:
+    """Which command wrote a result: its ``benchmark`` field; ``qkv bench triton``'s JSON is known by
+    its checks and timings."""
+    if "benchmark" in result:
+        return result["benchmark"]
+    return "triton" if {"checks", "timings"} <= set(result) else "unknown"
+
+
+def device_of(result: dict) -> str:
+    """The device a result was measured on ("cpu", "cuda")."""
+    return result.get("config", {}).get("device") or result.get("device") or result["machine"].get("device") or (
+        "cuda" if result["machine"].get("gpu") else "cpu")
 
 
 def write_report(paths: Iterable[Path], out_dir: Path, plots: bool = True) -> list[Path]:
@@ -492,7 +719,7 @@ def write_report(paths: Iterable[Path], out_dir: Path, plots: bool = True) -> li
     written = [p for path, result in results for p in (write_plots(result, path) if plots else [])]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / REPORT_NAME
-    report.write_text(report_markdown(results, out_dir))
+    write_text(report, report_markdown(results, out_dir))
     return [*written, report]
 
 
@@ -500,8 +727,7 @@ def publish(result: dict, json_path: Path | None, out_dir: Path, console: Consol
     """Write ``result`` as JSON (``json_path`` or the default name in ``out_dir``), its plots beside
     it, and ``out_dir/BENCHMARKS.md`` from every result beside it; returns the JSON's path."""
     json_path = json_path or default_json(result["benchmark"], result["machine"]["device"], out_dir)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=1))
+    write_text(json_path, json.dumps(result, indent=1))
     plots = write_plots(result, json_path)
     siblings = {p.resolve() for p in json_path.parent.glob(RESULT_PATTERN)} | {json_path.resolve()}
     report = write_report(sorted(siblings), out_dir, plots=False)[-1]
@@ -520,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in args.json if not p.is_file()]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
+    refuse_outputs(parser, [("--out", args.out, "folder")])
     written = write_report(args.json, args.out)
     Console().print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -530,4 +757,4 @@ def print_attention(result: dict, console: Console) -> None:
     for variant in (v["name"] for v in result["config"]["variants"]):
         tabs, notes = attention_tabs(result, variant)
         print_tabs(tabs, console, notes)
-    print_tabs([scaling_tab(result), compile_tab(result), targets_tab(result)], console)
+    print_tabs([scaling_tab(result), compile_tab(result), first_call_tab(result), targets_tab(result)], console)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from qkv.bench import refuse_outputs
 from qkv.bench.measure import machine_info
 
 __all__ = ["measure", "main"]
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="results folder: JSON unless --json, BENCHMARKS.md from every bench-*.json "
                              "beside it (default bench-results)")
     args = parser.parse_args(argv)
+    refuse_outputs(parser, [("--json", args.json, "file"), ("--out", args.out, "folder")])
     console = Console()
     result = measure(args.quick)
     if result is None:

@@ -38,9 +38,11 @@ from pathlib import Path
 
 import torch
 
+from qkv.bench import refuse_outputs
 from qkv.bench.measure import machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes
 from qkv.distributed import DEFAULT_CHUNK_SIZE, RingStats, ring_attention, slice_lengths
 from qkv.distributed.local import run_local
+from qkv.files import write_text
 
 __all__ = ["run_ring_bench", "evaluate_target", "format_ring_table", "main",
            "TARGET_N", "TARGET_PROCESSES", "TARGET_RATIO"]
@@ -263,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
+    refuse_outputs(parser, [("--json", args.json, "file")])
     result = run_ring_bench(tuple(args.sizes), tuple(args.processes), args.quick, heads=args.heads,
                             head_dim=args.head_dim, causal=args.causal, layout=args.layout,
                             chunk_size=args.chunk_size, mode=args.mode, repeats=args.repeats, threads=args.threads,
                             progress=True)
     print(format_ring_table(result))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        write_text(args.json, json.dumps(result, indent=1))
         print(f"wrote {args.json}")
     return 0
 

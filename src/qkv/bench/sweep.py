@@ -15,8 +15,14 @@ Contenders (:data:`CONTENDERS`), each a :class:`~qkv.bench.long_context.Contende
   ``qkv.attention_stats``.
 
 Variants (:data:`VARIANTS`): full, causal, window (256, 256), causal with window (256, 0).
-Sizes: N = 512 .. 64K (``--quick``: 256, 512, 1024); B=1, H=8, D=64; float32 on the CPU,
-bfloat16 on CUDA (the FlashAttention and cuDNN kernels take no float32).
+B=1, H=8, D=64. Defaults per device (:func:`settings_from_args`): on the CPU, float32 and
+N = 512 .. 64K in powers of two; on CUDA, bfloat16 (the FlashAttention and cuDNN kernels take
+no float32), N = 1K, 4K, 16K, 64K, FlexAttention compiled with the machine's Inductor cache,
+and a time budget (:data:`CUDA_BUDGET_S`) that bounds the sweep to a few minutes with a cold
+cache, where each new kernel variant compiles and autotunes. ``--quick``: 256, 512, 1024.
+On CUDA the contenders that are Python loops over tiles (tiled, sliding, whose GPU path is
+tiled's, and attention_stats) run up to N = 4K only (:data:`DEVICE_LOOP_MAX_N`): each tile
+is a few small kernel launches, so their time follows the number of tiles, not the GPU.
 
 Per point: a first, untimed run (the warm-up) measures the peak memory
 (:func:`qkv.bench.measure.peak_tensor_bytes`) and the max absolute error of its output against
@@ -64,7 +70,8 @@ from qkv.bench.measure import (
 )
 from qkv.bench.points import attention_flops, loglog_slope, point_row, scaling_exponents
 
-__all__ = ["Variant", "VARIANTS", "CONTENDERS", "SweepSettings", "run_sweep", "exact_rows", "SIZES", "QUICK_SIZES"]
+__all__ = ["Variant", "VARIANTS", "CONTENDERS", "SweepSettings", "run_sweep", "exact_rows", "SIZES", "QUICK_SIZES",
+           "CUDA_SIZES", "settings_from_args"]
 
 WINDOW = 256
 SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -77,7 +84,15 @@ ERROR_ALL_ROWS_MAX_N = 2048  # the error is taken over every query row up to thi
 ERROR_SAMPLE_ROWS = 512  # ... and over this many evenly spaced rows above it
 CPU_FLEX_MAX_N = 16384
 CUDA_ONLY = "CUDA only"  # how the skip reason of a CUDA kernel on the CPU starts
+CUDA_SIZES = (1024, 4096, 16384, 65536)
+CUDA_BUDGET_S = 210.0  # the default --budget-s on CUDA: the sweep within about 4 minutes, cold caches included
+DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}  # per device type
+PYTHON_LOOPS = ("qkv tiled", "qkv sliding", "qkv attention_stats")  # a Python loop over tiles on a GPU
+DEVICE_LOOP_MAX_N = {"cuda": 4096}  # per device type: PYTHON_LOOPS run up to this N
+LOOP_NOTE = ("a Python loop over tiles, a few small kernel launches each: its time follows the tile count, not "
+             "the device; the triton backend is the GPU path")
 BUDGET_SPENT = "the sweep's time budget"  # how the skip reason of a point left out by --budget-s starts
+INTERRUPTED = "interrupted (Ctrl-C)"  # the skip reason of the points a Ctrl-C left unmeasured
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,9 @@ CONTENDERS = (
     Contender("qkv triton", "qkv", backend="triton", mode="fwd+bwd", exact=True),
     Contender("qkv attention_stats", "stats", mode="stats", exact=True),
 )
+# Backends whose first call of a shape compiles and autotunes (Triton benchmarks each tile configuration,
+# with buffers of its own): that call runs before the measured first run, its time kept as first_call_s.
+TUNED_ON_FIRST_CALL = ("triton",)
 DENSE_MASK_BYTES = 5  # per (query, key) pair: a dense bool mask and its float copy
 USES_DENSE_MASK = {"naive", "sdpa (torch)", "sdpa efficient (cuda)", "sdpa cudnn (cuda)", "qkv sdpa", "qkv auto"}
 
@@ -154,7 +172,7 @@ class SweepSettings:
 
     heads: int = 8
     head_dim: int = 64
-    dtype: str = "float32"
+    dtype: str | None = None  # None: the device's default (DEFAULT_DTYPES)
     device: str = "cpu"
     quick: bool = False
     repeats: int | None = None  # timed rounds; None: from the run's length
@@ -164,6 +182,17 @@ class SweepSettings:
     max_run_s: float = MAX_RUN_S  # skip a point predicted to run longer
     memory_budget: int = 0  # bytes a point may need (0: 80% of what is free)
     budget_s: float | None = None  # wall seconds for the whole sweep; what is not started by then is skipped
+
+    def __post_init__(self) -> None:
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", DEFAULT_DTYPES.get(torch.device(self.device).type, "float32"))
+
+    @property
+    def default_sizes(self) -> tuple[int, ...]:
+        """The sizes measured when none are given: ``--quick``'s, the GPU's or the CPU's."""
+        if self.quick:
+            return QUICK_SIZES
+        return CUDA_SIZES if self.device.startswith("cuda") else SIZES
 
 
 # ----------------------------------------------------------------------------- planning
@@ -237,7 +266,8 @@ def budget_reason(settings: SweepSettings, started: float) -> str | None:
 def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: SweepSettings,
                       history: History, started: float | None = None) -> tuple[str, str] | None:
     """(kind, reason) why this point is not run, or None. Kinds: structural, budget (with
-    ``started``, the sweep's perf_counter start), failed, limit, time."""
+    ``started``, the sweep's perf_counter start), failed, device-limit (a Python loop above
+    the device's :data:`DEVICE_LOOP_MAX_N`), limit, time."""
     reason = structural_reason(contender, variant, settings.device)
     if reason:
         return "structural", reason
@@ -251,8 +281,12 @@ def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: 
     masked = variant.window is not None or (variant.causal and contender.kind == "naive")
     if masked and contender.name in USES_DENSE_MASK:
         factor += DENSE_MASK_BYTES / (4 * settings.heads) + (1.0 if contender.kind == "naive" else 0.0)
+    device_type = torch.device(settings.device).type
+    loop_max_n = DEVICE_LOOP_MAX_N.get(device_type) if contender.name in PYTHON_LOOPS else None
+    if loop_max_n is not None and n > loop_max_n:
+        return "device-limit", f"on {device_type.upper()}, run up to N={loop_max_n} only ({LOOP_NOTE})"
     limits = replace(contender, memory_factor=factor)
-    if settings.device.startswith("cuda"):
+    if device_type == "cuda":  # the CPU's size limits are about the CPU's time and memory
         limits = replace(limits, max_n=None)
     reason = long_context.skip_reason(limits, n, settings.heads, settings.memory_budget, settings.quick)
     if reason:
@@ -360,9 +394,10 @@ def first_run(run: Callable[[], object], settings: SweepSettings) -> tuple[float
 
 def measure_point(point: Point, planned: list[Contender], history: History,
                   say: Callable[[str], None], started: float | None = None) -> dict[tuple, dict]:
-    """Rows of the planned contenders at this point. Each is built, then run once untimed (the
-    warm-up; it measures peak memory and the output's error against exact attention), then all
-    are timed together in interleaved rounds. A contender not built before the time budget is
+    """Rows of the planned contenders at this point. Each is built (a backend of
+    :data:`TUNED_ON_FIRST_CALL` also called once, which compiles and autotunes it), then run once
+    untimed (the warm-up; it measures peak memory and the output's error against exact
+    attention), then all are timed together in interleaved rounds. A contender not built before the time budget is
     spent (``started``: the sweep's perf_counter start) is skipped."""
     settings, variant, n = point.settings, point.variant, point.n
     check = settings.errors and any(c.mode == "fwd" for c in planned)
@@ -383,6 +418,11 @@ def measure_point(point: Point, planned: list[Contender], history: History,
         say(f"building {name}")
         setup, why = attempt(lambda c=contender: build(c, point.q, point.k, point.v, settings.cold_compile,
                                                        variant.causal, variant.pair))
+        tuned = {}
+        if not why and contender.backend in TUNED_ON_FIRST_CALL:
+            say(f"compiling and autotuning {name}")
+            tuning, why = attempt(lambda s=setup: first_run(s.run, replace(settings, memory=False)))
+            tuned = {} if why else {"first_call_s": tuning[0]}
         if not why:
             say(f"first run of {name}")
             measured, why = attempt(lambda s=setup: first_run(s.run, settings))
@@ -394,7 +434,7 @@ def measure_point(point: Point, planned: list[Contender], history: History,
         error = max_error(out, exact, rows_checked) if check and contender.mode == "fwd" else None
         del out, measured
         first[key] = {"peak_bytes": peak, "max_error": error,
-                      "error_rows": len(rows_checked) if error is not None else None}
+                      "error_rows": len(rows_checked) if error is not None else None, **tuned}
         setups[key] = setup
         # A run far slower than predicted (e.g. a busy machine) gets one timed round, then no larger N.
         rounds[key] = settings.repeats or (1 if elapsed > time_limit(contender, settings) else rounds_for_time(elapsed))
@@ -430,7 +470,7 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
     if not settings.memory_budget:
         free = torch.cuda.mem_get_info()[0] if settings.device.startswith("cuda") else available_memory_bytes()
         settings = replace(settings, memory_budget=int(0.8 * free))
-    sizes = sizes or (QUICK_SIZES if settings.quick else SIZES)
+    sizes = sizes or settings.default_sizes
     every = make_variants(window)
     chosen = [every[key] for key in (variants or tuple(every))]
     contenders = [c for c in CONTENDERS if names is None or c.name in names]
@@ -439,6 +479,40 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
     rows: list[dict] = []
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
+    try:
+        _measure_points(sizes, chosen, contenders, settings, history, printed, rows, started, console)
+    except KeyboardInterrupt:  # keep what was measured; the rest is marked, and the caller exits 130
+        console.print(f"[dim]{INTERRUPTED}: every point not yet measured is marked so[/]")
+        done = {(row["n"], row["variant"]) for row in rows}  # whole points only: rows are added a point at a time
+        for n in sizes:
+            for variant in chosen:
+                if (n, variant.name) not in done:
+                    point = Point(n, variant, None, None, None, settings)
+                    rows += [point.row(c, skipped=f"{INTERRUPTED} before this point") for c in contenders]
+        interrupted = True
+    else:
+        interrupted = False
+    add_ratios(rows, same=("n", "variant", "device"))
+    full = [r for r in rows if r["variant"] == every["full"].name]
+    return {
+        "benchmark": "attention",
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "interrupted": interrupted,
+        "machine": machine_info(settings.device),
+        "config": config_of(settings, sizes, chosen, started, load_before),
+        "contenders": [{"name": c.name, "mode": c.mode, "kind": c.kind, "backend": c.backend, "kernel": c.kernel,
+                        "exact": c.exact} for c in contenders],
+        "rows": rows,
+        "scaling": scaling_exponents(r for r in rows if not r["skipped"]),
+        "targets": evaluate_targets(full, settings.heads) if full else [],
+    }
+
+
+def _measure_points(sizes: tuple[int, ...], chosen: list[Variant], contenders: list[Contender],
+                    settings: SweepSettings, history: History, printed: set[tuple], rows: list[dict],
+                    started: float, console: Console) -> None:
+    """Measure every (N, variant) point in order, adding its rows to ``rows`` once it is complete."""
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("attention", total=len(sizes) * len(chosen) * len(contenders))
         for n in sizes:
@@ -456,11 +530,13 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
                         continue
                     kind, reason = skip
                     point_rows[(contender.name, contender.mode)] = point.row(contender, skipped=reason)
+                    once = kind in ("structural", "device-limit")  # the same in every variant
                     shown = ("budget",) if kind == "budget" else (
-                        contender.name, contender.mode, None if kind == "structural" else variant.key, kind)
+                        contender.name, contender.mode, None if once else variant.key, kind)
                     if shown not in printed:
                         printed.add(shown)
-                        where = "" if kind == "structural" else f"{variant.name}, from N={n}: "
+                        where = ("" if kind == "structural" else f"from N={n}: " if once
+                                 else f"{variant.name}, from N={n}: ")
                         what = "everything left" if kind == "budget" else label(contender.name, contender.mode)
                         progress.console.print(f"[dim]skip {escape(what)}: {escape(where + reason)}[/]")
                     progress.advance(task)
@@ -478,25 +554,12 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
                 point_rows.update(measured)
                 rows += [point_rows[(c.name, c.mode)] for c in contenders]
             del q, k, v
-    add_ratios(rows, same=("n", "variant", "device"))
-    full = [r for r in rows if r["variant"] == every["full"].name]
-    return {
-        "benchmark": "attention",
-        "date": datetime.date.today().isoformat(),
-        "command": command,
-        "machine": machine_info(settings.device),
-        "config": config_of(settings, sizes, chosen, started, load_before),
-        "contenders": [{"name": c.name, "mode": c.mode, "kind": c.kind, "backend": c.backend, "kernel": c.kernel,
-                        "exact": c.exact} for c in contenders],
-        "rows": rows,
-        "scaling": scaling_exponents(r for r in rows if not r["skipped"]),
-        "targets": evaluate_targets(full, settings.heads) if full else [],
-    }
 
 
 METHOD = {
     "timing": ("median of interleaved rounds (device-synchronised on a GPU) after a first, untimed run that "
-               "measures memory and error; rounds from that run's length: 7 under 50 ms, 5 under 0.5 s, 3 under "
+               "measures memory and error (the triton backend is called once before it, to compile and autotune: "
+               "first_call_s); rounds from that run's length: 7 under 50 ms, 5 under 0.5 s, 3 under "
                "2 s, else 2, and 1 over the time limit"),
     "memory": ("peak bytes held by the tensors one run allocates beyond those alive before it: "
                "torch.cuda.max_memory_allocated on a GPU; on the CPU the same quantity from torch.profiler's "
@@ -512,8 +575,9 @@ METHOD = {
                 "(at least 3)"),
     "skips": ("a point is skipped when it would not fit in 80% of the free memory, when its run is predicted "
               "(from the same contender's last sizes) to exceed the time limit, above a contender's size "
-              "limit, after it failed at a smaller N, or once the sweep's time budget (--budget-s, if set) "
-              "is spent"),
+              "limit (on CUDA, the Python loops over tiles, tiled, sliding and attention_stats, above "
+              f"N={DEVICE_LOOP_MAX_N['cuda']}), after it failed at a smaller N, or once the sweep's time budget "
+              "(--budget-s, if set) is spent"),
 }
 
 
@@ -524,6 +588,7 @@ def config_of(settings: SweepSettings, sizes: tuple[int, ...], variants: list[Va
         "device": settings.device, "sizes": list(sizes), "variants": [v.describe() for v in variants],
         "quick": settings.quick, "repeats": settings.repeats, "max_run_s": settings.max_run_s,
         "budget_s": settings.budget_s,
+        "python_loop_max_n": DEVICE_LOOP_MAX_N.get(torch.device(settings.device).type),
         "baseline_max_run_s": settings.max_run_s * BASELINE_TIME_FACTOR,
         "memory_budget_bytes": settings.memory_budget,
         "flex_compile_cache": "a cold Inductor cache, a fresh one per compile" if settings.cold_compile
@@ -533,18 +598,28 @@ def config_of(settings: SweepSettings, sizes: tuple[int, ...], variants: list[Va
     }
 
 
+def settings_from_args(args) -> SweepSettings:
+    """The sweep's settings from ``qkv bench attention``'s parsed arguments, each one not given
+    taking its device's default: on CUDA bfloat16, FlexAttention compiled with the machine's
+    Inductor cache and a time budget of :data:`CUDA_BUDGET_S` (none with ``--quick``)."""
+    cuda = args.device == "cuda"
+    budget_s = args.budget_s if args.budget_s is not None else CUDA_BUDGET_S if cuda and not args.quick else None
+    return SweepSettings(
+        heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, device=args.device, quick=args.quick,
+        repeats=args.repeats or (2 if args.quick else None), memory=not args.no_memory,
+        cold_compile=not (args.warm_compile or args.quick or cuda),
+        max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S), budget_s=budget_s,
+    )
+
+
 def run_command(args, command: str, console: Console) -> dict:
     """``qkv bench attention`` (the sweep) from parsed arguments: measure, print, publish."""
     from qkv.bench import report
 
-    cuda = args.device == "cuda"
-    settings = SweepSettings(
-        heads=args.heads, head_dim=args.head_dim, dtype=args.dtype or ("bfloat16" if cuda else "float32"),
-        device=args.device, quick=args.quick, repeats=args.repeats or (2 if args.quick else None),
-        memory=not args.no_memory, cold_compile=not (args.warm_compile or args.quick),
-        max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S), budget_s=args.budget_s,
-    )
+    settings = settings_from_args(args)
     result = run_sweep(args.sizes, args.variants, settings, args.backends, console, command, args.window)
     report.print_attention(result, console)
     report.publish(result, args.json, args.out, console)
+    if result["interrupted"]:  # what was measured is written; now stop as Ctrl-C asked
+        raise KeyboardInterrupt
     return result

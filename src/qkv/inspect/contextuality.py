@@ -1,7 +1,7 @@
 """How contextual are contextual word vectors? Ethayarajh (2019), layer by layer.
 
-Three measures of a model's word vectors at every layer (0 = the embeddings, before any
-attention), all cosines:
+Three measures of a model's word vectors in the embeddings and after every layer (named as
+:mod:`qkv.numbering` says: "emb", then "0" after layer 0, and so on), all cosines:
 
 * self-similarity SelfSim_l(w): the mean cosine between the vectors of the same word w in
   different sentences (all pairs i < j of its occurrences), averaged over words. 1 means
@@ -12,7 +12,8 @@ attention), all cosines:
   sentences. Vectors that share a large common direction have a high cosine whatever
   they mean, so the paper subtracts it: adjusted = similarity − anisotropy.
 
-The pure functions take tensors: vectors of shape (n, L + 1, d), layer l in ``[:, l]``.
+The pure functions take tensors: vectors of shape (n, L + 1, d), hidden state l in ``[:, l]``
+(0: the embeddings; l: after layer l - 1).
 A vector holding any NaN (a word truncated away by :func:`qkv.inspect.wsd.word_piece_vectors`)
 is skipped at every layer. Sums run in float64; results are float64.
 
@@ -31,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.files import save_figure
 from qkv.inspect.wsd import WsdWord, word_piece_vectors
+from qkv.numbering import LAYER_NUMBERING, vector_labels
 
 if TYPE_CHECKING:
     from qkv.models.tokenizer import Tokenizer
@@ -265,8 +268,9 @@ def contextuality(
         pairs: random cross-sentence pairs for anisotropy.
 
     Returns:
-        A JSON-ready dict; every list has one float per layer "0" (embeddings) .. "L":
-        "layers", "self_similarity", "intra_similarity", "anisotropy",
+        A JSON-ready dict; every list has one float per vector "emb" (embeddings), "0" ..
+        str(L - 1) (after each layer), named in "layers"; "layer_numbering" states the convention
+        (:data:`qkv.numbering.LAYER_NUMBERING`); "self_similarity", "intra_similarity", "anisotropy",
         "adjusted_self_similarity" (self − anisotropy), "adjusted_intra_similarity"
         (intra − anisotropy), "per_word_self_similarity" {word: list}, "skipped_words"
         {word: valid occurrences} (fewer than 2, left out), "words" (words averaged),
@@ -316,7 +320,8 @@ def contextuality(
     skipped_sentences = sum(int(_valid(v).sum()) < 2 for v in vectors)
     return {
         "model": getattr(model, "name", None),
-        "layers": [str(layer) for layer in range(self_sim.shape[0])],
+        "layer_numbering": LAYER_NUMBERING,
+        "layers": vector_labels(self_sim.shape[0] - 1),
         "self_similarity": self_sim.tolist(),
         "intra_similarity": intra.tolist(),
         "anisotropy": aniso.tolist(),
@@ -347,7 +352,7 @@ def plot_contextuality(result: dict, path: str | Path) -> None:
         raise ValueError(f"result lacks {missing}; pass the dict that contextuality() returns")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    layers = [int(layer) for layer in result["layers"]]
+    layers = range(len(result["layers"]))
     figure = Figure(figsize=(8.6, 4.2))  # Agg canvas, no pyplot: no global backend or figure state
     FigureCanvasAgg(figure)
     axis = figure.add_subplot()
@@ -362,8 +367,8 @@ def plot_contextuality(result: dict, path: str | Path) -> None:
         if key in result:
             axis.plot(layers, result[key], style, color=color, marker="o", markersize=3, label=label)
     axis.axhline(0.0, color="black", linewidth=0.5)
-    axis.set_xticks(layers)
-    axis.set_xlabel("layer (0 = embeddings)")
+    axis.set_xticks(layers, result["layers"])
+    axis.set_xlabel("after layer (emb = the embeddings, before any layer)")
     axis.set_ylabel("mean cosine")
     title = "How contextual are the word vectors?"
     if result.get("model"):
@@ -372,4 +377,4 @@ def plot_contextuality(result: dict, path: str | Path) -> None:
     # right of the panel, off the lines; handles long enough to tell dashed from solid
     axis.legend(fontsize=8, handlelength=3.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
-    figure.savefig(path, dpi=130)
+    save_figure(figure, path, dpi=130)

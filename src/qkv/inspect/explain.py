@@ -9,9 +9,14 @@ terminal, figure and HTML views read):
    products, the softmax weights and the weighted average of the values;
 3. the focus token's attention in every layer and head, with and without the special
    tokens ([CLS], [SEP]; GPT-2 has none) and punctuation, and the share those receive;
+   where each word looks most is one ranking by exact weight, :func:`rank_attention`,
+   which every view renders;
 4. the focus vector against sense prototypes, layer by layer;
 5. attention rollout and flow, and head importance by ablation;
 6. head roles (Clark et al., 2019).
+
+``report["length"]`` compares the input's length with what the model was trained on
+(:func:`input_length`) and says, in words, what a longer input means for the attention shown.
 
 BERT-family encoders and GPT-2- and Llama-family decoders work. In a causal model a
 token attends only to itself and the tokens before it: the walkthrough lists those keys
@@ -32,23 +37,26 @@ import torch
 from qkv.attention import attention_stats, attention_weights
 from qkv.attention.api import build_spec
 from qkv.inspect.ablation import head_ablation
-from qkv.inspect.heads import attention_share, head_roles
-from qkv.inspect.rollout import attention_flow, attention_rollout
-from qkv.inspect.senses import DEFAULT_CONTRAST, DEFAULT_SENSES, sense_trajectory
-from qkv.inspect.words import WordView, word_view
+from qkv.inspect.heads import ROLE_NAMES, attention_share, head_roles
+from qkv.inspect.rollout import attention_flow, attention_rollout, flat_note
+from qkv.inspect.senses import DEFAULT_SENSES, sense_trajectory
+from qkv.inspect.words import WordView, unknown_token, word_view
+from qkv.numbering import LAYER_NUMBERING
 
 if TYPE_CHECKING:
     from qkv.models.tokenizer import Batch, Tokenizer
     from qkv.nn.hooks import ActivationCache
     from qkv.nn.stack import TransformerStack
 
-__all__ = ["explain", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS", "LONG_INPUT"]
+__all__ = ["explain", "rank_attention", "input_length", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS",
+           "LONG_INPUT", "RANKED"]
 
 DEFAULT_SENTENCE = "She deposited her check at the bank."
 DEFAULT_FOCUS = "bank"
 LONG_INPUT = 512  # longer inputs get streamed top-k views instead of (N, N) matrices
 POSITIONAL = 0.9  # a head giving this share of the focus's attention to a neighbouring word is positional
 MAX_MATRIX_WORDS = 128  # beyond this the report leaves out every head's (W, W) matrix (heatmaps)
+RANKED = 10  # keys listed per ranking in the report; the views name the first few
 # Function words: the default head is the one where the focus attends most to the rest.
 STOPWORDS = frozenset((
     "a an the and or but if of at by for with about to from in on into onto over under up down out off "
@@ -67,6 +75,82 @@ def _round(values, digits: int = 5):
     if isinstance(values, float):
         return round(values, digits) if math.isfinite(values) else None
     return values
+
+
+def rank_attention(weights: torch.Tensor, parked: torch.Tensor, top: int = RANKED) -> dict:
+    """Where a word looks most: the keys of each row of ``weights`` ranked by their exact weight.
+
+    The one ranking every view shows (page captions and side panel, terminal, JSON). The word
+    itself and the parked tokens (special tokens, punctuation) are ranked like any other key;
+    the views mark them, and ``parked_share`` states how much goes to the parked ones. Ties
+    keep sentence order. Only the listed weights are rounded, after ranking.
+
+    Args:
+        weights: (..., W) attention rows, each summing to 1 over the W keys.
+        parked: (W,) bool, True for the keys set aside as parking places.
+        top: how many keys to list per row.
+
+    Returns:
+        Nested lists with the leading shape (...): ``order`` (..., k) key indices, largest
+        weight first, k = min(top, W); ``weights`` (..., k) their weights; ``parked_share``
+        (...); ``left_out_max`` (...), the largest weight among the keys not listed (0.0 when
+        all are listed); and ``left_out``, the number of keys not listed per row.
+    """
+    count = weights.shape[-1]
+    k = min(top, count)
+    values, order = torch.sort(weights.float(), dim=-1, descending=True, stable=True)  # (..., W)
+    left_out_max = values[..., k] if k < count else values.new_zeros(values.shape[:-1])  # (...)
+    return {
+        "order": order[..., :k].tolist(),
+        "weights": _round(values[..., :k]),
+        "parked_share": _round(weights[..., parked.to(weights.device)].float().sum(-1)),
+        "left_out": count - k,
+        "left_out_max": _round(left_out_max),
+    }
+
+
+def input_length(model: TransformerStack, tokens: int, truncated_from: int | None = None) -> dict:
+    """The input's length against what ``model`` was trained on, for the report.
+
+    ``trained``: the longest input the model was trained for (a sentence-transformers
+    folder's ``max_seq_length``, which :func:`qkv.load` reads; MiniLM: 256), else its
+    position table; ``positions``: the rows of its position table (MiniLM: 512).
+    ``beyond_trained``: the input is longer than ``trained``; ``truncated_from``: the
+    input's length before truncation (None: not truncated); ``note``: what this means for
+    the attention shown, in words, for every view ("" for an input of a trained length).
+    """
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    trained = getattr(model, "sentence_max_length", None) or positions
+    beyond = trained is not None and tokens > trained
+    if truncated_from is not None:
+        note = (f"Truncated: the input had {truncated_from} tokens; this report explains its first {tokens} "
+                f"(whole words), within the {trained} the model was trained on.")
+    elif beyond:
+        note = (f"This input has {tokens} tokens; the model was trained on inputs of at most {trained} "
+                f"(its position table has {positions} rows). Positions from {trained} on were rarely or never seen "
+                f"in training, so the attention shown there, positional heads above all, may not be what the model "
+                f"does on text like its training data: a head may jump far away or spread out. To stay within what "
+                f"it was trained on, truncate to the first {trained} tokens (qkv explain --truncate).")
+    else:
+        note = ""
+    return {"tokens": tokens, "trained": trained, "positions": positions, "beyond_trained": beyond,
+            "truncated_from": truncated_from, "note": note}
+
+
+def _truncated(tokenizer: Tokenizer, sentence: str, limit: int) -> str:
+    """The longest start of ``sentence`` made of whole words that fits in ``limit`` tokens,
+    special tokens included."""
+    batch = tokenizer(sentence, truncation=False)
+    words, offsets, special = batch.word_ids[0], batch.offsets[0], batch.special_tokens_mask[0]
+    content = [i for i, flag in enumerate(special) if not flag]
+    trailing = len(special) - 1 - content[-1] if content else 0  # [SEP]
+    last = limit - 1 - trailing  # the last position a content piece may take
+    end = 0  # characters kept
+    for i in range(min(last + 1, len(words))):
+        whole = words[i] is not None and (i + 1 >= len(words) or words[i + 1] != words[i])
+        if whole:
+            end = offsets[i][1]
+    return sentence[:end]
 
 
 def content_mask(view: WordView, focus: int) -> torch.Tensor:
@@ -106,12 +190,14 @@ def explain(
     sentence: str = DEFAULT_SENTENCE,
     focus: str = DEFAULT_FOCUS,
     *,
+    occurrence: int | None = None,
     layer: int | None = None,
     head: int | None = None,
     senses: dict[str, list[str]] | None = None,
     contrast: str | None = None,
     top: int = 3,
     long_view: bool | None = None,
+    truncate: bool = False,
 ) -> dict:
     """Explain how ``model`` attends in ``sentence``, following the word ``focus``.
 
@@ -119,39 +205,65 @@ def explain(
         model: a qkv BERT- or GPT-2-family model (e.g. from ``qkv.load()``).
         tokenizer: its tokenizer.
         sentence: the text.
-        focus: a word of the sentence (case-insensitive, surrounding spaces ignored; its
-            first occurrence).
+        focus: a word of the sentence (case-insensitive, surrounding spaces ignored), or a
+            symbol or emoji of it (one the tokenizer reads as [UNK] is followed, and
+            ``report["focus"]["note"]`` says what that means).
+        occurrence: which occurrence of a repeated ``focus`` to follow, from 1 (default: the
+            first; ``report["focus"]["note"]`` then says that it repeats and how to choose).
         layer, head: the head to walk through step by step, counted from 0 (default: the
             head where the focus pays most attention to content words, passing over heads
             that put 90% or more of it on the word just before or after it; see
             :func:`choose_head`; ``report["walkthrough"]["chosen"]`` says why, in words).
         senses: sense name -> example sentences using ``focus`` in that sense (default
             for 'bank': money and river contexts; None otherwise skips the section).
-        contrast: a sentence using ``focus`` in another sense.
+        contrast: a sentence using ``focus`` in another sense (default: the example of the
+            sense the focus is farthest from at the last layer that is nearest that sense's
+            mean; see :func:`qkv.inspect.senses.sense_trajectory`).
         top: how many most-attended tokens to list per head.
         long_view: compute without materialising any (N, N) matrix: the focus token's
             rows exactly, every other statistic streamed by :func:`qkv.attention_stats`
             (no heatmaps, rollout or flow). Default: for inputs over 512 tokens.
+        truncate: an input longer than the model was trained on (``report["length"]``,
+            see :func:`input_length`) is cut, at a word boundary, to that length; without
+            it the whole input is explained and ``report["length"]["beyond_trained"]`` says
+            that it is longer.
 
     Returns:
         A JSON-ready dict; see the module docstring for its sections.
 
     Raises:
-        ValueError: an empty sentence, one longer than the model reads, ``focus`` not among
-            its words, or ``layer``/``head`` out of range.
+        ValueError: an empty sentence, one longer than the model reads (without
+            ``truncate``), ``focus`` not among its words (or not in the part ``truncate``
+            keeps), or ``occurrence``/``layer``/``head`` out of range; all before the model runs.
     """
     if not sentence.strip():
         raise ValueError("the sentence is empty; give a sentence that contains the focus word")
     batch = tokenizer(sentence, truncation=False)
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if limit is not None and batch.input_ids.shape[1] > limit:
+    length = input_length(model, batch.input_ids.shape[1])
+    if truncate and length["beyond_trained"]:
+        sentence = _truncated(tokenizer, sentence, length["trained"])
+        batch = tokenizer(sentence, truncation=False)
+        length = input_length(model, batch.input_ids.shape[1], truncated_from=length["tokens"])
+    if length["positions"] is not None and length["tokens"] > length["positions"]:
         raise ValueError(
-            f"the sentence has {batch.input_ids.shape[1]} tokens; this model reads at most {limit}. "
-            f"Shorten it (qkv explain shows one sentence or a short passage)."
+            f"the sentence has {length['tokens']} tokens; this model reads at most {length['positions']}. "
+            f"Shorten it, or truncate it to the {length['trained']} tokens the model was trained on "
+            f"(qkv explain --truncate, or truncate=True)."
         )
     view = word_view(batch)
-    focus_word = view.index_of(focus)
+    try:
+        chosen_focus = view.find(focus, occurrence, unknown_token=unknown_token(tokenizer))
+    except ValueError as err:
+        if length["truncated_from"] is None:
+            raise
+        raise ValueError(f"focus word {focus!r} is not in the first {length['tokens']} tokens that truncation "
+                         f"keeps (of {length['truncated_from']}); choose a word near the start, or leave out "
+                         f"--truncate") from err
+    focus_word = chosen_focus.index
     focus_pieces = view.pieces[focus_word]
+    word = view.tokens[focus_word].lower()
+    senses = senses if senses is not None else DEFAULT_SENSES.get(word)
+    check_contrast(tokenizer, word, senses, contrast)
     layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
     causal = bool(model.blocks[0].attn.causal)
     if layer is not None and not 0 <= layer < layers:
@@ -184,6 +296,7 @@ def explain(
 
     special_tokens = list(dict.fromkeys(t for t, kind in zip(view.tokens, view.kinds) if kind == "special"))
     report = {
+        "layer_numbering": LAYER_NUMBERING,
         "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
                   "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None),
                   "causal": causal, "kv_heads": model.blocks[0].attn.num_kv_heads,
@@ -191,13 +304,17 @@ def explain(
                   "kv_groups": [list(range(g * (heads // model.blocks[0].attn.num_kv_heads),
                                            (g + 1) * (heads // model.blocks[0].attn.num_kv_heads)))
                                 for g in range(model.blocks[0].attn.num_kv_heads)]},
-        "sentence": sentence,
+        "sentence": sentence,  # as explained: cut to its first words when truncated
+        "length": length,  # tokens, against what the model was trained on; see input_length
         "long_view": long_view,
         "tokens": view.tokens,
         "kinds": kinds,
         "pieces": view.piece_tokens,
         "word_pieces": view.pieces,
-        "focus": {"index": focus_word, "token": view.tokens[focus_word], "pieces": focus_pieces},
+        "focus": {"index": focus_word, "token": view.tokens[focus_word], "pieces": focus_pieces,
+                  "occurrence": chosen_focus.occurrence,  # which occurrence of the word, from 1
+                  "occurrences": chosen_focus.occurrences,  # the token index of each occurrence
+                  "note": chosen_focus.note},  # the word repeats / is read as [UNK], in words; or None
         "special_tokens": special_tokens,  # distinct, in order: ["[CLS]", "[SEP]"] for BERT, [] for GPT-2
         "set_aside": set_aside or set_aside_phrase(special_tokens),  # what "parked" attention goes to, in words
         # the focus's attention on the first token: per layer (mean over heads) and per head
@@ -212,27 +329,35 @@ def explain(
     report["walkthrough"]["chosen"] = chosen  # why this head, in words
     report["focus_attention"] = _round(focus_rows)  # (L, H, W)
     report["heads"] = head_summaries(focus_rows, parked, view, top)
+    report["layer_ranked"] = rank_attention(focus_rows.mean(dim=1), parked)  # (L, k): the focus, mean over heads
     # Every head's (W, W) weights, for the heatmaps; long inputs have top-k views instead.
     matrices = weights is not None and len(view) <= MAX_MATRIX_WORDS
     report["attention_layer_mean"] = _round(weights.mean(dim=1), 4) if matrices else None  # (L, W, W)
     report["attention"] = _round(weights, 4) if matrices else None  # (L, H, W, W)
+    report["ranked"] = rank_attention(weights, parked) if matrices else None  # (L, H, W, k): every word
     report["content_share"] = _round(content_share)
 
     last = focus_rows[-1].mean(dim=0)  # (W,) last layer, mean over heads
     share, kept = attention_share(last, parked)
-    order = [i for i in kept.argsort(descending=True).tolist() if not parked[i] and i != focus_word]
+    order = [i for i in kept.argsort(descending=True, stable=True).tolist() if not parked[i] and i != focus_word]
     report["last_layer"] = {
         "mean_attention": _round(last),
         "parked_share": round(float(share), 5),
         "top_content": [{"index": i, "token": view.tokens[i], "weight": round(float(last[i]), 5)}
                         for i in order[:top]],
+        "ranked": rank_attention(last, parked),
     }
-    report["rollout"], report["flow"] = None, None  # both need every row of every layer
+    report["rollout"], report["flow"], report["rollout_order"] = None, None, None  # need every row of every layer
     if weights is not None:
-        report["rollout"] = _round(attention_rollout(weights)[-1, focus_word])  # (W,)
+        rollout = attention_rollout(weights)[-1, focus_word]  # (W,)
+        report["rollout"] = _round(rollout)
+        report["rollout_order"] = torch.sort(rollout, descending=True, stable=True).indices.tolist()
         # Refused (ValueError) when exact max-flow would take more than seconds; rollout still shows paths.
         with contextlib.suppress(ValueError):
             report["flow"] = _round(attention_flow(weights, focus_word, normalize=True)[-1])  # (W,), sums to 1
+    # Near-even shares single out no word: say so rather than let their bars look meaningful.
+    report["flat_notes"] = [note for name in ("rollout", "flow")
+                            if report[name] is not None and (note := flat_note(name, report[name]))]
     report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces))  # (L, H)
     if weights is not None:
         sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])
@@ -241,25 +366,41 @@ def explain(
         roles = streamed_head_roles(model, cache, view, causal=causal)
     roles = _roles_for_model(roles, view, causal)
     report["head_roles"] = {name: _round(value) for name, value in roles.items()}  # each (L, H)
+    report["role_names"] = {name: ROLE_NAMES[name] for name in roles}  # in words, for every view's labels
     if long_view:
         report["streamed"] = streamed_summaries(model, cache, view, top, causal=causal)
 
-    word = view.tokens[focus_word].lower()
-    senses = senses if senses is not None else DEFAULT_SENSES.get(word)
-    contrast = contrast if contrast is not None else DEFAULT_CONTRAST.get(word)
     if senses:
-        trajectory = sense_trajectory(model, tokenizer, sentence, word, senses, contrast)
+        trajectory = sense_trajectory(model, tokenizer, sentence, word, senses, contrast, chosen_focus.occurrence)
         report["senses"] = {
             "names": trajectory.senses,
             "examples": senses,
             "cosine": _round(trajectory.cosine),  # (L+1, S)
             "predicted": trajectory.predicted,
             "contrast_sentence": trajectory.contrast_sentence,
-            "contrast_cosine": None if trajectory.contrast_cosine is None else _round(trajectory.contrast_cosine),
+            "contrast_cosine": _round(trajectory.contrast_cosine),  # (L+1,)
+            "contrast_sense": trajectory.contrast_sense,
+            "contrast_reason": trajectory.contrast_reason,  # why this contrast, in words
         }
     else:
         report["senses"] = None
     return report
+
+
+def check_contrast(tokenizer: Tokenizer, word: str, senses: dict[str, list[str]] | None,
+                   contrast: str | None) -> None:
+    """Refuse, before the model runs, a contrast sentence that would not be shown (no senses to
+    compare it in) or that does not contain ``word``."""
+    if contrast is None:
+        return
+    if not senses:
+        raise ValueError(f"contrast: '{word}' has no built-in sense examples, and the contrast sentence is shown "
+                         f"in the sense section; give senses too (--senses \"sense1: sentence | sentence; sense2: "
+                         f"sentence\")")
+    try:
+        word_view(tokenizer(contrast, truncation=False)).find(word)
+    except ValueError as error:
+        raise ValueError(f"contrast sentence {contrast!r}: {error}") from error
 
 
 def choose_head(focus_rows: torch.Tensor, content_share: torch.Tensor, focus: int, tokens: list[str],
@@ -365,6 +506,7 @@ def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int,
         "dot": _round(dots),
         "scores": _round(scores),
         "weights": _round(weights),
+        "order": torch.sort(weights, descending=True, stable=True).indices.tolist(),  # (K,) by exact weight
         "output": _round(output, 4),
         "rotary": rotary,  # before rotation (None without rotary positions); query, keys, dot as above
         "matches_model": bool(torch.allclose(output, captured, atol=1e-5)),
@@ -373,7 +515,8 @@ def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int,
 
 
 def head_summaries(focus_rows: torch.Tensor, parked: torch.Tensor, view: WordView, top: int) -> list[dict]:
-    """Per layer and head: top tokens with and without special/punctuation, and their share."""
+    """Per layer and head: the focus word's ranking (:func:`rank_attention`), its top content
+    words (without special tokens, punctuation and itself, renormalised), and the parked share."""
     summaries = []
     for layer in range(focus_rows.shape[0]):
         for head in range(focus_rows.shape[1]):
@@ -382,9 +525,9 @@ def head_summaries(focus_rows: torch.Tensor, parked: torch.Tensor, view: WordVie
             summaries.append({
                 "layer": layer,
                 "head": head,
-                "top": [[view.tokens[i], round(float(row[i]), 4)] for i in row.argsort(descending=True)[:top]],
+                "ranked": rank_attention(row, parked),
                 "top_content": [[view.tokens[i], round(float(kept[i]), 4)]
-                                for i in kept.argsort(descending=True)[:top] if not parked[i]],
+                                for i in kept.argsort(descending=True, stable=True)[:top] if not parked[i]],
                 "parked_share": round(float(share), 4),
                 "entropy": round(float(-(row * torch.log(row.clamp(min=1e-12))).sum()), 4),
             })

@@ -19,10 +19,15 @@ from torch import Tensor
 
 from qkv.inspect.rollout import _check_index, _check_weights
 
-__all__ = ["head_roles", "attention_share", "AttentionShare", "HEAD_ROLES"]
+__all__ = ["head_roles", "attention_share", "AttentionShare", "HEAD_ROLES", "ROLE_NAMES"]
 
 # The keys of head_roles' result, in reading order.
 HEAD_ROLES = ("previous", "next", "self", "cls", "sep", "punctuation", "special")
+# What each role's share is attention to, in words, for legends and labels ("first" replaces
+# "cls" in causal models, explain's report). "special" overlaps "cls" and "sep".
+ROLE_NAMES = {"previous": "the previous token", "next": "the next token", "self": "itself", "cls": "[CLS]",
+              "first": "the first token", "sep": "[SEP]", "punctuation": "punctuation",
+              "special": "all special tokens"}
 
 
 def _check_mask(name: str, mask: object, size: int) -> Tensor:

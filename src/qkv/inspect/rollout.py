@@ -29,7 +29,8 @@ from collections import deque
 import torch
 from torch import Tensor
 
-__all__ = ["residual_attention", "attention_rollout", "attention_flow", "max_flow", "FLOW_MAX_WORK"]
+__all__ = ["residual_attention", "attention_rollout", "attention_flow", "max_flow", "flat_note", "FLOW_MAX_WORK",
+           "FLAT_TOLERANCE"]
 
 # How far a row sum may stray from 1 (or 0) before the weights are refused, per dtype.
 _ROW_SUM_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
@@ -43,6 +44,10 @@ FLOW_MAX_WORK = 4_000_000
 # Residual capacities at or below this (times the largest capacity) count as saturated,
 # so that rounding error never creates a spurious augmenting path.
 _FLOW_EPS = 1e-12
+
+# Shares that all lie within this fraction of the even share 1/N are called flat: they single
+# out no token, and a bar chart of them only shows noise around 1/N.
+FLAT_TOLERANCE = 0.25
 
 
 # --------------------------------------------------------------------------- validation
@@ -447,3 +452,22 @@ def _layered_flows(A: Tensor, target: int) -> Tensor:
         bound = min(sum(first_layer[i][j] for i in range(N)), sink_in)  # cuts around source and sink
         out[j] = _dinic(network, residual, 0, sink, _FLOW_EPS, upper_bound=bound, first_levels=list(layer_of))
     return out
+
+
+def flat_note(name: str, shares, tolerance: float = FLAT_TOLERANCE) -> str | None:
+    """One sentence saying that ``shares`` are flat, or None when they are not.
+
+    Args:
+        name: what the shares are ("flow"), the sentence's subject.
+        shares: (N,) non-negative numbers summing to 1 (a row of rollout, normalised flow), a
+            sequence or a tensor.
+        tolerance: flat means every share lies within ``tolerance`` x 1/N of the even share 1/N.
+    """
+    values = torch.as_tensor(shares, dtype=torch.float64).flatten()  # (N,)
+    if values.numel() < 2:
+        return None
+    even = 1.0 / values.numel()
+    if not bool(((values - even).abs() <= tolerance * even).all()):
+        return None
+    return (f"{name} is flat: every token gets {values.min().item():.3f} to {values.max().item():.3f}, within "
+            f"{tolerance:.0%} of the even share 1/{values.numel()} = {even:.3f}; it singles out no word here")

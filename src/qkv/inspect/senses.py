@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from qkv.models.tokenizer import Tokenizer
     from qkv.nn.stack import TransformerStack
 
-__all__ = ["DEFAULT_SENSES", "DEFAULT_CONTRAST", "parse_senses", "word_vectors_by_layer", "SenseTrajectory",
-           "sense_trajectory"]
+__all__ = ["DEFAULT_SENSES", "parse_senses", "word_vectors_by_layer", "SenseTrajectory", "sense_trajectory"]
 
 DEFAULT_SENSES: dict[str, dict[str, list[str]]] = {
     "bank": {
@@ -40,7 +39,6 @@ DEFAULT_SENSES: dict[str, dict[str, list[str]]] = {
         ],
     },
 }
-DEFAULT_CONTRAST = {"bank": "They had a picnic on the grassy bank of the river."}
 
 
 def parse_senses(text: str) -> dict[str, list[str]]:
@@ -67,8 +65,10 @@ def parse_senses(text: str) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def word_vectors_by_layer(model: TransformerStack, tokenizer: Tokenizer, sentences: list[str], word: str) -> Tensor:
-    """The vector of ``word`` (mean of its pieces) in each sentence at every layer.
+def word_vectors_by_layer(model: TransformerStack, tokenizer: Tokenizer, sentences: list[str], word: str,
+                          occurrence: int = 1) -> Tensor:
+    """The vector of ``word`` (mean of its pieces; its ``occurrence``-th, from 1) in each sentence
+    at every layer.
 
     Returns:
         (S, L + 1, d_model): layer 0 is the embeddings, before any attention.
@@ -80,7 +80,7 @@ def word_vectors_by_layer(model: TransformerStack, tokenizer: Tokenizer, sentenc
     for row in range(len(sentences)):
         view = word_view(batch, row)
         try:
-            positions = view.pieces[view.index_of(word)]
+            positions = view.pieces[view.index_of(word, occurrence)]
         except ValueError as error:
             raise ValueError(f"sentence {sentences[row]!r}: {error}") from error
         vectors.append(hidden[row, :, positions].mean(dim=1))  # (L+1, d)
@@ -89,29 +89,49 @@ def word_vectors_by_layer(model: TransformerStack, tokenizer: Tokenizer, sentenc
 
 @dataclass(frozen=True)
 class SenseTrajectory:
-    """The focus word's similarity to each sense, layer by layer."""
+    """The focus word's similarity to each sense, layer by layer, and a sentence to contrast it with."""
 
     senses: list[str]  # S sense names
     cosine: Tensor  # (L + 1, S) cosine of the focus vector to each sense prototype
     predicted: list[str]  # L + 1 nearest sense per layer
-    contrast_sentence: str | None  # the same word in another sense
-    contrast_cosine: Tensor | None  # (L + 1,) cosine of the focus vector to the word there
+    contrast_sentence: str  # the same word in another sense
+    contrast_cosine: Tensor  # (L + 1,) cosine of the focus vector to the word there
+    contrast_sense: str  # the sense of the contrast sentence's word (nearest prototype at the last layer)
+    contrast_reason: str  # why this contrast, in words
 
 
 def sense_trajectory(
     model: TransformerStack, tokenizer: Tokenizer, sentence: str, word: str, senses: dict[str, list[str]],
-    contrast: str | None = None,
+    contrast: str | None = None, occurrence: int = 1,
 ) -> SenseTrajectory:
-    """Cosine of ``word``'s vector in ``sentence`` to per-sense prototypes at every layer."""
-    focus = word_vectors_by_layer(model, tokenizer, [sentence], word)[0]  # (L+1, d)
-    prototypes = torch.stack([
-        word_vectors_by_layer(model, tokenizer, examples, word).mean(dim=0) for examples in senses.values()
-    ], dim=1)  # (L+1, S, d)
+    """Cosine of ``word``'s vector in ``sentence`` (its ``occurrence``-th, from 1) to per-sense
+    prototypes at every layer, and to the same word in a contrast sentence.
+
+    Without ``contrast``, the contrast is chosen by the model's own vectors: the focus word is
+    closest to one sense at the last layer; the contrast is the example of the sense farthest
+    from it there (the other one, with two senses) whose vector is closest to that sense's
+    prototype, its clearest example. A given ``contrast`` is kept, and the reason says which
+    sense the word there is closest to.
+    """
+    focus = word_vectors_by_layer(model, tokenizer, [sentence], word, occurrence)[0]  # (L+1, d)
+    examples = [word_vectors_by_layer(model, tokenizer, sentences, word) for sentences in senses.values()]
+    prototypes = torch.stack([vectors.mean(dim=0) for vectors in examples], dim=1)  # (L+1, S, d)
     cosine = F.cosine_similarity(focus[:, None, :], prototypes, dim=-1)  # (L+1, S)
     names = list(senses)
     predicted = [names[i] for i in cosine.argmax(dim=-1).tolist()]
-    contrast_cosine = None
-    if contrast is not None:
+    own, last = predicted[-1], cosine[-1]  # the sense the model reads here, at the last layer
+    if contrast is None:
+        farthest = min((i for i, name in enumerate(names) if name != own), key=lambda i: float(last[i]))
+        typicality = F.cosine_similarity(examples[farthest][:, -1], prototypes[-1, farthest][None], dim=-1)  # (E,)
+        contrast, contrast_sense = senses[names[farthest]][int(typicality.argmax())], names[farthest]
+        other = examples[farthest][int(typicality.argmax())]  # (L+1, d)
+        reason = (f"'{word}' here is closest to the {own} sense at the last layer (cosine {float(last.max()):.3f}, "
+                  f"against {float(last[farthest]):.3f} for {contrast_sense}), so the contrast is the "
+                  f"{contrast_sense} example nearest that sense's mean")
+    else:
         other = word_vectors_by_layer(model, tokenizer, [contrast], word)[0]  # (L+1, d)
-        contrast_cosine = F.cosine_similarity(focus, other, dim=-1)
-    return SenseTrajectory(names, cosine, predicted, contrast, contrast_cosine)
+        contrast_sense = names[int(F.cosine_similarity(other[-1][None], prototypes[-1], dim=-1).argmax())]
+        reason = (f"the contrast sentence asked for; '{word}' there is closest to the {contrast_sense} sense at the "
+                  f"last layer" + (", the same sense as here" if contrast_sense == own else ""))
+    contrast_cosine = F.cosine_similarity(focus, other, dim=-1)  # (L+1,)
+    return SenseTrajectory(names, cosine, predicted, contrast, contrast_cosine, contrast_sense, reason)

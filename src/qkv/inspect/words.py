@@ -15,7 +15,7 @@ from torch import Tensor
 
 from qkv.models.tokenizer import Batch
 
-__all__ = ["WordView", "word_view"]
+__all__ = ["WordView", "FocusChoice", "word_view", "unknown_token"]
 
 _VISIBLE_SPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "↵"})
 
@@ -67,17 +67,115 @@ class WordView:
         """Piece vectors (..., N, d) -> word vectors (..., W, d), the mean of each word's pieces."""
         return self.pooling(vectors.dtype).to(vectors.device) @ vectors
 
-    def index_of(self, word: str) -> int:
-        """Position of the first display token equal to ``word`` (case-insensitive; surrounding
-        spaces ignored, so GPT-2's " bank" finds "bank")."""
+    def occurrences(self, word: str) -> list[int]:
+        """Display tokens spelled ``word`` (case-insensitive; surrounding spaces ignored, so GPT-2's
+        " bank" finds "bank"), in order: the words, or, when no word matches, the other tokens
+        that are not special (a symbol or emoji typed as the focus)."""
         wanted = word.strip().lower()
-        for i, token in enumerate(self.tokens):
-            if token.lower() == wanted and self.kinds[i] == "word":
-                return i
-        words = [t for t, k in zip(self.tokens, self.kinds) if k == "word"]
-        if not words:
-            raise ValueError(f"the sentence has no words to follow (only {self.tokens}); give a sentence with words")
-        raise ValueError(f"focus word {word!r} is not in the sentence; its words are {words}")
+        spelled = [i for i, token in enumerate(self.tokens) if token.lower() == wanted]
+        words = [i for i in spelled if self.kinds[i] == "word"]
+        return words or [i for i in spelled if self.kinds[i] != "special"]
+
+    def index_of(self, word: str, occurrence: int = 1) -> int:
+        """Position of the ``occurrence``-th (from 1) display token spelled ``word`` (see
+        :meth:`occurrences`)."""
+        return self.find(word, occurrence).index
+
+    def find(self, word: str, occurrence: int | None = None, *, option: str = "occurrence",
+             unknown_token: str | None = None) -> FocusChoice:
+        """Which display token to follow for ``word``, and what the reader should know about it.
+
+        Args:
+            word: the focus word, as typed.
+            occurrence: which occurrence to follow, from 1 (None: the first, and the note says
+                that the word repeats).
+            option: how the caller names ``occurrence`` in errors ("--occurrence" in the CLI); the
+                note names the CLI's option, as the report's views show it.
+            unknown_token: the tokenizer's unknown token ("[UNK]"); a focus read as it is
+                followed, and the note says what that means.
+
+        Raises:
+            ValueError: ``word`` is not among the tokens (the message lists the words, or says
+                how the tokenizer split it), or ``occurrence`` is out of range.
+        """
+        found = self.occurrences(word)
+        if not found:
+            words = [t for t, k in zip(self.tokens, self.kinds) if k == "word"]
+            if not words:
+                raise ValueError(f"the sentence has no words to follow (only {self.tokens}); give a sentence with "
+                                 f"words")
+            raise ValueError(self.split_reason(word) or f"focus word {word!r} is not in the sentence; its words are "
+                                                        f"{words}")
+        if occurrence is not None and not 1 <= occurrence <= len(found):
+            choices = {1: "1", 2: "1 or 2"}.get(len(found), f"1 to {len(found)}")
+            raise ValueError(
+                f"{option} {occurrence}: {word.strip()!r} occurs {_times(len(found))} in the sentence "
+                f"(token{'s' if len(found) > 1 else ''} {_listing(found)}); give {choices}"
+            )
+        chosen = found[(occurrence or 1) - 1]
+        notes = []
+        if len(found) > 1:
+            others = [str(n) for n in range(1, len(found) + 1) if n != (occurrence or 1)]
+            which = "the other" if len(others) == 1 else "the others"
+            following = f"following the {_ORDINALS.get(occurrence or 1, f'{occurrence}th')}, at token {chosen}"
+            notes.append(f"{self.tokens[chosen]!r} occurs {_times(len(found))} (tokens {_listing(found)}); "
+                         f"{following}; --occurrence {_listing(others, 'or')} for {which}")
+        if unknown_token is not None and all(self.piece_tokens[p] == unknown_token for p in self.pieces[chosen]):
+            notes.append(f"{self.tokens[chosen]!r} is read by the model as {unknown_token}, the token for "
+                         f"anything outside its vocabulary: it starts from the same vector as any other text "
+                         f"the model does not know, so only its position and context tell it apart")
+        return FocusChoice(index=chosen, occurrence=found.index(chosen) + 1, occurrences=found,
+                           note="; ".join(notes) or None)
+
+    def split_reason(self, word: str) -> str | None:
+        """If ``word`` is spelled by several consecutive tokens (the tokenizer split it into words of
+        their own, as BERT does with Chinese characters), the message saying so; else None."""
+        wanted = word.strip().lower()
+        for start in range(len(self.tokens)):
+            spelled = ""
+            for end in range(start, len(self.tokens)):
+                if self.kinds[end] == "special":
+                    break
+                spelled += self.tokens[end].lower()
+                if spelled == wanted and end > start:
+                    parts = ", ".join(repr(t) for t in self.tokens[start:end + 1])
+                    return (f"focus word {word.strip()!r} is read by the model as {end - start + 1} separate "
+                            f"tokens ({parts}); give one of them as the focus")
+                if not wanted.startswith(spelled):
+                    break
+        return None
+
+
+_ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth", 7: "seventh", 8: "eighth",
+             9: "ninth", 10: "tenth"}
+
+
+def _times(count: int) -> str:
+    """2 -> "twice", 5 -> "5 times"."""
+    return {1: "once", 2: "twice"}.get(count, f"{count} times")
+
+
+def _listing(items: list, last: str = "and") -> str:
+    """[2, 7, 9] -> "2, 7 and 9"."""
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
+@dataclass(frozen=True)
+class FocusChoice:
+    """The display token chosen as the focus, among the tokens spelled like the focus word."""
+
+    index: int  # display token followed
+    occurrence: int  # which occurrence it is, from 1
+    occurrences: list[int]  # every display token spelled like the focus word, in order
+    note: str | None  # for the reader: the word repeats (and how to choose another), or is read as unknown
+
+
+def unknown_token(tokenizer: object) -> str | None:
+    """The token a tokenizer writes for text outside its vocabulary ("[UNK]"), or None (byte-level
+    BPE has none)."""
+    backend = getattr(getattr(tokenizer, "backend", None), "model", None)
+    return getattr(backend, "unk_token", None) or None
 
 
 def word_view(batch: Batch, row: int = 0) -> WordView:

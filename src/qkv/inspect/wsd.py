@@ -3,7 +3,8 @@
 Each word's folder holds ``{train,test}.data.txt`` (``<target index>\\t<tokenised,
 lower-cased sentence>``), ``{train,test}.gold.txt`` (sense ids) and ``classes_map.txt``
 (sense names), as in Loureiro et al. (2021). The target word's vector is the mean of its
-word pieces at every layer (0 = the embeddings, before any attention); ``1nn`` gives a
+word pieces after every layer and in the embeddings (named as :mod:`qkv.numbering` says:
+"emb", then "0" for the vector after layer 0, and so on); ``1nn`` gives a
 test sentence the sense of the nearest training centroid by cosine, ``probe`` trains a
 logistic regression per word (:mod:`qkv.inspect.probe`). Scores are micro-F1 (accuracy:
 one label per sentence) and macro-F1 (the mean of per-sense F1 over the senses present in
@@ -22,6 +23,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from qkv.files import save_figure
+from qkv.numbering import LAYER_NUMBERING, vector_label, vector_labels
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -163,13 +167,14 @@ def target_vectors(model: TransformerStack, tokenizer: Tokenizer, examples: list
 
 
 def layer_names(num_layers: int) -> list[str]:
-    """"0" (embeddings), "1", ..., str(L), and "last4" (the sum of the last four layers)."""
-    return [str(i) for i in range(num_layers + 1)] + ["last4"]
+    """"emb" (embeddings), "0", ..., str(L - 1) (after each layer), and "last4" (the sum of the
+    vectors after the last four layers)."""
+    return vector_labels(num_layers) + ["last4"]
 
 
 def layer_features(vectors: Tensor) -> dict[str, Tensor]:
-    """(n, L + 1, d) vectors -> {layer name: (n, d)}, with "last4" the sum of the last four."""
-    features = {str(i): vectors[:, i] for i in range(vectors.shape[1])}
+    """(n, L + 1, d) vectors -> {vector name ("emb", "0", ...): (n, d)}, with "last4" the sum of the last four."""
+    features = {vector_label(i): vectors[:, i] for i in range(vectors.shape[1])}
     features["last4"] = vectors[:, -4:].sum(dim=1)
     return features
 
@@ -242,8 +247,9 @@ def run_wsd(model: TransformerStack, tokenizer: Tokenizer, dataset: list[WsdWord
 
     Returns:
         A JSON-ready dict: ``average[layer]`` and ``words[word][layer]`` hold
-        ``{"micro_f1", "macro_f1"}`` (percent) for layer "0" (embeddings) .. "L" and "last4";
-        ``mfs`` the most-frequent-sense baseline, ``sizes`` the sentence counts.
+        ``{"micro_f1", "macro_f1"}`` (percent) for the vectors "emb" (embeddings), "0" .. str(L - 1)
+        (after each layer) and "last4"; ``mfs`` the most-frequent-sense baseline, ``sizes`` the
+        sentence counts, ``layer_numbering`` the convention (:data:`qkv.numbering.LAYER_NUMBERING`).
     """
     if method not in ("1nn", "probe"):
         raise ValueError(f"method must be '1nn' or 'probe'; got {method!r}")
@@ -270,6 +276,7 @@ def run_wsd(model: TransformerStack, tokenizer: Tokenizer, dataset: list[WsdWord
     return {
         "method": method,
         "model": getattr(model, "name", None),
+        "layer_numbering": LAYER_NUMBERING,
         "layers": layer_names(len(model.blocks)),
         "average": {k: v for k, v in average.items() if k != "mfs"},
         "mfs": average["mfs"],
@@ -297,12 +304,12 @@ def plot_wsd(result: dict, path: str | Path) -> None:
                      label=f"{metric.replace('_', '-')} of the last four layers summed")
         axis.axhline(result["mfs"][metric], color=color, linestyle="--", linewidth=1,
                      label=f"most frequent sense ({metric.split('_')[0]})")
-    axis.set_xticks(xs, ["0\nembeddings"] + layers[1:])
-    axis.set_xlabel("layer")
+    axis.set_xticks(xs, layers)
+    axis.set_xlabel("after layer (emb = the embeddings, before any layer)")
     axis.set_ylabel("F1 (%)")
     axis.set_title(f"word-sense disambiguation ({result['method']}) on {len(result['words'])} words; "
                    "grey: each word's micro-F1", fontsize=9)
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=130)
+    save_figure(figure, path, dpi=130)
     plt.close(figure)

@@ -54,6 +54,7 @@ class BertModel(TransformerStack):
         token_type_ids: Tensor | None = None,
         positions: Tensor | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> TransformerOutput:
         """Encode.
 
@@ -63,6 +64,8 @@ class BertModel(TransformerStack):
             token_type_ids: (B, N) segment ids (default 0).
             positions: (B, N) or (N,) position ids (default 0 .. N-1).
             output_hidden_states: also return the embeddings and every block's output.
+            output_attentions: also return every layer's attention weights, ``attentions``: a
+                tuple of L tensors (B, H, N, N), as ``transformers`` does.
 
         Returns:
             :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model) and
@@ -70,7 +73,7 @@ class BertModel(TransformerStack):
         """
         output = self.run_blocks(
             input_ids, attention_mask, positions=positions, token_type_ids=token_type_ids,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
         )
         if self.pooler is not None:
             output.pooler_output = torch.tanh(self.pooler(output.last_hidden_state[:, 0]))

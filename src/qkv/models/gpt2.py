@@ -60,6 +60,7 @@ class GPT2Model(TransformerStack):
         positions: Tensor | None = None,
         kv_cache: KVCache | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> TransformerOutput:
         """Decode.
 
@@ -69,13 +70,15 @@ class GPT2Model(TransformerStack):
             positions: (B, N) or (N,) position ids (default: continue after the cache).
             kv_cache: keys and values of earlier positions, extended in place.
             output_hidden_states: also return the embeddings and every block's output.
+            output_attentions: also return every layer's attention weights, ``attentions``: a
+                tuple of L tensors (B, H, N, Nk), as ``transformers`` does.
 
         Returns:
             :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model); from
             :class:`GPT2LMHeadModel`, also ``logits`` (B, N, vocab).
         """
         output = self.run_blocks(input_ids, attention_mask, positions=positions, kv_cache=kv_cache,
-                                 output_hidden_states=output_hidden_states)
+                                 output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         return self.add_head(output)
 
     def add_head(self, output: TransformerOutput) -> TransformerOutput:

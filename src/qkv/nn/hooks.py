@@ -17,9 +17,32 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HookPoint", "HookFn", "ActivationCache", "HookedModule"]
+__all__ = ["HookPoint", "HookFn", "ActivationCache", "HookedModule", "LENS_ALIASES"]
 
 HookFn = Callable[[Tensor, "HookPoint"], "Tensor | None"]
+
+# TransformerLens' activation names (as ``cache["pattern", 3]`` takes them) -> qkv's name inside
+# block i. The tensors are qkv's own: per-head ones are (B, H, N, Dh), where TransformerLens
+# has (B, N, H, Dh).
+LENS_ALIASES = {
+    "pattern": "attn.weights", "attn": "attn.weights",
+    "attn_scores": "attn.scores", "attn_logits": "attn.scores",
+    "q": "attn.q", "query": "attn.q", "rot_q": "attn.q",
+    "k": "attn.k", "key": "attn.k", "rot_k": "attn.k",
+    "v": "attn.v", "value": "attn.v",
+    "z": "attn.z", "attn_out": "attn.out",
+    "resid_pre": "resid_pre", "resid_mid": "resid_mid", "resid_post": "resid_post",
+    "post": "mlp.hidden", "mlp_post": "mlp.hidden", "mlp_out": "mlp.out",
+}
+# TransformerLens names without a qkv counterpart, and what to use instead.
+_LENS_MISSING = {
+    "result": "qkv keeps each head's weighted average of the values, blocks.{i}.attn.z (B, H, N, Dh), and the "
+              "projected sum of the heads, blocks.{i}.attn.out; there is no per-head projected output",
+    "pre": "qkv captures the MLP after its activation only, blocks.{i}.mlp.hidden (cache['post', {i}])",
+    "mlp_pre": "qkv captures the MLP after its activation only, blocks.{i}.mlp.hidden (cache['post', {i}])",
+    "embed": "qkv captures the embeddings once summed (tokens, positions, segments) and normalised: embed.embed",
+    "pos_embed": "qkv captures the embeddings once summed (tokens, positions, segments) and normalised: embed.embed",
+}
 
 
 class HookPoint(nn.Module):
@@ -72,7 +95,12 @@ class HookPoint(nn.Module):
 class ActivationCache:
     """Activations captured by name, with their shapes documented by the model.
 
-    Index it like a dict: ``cache["blocks.3.attn.weights"]`` is (B, H, N, N).
+    Index it like a dict: ``cache["blocks.3.attn.weights"]`` is (B, H, N, N); ``keys()``,
+    ``values()`` and ``items()`` list what was captured. TransformerLens' ``(name, layer)``
+    keys work as aliases (:data:`LENS_ALIASES`): ``cache["pattern", 3]`` is
+    ``cache["blocks.3.attn.weights"]``, ``cache["q", -1]`` the last layer's queries (qkv's
+    (B, H, N, Dh) layout); a TransformerLens name without a counterpart raises a KeyError
+    that says what to use.
     """
 
     def __init__(
@@ -84,7 +112,8 @@ class ActivationCache:
         self.complete = complete  # every hook point was asked for (names=None)
         self.unavailable = dict(unavailable or {})  # hook point -> why its layer's backend cannot produce it
 
-    def __getitem__(self, name: str) -> Tensor:
+    def __getitem__(self, name: str | tuple[str, int]) -> Tensor:
+        name = self.resolve(name)
         if name not in self._values:
             if name in self.unavailable:
                 raise KeyError(
@@ -92,6 +121,9 @@ class ActivationCache:
                     f"again to capture it"
                 )
             close = fnmatch.filter(self._values, f"*{name.split('.')[-1]}*")[:5]
+            lens = _lens_hint(name)
+            if lens:
+                raise KeyError(f"{name!r} is not a qkv name: {lens}")
             if self.complete:
                 fix = "every hook point was captured, so this name is not one of the model's"
             else:
@@ -103,7 +135,47 @@ class ActivationCache:
         return self._values[name]
 
     def __contains__(self, name: object) -> bool:
+        if isinstance(name, tuple):
+            try:
+                name = self.resolve(name)
+            except KeyError:
+                return False
         return name in self._values
+
+    def resolve(self, key: str | tuple[str, int]) -> str:
+        """qkv's name for ``key``: a name is itself; ``(alias, layer)`` becomes
+        ``blocks.{layer}.{LENS_ALIASES[alias]}`` (a negative layer counts from the last captured one).
+
+        Raises:
+            KeyError: an alias qkv does not have, or a layer that is not an int.
+        """
+        if not isinstance(key, tuple):
+            return key
+        if len(key) != 2 or not isinstance(key[0], str) or isinstance(key[1], bool) or not isinstance(key[1], int):
+            raise KeyError(f"cache keys are names, 'blocks.3.attn.weights', or (name, layer) pairs such as "
+                           f"('pattern', 3); got {key!r}")
+        alias, layer = key
+        if layer < 0:
+            layers = {int(n.split(".")[1]) for n in self._values if n.startswith("blocks.")}
+            layer += max(layers, default=-1) + 1
+        if alias in _LENS_MISSING:
+            raise KeyError(f"{key!r}: {_LENS_MISSING[alias].format(i=layer)}")
+        if alias not in LENS_ALIASES:
+            raise KeyError(f"{key!r}: {alias!r} is not a name qkv knows; (name, layer) keys take "
+                           f"{sorted(LENS_ALIASES)}, or use a full name such as 'blocks.{layer}.attn.weights'")
+        return f"blocks.{layer}.{LENS_ALIASES[alias]}"
+
+    def keys(self) -> list[str]:
+        """Every captured name, in the order the model produced them (as :meth:`names`)."""
+        return list(self._values)
+
+    def values(self) -> list[Tensor]:
+        """Every captured activation, in the order of :meth:`keys`."""
+        return list(self._values.values())
+
+    def items(self) -> list[tuple[str, Tensor]]:
+        """(name, activation) pairs, in the order of :meth:`keys`."""
+        return list(self._values.items())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -128,6 +200,26 @@ class ActivationCache:
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self._values)} activations)"
+
+
+def _lens_hint(name: object) -> str | None:
+    """What to use for a TransformerLens-style name ("blocks.3.attn.hook_pattern", "pattern"), or None."""
+    if not isinstance(name, str):
+        return None
+    parts = name.split(".")
+    if len(parts) > 1 and not parts[-1].startswith("hook_"):  # a qkv-style name: no hint
+        return None
+    last = parts[-1].removeprefix("hook_")
+    layer = parts[1] if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+    if last not in LENS_ALIASES and last not in _LENS_MISSING:
+        return None
+    if last in _LENS_MISSING:
+        return _LENS_MISSING[last].format(i=layer if layer is not None else "i")
+    if layer is None:
+        return (f"{last!r} is TransformerLens' name for an activation of every block; qkv's is "
+                f"'blocks.i.{LENS_ALIASES[last]}': cache[{last!r}, 3] is layer 3's, and "
+                f"cache.stack({LENS_ALIASES[last]!r}) stacks every layer")
+    return f"use {f'blocks.{layer}.{LENS_ALIASES[last]}'!r}, or cache[{last!r}, {layer}]"
 
 
 def matches(name: str, patterns: Iterable[str] | None) -> bool:

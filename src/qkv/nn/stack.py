@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from qkv.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding
 from qkv.nn.generation import GenerationMixin
-from qkv.nn.hooks import ActivationCache, HookedModule, matches
+from qkv.nn.hooks import ActivationCache, HookedModule, HookPoint, matches
 from qkv.nn.layers import MLP, Embeddings, TransformerBlock
 
 __all__ = ["TransformerOutput", "TransformerStack", "TransformerEncoder", "TransformerDecoder"]
@@ -29,6 +29,7 @@ class TransformerOutput:
     hidden_states: list[Tensor] | None = None  # L + 1 of (B, N, d_model): embeddings, then blocks
     logits: Tensor | None = None  # (B, N, vocab) for language models
     pooler_output: Tensor | None = None  # (B, d_model) for BERT with a pooler
+    attentions: tuple[Tensor, ...] | None = None  # L of (B, H, Nq, Nk), with output_attentions=True
 
 
 class TransformerStack(HookedModule):
@@ -65,6 +66,7 @@ class TransformerStack(HookedModule):
         token_type_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> TransformerOutput:
         """Embed and run every block.
 
@@ -76,8 +78,18 @@ class TransformerStack(HookedModule):
             token_type_ids: (B, N) segment ids.
             kv_cache: keys and values of earlier positions, extended in place.
             output_hidden_states: also return the embeddings and every block's output.
+            output_attentions: also return every layer's attention weights, as ``transformers``
+                does: ``attentions``, a tuple of L tensors (B, H, Nq, Nk), read at the
+                ``blocks.i.attn.weights`` hook points (gradients flow through them).
+
+        Raises:
+            ValueError: ``output_attentions`` with a layer whose backend computes no weights.
         """
         self.check_input_ids(input_ids)
+        if output_attentions:
+            return self._with_attentions(input_ids, attention_mask, positions=positions,
+                                         token_type_ids=token_type_ids, kv_cache=kv_cache,
+                                         output_hidden_states=output_hidden_states)
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = attention_mask.to(torch.bool)
@@ -103,6 +115,29 @@ class TransformerStack(HookedModule):
             if hidden_states is not None:
                 hidden_states[-1] = x  # as Hugging Face: the last hidden state is normalised
         return TransformerOutput(last_hidden_state=x, hidden_states=hidden_states)
+
+    def _with_attentions(self, *args: object, **kwargs: object) -> TransformerOutput:
+        """:meth:`run_blocks` that also keeps each layer's attention weights (kept, not detached)."""
+        refused = {
+            f"layer {block.attn.layer_index} ({block.attn.backend!r}): {reason}"
+            for block in self.blocks for point, reason in block.attn.unavailable_hooks().items()
+            if point is block.attn.hook_weights
+        }
+        if refused:
+            raise ValueError(
+                f"output_attentions=True needs each layer's attention weights, which these layers do not compute: "
+                f"{'; '.join(sorted(refused))}. Call set_attention('auto') first, or read what the layers "
+                f"produce with run_with_cache"
+            )
+        kept: dict[str, Tensor] = {}
+
+        def keep(weights: Tensor, point: HookPoint) -> None:
+            kept[point.name] = weights
+
+        with self.hooks([("blocks.*.attn.weights", keep)]):
+            output = self.run_blocks(*args, **kwargs)
+        output.attentions = tuple(kept[f"blocks.{i}.attn.weights"] for i in range(len(self.blocks)))
+        return output
 
     def check_input_ids(self, input_ids: object) -> None:
         """Refuse anything but a (B, N) integer tensor of token ids, saying how to get one."""
@@ -284,9 +319,11 @@ class TransformerEncoder(TransformerStack):
         self.setup_hooks()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                output_hidden_states: bool = False) -> TransformerOutput:
-        """(B, N) ids -> :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model)."""
-        return self.run_blocks(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+                output_hidden_states: bool = False, output_attentions: bool = False) -> TransformerOutput:
+        """(B, N) ids -> :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model)
+        (arguments as :meth:`TransformerStack.run_blocks`)."""
+        return self.run_blocks(input_ids, attention_mask, output_hidden_states=output_hidden_states,
+                               output_attentions=output_attentions)
 
 
 class TransformerDecoder(TransformerStack, GenerationMixin):
@@ -311,10 +348,11 @@ class TransformerDecoder(TransformerStack, GenerationMixin):
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, positions: Tensor | None = None,
-        kv_cache: KVCache | None = None, output_hidden_states: bool = False,
+        kv_cache: KVCache | None = None, output_hidden_states: bool = False, output_attentions: bool = False,
     ) -> TransformerOutput:
-        """(B, N) ids -> :class:`TransformerOutput` with ``logits`` (B, N, vocab) from the tied head."""
+        """(B, N) ids -> :class:`TransformerOutput` with ``logits`` (B, N, vocab) from the tied head
+        (arguments as :meth:`TransformerStack.run_blocks`)."""
         output = self.run_blocks(input_ids, attention_mask, positions=positions, kv_cache=kv_cache,
-                                 output_hidden_states=output_hidden_states)
+                                 output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         output.logits = torch.matmul(output.last_hidden_state, self.embed.tokens.weight.t())
         return output

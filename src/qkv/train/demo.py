@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.nn import HookPoint, TransformerEncoder
+from qkv.numbering import LAYER_NUMBERING
 from qkv.train.task import SENSES, SenseSplit, SenseTask, make_task
 
 __all__ = [
@@ -85,7 +86,7 @@ class DemoConfig:
             raise ValueError(f"threads must be >= 1 or None (torch's setting); got {self.threads}")
 
 
-# A shortened run for tests and `qkv train-demo --quick`: a few seconds on 2 cores.
+# A shortened run for tests and `qkv train-demo --quick`.
 QUICK = {"steps": 400, "log_every": 20, "train_size": 4800, "heldout_size": 600, "train_templates": 300,
          "heldout_templates": 75}
 
@@ -378,6 +379,7 @@ class DemoResult:
         """Everything as plain JSON types: config, task, logs, final figures, the example."""
         task = self.task
         return {
+            "layer_numbering": LAYER_NUMBERING,
             "config": dataclasses.asdict(self.config),
             "task": {
                 "length": task.length, "senses": [task.sense_name(i) for i in range(len(task.senses))],

@@ -2,7 +2,9 @@
 
 Figures grow with the number of tokens (within limits) and label every token while the
 labels fit, every k-th one (and the focus word) beyond; every colour scale has a labelled
-colour bar. :func:`skipped_figures` says which figures a report cannot have, and why.
+colour bar. Past :data:`LONG_FIGURE` words, the per-word figures keep the words that matter
+(those the report ranks highest) and say in their title how many they leave out and how
+small those are. :func:`skipped_figures` says which figures a report cannot have, and why.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
+from qkv.files import save_figure
 from qkv.inspect.explain import MAX_MATRIX_WORDS
+from qkv.inspect.heads import ROLE_NAMES
 
 __all__ = ["save_figures", "skipped_figures"]
 
 IMPORTANCE_SCALE = 1000  # ablation importance is shown as (1 - cos) x 1000, as in the terminal and the page
 ROLES = ("previous", "next", "self", "cls", "first", "sep", "punctuation", "special")
 MAX_INCHES = 20  # the longest side of a figure
+LONG_FIGURE = 80  # per-word figures of longer inputs keep only the words that matter
+ROLLOUT_WORDS = 30  # the words a long input's rollout figure keeps
 
 
 def skipped_figures(report: dict) -> dict[str, str]:
@@ -38,6 +44,25 @@ def skipped_figures(report: dict) -> dict[str, str]:
         skipped["rollout_flow.png"] = "rollout and flow need every token's attention in every layer, which a " \
                                       "streamed (long) input does not keep"
     return skipped
+
+
+def _at_most(value: float) -> str:
+    """``value`` rounded up to 3 decimals: a true upper bound in words."""
+    return f"{math.ceil(value * 1000) / 1000:.3f}"
+
+
+def _focus_columns(report: dict) -> tuple[list[int], str]:
+    """The words of the focus figure: all of them, or for a long input those among the report's
+    ranking of some layer (mean over heads) and the focus word, in sentence order; and what
+    was left out, in words ("" if nothing)."""
+    count = len(report["tokens"])
+    ranked = report.get("layer_ranked")
+    if count <= LONG_FIGURE or not ranked:
+        return list(range(count)), ""
+    kept = sorted({report["focus"]["index"], *(j for order in ranked["order"] for j in order)})
+    below = max(ranked["left_out_max"])
+    return kept, (f"the {len(kept)} of {count} words among the {len(ranked['order'][0])} largest weights of some "
+                  f"layer; the other {count - len(kept)} get at most {_at_most(below)} in every layer")
 
 
 def _ticks(labels: list[str], inches: float, fontsize: float, keep: int | None = None) -> tuple[list[int], list[str]]:
@@ -99,7 +124,7 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
 
     def save(figure, name: str) -> None:
         path = out / name
-        figure.savefig(path, dpi=130)
+        save_figure(figure, path, dpi=130)
         plt.close(figure)
         paths.append(path)
 
@@ -112,12 +137,15 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
                  label="attention weight (each row sums to 1)", focus=focus["index"])
         save(figure, "heatmap_head.png")
 
+    columns, left_out = _focus_columns(report)
     focus_by_layer = [[sum(c) / len(c) for c in zip(*by_head)] for by_head in report["focus_attention"]]
-    numbers = count <= 40  # each cell's weight written in it while the cells are wide enough
-    figure, axis = figure_and_axes(max(7.0, 2.5 + (0.32 if numbers else 0.16) * count), 3.5)
-    _heatmap(figure, axis, focus_by_layer, [f"layer {i}" for i in range(layers)], tokens,
-             f"where '{focus['token']}' looks (mean over heads)", label="attention weight",
-             fmt=(lambda v: f"{v:.2f}") if numbers else None, focus=focus["index"])
+    focus_by_layer = [[row[j] for j in columns] for row in focus_by_layer]
+    numbers = len(columns) <= 40  # each cell's weight written in it while the cells are wide enough
+    figure, axis = figure_and_axes(max(7.0, 2.5 + (0.32 if numbers else 0.16) * len(columns)), 3.5)
+    title = f"where '{focus['token']}' looks (mean over heads)" + (f"\n{left_out}" if left_out else "")
+    _heatmap(figure, axis, focus_by_layer, [f"layer {i}" for i in range(layers)], [tokens[j] for j in columns],
+             title, label="attention weight", fmt=(lambda v: f"{v:.2f}") if numbers else None,
+             focus=columns.index(focus["index"]))
     save(figure, "focus_attention.png")
 
     if "sense_trajectory.png" not in skipped:
@@ -135,7 +163,10 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
         axis.set_ylabel("cosine similarity")
         low, high = axis.get_ylim()
         axis.set_ylim(low, min(high, 1.0))  # a cosine is at most 1
-        axis.set_title(f"'{focus['token']}' moving toward its sense, layer by layer", fontsize=10)
+        last = sorted(senses["cosine"][-1], reverse=True)
+        axis.set_title(f"cosine of '{focus['token']}' to each sense's prototype: the gap between the lines is how "
+                       f"far it leans\nto one sense ({senses['predicted'][-1]} after the last layer, by "
+                       f"{last[0] - last[1]:.3f})", fontsize=9)
         axis.legend(fontsize=8)
         save(figure, "sense_trajectory.png")
 
@@ -150,15 +181,16 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
             axis.set_visible(False)
             continue
         image = axis.imshow(roles[names[k]], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
-        axis.set_title(names[k], fontsize=9)
+        axis.set_title(ROLE_NAMES[names[k]], fontsize=8)
         axis.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=6)
         axis.set_xlabel("head", fontsize=8)
         axis.set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
         if k % columns == 0:
             axis.set_ylabel("layer")
     figure.colorbar(image, ax=axes, shrink=0.8).set_label("share of attention (0 to 1)", fontsize=8)
-    figure.suptitle("head roles: share of attention to each kind of token, averaged over the sentence "
-                    "(Clark et al., 2019)", fontsize=10)
+    overlap = " (all special tokens: [CLS] and [SEP] together)" if "special" in names else ""
+    figure.suptitle("head roles (Clark et al., 2019): each panel, one head's share of attention to that kind of "
+                    f"token,\naveraged over the sentence's tokens{overlap}", fontsize=10)
     save(figure, "head_roles.png")
 
     figure, axis = figure_and_axes(6.5, 3.2)
@@ -169,16 +201,28 @@ def _save_figures(report: dict, out: Path, skipped: dict[str, str]) -> list[Path
     save(figure, "head_ablation.png")
 
     if "rollout_flow.png" not in skipped:
-        figure, axis = figure_and_axes(max(7.0, 2.5 + 0.16 * count), 3)
-        xs = range(count)
-        axis.bar([x - 0.2 for x in xs], report["rollout"], width=0.4, label="rollout")
-        if report.get("flow"):
-            axis.bar([x + 0.2 for x in xs], report["flow"], width=0.4, label="flow (normalised)")
-        fontsize = 8 if count <= 40 else 7
-        x, labels = _ticks(tokens, min(MAX_INCHES, 2.5 + 0.16 * count) - 1.5, fontsize, focus["index"])
+        rollout, flow = report["rollout"], report.get("flow")
+        words, left_out = list(range(count)), ""
+        if count > LONG_FIGURE:  # the words with the largest rollout, in sentence order
+            order = report.get("rollout_order") or sorted(words, key=lambda j: -rollout[j])
+            words = sorted(order[:ROLLOUT_WORDS])
+            left_out = (f"\nthe {ROLLOUT_WORDS} of {count} words with the largest rollout; the other "
+                        f"{count - ROLLOUT_WORDS} get at most {_at_most(rollout[order[ROLLOUT_WORDS]])}")
+        shown = len(words)
+        figure, axis = figure_and_axes(max(7.0, 2.5 + 0.16 * shown), 3)
+        xs = range(shown)
+        axis.bar([x - 0.2 for x in xs], [rollout[j] for j in words], width=0.4, label="rollout")
+        if flow:
+            axis.bar([x + 0.2 for x in xs], [flow[j] for j in words], width=0.4, label="flow (normalised)")
+        axis.axhline(1 / count, color="gray", linestyle=":", linewidth=1, label=f"even share 1/{count}")
+        fontsize = 8 if shown <= 40 else 7
+        keep = words.index(focus["index"]) if focus["index"] in words else None
+        x, labels = _ticks([tokens[j] for j in words], min(MAX_INCHES, 2.5 + 0.16 * shown) - 1.5, fontsize, keep)
         axis.set_xticks(x, labels, rotation=60, ha="right", fontsize=fontsize)
         axis.set_ylabel("share reaching the focus word", fontsize=8)
-        axis.set_title(f"what reaches '{focus['token']}' through all layers (Abnar & Zuidema, 2020)", fontsize=10)
+        flat = "".join(f"\n{note}" for note in report.get("flat_notes", []))
+        axis.set_title(f"what reaches '{focus['token']}' through all layers (Abnar & Zuidema, 2020){left_out}{flat}",
+                       fontsize=10 if not (flat or left_out) else 8)
         axis.legend(fontsize=8)
         save(figure, "rollout_flow.png")
     return paths

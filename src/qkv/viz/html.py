@@ -73,8 +73,8 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
             app uses it); it is escaped.
 
     Returns:
-        The page, a complete HTML document. Save it with ``Path(...).write_text(page,
-        encoding="utf-8")``; it needs nothing else.
+        The page, a complete HTML document. Save it with ``qkv.files.write_text(path, page)``
+        (whole or not at all); it needs nothing else.
     """
     sentence = show_controls(str(report.get("sentence", "")))
     focus = show_controls(str(report.get("focus", {}).get("token", "")))
@@ -87,10 +87,14 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
            "img-src data:; base-uri 'none'; form-action 'none'")
     back = (f'<p class="back"><a id="back" href="{html.escape(back_href, quote=True)}">← explain another '
             f"sentence</a></p>" if back_href is not None else "")
+    note = str((report.get("length") or {}).get("note") or "")
+    length = f'<p id="length-note" class="warn">{html.escape(note, quote=True)}</p>' if note else ""
     causal = ('<p id="causal-note" class="help">A causal model (a decoder such as GPT-2 or SmolLM2): every word '
               "attends only to itself and the words before it, so later words get no attention and cannot change "
               "its vector.</p>"
               if model.get("causal") else "")
+    note = report.get("focus", {}).get("note")  # the focus word repeats, or is read as [UNK]
+    focus_note = (f'<p id="focus-note" class="help">{html.escape(show_controls(note))}</p>' if note else "")
     values = {
         "CSP": html.escape(csp, quote=True),
         "TITLE": html.escape(f"qkv · {focus} · {sentence}", quote=True),
@@ -100,6 +104,8 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
         "SUMMARY": html.escape(summary, quote=True),
         "SETASIDE": html.escape(report.get("set_aside", _SET_ASIDE), quote=True),
         "CAUSAL": causal,
+        "FOCUSNOTE": focus_note,
+        "LENGTH": length,
         "STYLE": _STYLE,
         "SCRIPT": _SCRIPT,
         "DATA": json_for_script(report),
@@ -107,7 +113,8 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _PAGE)
 
 
-_PLACEHOLDER = re.compile(r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|SETASIDE|CAUSAL|STYLE|SCRIPT|DATA)%")
+_PLACEHOLDER = re.compile(
+    r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|SETASIDE|CAUSAL|FOCUSNOTE|LENGTH|STYLE|SCRIPT|DATA)%")
 _SET_ASIDE = "[CLS], [SEP] and punctuation"  # reports without "set_aside" come from BERT models
 
 # The page; its %NAME% placeholders are filled in one pass, so text from the report is
@@ -130,6 +137,8 @@ _PAGE = """<!DOCTYPE html>
 <p id="sentence" class="sentence">%SENTENCE%</p>
 <p class="sub">Following the word <strong id="focus-word">%FOCUS%</strong> ·
 <span id="model-summary">%SUMMARY%</span></p>
+%FOCUSNOTE%
+%LENGTH%
 %CAUSAL%
 <noscript><p class="warn">This page draws its views with JavaScript; turn it on to see them.</p></noscript>
 </header>
@@ -145,7 +154,9 @@ _PAGE = """<!DOCTYPE html>
 <h2>1 · Where each word looks</h2>
 <p class="help">Point at a word (or tab to it): the other words darken by how much attention it pays them in
 the selected head, relative to the word it looks at most (the darkest is its largest weight, whatever that is).
-Click a word, or press Enter, to keep it selected. Without a pointer, the focus word is shown.</p>
+Click a word, or press Enter, to keep it selected (the panel beside the heatmap follows it); the arrow keys move
+from word to word. Without a pointer, the focus word is shown. “Looks most at” ranks every word by its exact
+weight, the word itself and %SETASIDE% included, and says what share goes to the latter.</p>
 <div id="tokens" class="tokens"></div>
 <p id="token-caption" class="caption"></p>
 </section>
@@ -251,7 +262,7 @@ section { border-top: 1px solid var(--line); padding: 16px 0 10px; scroll-margin
 .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
 .warn { color: #a03000; }
 .back { margin: 12px 0 0; }
-#controls { position: sticky; top: 0; z-index: 5; background: rgba(255,255,255,0.96); padding: 8px 0;
+#controls { position: sticky; top: 0; z-index: 5; background: #ffffff; padding: 8px 0;
   border-bottom: 1px solid var(--line); display: flex; flex-wrap: wrap; gap: 6px 10px; align-items: center; }
 #controls .label { color: var(--muted); }
 select, button { font: inherit; }
@@ -299,6 +310,26 @@ svg text { font-family: inherit; }
 .legend { display: flex; flex-wrap: wrap; gap: 14px; margin: 4px 0; font-size: 0.9rem; }
 .swatch { display: inline-block; width: 18px; height: 4px; vertical-align: middle; margin-right: 5px; }
 .ok { color: #207a3c; } .bad { color: #a03000; }
+#length-note { max-width: 75ch; }
+.ranking { margin: 0; padding-left: 1.6em; }
+.more-note { color: var(--muted); font-size: 0.9rem; margin: 4px 0 0; }
+.show-all { margin-left: 8px; font-size: 0.85rem; }
+.columns-note { color: var(--muted); font-size: 0.9rem; margin: 0 0 4px; }
+/* A box wider than the screen says so: a hint above it and a shade on its right edge until scrolled to the end. */
+.scroll-frame { position: relative; max-width: 100%; min-width: 0; }
+.scroll-hint { display: none; height: 1.2rem; line-height: 1.2rem; font-size: 0.8rem; color: var(--accent); }
+.scroll-frame.overflowing .scroll-hint { display: block; }
+.scroll-frame.overflowing::after { content: ""; position: absolute; top: 1.2rem; right: 0; bottom: 0; width: 28px;
+  pointer-events: none; background: linear-gradient(to right, rgba(29,36,51,0), rgba(29,36,51,0.3)); }
+.scroll-frame.overflowing.at-end::after { background: none; }
+@media (max-width: 600px) {
+  body { padding: 0 10px 30px; }
+  #controls { padding: 4px 0; gap: 4px 6px; font-size: 0.9rem; }
+  #controls .current { display: none; }
+  .head-btn { min-width: 1.9em; padding: 1px 3px; }
+  table.data th, table.data td { padding: 3px 4px; }
+  .barcell { min-width: 70px; }
+}
 footer { border-top: 1px solid var(--line); color: var(--muted); margin-top: 10px; }
 """
 
@@ -312,7 +343,7 @@ _SCRIPT = r"""
   const FOCUS = R.focus.index;
   const PALETTE = ["#1f5fbf", "#d9480f", "#2f9e44", "#ae3ec9", "#e8590c", "#0c8599"];
   const state = { layer: R.walkthrough.layer, head: R.walkthrough.head, source: FOCUS, pinned: FOCUS,
-                  role: "previous", focusMode: "mean" };
+                  role: "previous", focusMode: "mean", allColumns: false };
 
   // ---- helpers ----
   function el(tag, attrs, text) {
@@ -378,6 +409,57 @@ _SCRIPT = r"""
   const SET_ASIDE_SHORT = (R.special_tokens || ["[CLS]", "[SEP]"]).concat(["punct."]).join("/");
   const IMPORTANCE = 1000;  // ablation importance is shown as (1 - cos) x 1000, as in the terminal and figures
   function afterLayer(i) { return i === 0 ? "emb" : String(i - 1); }  // hidden state i: after layer i - 1
+  const LONG = 30;  // a table with more rows (or columns) than this shows only its top ones, and a button for all
+  const TOP_ROWS = 15;
+  function atMost(x) { return (Math.ceil(Number(x) * 1000) / 1000).toFixed(3); }
+  // The report's one ranking (qkv.inspect.explain.rank_attention): where a word looks most, by exact weight.
+  // Every word has one when the report keeps the matrices; a long input keeps the focus word's only.
+  function rankingOf(layer, head, source) {
+    if (R.ranked) {
+      return { order: R.ranked.order[layer][head][source], weights: R.ranked.weights[layer][head][source],
+               parked_share: R.ranked.parked_share[layer][head][source] };
+    }
+    return R.heads[layer * H + head].ranked;
+  }
+  function rankedItems(ranked, source, count) {
+    return ranked.order.slice(0, count).map(function (j, k) {
+      return "“" + tokenLabel(j) + "”" + (j === source ? " (itself)" : "") + " " + fmt(ranked.weights[k], 3);
+    });
+  }
+  // Rows of a table: those shown(k) is true for now, the rest behind a "show all" button below the table's box
+  // (always in view, however wide the table), with a note of what they hold ("… 361 more keys, each at most 0.004").
+  function limitRows(table, rows, shown, note) {
+    let hidden = 0;
+    rows.forEach(function (r, k) { if (!shown(k)) { r.hidden = true; hidden++; } table.appendChild(r); });
+    if (!hidden) return;
+    const more = el("p", { id: table.id + "-more", class: "more-note" }, "… " + hidden + " more " + note + " ");
+    const button = el("button", { type: "button", class: "show-all" }, "show all " + rows.length);
+    button.addEventListener("click", function () {
+      rows.forEach(function (r) { r.hidden = false; }); more.remove(); markScrollable();
+    });
+    more.appendChild(button);
+    table.closest(".scroll").after(more);
+  }
+  // Boxes wider than the screen (tables, the heatmap) get a "scroll →" hint and a shaded right edge.
+  function markScrollable() {
+    document.querySelectorAll(".scroll, #heatmap-box").forEach(function (box) {
+      let frame = box.parentElement;
+      if (!frame.classList.contains("scroll-frame")) {
+        frame = el("div", { class: "scroll-frame" });
+        box.parentElement.insertBefore(frame, box);
+        frame.appendChild(el("div", { class: "scroll-hint", "aria-hidden": "true" },
+                             "scroll → (wider than the screen)"));
+        frame.appendChild(box);
+        box.addEventListener("scroll", function () { markEnd(box, frame); });
+      }
+      frame.classList.toggle("overflowing", box.scrollWidth > box.clientWidth + 1);
+      markEnd(box, frame);
+    });
+  }
+  function markEnd(box, frame) {
+    frame.classList.toggle("at-end", box.scrollLeft + box.clientWidth >= box.scrollWidth - 1);
+  }
+  window.addEventListener("resize", markScrollable);
 
   // ---- controls ----
   const layerSelect = document.getElementById("layer-select");
@@ -413,14 +495,24 @@ _SCRIPT = r"""
     s.addEventListener("mouseenter", function () { state.source = i; drawTokens(); highlightRow(); });
     s.addEventListener("focus", function () { state.source = i; drawTokens(); highlightRow(); });
     s.addEventListener("mouseleave", function () { state.source = state.pinned; drawTokens(); highlightRow(); });
-    s.addEventListener("click", function () { state.pinned = i; state.source = i; drawTokens(); highlightRow(); });
+    s.addEventListener("click", function () { pin(i); });
     s.addEventListener("keydown", function (event) {
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
+      if (step !== undefined || event.key === "Home" || event.key === "End") {
+        event.preventDefault();  // the arrows would scroll the page
+        const next = event.key === "Home" ? 0 : event.key === "End" ? W - 1 : Math.max(0, Math.min(W - 1, i + step));
+        tokenSpans[next].focus();
+        return;
+      }
       if (event.key !== "Enter" && event.key !== " ") return;
       event.preventDefault();  // Space would scroll the page
-      state.pinned = i; state.source = i; drawTokens(); highlightRow();
+      pin(i);
     });
     tokenBox.appendChild(s);
     tokenSpans.push(s);
+  }
+  function pin(i) {
+    state.pinned = i; state.source = i; drawTokens(); highlightRow(); drawSummary();
   }
   function drawTokens() {
     // Long inputs keep no (W, W) matrices: only the focus word's own attention rows.
@@ -435,12 +527,12 @@ _SCRIPT = r"""
       if (j === state.source) { s.style.backgroundColor = "#fff4d6"; s.style.color = ""; }
       else paint(s, full > 0 ? weights[j] / full : 0);
     });
-    const order = weights.map(function (w, j) { return [w, j]; })
-      .filter(function (p) { return p[1] !== state.source; })
-      .sort(function (a, b) { return b[0] - a[0]; }).slice(0, 3);
-    document.getElementById("token-caption").textContent = "“" + tokenLabel(state.source) + "” in layer " +
-      state.layer + ", head " + state.head + " looks most at: " +
-      order.map(function (p) { return "“" + tokenLabel(p[1]) + "” " + fmt(p[0], 2); }).join(", ");
+    const ranked = rankingOf(state.layer, state.head, state.source);
+    const caption = document.getElementById("token-caption");
+    caption.textContent = "“" + tokenLabel(state.source) + "” in layer " + state.layer + ", head " + state.head +
+      " looks most at: " + rankedItems(ranked, state.source, 3).join(", ") + " · " + pct(ranked.parked_share) +
+      " to " + SET_ASIDE;
+    caption.setAttribute("data-order", ranked.order.slice(0, 3).join(","));
   }
 
   // ---- 2. heatmap ----
@@ -503,20 +595,33 @@ _SCRIPT = r"""
     const box = document.getElementById("head-summary");
     box.replaceChildren();
     const s = R.heads[state.layer * H + state.head];
-    box.appendChild(el("h3", null, "Layer " + state.layer + ", head " + state.head + ": the focus word “" +
-                                   visible(R.focus.token) + "”"));
+    const word = R.ranked ? state.pinned : FOCUS;  // a long input keeps the focus word's ranking only
+    box.appendChild(el("h3", null, "Layer " + state.layer + ", head " + state.head + ": “" + tokenLabel(word) +
+                                   "”" + (word === FOCUS ? " (the focus word)" : "")));
     const dl = el("dl");
-    function item(term, text) { dl.appendChild(el("dt", null, term)); dl.appendChild(el("dd", null, text)); }
+    function item(term, content) {
+      dl.appendChild(el("dt", null, term));
+      const dd = el("dd");
+      if (typeof content === "string") dd.textContent = content; else dd.appendChild(content);
+      dl.appendChild(dd);
+    }
     function pairs(list) {
-      return list.map(function (p) { return "“" + visible(p[0]) + "” " + fmt(p[1], 2); }).join(", ") || "–";
+      return list.map(function (p) { return "“" + visible(p[0]) + "” " + fmt(p[1], 3); }).join(", ") || "–";
     }
-    if (s) {
-      item("looks most at", pairs(s.top));
-      item("among content (without " + SET_ASIDE + ")", pairs(s.top_content));
-      item("share to " + SET_ASIDE, pct(s.parked_share));
+    const ranked = rankingOf(state.layer, state.head, word);
+    const list = el("ol", { id: "panel-ranking", class: "ranking" });
+    rankedItems(ranked, word, 5).forEach(function (text, k) {
+      list.appendChild(el("li", { "data-index": ranked.order[k] }, text));
+    });
+    item("looks most at", list);
+    item("share to " + SET_ASIDE, pct(ranked.parked_share));
+    if (word === FOCUS && s) {
+      item("among content (without " + SET_ASIDE + " and renormalised)", pairs(s.top_content));
       item("entropy (nats; 0 = one word, ln W = uniform)", fmt(s.entropy, 2) + " of " + fmt(Math.log(W), 2));
+      item("importance (ablation), (1 − cos) × 1000", fmt(R.ablation[state.layer][state.head] * IMPORTANCE, 1));
+    } else {
+      item("entropy and importance", "shown for the focus word “" + visible(R.focus.token) + "”");
     }
-    item("importance (ablation), (1 − cos) × 1000", fmt(R.ablation[state.layer][state.head] * IMPORTANCE, 1));
     box.appendChild(dl);
   }
 
@@ -548,12 +653,23 @@ _SCRIPT = r"""
                            th("softmax weight"), th("", "text")]));
     const full = maxOf(wt.weights);
     const keyPieces = wt.key_pieces || wt.weights.map(function (_, j) { return j; });  // each key's piece
-    for (let j = 0; j < N; j++) {
+    // A long input: its keys by exact weight, largest first, the top ones shown; else in sentence order.
+    const ranked = N > LONG && wt.order;
+    const keys = ranked ? wt.order : wt.weights.map(function (_, j) { return j; });
+    const rows = keys.map(function (j) {
       const b = td(null, "barcell"); b.appendChild(bar(wt.weights[j], full));
       const p = keyPieces[j];
-      table.appendChild(row([td(p, "num"), td(visible(pieces[p] === undefined ? "?" : pieces[p]), "text"),
-                             td(fmt(wt.dot[j], 3), "num"), td(fmt(wt.scores[j], 3), "num"),
-                             td(fmt(wt.weights[j], 4), "num"), b], p === wt.query_piece ? "hl" : null));
+      return row([td(p, "num"), td(visible(pieces[p] === undefined ? "?" : pieces[p]), "text"),
+                  td(fmt(wt.dot[j], 3), "num"), td(fmt(wt.scores[j], 3), "num"),
+                  td(fmt(wt.weights[j], 4), "num"), b], p === wt.query_piece ? "hl" : null);
+    });
+    if (ranked) {
+      document.getElementById("walkthrough-info").textContent += " Rows: the " + N + " keys by weight, largest " +
+        "first.";
+      limitRows(table, rows, function (k) { return k < TOP_ROWS; },
+                "keys, each at most " + atMost(wt.weights[wt.order[TOP_ROWS]]));
+    } else {
+      rows.forEach(function (r) { table.appendChild(r); });
     }
     const sum = wt.weights.reduce(function (a, b) { return a + (b || 0); }, 0);
     table.appendChild(row([td(""), td("sum", "text"), td(""), td(""), td(fmt(sum, 4), "num"), td("")]));
@@ -580,14 +696,46 @@ _SCRIPT = r"""
     for (let h = 0; h < H; h++) for (let j = 0; j < W; j++) out[j] += (rows[h][j] || 0) / H;
     return out;
   }
+  // The columns of a long input: the words in the ranking of some row (layer), in sentence order, and the
+  // largest weight among the words left out.
+  function focusColumns() {
+    const all = [];
+    for (let j = 0; j < W; j++) all.push(j);
+    if (W <= LONG || state.allColumns) return { columns: all, below: null };
+    const chosen = new Set([FOCUS]);
+    let below = 0;
+    for (let l = 0; l < L; l++) {
+      const ranked = state.focusMode === "head" ? R.heads[l * H + state.head].ranked
+        : { order: R.layer_ranked.order[l], left_out_max: R.layer_ranked.left_out_max[l] };
+      ranked.order.forEach(function (j) { chosen.add(j); });
+      below = Math.max(below, ranked.left_out_max);
+    }
+    return { columns: all.filter(function (j) { return chosen.has(j); }), below: below };
+  }
   function drawFocus() {
     const all = document.getElementById("focus-table"), content = document.getElementById("focus-content-table");
     all.replaceChildren(); content.replaceChildren();
-    const kept = [];
-    for (let j = 0; j < W; j++) if (!parked(j)) kept.push(j);
+    const shown = focusColumns(), columns = shown.columns;
+    let note = document.getElementById("focus-columns-note");
+    if (!note) {
+      note = el("p", { id: "focus-columns-note", class: "columns-note" });
+      all.parentElement.parentElement.insertBefore(note, all.parentElement);
+    }
+    note.replaceChildren();
+    if (W > LONG) {
+      const toggle = el("button", { type: "button", class: "show-all", id: "focus-columns-toggle" },
+                        state.allColumns ? "show the top ones only" : "show all " + W);
+      toggle.addEventListener("click", function () { state.allColumns = !state.allColumns; drawFocus(); });
+      note.appendChild(document.createTextNode(state.allColumns ? "Columns: all " + W + " words. " :
+        "Columns: the " + columns.length + " words among the " + R.layer_ranked.order[0].length + " largest weights " +
+        "of some row (and the focus word), in sentence order; the other " + (W - columns.length) + " get at most " +
+        atMost(shown.below) + " in every row. "));
+      note.appendChild(toggle);
+    }
+    const kept = columns.filter(function (j) { return !parked(j); });
     const label = state.focusMode === "head" ? "head " + state.head : "mean of heads";
     const head1 = [th(label, "text")], head2 = [th(label, "text")];
-    for (let j = 0; j < W; j++) head1.push(th(tokenLabel(j)));
+    for (const j of columns) head1.push(th(tokenLabel(j)));
     head1.push(th("to " + SET_ASIDE_SHORT));
     for (const j of kept) head2.push(th(tokenLabel(j)));
     all.appendChild(row(head1)); content.appendChild(row(head2));
@@ -596,7 +744,7 @@ _SCRIPT = r"""
       let share = 0;
       for (let j = 0; j < W; j++) if (parked(j)) share += w[j];
       const r1 = [td("layer " + l, "text")], r2 = [td("layer " + l, "text")];
-      for (let j = 0; j < W; j++) { const c = td(fmt(w[j], 2), "shade num"); paint(c, w[j]); r1.push(c); }
+      for (const j of columns) { const c = td(fmt(w[j], 2), "shade num"); paint(c, w[j]); r1.push(c); }
       const sc = td(pct(share), "num"); r1.push(sc);
       const rest = 1 - share;
       for (const j of kept) {
@@ -606,6 +754,7 @@ _SCRIPT = r"""
       all.appendChild(row(r1, l === state.layer ? "hl" : null));
       content.appendChild(row(r2, l === state.layer ? "hl" : null));
     }
+    markScrollable();
   }
 
   // ---- 5. senses ----
@@ -677,7 +826,8 @@ _SCRIPT = r"""
         return afterLayer(i) + " " + visible(p); }).join(" · ")));
     }
     if (S.contrast_sentence) {
-      box.appendChild(el("p", { class: "caption" }, "Contrast sentence: “" + visible(S.contrast_sentence) + "”"));
+      box.appendChild(el("p", { class: "caption", id: "contrast-caption" }, "Contrast sentence: “" +
+        visible(S.contrast_sentence) + "”" + (S.contrast_reason ? " (" + visible(S.contrast_reason) + ")" : "")));
     }
   })();
 
@@ -688,19 +838,38 @@ _SCRIPT = r"""
     table.appendChild(row([th("token", "text"), th("rollout"), th("", "text"),
                            th(flow ? "flow" : "flow (too long to compute)"), th("", "text")]));
     const fr = Math.max(maxOf(roll), flow ? maxOf(flow) : 0), ff = fr;  // one scale for both bars
-    for (let j = 0; j < W; j++) {
+    // A long input: its words by exact rollout, largest first, the top ones shown; else in sentence order.
+    const ranked = W > LONG && R.rollout_order;
+    const words = ranked ? R.rollout_order : roll.map(function (_, j) { return j; });
+    const rows = words.map(function (j) {
       const b1 = td(null, "barcell"); b1.appendChild(bar(roll[j], fr));
       const b2 = td(null, "barcell"); if (flow) b2.appendChild(bar(flow[j], ff, true));
-      table.appendChild(row([td(tokenLabel(j), "text"), td(fmt(roll[j], 3), "num"), b1,
-                             td(flow ? fmt(flow[j], 3) : "–", "num"), b2], j === FOCUS ? "hl" : null));
+      const label = ranked ? tokenLabel(j) + " (" + j + ")" : tokenLabel(j);  // out of sentence order: its place
+      return row([td(label, "text"), td(fmt(roll[j], 3), "num"), b1,
+                  td(flow ? fmt(flow[j], 3) : "–", "num"), b2], j === FOCUS ? "hl" : null);
+    });
+    if (ranked) {
+      table.parentElement.insertBefore(el("p", { class: "columns-note" }, "Rows: the " + W + " words by rollout, " +
+        "largest first."), table);
+      limitRows(table, rows, function (k) { return k < TOP_ROWS; },
+                "words, each with rollout at most " + atMost(roll[R.rollout_order[TOP_ROWS]]));
+    } else {
+      rows.forEach(function (r) { table.appendChild(r); });
+    }
+    let after = table.parentNode;
+    for (const note of R.flat_notes || []) {  // near-even shares: say they single out no word
+      const caption = el("p", { class: "caption flat-note" }, note + ".");
+      after.after(caption);
+      after = caption;
     }
     const last = R.last_layer;
     if (last) {
       document.getElementById("last-layer").textContent = "Last layer, mean of heads: " + pct(last.parked_share) +
         " of the focus word's attention goes to " + SET_ASIDE + "; among the rest it looks most at " +
         (last.top_content || []).map(function (t) {
-          return "“" + visible(t.token) + "” " + fmt(t.weight, 2);
-        }).join(", ") + ".";
+          return "“" + visible(t.token) + "” " + fmt(t.weight, 3);
+        }).join(", ") + "." + (last.ranked ? " In all, it looks most at " +
+        rankedItems(last.ranked, FOCUS, 4).join(", ") + "." : "");
     }
   })();
 
@@ -739,7 +908,7 @@ _SCRIPT = r"""
        ablMax * IMPORTANCE, "importance, (1 − cos) × 1000", 1);
   const roleSelect = document.getElementById("role-select");
   const roles = Object.keys(R.head_roles || {});
-  for (const name of roles) roleSelect.appendChild(el("option", { value: name }, name));
+  for (const name of roles) roleSelect.appendChild(el("option", { value: name }, (R.role_names || {})[name] || name));
   function drawRoles() {
     if (!roles.length) return;
     grid("roles-grid", R.head_roles[state.role], 1, state.role, 2);
@@ -762,15 +931,21 @@ _SCRIPT = r"""
     for (let d = 0; d < dims; d++) header.push(th("x" + d));
     table.appendChild(row(header));
     const full = maxOf(iv.norm);
+    const rows = [];
     for (let j = 0; j < W; j++) {
       const b = td(null, "barcell"); b.appendChild(bar(iv.norm[j], full));
       const cells = [td(tokenLabel(j), "text"), td(fmt(iv.norm[j], 2), "num"), b];
       for (let d = 0; d < dims; d++) cells.push(td(fmt(iv.first_dims[j][d], 2), "num"));
-      table.appendChild(row(cells, j === FOCUS ? "hl" : null));
+      rows.push(row(cells, j === FOCUS ? "hl" : null));
     }
+    // A long input: the words around the focus word first, the rest behind a button.
+    const start = Math.max(0, Math.min(FOCUS - Math.floor(TOP_ROWS / 2), W - TOP_ROWS));
+    limitRows(table, rows, function (k) { return W <= LONG || (k >= start && k < start + TOP_ROWS); },
+              "words (these are the " + TOP_ROWS + " around the focus word)");
   })();
 
   select(state.layer, state.head);
+  markScrollable();
   document.body.setAttribute("data-ready", "true");
 })();
 """

@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+from qkv import files
+
 
 def size_label(n: int) -> str:
     """A sequence length as tables and axes show it: 4096 -> "4K", 1000 -> "1000"."""
@@ -231,4 +233,4 @@ def save_figure(figure, path: Path, dpi: int = 120, legend: bool = False, order:
     figure.tight_layout(rect=(0, 0, right, 1))
     for axis in figure.axes:
         untangle_labels(axis)
-    figure.savefig(path, dpi=dpi)
+    files.save_figure(figure, path, dpi=dpi)

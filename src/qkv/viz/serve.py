@@ -6,10 +6,11 @@ Content Security Policy, and model runs are serialised with a lock (one model, o
 tokenizer, shared by the request threads).
 
     GET /                                  the form
-    GET /explain?sentence=...&focus=...    the report (see :func:`qkv.viz.html.render_html`)
+    GET /explain?sentence=...&focus=...    the report (see :func:`qkv.viz.html.render_html`);
+        optional fields as ``qkv explain``'s options: occurrence, layer, head, senses, contrast
 
 Bad input (an empty field, a focus word that is not in the sentence, a sentence longer
-than the model reads) comes back as a readable page with status 400.
+than the model reads, an option out of range) comes back as a readable page with status 400.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from qkv.inspect.explain import DEFAULT_FOCUS, DEFAULT_SENTENCE, explain
+from qkv.inspect.senses import parse_senses
 from qkv.inspect.words import word_view
 from qkv.viz.html import render_html, show_controls
 
@@ -34,6 +36,14 @@ MAX_CHARS = 100_000
 _NO_LIMIT = 1 << 30
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; base-uri 'none'"
 _CSP_HEADER = _CSP + "; frame-ancestors 'none'"  # frame-ancestors works in a header only, not in <meta>
+# The form's optional fields, as qkv explain's options: name -> label.
+OPTION_FIELDS = {
+    "occurrence": "Occurrence (which one, from 1, when the focus word repeats)",
+    "layer": "Layer of the step-by-step head (from 0; empty: chosen for you)",
+    "head": "Head (from 0; empty: chosen for you)",
+    "senses": "Senses (\u201cmoney: sentence | sentence; river: sentence\u201d; empty: built-in ones, if any)",
+    "contrast": "Contrast sentence (the word in another sense; empty: chosen from the senses)",
+}
 
 
 class InputError(ValueError):
@@ -50,13 +60,39 @@ def token_limit(model) -> int | None:
     return None
 
 
-def check_input(tokenizer, model, sentence: str, focus: str) -> None:
-    """Raise :class:`InputError` for empty fields, a sentence longer than the model reads or a
-    focus word that is not in it.
+def parse_options(model, fields: dict[str, str]) -> dict:
+    """``explain`` keyword arguments from the form's optional fields (empty ones left out),
+    checked as ``qkv explain`` checks its options; :class:`InputError` says what to fix."""
+    options: dict = {}
+    layers, heads = len(model.blocks), model.blocks[0].attn.num_heads
+    for name, count, what in (("occurrence", None, None), ("layer", layers, "layers"),
+                              ("head", heads, "heads per layer")):
+        text = fields.get(name, "").strip()
+        if not text:
+            continue
+        lowest = 1 if count is None else 0
+        if not text.isdecimal() or int(text) < lowest or (count is not None and int(text) >= count):
+            limits = (f"this model has {count} {what}, numbered 0 to {count - 1}" if count is not None
+                      else "give a whole number from 1")
+            raise InputError(f"{name.capitalize()} “{text}”: {limits}.")
+        options[name] = int(text)
+    if fields.get("senses", "").strip():
+        try:
+            options["senses"] = parse_senses(fields["senses"])
+        except ValueError as error:
+            raise InputError(f"Senses: {str(error).replace('--senses ', '')}.") from error
+    if fields.get("contrast", "").strip():
+        options["contrast"] = fields["contrast"].strip()
+    return options
+
+
+def check_input(tokenizer, model, sentence: str, focus: str, occurrence: int | None = None) -> None:
+    """Raise :class:`InputError` for empty fields, a sentence longer than the model reads, a
+    focus word that is not in it, or an ``occurrence`` it does not have.
 
     The tokenizer truncates to the model's maximum by itself, so the count is taken with
     truncation off: a long sentence is refused, never silently cut. A focus word that is
-    not among the sentence's words is refused with the list of its words.
+    not among the sentence's tokens is refused with the list of its words.
     """
     if not sentence.strip():
         raise InputError("Please type a sentence.")
@@ -77,17 +113,24 @@ def check_input(tokenizer, model, sentence: str, focus: str) -> None:
     if not words:
         raise InputError("The sentence has no words to follow, only punctuation or symbols. Type a sentence "
                          "with words.")
-    if focus.strip().lower() not in {w.lower() for w in words}:  # as explain() matches it
-        raise InputError(f"The focus word “{focus.strip()}” is not in the sentence. Its words are: "
+    if not view.occurrences(focus):  # as explain() matches it
+        split = view.split_reason(focus)
+        raise InputError(split[:1].upper() + split[1:] + "." if split else
+                         f"The focus word “{focus.strip()}” is not in the sentence. Its words are: "
                          f"{', '.join(words)}. Type one of them (one word, without spaces).")
+    try:
+        view.find(focus, occurrence, option="Occurrence")
+    except ValueError as error:
+        raise InputError(f"{error}.") from error
 
 
 _STYLE = """
 body { margin: 0 auto; max-width: 760px; padding: 24px 20px; color: #1d2433;
   font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
 h1 { font-size: 1.4rem; } label { display: block; margin: 12px 0 4px; font-weight: 600; }
-input[type=text] { width: 100%; font: inherit; padding: 6px 8px; border: 1px solid #b8c0cc; border-radius: 4px;
-  box-sizing: border-box; }
+input[type=text], textarea { width: 100%; font: inherit; padding: 6px 8px; border: 1px solid #b8c0cc;
+  border-radius: 4px; box-sizing: border-box; }
+details { margin-top: 14px; } summary { cursor: pointer; color: #1f5fbf; }
 button { font: inherit; margin-top: 14px; padding: 6px 16px; background: #1f5fbf; color: #fff; border: 0;
   border-radius: 4px; cursor: pointer; }
 .error { background: #fff1ec; border: 1px solid #e8a48b; border-radius: 6px; padding: 10px 14px; color: #7a2300; }
@@ -106,8 +149,17 @@ def page(title: str, body: str) -> str:
     )
 
 
-def form(sentence: str = DEFAULT_SENTENCE, focus: str = DEFAULT_FOCUS) -> str:
-    """The input form, pre-filled (values escaped)."""
+def form(sentence: str = DEFAULT_SENTENCE, focus: str = DEFAULT_FOCUS, options: dict[str, str] | None = None) -> str:
+    """The input form, pre-filled (values escaped); ``options``: the optional fields' text."""
+    options = options or {}
+    fields = []
+    for name, label in OPTION_FIELDS.items():
+        value = html.escape(options.get(name, ""), quote=True)
+        fields.append(f"<label for=\"{name}\">{html.escape(label)}</label>\n" + (
+            f"<textarea id=\"{name}\" name=\"{name}\" rows=\"3\">{value}</textarea>\n" if name == "senses" else
+            f"<input type=\"text\" id=\"{name}\" name=\"{name}\" value=\"{value}\""
+            + (" inputmode=\"numeric\"" if name in ("occurrence", "layer", "head") else "") + ">\n"))
+    opened = " open" if any(v.strip() for v in options.values()) else ""
     return (
         "<form id=\"explain-form\" method=\"get\" action=\"/explain\">\n"
         "<label for=\"sentence\">Sentence</label>\n"
@@ -115,6 +167,8 @@ def form(sentence: str = DEFAULT_SENTENCE, focus: str = DEFAULT_FOCUS) -> str:
         f"value=\"{html.escape(sentence, quote=True)}\">\n"
         "<label for=\"focus\">Focus word (a word of the sentence to follow)</label>\n"
         f"<input type=\"text\" id=\"focus\" name=\"focus\" required value=\"{html.escape(focus, quote=True)}\">\n"
+        f"<details id=\"options\"{opened}><summary>Options: occurrence, layer, head, senses, contrast "
+        f"(as qkv explain's)</summary>\n{''.join(fields)}</details>\n"
         "<button type=\"submit\" id=\"submit\">Explain</button>\n</form>\n"
     )
 
@@ -128,11 +182,11 @@ def index_page() -> str:
     ))
 
 
-def error_page(message: str, sentence: str = "", focus: str = "") -> str:
+def error_page(message: str, sentence: str = "", focus: str = "", options: dict[str, str] | None = None) -> str:
     return page("qkv · cannot explain this", (
         "<h1>Cannot explain this input</h1>\n"
         f"<p class=\"error\" id=\"error\" role=\"alert\">{html.escape(show_controls(message))}</p>\n"
-        + form(sentence, focus) + "<p><a id=\"back\" href=\"/\">← back to the start</a></p>"
+        + form(sentence, focus, options) + "<p><a id=\"back\" href=\"/\">← back to the start</a></p>"
     ))
 
 
@@ -152,16 +206,19 @@ class ExplainServer(ThreadingHTTPServer):
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
-    def report_page(self, sentence: str, focus: str) -> str:
-        """The explain page for one input; raises :class:`InputError` for input the user can fix."""
+    def report_page(self, sentence: str, focus: str, fields: dict[str, str] | None = None) -> str:
+        """The explain page for one input; ``fields``: the optional fields' text (see
+        :data:`OPTION_FIELDS`). Raises :class:`InputError` for input the user can fix."""
+        fields = {name: value for name, value in (fields or {}).items() if name in OPTION_FIELDS and value}
         with self.lock:
-            check_input(self.tokenizer, self.model, sentence, focus)
+            options = parse_options(self.model, fields)
+            check_input(self.tokenizer, self.model, sentence, focus, options.get("occurrence"))
             try:
-                report = explain(self.model, self.tokenizer, sentence, focus.strip())
+                report = explain(self.model, self.tokenizer, sentence, focus.strip(), **options)
             except ValueError as error:  # anything else explain() refuses; said as a sentence
                 message = str(error)
                 raise InputError(message[:1].upper() + message[1:]) from error
-        return render_html(report, back_href="/?" + urlencode({"sentence": sentence, "focus": focus}))
+        return render_html(report, back_href="/?" + urlencode({"sentence": sentence, "focus": focus, **fields}))
 
 
 class ExplainHandler(BaseHTTPRequestHandler):
@@ -176,25 +233,26 @@ class ExplainHandler(BaseHTTPRequestHandler):
         except ValueError:
             self.send_page(HTTPStatus.BAD_REQUEST, error_page("Too many fields in the address."))
             return
+        options = {name: query.get(name, [""])[0] for name in OPTION_FIELDS}
         if url.path == "/":
             sentence = query.get("sentence", [DEFAULT_SENTENCE])[0]
             focus = query.get("focus", [DEFAULT_FOCUS])[0]
             body = index_page() if not query else page("qkv · explain attention", (
-                "<h1>Self-attention, step by step</h1>\n" + form(sentence, focus)))
+                "<h1>Self-attention, step by step</h1>\n" + form(sentence, focus, options)))
             self.send_page(HTTPStatus.OK, body)
         elif url.path == "/explain":
             sentence = query.get("sentence", [""])[0]
             focus = query.get("focus", [""])[0]
             try:
-                body = self.server.report_page(sentence, focus)
+                body = self.server.report_page(sentence, focus, options)
             except InputError as error:
-                self.send_page(HTTPStatus.BAD_REQUEST, error_page(str(error), sentence, focus))
+                self.send_page(HTTPStatus.BAD_REQUEST, error_page(str(error), sentence, focus, options))
                 return
             except Exception as error:  # a bug: say so, escaped, and keep serving
                 self.log_error("explain failed: %r", error)
                 self.send_page(HTTPStatus.INTERNAL_SERVER_ERROR, error_page(
                     f"Something went wrong while explaining this input: {type(error).__name__}: {error}",
-                    sentence, focus))
+                    sentence, focus, options))
                 return
             self.send_page(HTTPStatus.OK, body, report=True)
         else:

@@ -7,6 +7,8 @@ inputs show a window of tokens around the focus word, saying which.
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.measure import Measurement
 from rich.padding import Padding
@@ -14,10 +16,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from qkv.inspect.heads import ROLE_NAMES
+
 __all__ = ["print_report"]
 
 SHADES = " ░▒▓█"
 INDENT = 3  # notes under a heading
+NAMED = 3  # keys named in a sentence ("looks most at ...")
+LONG_TABLE = 30  # longer tables show their top rows by exact weight and count the rest
 
 
 def bar(value: float, width: int = 20, full: float = 1.0) -> str:
@@ -41,6 +47,20 @@ def _set_aside(report: dict) -> str:
     """What the report sets aside as parking places: "[CLS], [SEP] and punctuation" for BERT,
     "punctuation" for GPT-2 (older reports lack the field and were BERT's)."""
     return report.get("set_aside", "[CLS], [SEP] and punctuation")
+
+
+def ranking_text(report: dict, ranked: dict, source: int, count: int = NAMED, share: bool = True) -> str:
+    """A ranking of :func:`qkv.inspect.explain.rank_attention` in words: "'check' (itself) 0.734,
+    'deposited' 0.113, '[CLS]' 0.053; 7% to [CLS], [SEP] and punctuation" (``source``: the
+    word whose row it is; ``share``: end with the parked share)."""
+    named = ", ".join(f"'{report['tokens'][j]}'{' (itself)' if j == source else ''} {w:.3f}"
+                      for j, w in zip(ranked["order"][:count], ranked["weights"][:count]))
+    return f"{named}; {ranked['parked_share']:.0%} to {_set_aside(report)}" if share else named
+
+
+def _left_out_note(left_out: int, below: float, what: str) -> str:
+    """The rows a long table leaves out: "and 341 more keys, each at most 0.004"."""
+    return f"and {left_out} more {what}, each at most {math.ceil(below * 1000) / 1000:.3f}" if left_out else ""
 
 
 def _causal(report: dict) -> bool:
@@ -97,14 +117,18 @@ def print_report(report: dict, console: Console | None = None) -> None:
     (default: a console as wide as the terminal)."""
     console = console or Console()
     focus, model = report["focus"], report["model"]
+    length_note = (report.get("length") or {}).get("note")
     causal = (f"\ncausal model: '{focus['token']}', like every token, attends only to itself and the tokens "
               f"before it" if _causal(report) else "")
     console.print(Panel(
         Text.assemble((report["sentence"], "bold"), "\nfocus: ", (focus["token"], "bold cyan"),
                       f" (token {focus['index']}) · model: {model['layers']} layers x {model['heads']} heads, "
-                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}{_gqa(model)}"),
+                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}{_gqa(model)}",
+                      ("\n" + focus["note"], "yellow") if focus.get("note") else ""),
         title="qkv explain", expand=False,
     ))
+    if length_note:
+        console.print(Panel(Text(length_note), title="input length", border_style="yellow", expand=False))
     _tokens(report, console)
     _walkthrough(report, console)
     _layers(report, console)
@@ -118,9 +142,11 @@ def print_report(report: dict, console: Console | None = None) -> None:
                            "causal models tend to park attention on the first token instead: F in the head roles")
     else:
         others, parking = "other words", "models park attention there"
+    ranked = (f" In all, it looks most at {ranking_text(report, last['ranked'], focus['index'], 4, share=False)}."
+              if last.get("ranked") else "")
     console.print(Panel(Text(
         f"In the last layer, averaged over heads, '{focus['token']}' gives {last['parked_share']:.0%} of its "
-        f"attention to {_set_aside(report)} ({parking}); among the {others} it attends most to {top}."),
+        f"attention to {_set_aside(report)} ({parking}); among the {others} it attends most to {top}.{ranked}"),
         title="in short", expand=False,
     ))
 
@@ -173,9 +199,12 @@ def _walkthrough(report: dict, console: Console) -> None:
         _note(console, f"rotary positions: q and every k are rotated by their own position first (q before: "
                        f"{fmt_vector(w['rotary']['query'])}), so q·k depends on how far apart they are; q·k "
                        f"before the rotation: {before}")
-    if len(w["keys"]) > 30:  # a long input: the 30 keys with the largest weights
-        keys = sorted(sorted(keys, key=lambda i: -w["weights"][i])[:30])
-        _note(console, f"rows: the 30 of {len(w['keys'])} keys with the largest weights, in sentence order")
+    left_out = ""
+    if len(w["keys"]) > LONG_TABLE:  # a long input: the keys with the largest exact weights, largest first
+        order = w.get("order") or sorted(keys, key=lambda i: -w["weights"][i])
+        keys = order[:LONG_TABLE]
+        left_out = _left_out_note(len(order) - LONG_TABLE, w["weights"][order[LONG_TABLE]], "keys")
+        _note(console, f"rows: the {LONG_TABLE} of {len(w['keys'])} keys with the largest weights, largest first")
 
     def build(size: int) -> Table:  # size 1..16: the bar's width; the key's dimensions shrink with it
         dims = 3 if size >= 12 else 2 if size >= 8 else 1
@@ -189,6 +218,13 @@ def _walkthrough(report: dict, console: Console) -> None:
 
     table = _widest(console, build, 4, 16)
     console.print(table)
+    if left_out:
+        _note(console, left_out)
+    summary = report["heads"][w["layer"] * report["model"]["heads"] + w["head"]]
+    if "ranked" in summary:
+        pieces = " (all its pieces)" if len(report["focus"]["pieces"]) > 1 else ""
+        _note(console, f"'{report['focus']['token']}'{pieces} in layer {w['layer']}, head {w['head']} looks most at: "
+                       + ranking_text(report, summary["ranked"], report["focus"]["index"]))
     check = "equals" if w["matches_model"] else "DIFFERS FROM"
     _note(console, f"output = Σ weight × v = {fmt_vector(w['output'])}; {check} the model's own "
                    f"(max difference {w['max_difference']:.1e})")
@@ -210,18 +246,18 @@ def _layers(report: dict, console: Console) -> None:
         table.add_column(str(i), justify="center", style="bold cyan" if i == focus else None)
     table.add_column("aside", justify="right")
     per_head = {(h["layer"], h["head"]): h for h in report["heads"]}
+    layer_ranked = report["layer_ranked"]
     best_words = []
     for layer, by_head in enumerate(report["focus_attention"]):
         focus_row = [sum(column) / len(column) for column in zip(*by_head)]  # mean over heads
         peak = max(focus_row)
         parked = sum(w for w, k in zip(focus_row, kinds) if k != "word")
         table.add_row(str(layer), *[shade(focus_row[i], peak) * 2 for i in shown], f"{parked:.0%}")
-        kept = sorted(((w, t) for t, w, k in zip(tokens, focus_row, kinds) if k == "word" and t != tokens[focus]),
-                      reverse=True)
         heads = [per_head[(layer, h)] for h in range(report["model"]["heads"])]
         sharpest = max(heads, key=lambda h: h["top_content"][0][1] if h["top_content"] else 0.0)
+        ranked = {key: (value[layer] if isinstance(value, list) else value) for key, value in layer_ranked.items()}
         best_words.append(
-            f"layer {layer}: " + ", ".join(f"{t} {w:.2f}" for w, t in kept[:3])
+            f"layer {layer}: " + ranking_text(report, ranked, focus)
             + (f"  · sharpest head h{sharpest['head']} → {sharpest['top_content'][0][0]} "
                f"{sharpest['top_content'][0][1]:.2f}" if sharpest["top_content"] else "")
         )
@@ -230,8 +266,8 @@ def _layers(report: dict, console: Console) -> None:
         _note(console, f"attention sink: the share of the attention of '{tokens[focus]}' on the first token "
                        f"'{report['sink']['token']}', per layer: "
                        + ", ".join(f"{i}: {share:.0%}" for i, share in enumerate(report["sink"]["share"])))
-    _note(console, f"most attended words of the whole input, leaving out {_set_aside(report)} (the sharpest "
-                   "head's share is of its attention left for the other words):")
+    _note(console, f"where it looks most (mean over heads, by exact weight, itself and {_set_aside(report)} "
+                   "included; the sharpest head's share is of its attention left for the other words):")
     for line in best_words:
         _note(console, line)
 
@@ -253,7 +289,8 @@ def _senses(report: dict, console: Console) -> None:
                        f"examples and in the contrast sentence; words after it cannot change it")
     contrast = senses["contrast_cosine"] is not None
     if contrast:
-        _note(console, f"contrast: cosine to '{word}' in the contrast sentence, {senses['contrast_sentence']!r}")
+        _note(console, f"contrast: cosine to '{word}' in the contrast sentence, {senses['contrast_sentence']!r}"
+                       + (f"; {senses['contrast_reason']}" if senses.get("contrast_reason") else ""))
 
     def build(size: int) -> Table:  # size: the margin bar's width
         table = Table(show_edge=False)
@@ -294,17 +331,28 @@ def _rollout(report: dict, console: Console) -> None:
     if flow is None:
         _note(console, "flow: not computed (exact max-flow would take too long for this input)")
     full = max([*rollout, *(flow or [])]) or 1.0
+    rows, left_out = range(len(tokens)), ""
+    if len(tokens) > LONG_TABLE:  # the words with the largest exact rollout, largest first
+        order = report.get("rollout_order") or sorted(rows, key=lambda i: -rollout[i])
+        rows = order[:LONG_TABLE]
+        left_out = _left_out_note(len(order) - LONG_TABLE, rollout[order[LONG_TABLE]], "words") + " (rollout)"
+        _note(console, f"rows: the {LONG_TABLE} of {len(tokens)} words with the largest rollout, largest first")
 
     def build(size: int) -> Table:  # size: each bar's width
         table = Table(show_edge=False)
         for column in ("token", "rollout", "", "flow", ""):
             table.add_column(column, overflow="fold")
-        for i, token in enumerate(tokens):
-            table.add_row(Text(token), f"{rollout[i]:.3f}", bar(rollout[i], size, full),
+        for i in rows:  # out of sentence order, each word says its place
+            label = tokens[i] if left_out == "" else f"{tokens[i]} ({i})"
+            table.add_row(Text(label), f"{rollout[i]:.3f}", bar(rollout[i], size, full),
                           "-" if flow is None else f"{flow[i]:.3f}", "" if flow is None else bar(flow[i], size, full))
         return table
 
     console.print(_widest(console, build, 4, 20))
+    if left_out:
+        _note(console, left_out)
+    for note in report.get("flat_notes", []):
+        _note(console, note)
 
 
 def _head_tables(console: Console, layers: int, heads: int, row_cells) -> None:
@@ -337,13 +385,11 @@ def _heads(report: dict, console: Console) -> None:
         Text(f"{ablation[layer][h] * 1000:.1f}", style="bold" if ablation[layer][h] >= 0.5 * peak else "dim")
         for h in part])
     roles = report["head_roles"]
-    legend = {"previous": ("P", "previous"), "next": ("N", "next"), "self": ("S", "itself"),
-              "cls": ("C", "[CLS]"), "first": ("F", "the first token"), "sep": ("E", "[SEP]"),
-              "punctuation": (".", "punctuation")}
-    letters = {name: letter for name, (letter, _) in legend.items() if name in roles}
-    described = ", ".join(f"{letter} {legend[name][1]}" for name, letter in letters.items())
+    legend = {"previous": "P", "next": "N", "self": "S", "cls": "C", "first": "F", "sep": "E", "punctuation": "."}
+    letters = {name: letter for name, letter in legend.items() if name in roles}
+    described = ", ".join(f"{letter} {ROLE_NAMES[name]}" for name, letter in letters.items())
     _note(console, f"head roles (Clark et al., 2019): the kind of token each head attends to most, with its "
-                   f"share — {described}; lower case below 50%")
+                   f"share — {described}; lower case below 50% ('.' has no lower case: read its share)")
 
     def role_cells(layer: int, part: range) -> list[str]:
         cells = []

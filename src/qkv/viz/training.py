@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
+from qkv.files import save_figure
+
 __all__ = ["plot_training", "plot_attention_example", "save_training_figures"]
 
 LAYER_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
@@ -67,7 +69,7 @@ def plot_training(result: dict, path: str | Path) -> Path:
                     fontsize=11)
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=130)
+    save_figure(figure, path, dpi=130)
     plt.close(figure)
     return path
 
@@ -110,7 +112,7 @@ def plot_attention_example(result: dict, path: str | Path) -> Path:
                     f"red: the ambiguous word's row, orange: the cue's column", fontsize=10)
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=130)
+    save_figure(figure, path, dpi=130)
     plt.close(figure)
     return path
 
