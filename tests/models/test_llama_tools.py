@@ -40,6 +40,7 @@ def test_explain_on_a_llama_sets_the_sink_aside_and_names_the_kv_groups(tmp_path
     assert report["tokens"][:2] == ["She", "deposited"] and not any("Ġ" in t for t in report["tokens"])
     assert report["kinds"][0] == "sink" and "first token ('She'" in report["set_aside"]
     assert report["model"]["kv_heads"] == 2 and report["model"]["kv_groups"] == [[0, 1, 2], [3, 4, 5]]
+    assert report["model"]["positions"] == "rotary"
     focus_rows = torch.tensor(report["focus_attention"])  # (L, H, W)
     assert torch.allclose(torch.tensor(report["sink"]["share"]), focus_rows[..., 0].mean(-1), atol=1e-5)
     assert len(report["sink"]["share"]) == 3

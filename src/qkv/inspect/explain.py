@@ -300,6 +300,7 @@ def explain(
         "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
                   "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None),
                   "causal": causal, "kv_heads": model.blocks[0].attn.num_kv_heads,
+                  "positions": "learned" if model.embed.positions is not None else "rotary",
                   # query heads sharing each key/value head (grouped-query attention)
                   "kv_groups": [list(range(g * (heads // model.blocks[0].attn.num_kv_heads),
                                            (g + 1) * (heads // model.blocks[0].attn.num_kv_heads)))

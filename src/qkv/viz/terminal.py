@@ -161,7 +161,9 @@ def _gqa(model: dict) -> str:
 
 
 def _tokens(report: dict, console: Console) -> None:
-    _heading(console, "1. Tokens and their initial vectors (token embedding + position)")
+    positions = ("token embedding; positions enter as rotations of q and k in every layer"
+                 if report["model"].get("positions") == "rotary" else "token embedding + position")
+    _heading(console, f"1. Tokens and their initial vectors ({positions})")
     shown = _window(len(report["tokens"]), report["focus"]["index"], 31)
     if len(shown) < len(report["tokens"]):
         _note(console, _window_note(report, shown, "rows"))
