@@ -16,6 +16,7 @@ from qkv import (
 )
 from qkv.attention import (
     AttentionStats,
+    DispatchPlan,
     LinearOptions,
     LinformerOptions,
     NystromOptions,
@@ -25,6 +26,7 @@ from qkv.attention import (
     attention_stats,
     attention_weights,
     available_backends,
+    explain_dispatch,
     get_backend,
 )
 from qkv.models import load
@@ -36,6 +38,8 @@ __all__ = [
     "attention_weights",
     "attention_stats",
     "AttentionStats",
+    "explain_dispatch",
+    "DispatchPlan",
     "available_backends",
     "get_backend",
     "LinearOptions",

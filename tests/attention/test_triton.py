@@ -303,7 +303,7 @@ def test_autotuning_tries_only_the_tiles_of_the_call_class():
             meta = {"BLOCK_D": head_dim, "BLOCK_DV": head_dim, "HAS_LEFT": band, "HAS_RIGHT": True}
             kept = prune(every, {}, **meta)
             assert sorted(map(str, kept)) == sorted(map(str, kernels._configs(shapes[expected])))
-            assert 1 <= len(kept) <= 4
+            assert 1 <= len(kept) <= 5
         assert len(kernels._configs(shapes["medium"])) <= 2  # the cold-compile budget of a D=128 call
 
 

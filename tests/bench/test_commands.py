@@ -165,3 +165,62 @@ def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "attention", "--backends", "flash-attn-9"]) == 2
     assert main(["bench", "report", "no-such-file.json"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_overhead_section_reports_each_ratio_and_goal(tmp_path: Path) -> None:
+    """``qkv bench attention --section overhead``: calls against plain SDPA, the module against the same
+    module calling SDPA, side by side, with the goals; the JSON has one row per contender and point."""
+    from qkv.bench import overhead
+
+    path = tmp_path / "overhead.json"
+    assert main(["bench", "attention", "--section", "overhead", "--quick", "--sizes", "16", "--repeats", "3",
+                 "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["benchmark"] == "attention-overhead" and result["machine"]["torch_threads"] == 1
+    calls = {(r["variant"], r["contender"]) for r in result["rows"] if r["part"] == "call"}
+    assert calls == {(v, c) for v in overhead.VARIANTS for c in ("sdpa (torch)", "qkv auto", "qkv sdpa")}
+    modules = {(r["variant"], r["contender"]) for r in result["rows"] if r["part"] == "module"}
+    module_names = ("SDPA inside the module", "MultiHeadAttention")
+    assert modules == {(v, c) for v in ("full", "key padding") for c in module_names}
+    for row in result["rows"]:
+        assert row["n"] == 16 and row["time_s"] > 0 and math.isfinite(row["ratio"])
+    goals = {(t["target"], t["limit"]) for t in result["targets"]}
+    assert ("qkv auto / plain SDPA, key padding", 1.1) in goals
+    assert ("MultiHeadAttention / the module calling SDPA, full", 1.05) in goals
+    assert all(t["met"] == (t["measured"] <= t["limit"]) for t in result["targets"])
+
+
+def test_the_sdpa_module_is_the_same_module(tmp_path: Path) -> None:
+    """The overhead baseline computes what MultiHeadAttention computes, with SDPA called directly."""
+    import torch
+
+    from qkv.bench.overhead import SdpaMultiHeadAttention
+    from qkv.nn import MultiHeadAttention
+
+    for causal, padded in ((False, True), (True, False)):
+        layer = MultiHeadAttention(48, 4, causal=causal)
+        direct = SdpaMultiHeadAttention(48, 4, causal=causal)
+        direct.load_state_dict(layer.state_dict())
+        x = torch.randn(2, 9, 48)
+        padding = torch.ones(2, 9, dtype=torch.bool)
+        padding[1, 6:] = False
+        mask = padding if padded else None
+        torch.testing.assert_close(direct(x, key_padding_mask=mask), layer(x, key_padding_mask=mask))
+
+
+def test_the_report_puts_auto_against_the_fastest_exact_backend() -> None:
+    from qkv.bench.report import auto_targets
+
+    def row(backend: str, variant: str, n: int, time_s: float | None, kind: str = "qkv") -> dict:
+        return {"backend": backend, "mode": "fwd", "variant": variant, "n": n, "time_s": time_s, "kind": kind,
+                "exact": True}
+
+    result = {"rows": [row("qkv auto", "window 256", 8192, 0.066), row("qkv sliding", "window 256", 8192, 0.061),
+                       row("qkv sdpa", "window 256", 8192, 0.98), row("sdpa (torch)", "window 256", 8192, 0.01, "sdpa"),
+                       row("qkv auto", "full", 512, 0.5), row("qkv sdpa", "full", 512, 0.3),
+                       row("qkv tiled", "full", 512, None)]}
+    targets = {(t["target"], t["n"]): t for t in auto_targets(result)}
+    window = targets[("auto / fastest exact (sliding), window 256", 8192)]
+    assert window["met"] and window["measured"] == pytest.approx(0.066 / 0.061)  # peers outside qkv do not count
+    full = targets[("auto / fastest exact (sdpa), full", 512)]
+    assert not full["met"] and full["limit"] == 1.1

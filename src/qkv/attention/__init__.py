@@ -1,6 +1,13 @@
 """The functional core: ``attention`` with one signature and many backends."""
 
-from qkv.attention.api import AttentionStats, attention, attention_stats, attention_weights
+from qkv.attention.api import (
+    AttentionStats,
+    DispatchPlan,
+    attention,
+    attention_stats,
+    attention_weights,
+    explain_dispatch,
+)
 from qkv.attention.approximate import LinearOptions, LinformerOptions, NystromOptions, PerformerOptions
 from qkv.attention.masks import MaskSpec
 from qkv.attention.registry import Backend, available_backends, get_backend, register
@@ -11,6 +18,8 @@ __all__ = [
     "attention_weights",
     "attention_stats",
     "AttentionStats",
+    "explain_dispatch",
+    "DispatchPlan",
     "MaskSpec",
     "Backend",
     "available_backends",

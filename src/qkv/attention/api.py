@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from qkv.attention.masks import MaskSpec, normalize_window
+from qkv.attention.costs import CallShape
+from qkv.attention.masks import MaskSpec, keep_read, normalize_window
 from qkv.attention.reference import reference_weights
-from qkv.attention.registry import CallNeeds, resolve_backend
+from qkv.attention.registry import Backend, CallNeeds, Candidate, dispatch_costs, registered, resolve_backend
 from qkv.attention.stats import AttentionStats, streaming_stats
 
-__all__ = ["attention", "attention_weights", "attention_stats", "AttentionStats"]
+__all__ = ["attention", "attention_weights", "attention_stats", "AttentionStats", "explain_dispatch", "DispatchPlan"]
 
 Window = int | tuple[int | None, int | None] | None
 
@@ -272,18 +274,158 @@ def zero_unread_keys(k: Tensor, v: Tensor | None, spec: MaskSpec) -> tuple[Tenso
 
     Their contents must not matter, but 0 * NaN = NaN would carry a NaN in padding
     into visible outputs and gradients. Gradients of the zeroed entries are zero.
+    Which keys are unread comes from shapes and masks, never from reading a tensor on the
+    host, so this never waits for a device.
     """
-    unread = spec.unread_keys(k.device)  # (B|1, Hq|1, Nk)
-    if unread is None:
+    return _zero_unread(k, v, spec.read_keys(k.device))
+
+
+def _zero_unread(k: Tensor, v: Tensor | None, read: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Zero the keys and values that ``read`` (bool, broadcastable to (B, Hq, Nk)) leaves False."""
+    if read is None:
         return k, v
     num_kv_heads = k.shape[1]
-    if unread.shape[1] != 1 and unread.shape[1] != num_kv_heads:
-        # A key/value head is unread only when all the query heads sharing it skip it.
-        unread = unread.unflatten(1, (num_kv_heads, -1)).all(dim=2)
-    unread = unread.unsqueeze(-1)  # (B|1, Hkv|1, Nk, 1)
-    k = k.masked_fill(unread, 0.0)
-    v = None if v is None else v.masked_fill(unread, 0.0)
+    if read.shape[1] != 1 and read.shape[1] != num_kv_heads:
+        # A key/value head is read when any of the query heads sharing it reads it.
+        read = read.unflatten(1, (num_kv_heads, -1)).any(dim=2)
+    read = read.unsqueeze(-1)  # (B|1, Hkv|1, Nk, 1)
+    if v is None:
+        return keep_read((k,), read)[0], None
+    k, v = keep_read((k, v), read)
     return k, v
+
+
+# ---- the per-call path: everything that depends only on shapes and options, once per signature ----
+
+PLAN_CACHE_SIZE = 256  # call signatures remembered (a model has a few: one per layer shape and mask kind)
+_PLANS: dict[tuple, _Plan] = {}
+
+
+class _Plan:
+    """What :func:`attention` decided for one call signature: the validated structure, the
+    backend, and how to run it. Holds no tensor of the caller's."""
+
+    __slots__ = ("backend", "keys", "mask_shape", "read", "runner", "scale", "spec")
+
+    def __init__(self, backend: Backend, spec: MaskSpec, scale: float, runner: Callable | None,
+                 read: Tensor | None, mask_shape: tuple[int, ...] | None, keys: str) -> None:
+        self.backend = backend  # the registry's record (checked to be current on every call)
+        self.spec = spec  # the structure; the call's mask and key padding are put in per call
+        self.scale = scale
+        self.runner = runner  # run(q, k, v, spec) prepared by the backend, or None: backend.call
+        self.read = read  # keys some query reads through the structure, (1, 1, Nk), or None: all
+        self.mask_shape = mask_shape  # the 4-D shape a lower-dimensional mask is viewed as
+        # What to do with the keys before the backend runs: "all" (every key is read), "structure"
+        # (zero those the structure hides, self.read), "padding" (zero the key padding, nothing
+        # else hides keys), "masks" (a mask or padding with each call: zero what they hide) or
+        # "none" (Nq or Nk is zero: nothing to attend).
+        self.keys = keys
+
+
+def _call_key(q: object, k: object, v: object, causal: object, window: object, mask: object,
+              key_padding_mask: object, scale: object, backend: object, return_lse: object,
+              options: object) -> tuple | None:
+    """Everything the validation and the backend choice read, as a hashable key; None when some
+    argument is of a kind the cache does not take (it then goes through the full checks).
+
+    Scalars must have exactly their documented types (True == 1 in a key, but causal=1 is an
+    error), and tensors must be plain ``torch.Tensor``s.
+    """
+    if type(q) is not Tensor or type(k) is not Tensor or type(v) is not Tensor:
+        return None
+    if type(causal) is not bool or type(return_lse) is not bool or type(backend) is not str:
+        return None
+    if not (scale is None or type(scale) is float or type(scale) is int):
+        return None
+    if not (window is None or type(window) is int or (
+            type(window) is tuple and len(window) == 2 and all(w is None or type(w) is int for w in window))):
+        return None
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    mask_key = kpm_key = None
+    if mask is not None:
+        if type(mask) is not Tensor:
+            return None
+        mask_key = (mask.shape, mask.dtype, mask.device)
+        grad = grad or (torch.is_grad_enabled() and mask.requires_grad)
+    if key_padding_mask is not None:
+        if type(key_padding_mask) is not Tensor:
+            return None
+        kpm_key = (key_padding_mask.shape, key_padding_mask.dtype, key_padding_mask.device)
+    return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal, window,
+            scale, backend, return_lse, type(options), grad, mask_key, kpm_key)
+
+
+def call_shape(q: Tensor, k: Tensor, v: Tensor) -> CallShape:
+    """The sizes the cost model reads, from validated q (B, Hq, Nq, D), k, v (B, Hkv, Nk, Dv)."""
+    return CallShape(batch=q.shape[0], q_heads=q.shape[1], kv_heads=k.shape[1], nq=q.shape[2], nk=k.shape[2],
+                     head_dim=q.shape[3], value_dim=v.shape[3], device=q.device.type)
+
+
+def _call_needs(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, causal: bool, window: Window,
+                return_lse: bool) -> CallNeeds:
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, spec.float_bias)
+    )
+    return CallNeeds(
+        return_lse=return_lse,
+        grad=wants_grad,
+        mask=spec.mask is not None,
+        key_padding=spec.key_padding_mask is not None,
+        causal=causal,
+        window=window is not None,
+        device=q.device.type,
+        global_tokens=bool(spec.global_tokens),
+    )
+
+
+def _validated_call(q, k, v, causal, window, mask, key_padding_mask, scale, global_tokens, backend, options,
+                    return_lse) -> tuple[MaskSpec, float, CallNeeds, Backend]:
+    """Every check of :func:`attention`'s arguments; the spec (with the call's tensors), the scale,
+    the call's needs and the backend that serves it."""
+    spec, scale = build_spec(
+        q, k, v, causal=causal, window=window, mask=mask,
+        key_padding_mask=key_padding_mask, scale=scale, global_tokens=global_tokens,
+    )
+    return_lse = _check_flag("return_lse", return_lse)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string such as 'auto'; got {type(backend).__name__}")
+    needs = _call_needs(q, k, v, spec, causal, window, return_lse)
+    if backend == "auto" and options is not None:
+        raise ValueError(
+            f"options ({type(options).__name__}) belong to one backend; name it with backend=... "
+            f"rather than 'auto'"
+        )
+    chosen = resolve_backend(backend, needs, spec, call_shape(q, k, v))
+    chosen.check_options(options)
+    return spec, scale, needs, chosen
+
+
+def _make_plan(q, k, v, causal, window, mask, key_padding_mask, scale, global_tokens, backend, options,
+               return_lse) -> _Plan:
+    spec, scale, _needs, chosen = _validated_call(q, k, v, causal, window, mask, key_padding_mask, scale,
+                                                  global_tokens, backend, options, return_lse)
+    empty = (spec.nq == 0 or spec.nk == 0) and not chosen.sequence_parallel
+    runner = None
+    if chosen.runner is not None and not return_lse and not empty:
+        runner = chosen.runner(spec, scale, call_shape(q, k, v), q.dtype)
+    structure = spec.with_tensors(None, None)
+    read = structure.read_keys(q.device)
+    mask_shape = None if mask is None or mask.dim() == 4 else spec.mask.shape
+    if empty:
+        keys = "none"
+    elif spec.mask is None and spec.key_padding_mask is not None and read is None:
+        keys = "padding"
+    elif spec.mask is not None or spec.key_padding_mask is not None:
+        keys = "masks"
+    else:
+        keys = "all" if read is None else "structure"
+    return _Plan(chosen, structure, scale, runner, read, mask_shape, keys)
+
+
+def _remember(key: tuple, plan: _Plan) -> None:
+    if len(_PLANS) >= PLAN_CACHE_SIZE:
+        del _PLANS[next(iter(_PLANS))]  # the oldest signature
+    _PLANS[key] = plan
 
 
 def attention(
@@ -327,7 +469,8 @@ def attention(
             exempt from ``window``, as Longformer's and BigBird's global attention: a
             global position sees every key and every query sees it, causality still
             applying. Needs ``window``.
-        backend: "auto" (the fastest exact backend that supports the call), or one of
+        backend: "auto" (the exact backend estimated fastest for this call, see
+            :func:`qkv.explain_dispatch`), or one of
             :func:`qkv.available_backends` ("reference", "sdpa", "tiled", "sliding",
             the Triton GPU kernel "triton", the approximate "linear", "performer",
             "nystrom", "linformer", and the sequence-parallel "ring", where q, k, v are
@@ -335,7 +478,7 @@ def attention(
             :mod:`qkv.distributed`).
         options: the backend's options object, e.g. ``PerformerOptions(features=256)``
             for "performer" (see :mod:`qkv.attention.approximate`),
-            ``TritonOptions(deterministic=True)`` for "triton" or ``RingOptions(group=g)``
+            ``TritonOptions(block_m=128, block_n=64)`` for "triton" or ``RingOptions(group=g)``
             for "ring"; None: its defaults.
         return_lse: also return the log-sum-exp of each query's scores.
 
@@ -350,41 +493,117 @@ def attention(
             or a backend asked for something it cannot do (the message names the
             backends that can).
 
+    The checks that depend only on shapes, dtypes, devices and options, and the choice of
+    backend, run once per call signature and are remembered (the last
+    ``PLAN_CACHE_SIZE`` signatures); a call never reads a tensor's values on the host.
+
     Example:
         >>> q = k = v = torch.randn(1, 8, 128, 64)
         >>> out = qkv.attention(q, k, v, causal=True)  # (1, 8, 128, 64)
     """
-    spec, scale = build_spec(
-        q, k, v, causal=causal, window=window, mask=mask,
-        key_padding_mask=key_padding_mask, scale=scale, global_tokens=global_tokens,
-    )
-    return_lse = _check_flag("return_lse", return_lse)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string such as 'auto'; got {type(backend).__name__}")
-    wants_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, spec.float_bias)
-    )
-    needs = CallNeeds(
-        return_lse=return_lse,
-        grad=wants_grad,
-        mask=spec.mask is not None,
-        key_padding=spec.key_padding_mask is not None,
-        causal=causal,
-        window=window is not None,
-        device=q.device.type,
-        global_tokens=bool(spec.global_tokens),
-    )
-    if backend == "auto" and options is not None:
-        raise ValueError(
-            f"options ({type(options).__name__}) belong to one backend; name it with backend=... "
-            f"rather than 'auto'"
-        )
-    chosen = resolve_backend(backend, needs)
-    chosen.check_options(options)
-    if (spec.nq == 0 or spec.nk == 0) and not chosen.sequence_parallel:
+    if (type(q) is Tensor and type(k) is Tensor and type(v) is Tensor and mask is None and key_padding_mask is None
+            and global_tokens is None and window is None and type(causal) is bool and type(return_lse) is bool
+            and (scale is None or type(scale) is float) and type(backend) is str):
+        # the commonest calls, keyed inline as _call_key would key them
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal, None,
+               scale, backend, return_lse, type(options),
+               torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad), None, None)
+    elif global_tokens is None:
+        key = _call_key(q, k, v, causal, window, mask, key_padding_mask, scale, backend, return_lse, options)
+    else:
+        key = None
+    plan = None if key is None else _PLANS.get(key)
+    if plan is None or registered(plan.backend.name) is not plan.backend:
+        plan = _make_plan(q, k, v, causal, window, mask, key_padding_mask, scale, global_tokens, backend,
+                          options, return_lse)
+        if key is not None:
+            _remember(key, plan)
+    spec = plan.spec
+    keys = plan.keys
+    if keys == "padding":
+        spec = spec.with_tensors(None, key_padding_mask)
+        read_shape = (key_padding_mask.shape[0], 1, spec.nk, 1)  # (B, 1, Nk, 1)
+        read = (key_padding_mask.view(read_shape) if key_padding_mask.is_contiguous()
+                else key_padding_mask.reshape(read_shape))
+        k, v = keep_read((k, v), read)
+    elif keys == "masks":
+        if plan.mask_shape is not None:
+            mask = mask.view(plan.mask_shape) if mask.is_contiguous() else mask.reshape(plan.mask_shape)
+        spec = spec.with_tensors(mask, key_padding_mask)
+        k, v = _zero_unread(k, v, spec.read_keys(k.device))
+    elif keys == "structure":
+        k, v = _zero_unread(k, v, plan.read)
+    elif keys == "none":
         return _empty_result(q, k, v, return_lse)
-    k, v = zero_unread_keys(k, v, spec)
-    return chosen.call(q, k, v, spec, scale, return_lse, options)
+    if plan.runner is not None:
+        return plan.runner(q, k, v, spec)
+    return plan.backend.call(q, k, v, spec, plan.scale, return_lse, options)
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    """Which backend a call of :func:`attention` runs, and why (see :func:`explain_dispatch`)."""
+
+    backend: str  # the backend the call runs
+    requested: str  # what the call asked for ("auto" or a backend's name)
+    candidates: tuple[Candidate, ...]  # every backend "auto" may pick: estimated time, or why it cannot
+    reason: str  # one sentence
+
+    def __str__(self) -> str:
+        lines = [self.reason, "candidates (estimated time per call, how it would run):"]
+        lines += [f"  {'*' if c.name == self.backend else ' '} {c.describe()}" for c in self.candidates]
+        return "\n".join(lines)
+
+
+def explain_dispatch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    window: Window = None,
+    mask: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    global_tokens: Sequence[int] | Tensor | None = None,
+    backend: str = "auto",
+    return_lse: bool = False,
+) -> DispatchPlan:
+    """Which backend :func:`attention` runs for this call, and why, without running it.
+
+    Takes the arguments of :func:`attention` (gradients are needed when grad mode is on and
+    an input requires grad, as in the call). ``"auto"`` picks, among the exact backends that
+    can serve the call (device, LSE, gradients, masks), the one with the lowest estimated
+    time (:mod:`qkv.attention.costs`): the work each would do (the (query, key) pairs it
+    computes, the dense mask it needs, the tiles it loops over) priced by measurements from
+    ``qkv bench attention``.
+
+    Args:
+        q: (B, Hq, Nq, D) queries.
+        k: (B, Hkv, Nk, D) keys.
+        v: (B, Hkv, Nk, Dv) values.
+        causal, window, mask, key_padding_mask, scale, global_tokens, backend, return_lse:
+            as :func:`attention`.
+
+    Returns:
+        A :class:`DispatchPlan`; ``print(plan)`` shows every candidate with its estimated time.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 8, 8192, 64)
+        >>> print(qkv.explain_dispatch(q, k, v, window=(256, 256)))  # auto picks sliding
+    """
+    spec, _scale, needs, chosen = _validated_call(q, k, v, causal, window, mask, key_padding_mask, scale,
+                                                  global_tokens, backend, None, return_lse)
+    candidates = tuple(dispatch_costs(needs, spec, call_shape(q, k, v)))
+    if backend != "auto":
+        reason = f"backend={backend!r} was asked for; it can serve this call"
+    else:
+        picked = next(c for c in candidates if c.name == chosen.name)
+        others = [c for c in candidates if c.seconds is not None and c.name != chosen.name]
+        versus = f"; next: {others[0].name}, {others[0].time_text}" if others else ""
+        reason = (f"auto picks {chosen.name}: the lowest estimated time among the exact backends that can serve "
+                  f"this call ({picked.time_text}{versus})")
+    return DispatchPlan(backend=chosen.name, requested=backend, candidates=candidates, reason=reason)
 
 
 class _NothingToAttend(torch.autograd.Function):

@@ -1,15 +1,25 @@
-"""Attention backends and what each can do.
+"""Attention backends, what each can do, and how ``"auto"`` chooses among them.
 
 Every backend has the same signature, ``fn(q, k, v, spec, scale, return_lse)`` (plus
 ``options=`` for a backend with an options type, such as Performer's feature count), and a
-:class:`Backend` record of its capabilities. :func:`check_capabilities` refuses a call
-a backend cannot honour, naming the backends that can; ``"auto"`` picks the first
-backend in preference order that supports the call. Later backends (sliding window,
-approximate, Triton) register themselves here with :func:`register`.
+:class:`Backend` record of its capabilities. :func:`resolve_backend` refuses a call a
+backend cannot honour, naming the backends that can. Later backends (approximate, ring)
+register themselves here with :func:`register`.
+
+How ``"auto"`` chooses: among the exact backends that ``auto`` may pick and that support
+the call (device, LSE, gradients, masks), the one with the lowest estimated time. Each
+such backend has an ``estimate(spec, shape, grad)`` (:mod:`qkv.attention.costs`) that
+counts the work it would do for this call (the (query, key) pairs it computes, which is
+all Nq x Nk for SDPA with a mask but only the band for ``sliding``; the tiles or band
+segments it loops over in Python; the dense mask it must build) and prices it with
+constants calibrated from ``qkv bench attention`` on a 2-core CPU and an H200.
+:func:`dispatch_costs` lists every candidate with its estimate or the reason it cannot
+serve the call; ``qkv.explain_dispatch`` shows them for a call.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,16 +39,20 @@ from qkv.attention.approximate import (
     performer_attention,
     performer_weights,
 )
+from qkv.attention.costs import CallShape, Estimate, sdpa_estimate, sliding_estimate, tiled_estimate, triton_estimate
 from qkv.attention.masks import MaskSpec
 from qkv.attention.reference import reference_attention
-from qkv.attention.sdpa import sdpa_attention
+from qkv.attention.sdpa import sdpa_attention, sdpa_runner
 from qkv.attention.sliding import sliding_attention
 from qkv.attention.tiled import tiled_attention
 from qkv.attention.triton_backend import TritonOptions, triton_attention, unavailable_reason
 
-__all__ = ["Backend", "register", "get_backend", "available_backends", "resolve_backend"]
+__all__ = ["Backend", "register", "registered", "get_backend", "available_backends", "resolve_backend", "CallNeeds",
+           "Candidate", "dispatch_costs"]
 
 BackendFn = Callable[[Tensor, Tensor, Tensor, MaskSpec, float, bool], "Tensor | tuple[Tensor, Tensor]"]
+# runner(spec, scale, shape) -> run(q, k, v, spec): the backend prepared once for a call signature
+Runner = Callable[[MaskSpec, float, CallShape], Callable[[Tensor, Tensor, Tensor, MaskSpec], Tensor]]
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,12 @@ class Backend:
     supports_window: bool = True  # honours ``window=``
     supports_global_tokens: bool = True  # honours ``global_tokens=``
     devices: frozenset[str] = frozenset({"cpu", "cuda"})  # device types it runs on
-    auto_rank: int | None = None  # preference for "auto" (lower first); None: never picked
+    auto_rank: int | None = None  # "auto" may pick it (ties go to the lower rank); None: never picked
+    # estimate(spec, shape, grad) -> Estimate: the time this backend would take for a call, for "auto"
+    estimate: Callable[[MaskSpec, CallShape, bool], Estimate] | None = None
+    # runner(spec, scale, shape): a forward without LSE prepared once per call signature (e.g. SDPA's
+    # mask form chosen ahead); None: fn is called
+    runner: Runner | None = None
     options_type: type | None = None  # frozen dataclass of backend options; None: takes none
     # For approximate backends: weights_fn(q, k, spec, scale, options) -> (B, Hq, Nq, Nk), the
     # mixing matrix the backend applies to the values (small N only). None: softmax weights.
@@ -103,6 +122,10 @@ def register(backend: Backend) -> Backend:
     """Add (or replace) a backend in the registry."""
     _REGISTRY[backend.name] = backend
     return backend
+
+
+# registered(name) -> the registry's record of that name, or None (a bound method: cheap per call)
+registered: Callable[[str], Backend | None] = _REGISTRY.get
 
 
 def available_backends() -> list[str]:
@@ -160,24 +183,71 @@ class CallNeeds:
         return None
 
 
-def resolve_backend(name: str, needs: CallNeeds) -> Backend:
-    """The backend to run: ``name`` if it can serve the call, or the best one for "auto".
+@dataclass(frozen=True)
+class Candidate:
+    """One backend "auto" may pick, judged for one call."""
+
+    name: str
+    seconds: float | None  # estimated time of the call; None: it cannot serve the call
+    how: str  # how it would run the call, or why it cannot ("cannot ...")
+
+    @property
+    def time_text(self) -> str:
+        """The estimated time, readable ("1.2 ms"), or "-"."""
+        return "-" if self.seconds is None else _format_seconds(self.seconds)
+
+    def describe(self) -> str:
+        return f"{self.name:8s} {self.time_text:>10s}  {self.how}"
+
+
+def _format_seconds(seconds: float) -> str:
+    for unit, size in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= size or unit == "us":
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def dispatch_costs(needs: CallNeeds, spec: MaskSpec | None = None, shape: CallShape | None = None
+                   ) -> list[Candidate]:
+    """Every backend "auto" may pick, cheapest first: its estimated time for this call
+    (``spec`` and ``shape``), or why it cannot serve it (those last).
+
+    Without ``spec`` and ``shape`` nothing is estimated: the candidates able to serve the
+    call come in their ``auto_rank`` order.
+    """
+    eligible = sorted((b for b in _REGISTRY.values() if b.auto_rank is not None and b.exact),
+                      key=lambda b: b.auto_rank)
+    able, unable = [], []
+    for backend in eligible:
+        unmet = needs.unmet_by(backend)
+        if unmet is not None:
+            unable.append(Candidate(backend.name, None, f"cannot {unmet}"))
+        elif spec is None or shape is None or backend.estimate is None:
+            able.append((math.inf, backend.auto_rank, Candidate(backend.name, None, "not estimated")))
+        else:
+            estimate = backend.estimate(spec, shape, needs.grad)
+            able.append((estimate.seconds, backend.auto_rank, Candidate(backend.name, estimate.seconds,
+                                                                        estimate.how)))
+    return [c for *_, c in sorted(able, key=lambda item: item[:2])] + unable
+
+
+def resolve_backend(name: str, needs: CallNeeds, spec: MaskSpec | None = None,
+                    shape: CallShape | None = None) -> Backend:
+    """The backend to run: ``name`` if it can serve the call, or for "auto" the exact backend
+    with the lowest estimated time for it (:func:`dispatch_costs`; without ``spec`` and
+    ``shape``, the first able one in ``auto_rank`` order).
 
     Raises:
         ValueError: the named backend cannot meet a need; the message names the
             backends that can.
     """
     if name == "auto":
-        candidates = sorted(
-            (b for b in _REGISTRY.values() if b.auto_rank is not None and b.exact),
-            key=lambda b: b.auto_rank,
-        )
-        for backend in candidates:
-            if needs.unmet_by(backend) is None:
-                return backend
+        candidates = dispatch_costs(needs, spec, shape)
+        if candidates and not candidates[0].how.startswith("cannot "):
+            return _REGISTRY[candidates[0].name]
         raise ValueError(
             f"no exact backend can serve this call on device type {needs.device!r}: "
-            f"{', '.join(f'{b.name} cannot {needs.unmet_by(b)}' for b in candidates)}"
+            f"{', '.join(f'{c.name} {c.how}' for c in candidates)}"
         )
     backend = get_backend(name)
     unmet = needs.unmet_by(backend)
@@ -206,6 +276,8 @@ register(
         description="torch.nn.functional.scaled_dot_product_attention (fused, fast exact)",
         returns_lse=False,
         auto_rank=0,
+        estimate=sdpa_estimate,
+        runner=sdpa_runner,
     )
 )
 register(
@@ -215,6 +287,7 @@ register(
         description="FlashAttention algorithm in PyTorch: tiles, online softmax, LSE",
         returns_lse=True,
         auto_rank=1,
+        estimate=tiled_estimate,
     )
 )
 register(
@@ -223,7 +296,8 @@ register(
         fn=sliding_attention,
         description="exact attention in a sliding window by bands of keys, O(N * w); global tokens",
         returns_lse=True,
-        auto_rank=None,
+        auto_rank=2,
+        estimate=sliding_estimate,
     )
 )
 
@@ -235,7 +309,8 @@ register(
         returns_lse=True,
         supports_mask=False,
         supports_global_tokens=False,
-        auto_rank=None,
+        auto_rank=3,
+        estimate=triton_estimate,
         options_type=TritonOptions,
         unavailable=unavailable_reason,
     )

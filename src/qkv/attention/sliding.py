@@ -115,18 +115,19 @@ class Segment:
 
     def masks(self, key_padding: Tensor | None, groups: int, dtype: torch.dtype,
               device: torch.device) -> tuple[Tensor, Tensor | None]:
-        """The kernel's additive mask (n, 1, G * block, span) and the rows that see nothing.
+        """The kernel's additive mask (n, 1, G * block, span) and the rows that may see nothing.
 
         Rows with no visible key (n, G * block) are shown every key, since the kernel
-        would return NaN, and zeroed afterwards; None when there are none.
+        would return NaN, and zeroed afterwards; None for interior blocks without key
+        padding, whose rows always see their window.
         """
         seen = self.visible(key_padding, device)  # (n, block, span)
         empty = None
         if not (self.interior and key_padding is None):  # interior rows always see their window
+            # Which rows are empty is not read on the host (that would wait for the device).
             row_empty = ~seen.any(dim=-1)  # (n, block)
-            if bool(row_empty.any()):
-                seen = seen | row_empty.unsqueeze(-1)
-                empty = row_empty.repeat(1, groups)
+            seen = seen | row_empty.unsqueeze(-1)
+            empty = row_empty.repeat(1, groups)
         mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, NEG_INF)
         return mask.repeat(1, groups, 1).unsqueeze(1), empty
 

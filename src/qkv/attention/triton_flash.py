@@ -574,26 +574,27 @@ def _configs(shapes: list[tuple[int, int, int, int]], pre_hook=None) -> list[tri
 # class of call: each one tried costs a compile on a shape's first call. Wide heads get
 # smaller tiles so that a pipelined stage of K and V fits in shared memory; a band (a window
 # on both sides, e.g. causal + window) gives each program few blocks, so its list holds tiles
-# small enough for two programs per multiprocessor, which hide each other's start and end.
+# small enough for two to four programs per multiprocessor, which hide each other's start and
+# end.
 _FORWARD_SHAPES = {
     "small": [(128, 128, 8, 3), (128, 64, 4, 3)],
     "medium": [(128, 64, 8, 3), (128, 128, 8, 3)],
     "wide": [(128, 32, 8, 2), (64, 64, 4, 2)],
-    "band": [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3)],
+    "band": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2), (128, 64, 8, 2)],
 }
 # dK/dV by key block (BLOCK_N keys stay in registers; BLOCK_M query rows per step).
 _BACKWARD_KV_SHAPES = {
     "small": [(64, 128, 8, 2), (32, 128, 4, 3)],
     "medium": [(64, 128, 8, 2)],
     "wide": [(32, 64, 4, 2), (16, 64, 4, 2)],
-    "band": [(64, 128, 8, 2), (32, 64, 4, 2), (64, 64, 4, 2)],
+    "band": [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2), (64, 64, 4, 2)],
 }
 # dQ by query block (BLOCK_M rows stay; BLOCK_N keys per step): the transposed tiles.
 _BACKWARD_Q_SHAPES = {
     "small": [(128, 64, 8, 2), (128, 32, 4, 3)],
     "medium": [(128, 64, 8, 2)],
     "wide": [(64, 32, 4, 2), (32, 32, 4, 2)],
-    "band": [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
+    "band": [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2)],
 }
 
 

@@ -27,6 +27,12 @@ The long-context sections (issue 6; :mod:`qkv.bench.long_context`, tables and re
   error vs exact per backend and N), written with plots to ``--report-dir``.
 - ``--section all``: exact, then lra.
 
+``--section overhead`` (:mod:`qkv.bench.overhead`): what ``qkv.attention`` adds to the kernel it
+calls, on one thread at N = 16, 128 and 4096 (full, causal, key padding), against a plain SDPA call;
+``qkv.nn.MultiHeadAttention`` against the same module calling SDPA; and ``auto`` against
+``backend="sliding"`` with a window at N = 8192. Writes ``bench-results/bench-overhead-cpu.json``
+(``qkv bench report`` makes it BENCHMARKS.md's "Overhead" section).
+
 ``--quick`` runs each section at tiny sizes (the sweep still compiles FlexAttention for each
 variant, which takes up to a minute on 2 CPU cores); ``--sizes`` replaces the sizes of every
 section that runs.
@@ -375,6 +381,9 @@ SECTIONS_HELP = """sections:
   lra          sliding + approximate, then the LRA-style table; writes <report-dir>/long-context-cpu.json,
                .md, -time.png, -error.png
   all          exact, then lra
+  overhead     qkv.attention's own cost against a plain SDPA call, one thread, N=16, 128, 4096 (full, causal,
+               key padding); MultiHeadAttention against the same module calling SDPA; auto against sliding with
+               window (256, 256) at N=8192 (about a minute; --quick: N=16, 128, a few seconds)
 """
 
 
@@ -393,14 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="qkv bench attention", description=__doc__.split("\n")[0],
                                      epilog=SECTIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=("sweep", "exact", "sliding", "approximate", "lra", "all"),
+    parser.add_argument("--section", choices=("sweep", "exact", "sliding", "approximate", "lra", "all", "overhead"),
                         default="sweep", help="what to measure (default sweep; see below)")
     parser.add_argument("--sizes", type=sizes_arg, default=None,
                         help="comma-separated N (default: the section's; sweep 512,...,65536 on the CPU, "
                              f"{','.join(map(str, sweep.CUDA_SIZES))} on CUDA)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
-    parser.add_argument("--heads", type=positive_int, default=8, help="attention heads H (default 8)")
-    parser.add_argument("--head-dim", type=positive_int, default=64, help="head dimension D (default 64)")
+    parser.add_argument("--heads", type=positive_int, default=None, help="attention heads H (default 8; overhead 12)")
+    parser.add_argument("--head-dim", type=positive_int, default=None,
+                        help="head dimension D (default 64; overhead 32)")
     parser.add_argument("--causal", action="store_true", help="exact section only (the sweep runs both)")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed rounds (default: sweep from each run's length, 7 down to 2; exact 7 up to 2k, "
@@ -443,9 +453,23 @@ def main(argv: list[str] | None = None) -> int:
     check_options(parser, args)
     refuse_outputs(parser, [("--json", args.json, "file"), ("--out", args.out, "folder"),
                             ("--report-dir", args.report_dir if args.section in ("lra", "all") else None, "folder")])
+    if args.section != "overhead":
+        args.heads, args.head_dim = args.heads or 8, args.head_dim or 64
     console = Console()
     if args.section == "sweep":
         sweep.run_command(args, " ".join(["qkv bench attention", *argv]), console)
+        return 0
+    if args.section == "overhead":
+        from qkv.bench import overhead
+
+        result = overhead.run_overhead(
+            sizes=args.sizes or (overhead.QUICK_SIZES if args.quick else overhead.SIZES), heads=args.heads or 12,
+            head_dim=args.head_dim or 32, rounds=args.repeats or (5 if args.quick else None),
+            window_check=not args.quick, console=console, command=" ".join(["qkv bench attention", *argv]),
+        )
+        overhead.print_overhead(result, console)
+        print_targets(result["targets"], console, title="overhead goals")
+        write_json(result, args.json or Path("bench-results/bench-overhead-cpu.json"), console)
         return 0
     if args.section in ("exact", "all"):
         sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
@@ -469,6 +493,8 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error("--causal applies to --section exact only (the sweep measures causal and not)")
     if args.section not in ("exact", "sweep") and (args.device != "cpu" or args.backends):
         parser.error("--device cuda and --backends apply to --section sweep and exact only")
+    if args.section == "overhead" and args.no_memory:
+        parser.error("--no-memory does not apply to --section overhead (it measures time only)")
     sweep_only = {"--variants": args.variants, "--dtype": args.dtype, "--max-run-s": args.max_run_s,
                   "--budget-s": args.budget_s is not None, "--window": args.window != sweep.WINDOW}
     used = [flag for flag, value in sweep_only.items() if value]

@@ -18,6 +18,7 @@ sliding-window times and targets; plot ``<stem>-tflops.png``). The repository's 
     qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
     qkv bench model --json benchmarks/bench-model-cpu.json --out .
     qkv bench ring --json benchmarks/bench-ring-cpu.json --out .
+    qkv bench attention --section overhead --json benchmarks/bench-overhead-cpu.json        # then report
     qkv bench attention --device cuda --json benchmarks/bench-attention-cuda.json --out .   # on a GPU
     qkv bench triton --json benchmarks/bench-triton-cuda.json                              # on a GPU
     qkv bench report benchmarks/bench-*.json --out .                                       # no rerun
@@ -64,7 +65,7 @@ REPORT_NAME = "BENCHMARKS.md"
 RESULT_PATTERN = "bench-*.json"
 SUMMARY_SIZES = (4096, 16384, 65536)
 DEVICES = {"cpu": "CPU", "cuda": "GPU"}
-ORDER = {"attention": 0, "triton": 1, "model": 2, "ring": 3}
+ORDER = {"attention": 0, "attention-overhead": 1, "triton": 2, "model": 3, "ring": 4}
 
 
 def default_json(benchmark: str, device: str, out_dir: Path) -> Path:
@@ -227,11 +228,34 @@ def summary_tab(by_device: dict[str, dict]) -> Tab:
     return Tab("attention, not causal, no window: median time per call and scaling exponent", columns, rows)
 
 
+AUTO_LIMIT = 1.1  # auto's time / the fastest exact qkv backend's at the same point
+
+
+def auto_targets(result: dict) -> list[dict]:
+    """Per variant and N: ``qkv auto``'s forward time over the fastest exact qkv backend that ran the
+    same call (the same point), limit 1.1: auto picks by estimated cost and must not lose by more."""
+    points: dict[tuple[str, int], dict[str, float]] = {}
+    for r in result["rows"]:
+        if r["mode"] == "fwd" and r.get("kind") == "qkv" and r.get("exact") and r.get("time_s"):
+            points.setdefault((r["variant"], r["n"]), {})[r["backend"]] = r["time_s"]
+    found = []
+    for (variant, n), times in points.items():
+        auto = times.pop("qkv auto", None)
+        if auto is None or not times:
+            continue
+        fastest = min(times, key=times.get)
+        found.append({"target": f"auto / fastest exact ({fastest.removeprefix('qkv ')}), {variant}", "n": n,
+                      "measured": auto / times[fastest], "limit": AUTO_LIMIT, "rule": "<=",
+                      "met": auto <= AUTO_LIMIT * times[fastest]})
+    return found
+
+
 def targets_tab(result: dict) -> Tab | None:
-    if not result.get("targets"):
+    targets = [*result.get("targets", []), *auto_targets(result)]
+    if not targets:
         return None
-    return Tab("the exact backends' targets, from the full variant", ["target", "N", "measured", "limit", "met"],
-               [target_cells(t) for t in result["targets"]])
+    return Tab("targets: the exact backends' (full variant), and auto against the fastest exact backend "
+               "(every variant)", ["target", "N", "measured", "limit", "met"], [target_cells(t) for t in targets])
 
 
 # ----------------------------------------------------------------------------- model and ring tables
@@ -633,6 +657,10 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
     for path, result in results:
         if result["benchmark"] == "triton":
             parts += triton_section(path, result, out_dir)
+        elif result["benchmark"] == "attention-overhead":
+            from qkv.bench.overhead import overhead_section
+
+            parts += overhead_section(path, result, link(path, out_dir))
         elif result["benchmark"] == "model":
             m = result["machine"]
             parts += [f"## Models ({DEVICES.get(result['config']['device'])})",

@@ -366,12 +366,29 @@ class MultiHeadAttention(nn.Module):
         if self.hook_scores.active or self.hook_weights.active:
             z = self.explicit_attention(q, k, v, key_padding_mask)
         else:
-            options = {**self.call_options(k.shape[2]), "scale": self.effective_scale}
-            z = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, backend=self.backend,
-                          **options)
+            z = self.attend(q, k, v, key_padding_mask)
         z = self.hook_z(z)  # (B, H, N, Dh)
         out = self.out_proj(z.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
         return self.hook_out(out)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """This layer's attention through :func:`qkv.attention`, its backend and options.
+
+        Args:
+            q: (B, H, Nq, Dh) queries.
+            k: (B, Hkv, Nk, Dh) keys (cached ones included).
+            v: (B, Hkv, Nk, Dh) values.
+            key_padding_mask: (B, Nk) bool, True for real tokens, or None.
+
+        Returns:
+            (B, H, Nq, Dh) per-head outputs.
+        """
+        options = self.options if self.linformer is None else self.call_options(k.shape[2])
+        if "scale" in options:  # set_attention(scale=...) overrides the layer's own
+            return attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, backend=self.backend,
+                             **options)
+        return attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, backend=self.backend,
+                         scale=self.scale, **options)
 
     def explicit_attention(
         self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None
