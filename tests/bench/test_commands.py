@@ -31,7 +31,8 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One quick run of each command into the same results folder, as the README shows."""
     folder = tmp_path_factory.mktemp("bench")
     assert main(["bench", "attention", "--quick", "--out", str(folder)]) == 0
-    assert main(["bench", "model", "--quick", "--out", str(folder)]) == 0
+    # SmolLM2's part loads a 135M-parameter model twice (qkv's and transformers'): left to the real run
+    assert main(["bench", "model", "--quick", "--parts", "minilm,generation", "--out", str(folder)]) == 0
     with pytest.MonkeyPatch.context() as patch:  # as before ring attention (issue 8) lands
         patch.setattr(ring, "measure", lambda quick: None)
         assert main(["bench", "ring", "--out", str(folder)]) == 0

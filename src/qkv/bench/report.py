@@ -271,7 +271,15 @@ def model_tabs(result: dict) -> list[Tab]:
                         ["backend", "median time", "tokens/s", "peak memory"],
                         [[r["backend"], format_seconds(r["time_s"]), f"{r['tokens_per_s']:.0f}",
                           format_bytes(r["peak_bytes"])] for r in forward]))
-    generation = result.get("generation", {}).get("table", [])
+    smollm2 = result.get("smollm2")
+    if smollm2:
+        tabs.append(Tab(f"SmolLM2-135M-Instruct (GGUF, float32): prefill batch {smollm2['batch']} x "
+                        f"{smollm2['length']}, decode batch 1 x {smollm2['new_tokens']} new tokens with the KV cache"
+                        + (f", {smollm2['torch_threads']} torch thread(s)" if smollm2.get("torch_threads") else ""),
+                        ["implementation", "load", "prefill tokens/s", "decode tokens/s"],
+                        [[r["implementation"], format_seconds(r["load_s"]), f"{r['prefill_tokens_per_s']:.0f}",
+                          f"{r['decode_tokens_per_s']:.1f}"] for r in smollm2["rows"]]))
+    generation = (result.get("generation") or {}).get("table", [])
     if generation:
         tabs.append(Tab("tiny GPT-2 (4 layers, d=128): time for the next token",
                         ["length", "with KV cache", "without", "ratio"],
@@ -659,7 +667,10 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
                       f"`{result.get('command') or 'qkv bench model'}` on {m.get('gpu') or m['cpu']}, "
                       f"{result.get('date', '')}. MiniLM (all-MiniLM-L6-v2) forward, qkv against Hugging Face "
                       f"`transformers` with `attn_implementation=\"sdpa\"`; a random tiny GPT-2 generating "
-                      f"greedily. Raw numbers: [{path.name}]({link(path, out_dir)}).",
+                      f"greedily"
+                      + ("; SmolLM2-135M-Instruct from its GGUF file, qkv against transformers loading the same "
+                         "file, in interleaved rounds" if result.get("smollm2") else "")
+                      + f". Raw numbers: [{path.name}]({link(path, out_dir)}).",
                       *markdown_tabs(model_tabs(result))]
             plot = Path(f"{path.with_suffix('')}-generation.png")
             if plot.exists():

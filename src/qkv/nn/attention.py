@@ -23,6 +23,7 @@ from qkv.attention.masks import normalize_window
 from qkv.attention.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
 from qkv.attention.registry import CallNeeds, available_backends, get_backend
 from qkv.nn.hooks import HookPoint
+from qkv.nn.rotary import RotaryEmbedding
 
 __all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "LinformerProjection", "ATTENTION_OPTIONS"]
 
@@ -78,27 +79,6 @@ class KVCache:
         self._values[layer][:, :, length:needed] = v
         self._lengths[layer] = needed
         return self._keys[layer][:, :, :needed], self._values[layer][:, :, :needed]
-
-
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al., 2021), rotating halves as GPT-NeoX and Llama do."""
-
-    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
-        super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"rotary embeddings need an even head_dim; got {head_dim}")
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """Rotate ``x`` (B, H, N, Dh) by its ``positions`` (B, N) or (N,)."""
-        angles = positions.to(torch.float32)[..., None] * self.inv_freq  # (B|., N, Dh/2)
-        if angles.dim() == 3:
-            angles = angles[:, None]  # (B, 1, N, Dh/2)
-        cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
-        first, second = x.chunk(2, dim=-1)
-        rotated = torch.cat([-second, first], dim=-1)
-        return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
 
 
 class LinformerProjection(nn.Module):
@@ -162,7 +142,11 @@ class MultiHeadAttention(nn.Module):
             layer sequence-parallel: x holds this rank's slice of the tokens, and
             ``set_backend("ring", group=g)`` names the torch.distributed process group
             (see :mod:`qkv.distributed`).
-        rotary: rotary position embedding applied to q and k (None: none).
+        rotary: rotary position embedding applied to q and k (None: none); one
+            instance may be shared by every layer.
+        window: the architecture's own sliding window ``(left, right)`` (Mistral's
+            ``sliding_window=W`` is ``(W - 1, 0)``); it stays through ``set_backend``
+            unless that passes ``window=`` itself.
         layer_index: this layer's index in a KV cache.
     """
 
@@ -180,6 +164,7 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
         backend: str = "auto",
         rotary: RotaryEmbedding | None = None,
+        window: int | tuple[int, int] | None = None,
         layer_index: int = 0,
     ) -> None:
         super().__init__()
@@ -210,7 +195,11 @@ class MultiHeadAttention(nn.Module):
         self.backend = "auto"
         self.options: dict[str, object] = {}
         self.linformer: LinformerProjection | None = None  # learnable E, F when asked for
+        self.own_options = {} if window is None else {"window": window}  # part of the architecture
         self.set_backend(backend)
+        if rotary is not None:
+            self.hook_q_pre_rotary = HookPoint()  # (B, H, N, Dh) queries before the rotation
+            self.hook_k_pre_rotary = HookPoint()  # (B, Hkv, N, Dh) keys before the rotation
         self.hook_q = HookPoint()  # (B, H, N, Dh) queries, after rotary
         self.hook_k = HookPoint()  # (B, Hkv, N, Dh) keys of the new positions
         self.hook_v = HookPoint()  # (B, Hkv, N, Dh) values of the new positions
@@ -236,7 +225,7 @@ class MultiHeadAttention(nn.Module):
                 checked now rather than at the first forward.
         """
         record = None if backend == "auto" else get_backend(backend)  # raises listing backends
-        options = dict(options)
+        options = {**self.own_options, **options}
         self.check_capabilities(backend, options)
         learnable = {name: options.pop(name) for name in ("learnable", "max_length", "init") if name in options}
         if learnable.pop("learnable", False):
@@ -369,6 +358,7 @@ class MultiHeadAttention(nn.Module):
                 # this layer's own count: earlier layers of this pass have already appended
                 start = kv_cache.length(self.layer_index) if kv_cache is not None else 0
                 positions = torch.arange(start, start + n, device=x.device)
+            q, k = self.hook_q_pre_rotary(q), self.hook_k_pre_rotary(k)
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if kv_cache is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -34,6 +36,7 @@ class GenerationMixin:
         seed: int | None = None,
         use_cache: bool = True,
         stop_at_eos: bool = False,
+        on_token: Callable[[Tensor], None] | None = None,
     ) -> Tensor:
         """Continue each sequence by ``max_new_tokens`` tokens.
 
@@ -49,6 +52,8 @@ class GenerationMixin:
                 recomputing the whole sequence each step.
             stop_at_eos: stop once every sequence has produced the end-of-sequence token
                 (later tokens of finished sequences are the EOS token).
+            on_token: called with each step's new tokens (B,) as soon as they are chosen
+                (streaming).
 
         Returns:
             (B, N + new) ids: the inputs followed by the generated tokens.
@@ -92,6 +97,8 @@ class GenerationMixin:
                 next_token = next_token.masked_fill(finished, self.eos_token_id)
                 finished |= next_token == self.eos_token_id
             ids = torch.cat([ids, next_token[:, None]], dim=1)
+            if on_token is not None:
+                on_token(next_token)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions_from_mask(mask)
             if cache is not None:

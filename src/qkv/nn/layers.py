@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from qkv.nn.attention import KVCache, MultiHeadAttention
 from qkv.nn.hooks import HookPoint
 
-__all__ = ["Embeddings", "MLP", "TransformerBlock", "ACTIVATIONS"]
+__all__ = ["Embeddings", "MLP", "GatedMLP", "RMSNorm", "TransformerBlock", "ACTIVATIONS", "NORMS"]
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -118,20 +118,80 @@ class MLP(nn.Module):
         return f"activation={self.activation_name!r}"
 
 
+class GatedMLP(nn.Module):
+    """The gated feed-forward network of Llama-family models (SwiGLU with "silu"):
+    ``down(act(gate(x)) * up(x))``.
+
+    Args:
+        d_model: width of the token vectors in and out.
+        d_ff: hidden width.
+        activation: one of :data:`ACTIVATIONS`, applied to the gate.
+        bias: biases in the three linear maps.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "silu", bias: bool = False) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.activation = ACTIVATIONS[activation]
+        self.activation_name = activation
+        self.hook_hidden = HookPoint()  # (B, N, d_ff) the gated hidden layer: act(gate) * up
+        self.hook_out = HookPoint()  # (B, N, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, d_model) -> (B, N, d_model), each position on its own."""
+        hidden = self.hook_hidden(self.activation(self.gate_proj(x)) * self.up_proj(x))  # (B, N, d_ff)
+        return self.hook_out(self.down_proj(hidden))
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation_name!r}"
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation (Zhang and Sennrich, 2019): ``w * x / sqrt(mean(x^2) + eps)``.
+
+    Computed in float32 whatever the input dtype, then cast back before the weight, as
+    Llama's reference code does.
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., d_model) -> (..., d_model)."""
+        compute = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        normalised = compute * torch.rsqrt(compute.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normalised.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": RMSNorm}
+
+
 class TransformerBlock(nn.Module):
     """Attention then MLP, each in a residual branch with a LayerNorm.
 
     ``norm_first=False`` is post-LN as BERT: ``x = LN(x + attn(x))``; ``norm_first=True``
-    is pre-LN as GPT-2: ``x = x + attn(LN(x))``.
+    is pre-LN as GPT-2: ``x = x + attn(LN(x))``. ``norm="rmsnorm"`` uses RMSNorm (Llama).
     """
 
     def __init__(
-        self, attn: MultiHeadAttention, mlp: MLP, d_model: int, norm_first: bool, layer_norm_eps: float
+        self, attn: MultiHeadAttention, mlp: MLP | GatedMLP, d_model: int, norm_first: bool, layer_norm_eps: float,
+        norm: str = "layernorm",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {sorted(NORMS)}; got {norm!r}")
         self.attn, self.mlp, self.norm_first = attn, mlp, norm_first
-        self.norm_attn = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.norm_mlp = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm_attn = NORMS[norm](d_model, eps=layer_norm_eps)
+        self.norm_mlp = NORMS[norm](d_model, eps=layer_norm_eps)
         self.hook_resid_pre = HookPoint()  # (B, N, d_model) the block's input
         self.hook_resid_mid = HookPoint()  # (B, N, d_model) after the attention branch
         self.hook_resid_post = HookPoint()  # (B, N, d_model) the block's output

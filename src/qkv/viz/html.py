@@ -89,8 +89,9 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
             f"sentence</a></p>" if back_href is not None else "")
     note = str((report.get("length") or {}).get("note") or "")
     length = f'<p id="length-note" class="warn">{html.escape(note, quote=True)}</p>' if note else ""
-    causal = ('<p id="causal-note" class="help">A causal model (GPT-2 family): every word attends only to itself '
-              "and the words before it, so later words get no attention and cannot change its vector.</p>"
+    causal = ('<p id="causal-note" class="help">A causal model (a decoder such as GPT-2 or SmolLM2): every word '
+              "attends only to itself and the words before it, so later words get no attention and cannot change "
+              "its vector.</p>"
               if model.get("causal") else "")
     note = report.get("focus", {}).get("note")  # the focus word repeats, or is read as [UNK]
     focus_note = (f'<p id="focus-note" class="help">{html.escape(show_controls(note))}</p>' if note else "")
@@ -273,7 +274,7 @@ select, button { font: inherit; }
   overflow-y: auto; }
 .tok { padding: 3px 7px; border-radius: 5px; border: 1px solid var(--line); cursor: pointer; background: #fff;
   transition: background-color 0.12s; }
-.tok.kind-special, .tok.kind-punctuation { color: var(--muted); font-style: italic; }
+.tok.kind-special, .tok.kind-punctuation, .tok.kind-sink { color: var(--muted); font-style: italic; }
 .tok.source { outline: 2px solid #d9480f; outline-offset: 1px; }
 .tok.focus { font-weight: 700; }
 .caption { color: var(--muted); min-height: 1.5em; margin: 6px 0 0; }
@@ -403,7 +404,7 @@ _SCRIPT = r"""
   function tokenLabel(i) { return visible(R.tokens[i]); }
   function shortLabel(i) { const t = tokenLabel(i); return t.length > 14 ? t.slice(0, 13) + "…" : t; }
   function maxOf(list) { let m = 0; for (const v of list) if (v !== null && v > m) m = v; return m; }
-  function parked(i) { return R.kinds[i] === "special" || R.kinds[i] === "punctuation"; }
+  function parked(i) { return R.kinds[i] === "special" || R.kinds[i] === "punctuation" || R.kinds[i] === "sink"; }
   const SET_ASIDE = R.set_aside || "[CLS], [SEP] and punctuation";
   const SET_ASIDE_SHORT = (R.special_tokens || ["[CLS]", "[SEP]"]).concat(["punct."]).join("/");
   const IMPORTANCE = 1000;  // ablation importance is shown as (1 - cos) x 1000, as in the terminal and figures

@@ -123,7 +123,7 @@ def print_report(report: dict, console: Console | None = None) -> None:
     console.print(Panel(
         Text.assemble((report["sentence"], "bold"), "\nfocus: ", (focus["token"], "bold cyan"),
                       f" (token {focus['index']}) · model: {model['layers']} layers x {model['heads']} heads, "
-                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}",
+                      f"d_model {model['d_model']}, head dim {model['head_dim']}{causal}{_gqa(model)}",
                       ("\n" + focus["note"], "yellow") if focus.get("note") else ""),
         title="qkv explain", expand=False,
     ))
@@ -151,8 +151,19 @@ def print_report(report: dict, console: Console | None = None) -> None:
     ))
 
 
+def _gqa(model: dict) -> str:
+    """A header line naming the query heads that share each key/value head (grouped-query attention)."""
+    groups = model.get("kv_groups")
+    if not groups or len(groups) == model["heads"]:
+        return ""
+    shared = ", ".join(f"h{g[0]}-h{g[-1]}" if len(g) > 1 else f"h{g[0]}" for g in groups)
+    return f"\ngrouped-query attention: {model['heads']} query heads share {len(groups)} key/value heads ({shared})"
+
+
 def _tokens(report: dict, console: Console) -> None:
-    _heading(console, "1. Tokens and their initial vectors (token embedding + position)")
+    positions = ("token embedding; positions enter as rotations of q and k in every layer"
+                 if report["model"].get("positions") == "rotary" else "token embedding + position")
+    _heading(console, f"1. Tokens and their initial vectors ({positions})")
     shown = _window(len(report["tokens"]), report["focus"]["index"], 31)
     if len(shown) < len(report["tokens"]):
         _note(console, _window_note(report, shown, "rows"))
@@ -185,6 +196,11 @@ def _walkthrough(report: dict, console: Console) -> None:
     _note(console, f"query q = {fmt_vector(w['query'])}  ({len(w['query'])} numbers)")
     keys = range(len(w["keys"]))
     key_pieces = w.get("key_pieces") or list(keys)  # the piece each listed key belongs to
+    if w.get("rotary"):
+        before = ", ".join(f"{report['pieces'][key_pieces[i]]} {w['rotary']['dot'][i]:+.1f}" for i in list(keys)[:12])
+        _note(console, f"rotary positions: q and every k are rotated by their own position first (q before: "
+                       f"{fmt_vector(w['rotary']['query'])}), so q·k depends on how far apart they are; q·k "
+                       f"before the rotation: {before}")
     left_out = ""
     if len(w["keys"]) > LONG_TABLE:  # a long input: the keys with the largest exact weights, largest first
         order = w.get("order") or sorted(keys, key=lambda i: -w["weights"][i])
@@ -248,6 +264,10 @@ def _layers(report: dict, console: Console) -> None:
                f"{sharpest['top_content'][0][1]:.2f}" if sharpest["top_content"] else "")
         )
     console.print(Padding(table, (0, 0, 0, INDENT)))
+    if report.get("sink"):
+        _note(console, f"attention sink: the share of the attention of '{tokens[focus]}' on the first token "
+                       f"'{report['sink']['token']}', per layer: "
+                       + ", ".join(f"{i}: {share:.0%}" for i, share in enumerate(report["sink"]["share"])))
     _note(console, f"where it looks most (mean over heads, by exact weight, itself and {_set_aside(report)} "
                    "included; the sharpest head's share is of its attention left for the other words):")
     for line in best_words:
