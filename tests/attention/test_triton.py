@@ -193,7 +193,7 @@ def test_tensor_descriptor_reads_match_pointer_reads(dtype):
     """K and V through tensor descriptors (TMA on Hopper): the same numbers as per-element loads, and
     the 2x rule on odd sizes (rows past Nk and columns past D are zero-filled by the descriptor)."""
     descriptors = qkv.TritonOptions(tma=True)
-    for nq, nk, dim, value_dim in ((37, 45, 32, 48), (50, 29, 64, 64), (17, 17, 16, 16)):
+    for nq, nk, dim, value_dim in ((37, 45, 32, 48), (29, 17, 16, 16)):
         q, k, v = on_device(*make_qkv(2, 4, 2, nq, nk, dim, value_dim=value_dim, seed=nq, dtype=dtype))
         for name, masking in triton_cases(2, nq, nk).items():
             with_descriptors = qkv.attention(q, k, v, backend="triton", options=descriptors, **masking)
