@@ -94,6 +94,11 @@ def test_hidden_states_logits_and_weights_match_transformers(family_folder, padd
         ours = cache[f"blocks.{layer}.attn.weights"]
         assert ours.shape == reference.shape == (3, 6) + (batch.input_ids.shape[1],) * 2
         assert max_diff(ours, reference, real[:, None, :, None].expand_as(ours)) < 1e-6, f"weights {layer}"
+    with torch.no_grad():  # the transformers habit: weights straight from the call
+        attentions = model(batch.input_ids, batch.attention_mask, output_attentions=True).attentions
+    assert len(attentions) == len(expected.attentions)
+    for ours, reference in zip(attentions, expected.attentions):
+        assert max_diff(ours, reference, real[:, None, :, None].expand_as(ours)) < 1e-6
 
 
 def test_windows_and_biases_come_from_the_config(family_folder):

@@ -77,6 +77,7 @@ class LlamaForCausalLM(TransformerStack, GenerationMixin):
         positions: Tensor | None = None,
         kv_cache: KVCache | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> TransformerOutput:
         """Decode.
 
@@ -87,6 +88,8 @@ class LlamaForCausalLM(TransformerStack, GenerationMixin):
                 as Hugging Face; left-padded batches pass the positions that skip the pads).
             kv_cache: keys and values of earlier positions, extended in place.
             output_hidden_states: also return the embeddings and every block's output.
+            output_attentions: also return every layer's attention weights, ``attentions``: a
+                tuple of L tensors (B, H, N, Nk), as ``transformers`` does.
 
         Returns:
             :class:`TransformerOutput` with ``last_hidden_state`` (B, N, d_model) and
@@ -97,7 +100,7 @@ class LlamaForCausalLM(TransformerStack, GenerationMixin):
             start = len(kv_cache) if kv_cache is not None else 0
             positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         output = self.run_blocks(input_ids, attention_mask, positions=positions, kv_cache=kv_cache,
-                                 output_hidden_states=output_hidden_states)
+                                 output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         weight = self.embed.tokens.weight if self.lm_head is None else self.lm_head.weight
         output.logits = torch.matmul(output.last_hidden_state, weight.t())  # (B, N, vocab)
         return output
