@@ -292,7 +292,7 @@ def test_cpu_without_the_interpreter_is_refused_with_the_fix():
 
 def test_autotuning_tries_only_the_tiles_of_the_call_class():
     """Each configuration tried costs a compile on a shape's first call: the pruner keeps a few."""
-    from qkv.attention import triton_flash as kernels
+    from qkv.attention import triton_launch as kernels
 
     for shapes in (kernels._FORWARD_SHAPES, kernels._BACKWARD_KV_SHAPES, kernels._BACKWARD_Q_SHAPES):
         prune = kernels._pruner(shapes)

@@ -20,7 +20,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from qkv.attention import triton_flash
+from qkv.attention import triton_flash, triton_launch
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -62,10 +62,10 @@ def compile_kernel(fn, pointers: dict[str, str], meta: dict, config: triton.Conf
 
 def main() -> None:
     assert not triton_flash.INTERPRETED, "run without TRITON_INTERPRET"
-    medium = triton_flash._configs
-    forward = medium(triton_flash._FORWARD_SHAPES["medium"])[0]
-    backward_kv = medium(triton_flash._BACKWARD_KV_SHAPES["medium"])[0]
-    backward_q = medium(triton_flash._BACKWARD_Q_SHAPES["medium"])[0]
+    medium = triton_launch._configs
+    forward = medium(triton_launch._FORWARD_SHAPES["medium"])[0]
+    backward_kv = medium(triton_launch._BACKWARD_KV_SHAPES["medium"])[0]
+    backward_q = medium(triton_launch._BACKWARD_Q_SHAPES["medium"])[0]
     for dtype, precision in (("bf16", "tf32"), ("fp32", "ieee")):
         tensors = {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "Out": f"*{dtype}", "Lse": "*fp32",
                    "KeyPadding": "*i8", "DO": f"*{dtype}", "Delta": "*fp32", "DQ": "*fp32", "DK": f"*{dtype}",

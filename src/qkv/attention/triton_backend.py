@@ -3,7 +3,8 @@
 Importing qkv never imports Triton. :func:`unavailable_reason` says, without importing
 it, why the kernel cannot run on a device type (Triton missing, no CUDA GPU, or a CPU
 without Triton's interpreter); :func:`triton_attention` imports
-:mod:`qkv.attention.triton_flash` on its first call.
+:mod:`qkv.attention.triton_launch` (and with it the kernels of
+:mod:`qkv.attention.triton_flash`) on its first call.
 
 On the CPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1`` set before
 the first call): slow, exact in float64, and how the tests check it without a GPU.
@@ -132,7 +133,7 @@ def triton_attention(
     reason = unavailable_reason(q.device.type)
     if reason is not None:
         raise RuntimeError(f"backend='triton' cannot {reason}")
-    from qkv.attention.triton_flash import TritonFlashAttention, tma_unsupported_reason
+    from qkv.attention.triton_launch import TritonFlashAttention, tma_unsupported_reason
 
     tma = bool(options.tma)
     if tma:

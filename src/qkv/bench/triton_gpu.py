@@ -317,10 +317,10 @@ def speed(run: Run, sizes: Sizes, device: str, dtype: torch.dtype) -> None:
 
 def tuned_configs() -> dict[str, dict[str, str]]:
     """The tile configuration autotuning chose, per kernel and tuning key (empty off a GPU)."""
-    from qkv.attention import triton_flash
+    from qkv.attention import triton_launch
 
     return {name: {str(key): str(config) for key, config in getattr(tuner, "cache", {}).items()}
-            for name, tuner in triton_flash._TUNED.items()}
+            for name, tuner in triton_launch._TUNED.items()}
 
 
 def targets(rows: list[dict], compile_rows: list[dict], sizes: Sizes) -> list[dict]:
