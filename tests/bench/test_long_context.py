@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qkv.attention import get_backend
-from qkv.bench import attention as bench_attention
+from qkv.bench import attention_command as bench_attention
 from qkv.bench import long_context
 from qkv.bench.long_context import (
     APPROXIMATE_CONTENDERS,

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main", "refuse_outputs"]
 
-BENCHMARKS = {"attention": "qkv.bench.attention", "model": "qkv.bench.model", "ring": "qkv.bench.ring",
+BENCHMARKS = {"attention": "qkv.bench.attention_command", "model": "qkv.bench.model", "ring": "qkv.bench.ring",
               "report": "qkv.bench.report", "triton": "qkv.bench.triton_gpu"}
 
 

@@ -610,16 +610,3 @@ def settings_from_args(args) -> SweepSettings:
         cold_compile=not (args.warm_compile or args.quick or cuda),
         max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S), budget_s=budget_s,
     )
-
-
-def run_command(args, command: str, console: Console) -> dict:
-    """``qkv bench attention`` (the sweep) from parsed arguments: measure, print, publish."""
-    from qkv.bench import report
-
-    settings = settings_from_args(args)
-    result = run_sweep(args.sizes, args.variants, settings, args.backends, console, command, args.window)
-    report.print_attention(result, console)
-    report.publish(result, args.json, args.out, console)
-    if result["interrupted"]:  # what was measured is written; now stop as Ctrl-C asked
-        raise KeyboardInterrupt
-    return result
