@@ -20,30 +20,23 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.panel import Panel
 from rich.table import Table
-from torch import Tensor
 
 import qkv
 from qkv.argtypes import positive_int
 from qkv.files import outputs_problem, write_text
+from qkv.inspect.toy_walkthrough import DEFAULT_SENTENCE, tokenize, walkthrough_numbers
 from qkv.numbering import EMBEDDINGS
+from qkv.viz.toy_walkthrough import render_walkthrough
 
 __all__ = ["main", "tokenize", "walkthrough_numbers"]
-
-DEFAULT_SENTENCE = "She deposited her check at the bank."
-TOLERANCE = 1e-6  # hand computation vs library, in float64
-_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # words (with an apostrophe part) or punctuation
-
 
 def _console(width: int = 100) -> Console:
     """A rich console as wide as the terminal.
@@ -65,149 +58,6 @@ def _console(width: int = 100) -> Console:
     return Console()
 
 
-def tokenize(sentence: str) -> list[str]:
-    """Split ``sentence`` into words and punctuation marks: "bank." -> ["bank", "."]."""
-    return _TOKEN.findall(sentence)
-
-
-def _focus_index(tokens: list[str], focus: str) -> int:
-    """Position of the first token equal to ``focus`` (case-insensitive); ValueError if none."""
-    for i, token in enumerate(tokens):
-        if token.lower() == focus.lower():
-            return i
-    listing = ", ".join(map(repr, tokens))
-    raise ValueError(f"focus word {focus!r} is not in the sentence; its tokens are: {listing}")
-
-
-def walkthrough_numbers(
-    sentence: str = DEFAULT_SENTENCE,
-    focus: str = "bank",
-    dim: int = 4,
-    seed: int = 0,
-    causal: bool = False,
-) -> dict[str, Any]:
-    """Every number of one self-attention step for the ``focus`` token, on random vectors.
-
-    The numbers are computed by hand (scores, softmax, weighted average) and by the
-    library; a RuntimeError is raised if the two differ by more than 1e-6.
-
-    Returns:
-        A dict with ``tokens`` (N strings), ``focus_index``, ``x`` (N, D) embeddings,
-        ``w_q``, ``w_k``, ``w_v`` (D, D) projections, ``q`` (D,) the focus token's query,
-        ``k`` and ``v`` (N, D), ``raw`` (N,) dot products q·k, ``scores`` (N,) scaled
-        (-inf where causal hides a key), ``weights`` (N,) summing to 1, ``output`` (D,),
-        and ``library_weights`` (N,), ``library_output`` (D,) from qkv. Tensors are float64.
-
-    Raises:
-        ValueError: ``dim`` < 1, an empty sentence, or ``focus`` not among the tokens.
-    """
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1; got {dim}")
-    tokens = tokenize(sentence)
-    if not tokens:
-        raise ValueError(f"the sentence {sentence!r} has no tokens")
-    i = _focus_index(tokens, focus)
-    N, D = len(tokens), dim
-
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, D, generator=gen, dtype=torch.float64)  # (N, D) random embeddings
-    w_q, w_k, w_v = (
-        torch.randn(D, D, generator=gen, dtype=torch.float64) / math.sqrt(D) for _ in range(3)
-    )
-    queries, k, v = x @ w_q, x @ w_k, x @ w_v  # (N, D) each
-
-    # By hand, for the focus token only.
-    scale = 1.0 / math.sqrt(D)
-    q = queries[i]  # (D,)
-    raw = k @ q  # (N,) dot products
-    scores = raw * scale
-    if causal:
-        scores = scores.masked_fill(torch.arange(N) > i, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)  # (N,)
-    output = weights @ v  # (D,)
-
-    # The library, on (B, H, N, D) = (1, 1, N, D). All N queries go in, not just the focus
-    # token's: qkv's causal mask is bottom-right aligned, so a lone query would sit at the
-    # last position and see every key.
-    q4, k4, v4 = (t.view(1, 1, N, D) for t in (queries, k, v))
-    library_weights = qkv.attention_weights(q4, k4, causal=causal)[0, 0, i]  # (N,)
-    library_output = qkv.attention(q4, k4, v4, causal=causal, backend="reference")[0, 0, i]
-
-    for name, mine, theirs in (
-        ("weights", weights, library_weights),
-        ("output", output, library_output),
-    ):
-        err = (mine - theirs).abs().max().item()
-        if not err <= TOLERANCE:
-            raise RuntimeError(f"hand-computed {name} differ from qkv's by {err:.3g} > {TOLERANCE}")
-
-    return {
-        "tokens": tokens, "focus_index": i, "x": x, "w_q": w_q, "w_k": w_k, "w_v": w_v,
-        "q": q, "k": k, "v": v, "raw": raw, "scores": scores, "weights": weights,
-        "output": output, "library_weights": library_weights, "library_output": library_output,
-    }
-
-
-def _vec(t: Tensor, decimals: int = 3, limit: int = 8) -> str:
-    """A vector as "[0.123, -0.456, …]", at most ``limit`` entries."""
-    parts = [f"{value:.{decimals}f}" for value in t[:limit].tolist()]
-    return "[" + ", ".join(parts) + (", …" if t.numel() > limit else "") + "]"
-
-
-def _render(n: dict[str, Any], dim: int, causal: bool, console: Console) -> None:
-    """Print the walkthrough of :func:`walkthrough_numbers` ``n`` step by step."""
-    tokens, i = n["tokens"], n["focus_index"]
-    focus = tokens[i]
-    console.print(Panel(
-        f"Self-attention for the token [bold]{focus}[/bold] (position {i}), D = {dim}"
-        + (", causal" if causal else "")
-        + ".\nThe vectors and projections are random, not learnt: the weights below show how "
-        "attention computes, and mean nothing about these words (which word 'attends' to which "
-        "changes with --seed). `qkv explain` shows what a trained model attends to. Every number "
-        "below is computed by hand and checked against qkv.attention_weights and "
-        "qkv.attention(backend='reference').",
-        title="qkv walkthrough",
-    ))
-
-    console.print(f"\n[bold]1. Tokens[/bold]: each of the {len(tokens)} tokens gets a random "
-                  f"embedding x (seeded).")
-    table = Table("#", "token", "x")
-    for j, token in enumerate(tokens):
-        table.add_row(str(j), token, _vec(n["x"][j]))
-    console.print(table)
-
-    console.print("\n[bold]2. Projections[/bold]: q = x W_q, k = x W_k, v = x W_v with random "
-                  f"{dim}x{dim} matrices scaled by 1/sqrt({dim}).")
-    console.print(f"query of '{focus}': q = {_vec(n['q'])}")
-    table = Table("#", "token", "key k", "value v")
-    for j, token in enumerate(tokens):
-        table.add_row(str(j), token, _vec(n["k"][j], 2), _vec(n["v"][j], 2))
-    console.print(table)
-
-    console.print(f"\n[bold]3. Scores[/bold]: q·k for every key, times 1/sqrt({dim}) = "
-                  f"{1 / math.sqrt(dim):.3f}" + ("; keys after the focus are hidden (-inf)."
-                                                 if causal else "."))
-    console.print("[bold]4. Weights[/bold]: softmax over the scores; they sum to 1.")
-    table = Table("#", "token", "q·k", "score", "weight", "")
-    for j, token in enumerate(tokens):
-        score = n["scores"][j].item()
-        weight = n["weights"][j].item()
-        table.add_row(
-            str(j), token, f"{n['raw'][j].item():.3f}",
-            f"{score:.3f}" if math.isfinite(score) else "-inf",
-            f"{weight:.3f}", "█" * round(weight * 30),
-        )
-    console.print(table)
-    console.print(f"sum of weights = {n['weights'].sum().item():.6f}")
-
-    top = torch.argsort(n["weights"], descending=True)[:3].tolist()
-    most = ", ".join(f"'{tokens[j]}' ({n['weights'][j].item():.2f})" for j in top)
-    console.print(f"\n[bold]5. Output[/bold]: the weighted average of the values, "
-                  f"sum_j weight_j v_j = {_vec(n['output'])}")
-    console.print(f"'{focus}' attends most to {most}: chance, with random vectors (try another --seed).")
-    console.print(f"Check: matches qkv to within {TOLERANCE:g}.")
-
-
 def _walkthrough(args: argparse.Namespace) -> int:
     """Run ``qkv walkthrough``; exit code 2 on a bad sentence or focus word."""
     try:
@@ -215,7 +65,7 @@ def _walkthrough(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"qkv walkthrough: error: {err}", file=sys.stderr)
         return 2
-    _render(numbers, args.dim, args.causal, Console())
+    render_walkthrough(numbers, args.dim, args.causal, Console())
     return 0
 
 
