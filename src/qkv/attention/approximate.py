@@ -1,4 +1,4 @@
-"""Approximate attention: linear, Performer (FAVOR+), Nystrom and Linformer.
+"""Approximate attention: linear, Performer (FAVOR+), Nystrom here, and Linformer in :mod:`qkv.attention.linformer`.
 
 Exact attention costs O(Nq * Nk) time and memory for the score matrix. The four methods
 here trade exactness for cost that grows linearly in the sequence length. Each runs
@@ -130,11 +130,9 @@ __all__ = [
     "linear_attention",
     "performer_attention",
     "nystrom_attention",
-    "linformer_attention",
     "linear_weights",
     "performer_weights",
     "nystrom_weights",
-    "linformer_weights",
     "orthogonal_random_features",
     "iterative_pinv",
     "causal_prefix_mix",
@@ -614,99 +612,3 @@ def nystrom_weights(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options:
     _check_call("nystrom", spec, False, causal_ok=False)
     f, a_pinv, b = _nystrom_factors(q, k, spec, scale, options)
     return _ungroup(torch.matmul(f, torch.matmul(a_pinv, b)), q.dtype)
-
-
-# ---- Linformer --------------------------------------------------------------------------
-@functools.lru_cache(maxsize=2)
-def _random_projections(k: int, nk: int, seed: int) -> Tensor:
-    """Linformer's fixed random E and F, (2, k, Nk) float32 with N(0, 1/k) entries, cached.
-
-    A fixed projection is a constant of the layer: drawing it anew at every call would cost
-    more than the attention itself at long N.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(2, k, nk, generator=generator) / math.sqrt(k)
-
-
-def _linformer_projections(options: LinformerOptions, spec: MaskSpec, device: torch.device,
-                           dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
-    """E and F, (B|1, 1, k, Nk) with padded columns zeroed, and the projected rows that read
-    no real key, (B|1, 1, 1, k) bool (None when there are none)."""
-    nk = spec.nk
-    if options.projection is None:
-        pair = _random_projections(options.k, nk, options.seed)
-    else:
-        p = options.projection
-        if p.shape[-1] != nk:
-            raise ValueError(f"LinformerOptions.projection has {p.shape[-1]} columns but there are Nk={nk} keys; "
-                             f"it must have shape (k, Nk) = ({options.k}, {nk}) or (2, k, Nk)")
-        pair = p.expand(2, -1, -1) if p.dim() == 2 else p
-    pair = pair.to(device=device, dtype=dtype)  # (2, k, Nk)
-    e, f = pair[0][None, None], pair[1][None, None]  # (1, 1, k, Nk)
-    kpm = spec.key_padding_mask
-    if kpm is None and options.projection is None:  # Gaussian rows: every one reads some key
-        return e, f, None
-    real = torch.ones(1, 1, 1, nk, dtype=torch.bool, device=device) if kpm is None else kpm[:, None, None, :]
-    e, f = e.masked_fill(~real, 0.0), f.masked_fill(~real, 0.0)  # (B|1, 1, k, Nk)
-    empty = ~(((e != 0) & real).any(dim=-1) | ((f != 0) & real).any(dim=-1))  # (B|1, 1, k)
-    return e, f, (empty.unsqueeze(-2) if bool(empty.any()) else None)
-
-
-def _project_along_sequence(e: Tensor, x: Tensor) -> Tensor:
-    """E x for every head at once: e (B|1, 1, k, Nk), x (B, Hkv, 1, Nk, D) -> (B, Hkv, 1, k, D).
-
-    One (k, Nk) x (Nk, Hkv * D) product per batch row instead of a batched product that
-    would copy E for every head.
-    """
-    batch, heads, _, nk, dim = x.shape
-    flat = x.squeeze(2).transpose(1, 2).reshape(batch, nk, heads * dim)  # (B, Nk, Hkv * D)
-    projected = torch.matmul(e[:, 0], flat)  # (B, k, Hkv * D)
-    return projected.unflatten(-1, (heads, dim)).transpose(1, 2).unsqueeze(2)
-
-
-def _linformer_mix(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options: LinformerOptions
-                   ) -> tuple[Tensor, Tensor]:
-    """softmax(scale Q (E K)^T) (B, Hkv, G, Nq, k) and F (B|1, 1, 1, k, Nk)."""
-    q5, k5, _ = _grouped(q, k, None)
-    e, f, empty = _linformer_projections(options, spec, q.device, q5.dtype)
-    k_proj = _project_along_sequence(e, _drop_padding(k5, _real_keys(spec)))  # (B, Hkv, 1, k, D)
-    scores = torch.matmul(q5, (k_proj * scale).transpose(-2, -1))  # (B, Hkv, G, Nq, k)
-    if empty is not None:
-        scores = scores.masked_fill(empty.unsqueeze(2), NEG_INF)
-    return _safe_softmax(scores), f.unsqueeze(2)
-
-
-def linformer_attention(
-    q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, return_lse: bool = False, *,
-    options: LinformerOptions | None = None,
-) -> Tensor:
-    """Linformer attention, softmax(scale Q (E K)^T) (F V) (Wang et al., 2020). Non-causal.
-
-    Args:
-        q: (B, Hq, Nq, D) queries.
-        k: (B, Hkv, Nk, D) keys; Hq a multiple of Hkv.
-        v: (B, Hkv, Nk, Dv) values.
-        spec: the call's masking (key padding only).
-        scale: multiplies q (E k)^T.
-        return_lse: must be False.
-        options: :class:`LinformerOptions` (None: defaults); ``projection``, when given,
-            is (k, Nk) or (2, k, Nk).
-
-    Returns:
-        (B, Hq, Nq, Dv) in q's dtype.
-    """
-    options = options or LinformerOptions()
-    _check_call("linformer", spec, return_lse, causal_ok=False)
-    weights, f = _linformer_mix(q, k, spec, scale, options)  # (B, Hkv, G, Nq, k), (B|1, 1, 1, k, Nk)
-    _, _, v5 = _grouped(q, k, v)
-    v_proj = _project_along_sequence(f.squeeze(2), _drop_padding(v5, _real_keys(spec)))  # (B, Hkv, 1, k, Dv)
-    return _ungroup(torch.matmul(weights, v_proj), q.dtype)
-
-
-def linformer_weights(q: Tensor, k: Tensor, spec: MaskSpec, scale: float,
-                      options: LinformerOptions | None = None) -> Tensor:
-    """softmax(scale Q (E K)^T) F, the (B, Hq, Nq, Nk) matrix Linformer applies to the values."""
-    options = options or LinformerOptions()
-    _check_call("linformer", spec, False, causal_ok=False)
-    weights, f = _linformer_mix(q, k, spec, scale, options)
-    return _ungroup(torch.matmul(weights, f), q.dtype)

@@ -32,14 +32,13 @@ from qkv.attention.approximate import (
     PerformerOptions,
     linear_attention,
     linear_weights,
-    linformer_attention,
-    linformer_weights,
     nystrom_attention,
     nystrom_weights,
     performer_attention,
     performer_weights,
 )
 from qkv.attention.costs import CallShape, Estimate, sdpa_estimate, sliding_estimate, tiled_estimate, triton_estimate
+from qkv.attention.linformer import linformer_attention, linformer_weights
 from qkv.attention.masks import MaskSpec
 from qkv.attention.reference import reference_attention
 from qkv.attention.sdpa import sdpa_attention, sdpa_runner
