@@ -39,8 +39,8 @@ from qkv.distributed import (
     slice_positions,
     split_sequence,
 )
+from qkv.distributed.layout import slice_runs
 from qkv.distributed.local import LocalRunError, run_local
-from qkv.distributed.ring import slice_runs
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is unavailable"

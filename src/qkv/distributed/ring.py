@@ -51,7 +51,6 @@ the peer, never hang.
 from __future__ import annotations
 
 import datetime
-import math
 import numbers
 import time
 from collections.abc import Sequence
@@ -72,6 +71,17 @@ from qkv.attention.tiled import (
     tiled_backward,
     tiles,
 )
+from qkv.distributed.layout import (
+    LAYOUTS,
+    Run,
+    _check_layout,
+    _pair_spec,
+    _restrict,
+    _visible,
+    slice_lengths,
+    slice_positions,
+    slice_runs,
+)
 
 __all__ = [
     "ring_attention",
@@ -84,111 +94,11 @@ __all__ = [
     "slice_positions",
 ]
 
-LAYOUTS = ("contiguous", "zigzag")
 DEFAULT_CHUNK_SIZE = 1024  # keys per message: bounds the key/value buffers a rank holds
 ROW_BLOCK = 1024  # query rows per backward call: bounds the gradient temporaries
 NEG_INF = float("-inf")
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _TAG_KV, _TAG_GRAD, _TAG_RETURN = 0, 1, 2
-
-
-# ---- who holds which positions ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    """A contiguous piece of a rank's slice: ``length`` rows from local row ``local``,
-    at global positions ``start`` onwards."""
-
-    local: int
-    length: int
-    start: int
-
-
-def slice_lengths(n: int, world_size: int, layout: str = "contiguous") -> list[int]:
-    """How many tokens each of ``world_size`` ranks holds when a length-``n`` sequence is split.
-
-    Contiguous: as ``torch.tensor_split`` (the first ``n % P`` ranks hold one more).
-    Zigzag: rank r holds segments r and 2P - 1 - r of ``tensor_split(n, 2P)``.
-    """
-    _check_layout(layout)
-    if layout == "contiguous":
-        return [n // world_size + (r < n % world_size) for r in range(world_size)]
-    segments = [n // (2 * world_size) + (s < n % (2 * world_size)) for s in range(2 * world_size)]
-    return [segments[r] + segments[2 * world_size - 1 - r] for r in range(world_size)]
-
-
-def slice_runs(lengths: Sequence[int], layout: str) -> list[list[Run]]:
-    """Per rank, the runs of its slice: which global positions its local rows hold."""
-    world = len(lengths)
-    if layout == "contiguous":
-        runs, start = [], 0
-        for n in lengths:
-            runs.append([Run(0, n, start)] if n else [])
-            start += n
-        return runs
-    firsts = [(n + 1) // 2 for n in lengths]
-    seconds = [n // 2 for n in lengths]
-    order = [(r, 0) for r in range(world)] + [(r, 1) for r in reversed(range(world))]
-    starts, position = {}, 0
-    for r, half in order:
-        starts[r, half] = position
-        position += firsts[r] if half == 0 else seconds[r]
-    runs = []
-    for r in range(world):
-        pieces = [Run(0, firsts[r], starts[r, 0]), Run(firsts[r], seconds[r], starts[r, 1])]
-        runs.append([p for p in pieces if p.length])
-    return runs
-
-
-def slice_positions(lengths: Sequence[int], rank: int, layout: str = "contiguous") -> Tensor:
-    """(lengths[rank],) int64 global positions of rank ``rank``'s tokens."""
-    _check_layout(layout)
-    runs = slice_runs(lengths, layout)[rank]
-    if not runs:
-        return torch.zeros(0, dtype=torch.long)
-    return torch.cat([torch.arange(run.start, run.start + run.length) for run in runs])
-
-
-def _restrict(runs: Sequence[Run], lo: int, hi: int) -> list[Run]:
-    """The runs covering local rows lo .. hi - 1, re-based so that row lo is row 0."""
-    pieces = []
-    for run in runs:
-        a, b = max(lo, run.local), min(hi, run.local + run.length)
-        if a < b:
-            pieces.append(Run(a - lo, b - a, run.start + a - run.local))
-    return pieces
-
-
-def _visible(q_start: int, nq: int, k_start: int, nk: int, left: int | None, right: int | None) -> bool:
-    """Whether any query at q_start .. q_start + nq - 1 sees any key at k_start .. k_start + nk - 1.
-
-    The keys seen by some query form one interval, [q_start - left, q_last + right].
-    """
-    if nq == 0 or nk == 0:
-        return False
-    lowest = -math.inf if left is None else q_start - left
-    highest = math.inf if right is None else q_start + nq - 1 + right
-    return k_start <= highest and k_start + nk - 1 >= lowest
-
-
-def _pair_spec(
-    q_start: int, nq: int, k_start: int, nk: int, left: int | None, right: int | None,
-    key_padding_mask: Tensor | None,
-) -> MaskSpec:
-    """The :class:`MaskSpec` of queries at q_start.. against keys at k_start.., in local indices.
-
-    A spec places query i at key index i + nk - nq; the pair's query i is at global
-    position q_start + i and key j at k_start + j, so the window bounds shift by the
-    difference (they may become negative: a band that starts after the diagonal).
-    """
-    shift = (q_start - k_start) - (nk - nq)
-    return MaskSpec(
-        nq=nq, nk=nk,
-        left=None if left is None else left - shift,
-        right=None if right is None else right + shift,
-        key_padding_mask=key_padding_mask,
-    )
 
 
 # ---- options, statistics, the plan ------------------------------------------------------
@@ -282,14 +192,6 @@ class _Plan:
 
     def tag(self, kind: int, owner: int, index: int) -> int:
         return (kind * self.world + owner) * self.chunks + index
-
-
-def _check_layout(layout: object) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(
-            f"layout must be one of {LAYOUTS} (which positions each rank holds); got {layout!r}"
-        )
-    return layout
 
 
 def _check_chunk_size(chunk_size: object) -> int:

@@ -23,14 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.distributed.ring import (
-    DEFAULT_CHUNK_SIZE,
-    _check_layout,
-    _group_info,
-    slice_lengths,
-    slice_positions,
-    slice_runs,
-)
+from qkv.distributed.layout import _check_layout, slice_lengths, slice_positions, slice_runs
+from qkv.distributed.ring import DEFAULT_CHUNK_SIZE, _group_info
 
 __all__ = [
     "split_sequence",
