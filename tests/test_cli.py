@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import qkv
-from qkv.cli import main, tokenize, walkthrough_numbers
+from qkv.cli import main
+from qkv.inspect.toy_walkthrough import tokenize, walkthrough_numbers
 
 SCRIPT = Path(sys.executable).parent / "qkv"
 
@@ -296,7 +297,7 @@ def test_unwritable_output_paths_are_refused_before_any_work(monkeypatch: pytest
     (["contextuality", "--data", "."], "qkv.inspect.wsd.read_dataset"),
     (["fidelity"], "qkv.load"),
     (["train-demo", "--quick"], "qkv.train.train_demo"),
-    (["walkthrough"], "qkv.cli.walkthrough_numbers"),
+    (["walkthrough"], "qkv.commands.walkthrough.walkthrough_numbers"),
     (["bench", "attention", "--quick", "--out", "{tmp}"], "qkv.bench.sweep.run_sweep"),
     (["bench", "model", "--quick", "--out", "{tmp}"], "qkv.bench.model.run_model_bench"),
     (["bench", "ring", "--quick", "--out", "{tmp}"], "qkv.bench.ring.measure"),

@@ -240,17 +240,17 @@ def test_cli_console_is_as_wide_as_the_terminal(monkeypatch, capsys):
 def test_cli_console_without_a_terminal_is_100_wide(monkeypatch):
     import os
 
-    from qkv import cli
+    from qkv.commands.common import make_console
 
     def no_terminal(fd=0):
         raise OSError("not a terminal")
 
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.setattr(os, "get_terminal_size", no_terminal)
-    assert cli._console().width == 100  # a log reads as on a terminal, not squeezed into rich's 80
-    assert cli._console(120).width == 120
+    assert make_console().width == 100  # a log reads as on a terminal, not squeezed into rich's 80
+    assert make_console(120).width == 120
     monkeypatch.setenv("COLUMNS", "72")
-    assert cli._console().width == 72
+    assert make_console().width == 72
 
 
 def test_cli_says_which_figures_it_did_not_write_and_why(tmp_path, capsys):

@@ -42,6 +42,7 @@ from qkv.inspect.rollout import attention_flow, attention_rollout, flat_note
 from qkv.inspect.senses import DEFAULT_SENSES, sense_trajectory
 from qkv.inspect.words import WordView, unknown_token, word_view
 from qkv.numbering import LAYER_NUMBERING
+from qkv.text import DEFAULT_FOCUS, DEFAULT_SENTENCE
 
 if TYPE_CHECKING:
     from qkv.models.tokenizer import Batch, Tokenizer
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["explain", "rank_attention", "input_length", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS",
            "LONG_INPUT", "RANKED"]
 
-DEFAULT_SENTENCE = "She deposited her check at the bank."
-DEFAULT_FOCUS = "bank"
 LONG_INPUT = 512  # longer inputs get streamed top-k views instead of (N, N) matrices
 POSITIONAL = 0.9  # a head giving this share of the focus's attention to a neighbouring word is positional
 MAX_MATRIX_WORDS = 128  # beyond this the report leaves out every head's (W, W) matrix (heatmaps)

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 import qkv
+from qkv.text import DEFAULT_SENTENCE
 
-__all__ = ["tokenize", "walkthrough_numbers", "DEFAULT_SENTENCE", "TOLERANCE"]
+__all__ = ["tokenize", "walkthrough_numbers", "TOLERANCE"]
 
-DEFAULT_SENTENCE = "She deposited her check at the bank."
 TOLERANCE = 1e-6  # hand computation vs library, in float64
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # words (with an apostrophe part) or punctuation
 

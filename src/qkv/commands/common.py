@@ -1,0 +1,111 @@
+"""What several ``qkv`` commands share: the console, one-line errors, output checks, options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from qkv.files import outputs_problem, write_text
+from qkv.numbering import EMBEDDINGS
+
+__all__ = ["MODEL_HELP", "VECTORS_CAPTION", "fail", "load_data_and_model", "make_console",
+           "output_options_problem",
+           "port", "save_outputs", "word_list"]
+
+MODEL_HELP = ("'minilm' (all-MiniLM-L6-v2, the default), 'smollm2' (SmolLM2-135M-Instruct), a .gguf file or "
+              "a local Hugging Face folder of a BERT-, GPT-2- or Llama-family model")
+
+VECTORS_CAPTION = f"{EMBEDDINGS}: the embeddings, before any layer; i: after layer i (blocks.i)"
+
+
+def make_console(width: int = 100) -> Console:
+    """A rich console as wide as the terminal.
+
+    rich measures the terminal on stdin, stdout or stderr, so ``qkv explain | tee log``
+    typed in a terminal gets that terminal's width; COLUMNS, when set, wins. With no
+    terminal at all (CI, a cron job, ``make demo > log < /dev/null``) rich would assume 80
+    columns; this uses ``width``, the width the command's tables are laid out for, instead.
+    """
+    if not os.environ.get("COLUMNS", "").isdigit():
+        for fd in (0, 1, 2):  # as rich does
+            try:
+                os.get_terminal_size(fd)
+                break
+            except (OSError, ValueError):
+                continue
+        else:
+            return Console(width=width)
+    return Console()
+
+
+def fail(command: str, message: str) -> int:
+    """Print ``qkv COMMAND: error: MESSAGE`` to stderr, as argparse does; return exit code 2."""
+    print(f"qkv {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def output_options_problem(args: argparse.Namespace) -> str | None:
+    """The first problem with the output options --json, --html and --out that ``args`` has."""
+    return outputs_problem((f"--{name}", getattr(args, name, None), kind)
+                           for name, kind in (("json", "file"), ("html", "file"), ("out", "folder")))
+
+
+def word_list(text: str | None) -> list[str] | None:
+    """``--words "bank, bow"`` -> ["bank", "bow"] (None stays None); ValueError if it names none."""
+    if text is None:
+        return None
+    words = [word.strip() for word in text.split(",") if word.strip()]
+    if not words:
+        raise ValueError(f"--words {text!r} names no word; give comma-separated words such as --words bank,bow")
+    return words
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, 0 to 65535; got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number, 0 to 65535 (0: any free port); got {value}")
+    return value
+
+
+def load_data_and_model(command: str, args: argparse.Namespace):
+    """(dataset, model, tokenizer) for the data commands, or None after printing the error.
+
+    The options are checked first (--words, the output paths, --data), the model loaded last.
+    """
+    import qkv
+    from qkv.inspect.wsd import read_dataset
+
+    try:
+        words = word_list(getattr(args, "words", None))
+        problem = output_options_problem(args)
+        if problem:
+            raise ValueError(problem)
+        return read_dataset(args.data, words), *qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        fail(command, str(err))
+        return None
+
+
+def save_outputs(out: Console, args: argparse.Namespace, result: dict[str, Any],
+                 plot: Callable[[dict[str, Any], Path], Any], filename: str) -> None:
+    """Write ``result`` as JSON to ``--json`` and its plot to ``--out``/``filename`` when asked."""
+    import json
+
+    if args.json:
+        write_text(args.json, json.dumps(result, indent=1))
+        out.print(f"wrote {args.json}")
+    if args.out:
+        path = Path(args.out).expanduser() / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, path)
+        out.print(f"wrote {path}")

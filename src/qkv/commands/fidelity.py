@@ -1,0 +1,130 @@
+"""``qkv fidelity``: what sliding windows and approximate attention cost inside a model
+(:mod:`qkv.inspect.fidelity`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+import qkv
+from qkv.argtypes import positive_int
+from qkv.commands.common import (
+    MODEL_HELP,
+    fail,
+    make_console,
+    output_options_problem,
+    save_outputs,
+    word_list,
+)
+
+__all__ = ["HELP", "configure", "run"]
+
+HELP = "what sliding windows and approximate attention cost inside the model"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``qkv fidelity``'s options to ``parser``."""
+    parser.add_argument("--model", default="minilm",
+                        help=MODEL_HELP + " (GPT-2 runs only the methods that can be causal)")
+    parser.add_argument("--text", default=None, metavar="FILE", help="a text file to encode (default: a built-in "
+                        "paragraph of about 440 tokens)")
+    parser.add_argument("--data", default=None, metavar="DIR", help="CoarseWSD-20 folder: adds word-sense "
+                        "disambiguation F1 per variant")
+    parser.add_argument("--words", default=None, help="comma-separated subset of the words (with --data)")
+    parser.add_argument("--max-per-word", type=positive_int, default=100,
+                        help="train sentences sampled per word, half as many test (default: 100)")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated backends to try (default: sliding,linear,performer,nystrom,linformer)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON")
+    parser.add_argument("--out", default=None, metavar="DIR", help="write a PNG of quality against speed")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``qkv fidelity``: efficient attention inside the model against the exact model."""
+    from rich.progress import Progress
+
+    from qkv.inspect.fidelity import (
+        DEFAULT_TEXT,
+        DEFAULT_VARIANTS,
+        fidelity,
+        plot_fidelity,
+        subsample,
+        variant_problem,
+    )
+
+    try:
+        text = DEFAULT_TEXT
+        if args.text is not None:
+            path = Path(args.text).expanduser()
+            if not path.is_file():
+                raise ValueError(f"--text {args.text}: no such file; give a text file to encode, or leave --text "
+                                 f"out for the built-in paragraph")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"--text {args.text}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
+            if not text.strip():
+                raise ValueError(f"--text {args.text}: the file is empty; give a text to encode")
+        backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+        known = sorted({v.backend for v in DEFAULT_VARIANTS})
+        unknown = sorted(set(backends or ()) - set(known))
+        if unknown:
+            raise ValueError(f"--backends {args.backends!r}: unknown {unknown}; choose from {known}")
+        variants = [v for v in DEFAULT_VARIANTS if backends is None or v.backend in backends]
+        problem = output_options_problem(args)
+        if problem:
+            raise ValueError(problem)
+        words = word_list(args.words)
+        if words is not None and not args.data:
+            raise ValueError("--words picks words of the --data folder; give --data DIR too")
+        dataset = None
+        if args.data:
+            from qkv.inspect.wsd import read_dataset
+
+            dataset = subsample(read_dataset(args.data, words), args.max_per_word)
+        model, tokenizer = qkv.load(args.model)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        return fail("fidelity", str(err))
+    console = make_console(120)
+    # Some methods cannot run in some models (Nystrom and Linformer are not causal, GPT-2 is).
+    problems = {v.label: variant_problem(model, v) for v in variants}
+    reasons = dict.fromkeys(reason for reason in problems.values() if reason is not None)  # distinct, in order
+    variants = [v for v in variants if problems[v.label] is None]
+    if not variants:
+        chosen = f"--backends {args.backends!r}" if args.backends else "the default variants"
+        return fail("fidelity", f"{chosen}: this model can run none of them: " + "; ".join(reasons))
+    for reason in reasons:
+        console.print(f"skipped {', '.join(label for label, r in problems.items() if r == reason)}: {reason}")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("fidelity", total=len(variants) + 1)
+
+        def on_step(message: str) -> None:
+            progress.update(task, description=f"fidelity: {message}")
+            if ":" not in message:  # the exact model and each variant; WSD sub-steps share their step
+                progress.advance(task)
+
+        result = fidelity(model, tokenizer, text, variants, dataset=dataset, on_step=on_step)
+    exact = result["exact"]
+    table = Table(title=f"{model.name}: each attention variant against the exact model, {result['tokens']} tokens"
+                        + (f"; WSD on {result['wsd_sentences']} CoarseWSD-20 sentences" if dataset else ""))
+    for column in ("variant", "token cos", "worst token cos", "sentence cos", "attention TV", "WSD F1",
+                   "ms", "speed-up"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    f1 = exact["wsd_micro_f1"]
+    table.add_row("exact", "1.0000", "1.000", "1.0000", "0.000", "-" if f1 is None else f"{f1:.1f}",
+                  f"{exact['time_ms']:.1f}", "1.00", style="bold")
+    for row in result["variants"]:
+        table.add_row(
+            row["label"], f"{row['token_cosine']:.4f}", f"{row['min_token_cosine']:.3f}",
+            f"{row['sentence_cosine']:.4f}", f"{row['attention_distance']:.3f}",
+            "-" if row["wsd_micro_f1"] is None else f"{row['wsd_micro_f1']:.1f}",
+            f"{row['time_ms']:.1f}", f"{row['speedup']:.2f}",
+        )
+    console.print(table)
+    console.print("attention TV: mean total-variation distance of each attention row to the exact one "
+                  "(0 = same, 1 = disjoint; more than 1 where a method's mixing weights are not a "
+                  "distribution). WSD F1: micro-F1 (%), last layer, 1-nearest centroid.")
+    save_outputs(console, args, result, plot_fidelity, "fidelity.png")
+    return 0
