@@ -15,12 +15,12 @@ from qkv.inspect.contextuality import (
     anisotropy,
     contextuality,
     intra_similarity,
-    plot_contextuality,
     self_similarity,
     word_self_similarities,
 )
 from qkv.inspect.wsd import read_dataset
 from qkv.numbering import LAYER_NUMBERING
+from qkv.viz.measures import plot_contextuality
 
 D = 5  # odd width on purpose
 

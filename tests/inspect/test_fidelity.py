@@ -7,8 +7,9 @@ import json
 import pytest
 
 from qkv.cli import main
-from qkv.inspect.fidelity import Variant, _value_ranges, fidelity, plot_fidelity, subsample
+from qkv.inspect.fidelity import Variant, fidelity, subsample
 from qkv.inspect.wsd import read_dataset
+from qkv.viz.measures import _value_ranges, plot_fidelity
 
 TEXT = "She deposited her check at the bank, then walked along the river bank to watch the boats go by."
 

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from qkv.inspect.contextuality import contextuality, plot_contextuality
+    from qkv.inspect.contextuality import contextuality
+    from qkv.viz.measures import plot_contextuality
 
     loaded = load_data_and_model("contextuality", args)
     if loaded is None:

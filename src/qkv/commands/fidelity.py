@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
         DEFAULT_TEXT,
         DEFAULT_VARIANTS,
         fidelity,
-        plot_fidelity,
         subsample,
         variant_problem,
     )
+    from qkv.viz.measures import plot_fidelity
 
     try:
         text = DEFAULT_TEXT

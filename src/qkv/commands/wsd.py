@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from qkv.inspect.wsd import plot_wsd, run_wsd
+    from qkv.inspect.wsd import run_wsd
+    from qkv.viz.measures import plot_wsd
 
     loaded = load_data_and_model("wsd", args)
     if loaded is None:

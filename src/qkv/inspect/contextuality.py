@@ -25,14 +25,12 @@ self-similarity, all words of all sampled sentences give intra-similarity and an
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.files import save_figure
 from qkv.inspect.wsd import WsdWord, word_piece_vectors
 from qkv.numbering import LAYER_NUMBERING, vector_labels
 
@@ -46,7 +44,6 @@ __all__ = [
     "intra_similarity",
     "anisotropy",
     "contextuality",
-    "plot_contextuality",
 ]
 
 ANISOTROPY_PAIRS = 5000  # random cross-sentence pairs behind the anisotropy estimate
@@ -336,45 +333,3 @@ def contextuality(
         "max_sentences_per_word": max_sentences_per_word,
         "seed": seed,
     }
-
-
-def plot_contextuality(result: dict, path: str | Path) -> None:
-    """Draw the measures of :func:`contextuality` against layer, as one PNG at ``path``.
-
-    Raw measures are solid lines, the anisotropy-adjusted ones dashed in the same colour; the
-    legend sits right of the panel, where it hides no line.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    missing = [k for k in ("layers", "self_similarity", "intra_similarity", "anisotropy") if k not in result]
-    if missing:
-        raise ValueError(f"result lacks {missing}; pass the dict that contextuality() returns")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    layers = range(len(result["layers"]))
-    figure = Figure(figsize=(8.6, 4.2))  # Agg canvas, no pyplot: no global backend or figure state
-    FigureCanvasAgg(figure)
-    axis = figure.add_subplot()
-    lines = [
-        ("self_similarity", "self-similarity", "C0", "-"),
-        ("intra_similarity", "intra-sentence similarity", "C1", "-"),
-        ("anisotropy", "anisotropy (random pairs)", "C7", ":"),
-        ("adjusted_self_similarity", "self-similarity − anisotropy", "C0", "--"),
-        ("adjusted_intra_similarity", "intra-similarity − anisotropy", "C1", "--"),
-    ]
-    for key, label, color, style in lines:
-        if key in result:
-            axis.plot(layers, result[key], style, color=color, marker="o", markersize=3, label=label)
-    axis.axhline(0.0, color="black", linewidth=0.5)
-    axis.set_xticks(layers, result["layers"])
-    axis.set_xlabel("after layer (emb = the embeddings, before any layer)")
-    axis.set_ylabel("mean cosine")
-    title = "How contextual are the word vectors?"
-    if result.get("model"):
-        title += f" ({result['model']})"
-    axis.set_title(title, fontsize=10)
-    # right of the panel, off the lines; handles long enough to tell dashed from solid
-    axis.legend(fontsize=8, handlelength=3.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    figure.tight_layout()
-    save_figure(figure, path, dpi=130)

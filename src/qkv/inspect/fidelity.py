@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from qkv.models.tokenizer import Tokenizer
     from qkv.nn.stack import TransformerStack
 
-__all__ = ["Variant", "DEFAULT_VARIANTS", "DEFAULT_TEXT", "fidelity", "plot_fidelity", "subsample", "variant_problem"]
+__all__ = ["Variant", "DEFAULT_VARIANTS", "DEFAULT_TEXT", "fidelity", "subsample", "variant_problem"]
 
 # Our own prose, long enough (about 400 word pieces) for windows and landmarks to matter.
 DEFAULT_TEXT = (
@@ -237,78 +236,3 @@ def fidelity(
         "wsd_sentences": None if dataset is None else sum(len(w.train) + len(w.test) for w in dataset),
         "variants": rows,
     }
-
-
-def plot_fidelity(result: dict, path: str | Path) -> None:
-    """Quality against speed: token cosine (and WSD F1 when measured) vs speed-up, one point per variant.
-
-    One colour per family of variants, each point labelled with its option's value (the legend names
-    the option). A panel whose values fall into two groups far apart (e.g. Linformer's collapsed WSD
-    scores) gets a broken y axis, so that the group near the exact model is not squeezed.
-    """
-    import re
-
-    from qkv.viz.plotting import agg_figure, label_point, log_ticks, save_figure
-
-    has_wsd = result["exact"]["wsd_micro_f1"] is not None
-    panels = [("token_cosine", "mean cosine of final token vectors to exact", 1.0)]
-    if has_wsd:
-        panels.append(("wsd_micro_f1", "WSD micro-F1 (%), last layer", result["exact"]["wsd_micro_f1"]))
-    figure = agg_figure(13.5 if has_wsd else 8, 6.2)
-    grid = figure.add_gridspec(1, len(panels))
-    families = sorted({row["family"] for row in result["variants"]})
-    colours = {family: f"C{i % 10}" for i, family in enumerate(families)}
-    # "nystrom landmarks=8" -> legend "nystrom landmarks=…", point label "8"
-    names = {row["family"]: re.sub(r"=\d+", "=…", row["label"]) for row in result["variants"]}
-    for column, (key, ylabel, exact_value) in enumerate(panels):
-        ranges = _value_ranges([row[key] for row in result["variants"]] + [exact_value])
-        cells = grid[0, column].subgridspec(len(ranges), 1, hspace=0.06,
-                                            height_ratios=[high - low for low, high in ranges])
-        axes = [figure.add_subplot(cells[0])]
-        axes += [figure.add_subplot(cells[i], sharex=axes[0]) for i in range(1, len(ranges))]
-        for axis, (low, high) in zip(axes, ranges):
-            for family in families:
-                rows = [r for r in result["variants"] if r["family"] == family]
-                axis.plot([r["speedup"] for r in rows], [r[key] for r in rows], "o-", color=colours[family],
-                          markersize=5, label=names[family])
-                for r in rows:
-                    value = re.search(r"=(\d+)", r["label"])
-                    if value and low <= r[key] <= high:
-                        label_point(axis, value[1], (r["speedup"], r[key]), color=colours[family], fontsize=7.5)
-            axis.axhline(exact_value, color="black", linestyle="--", linewidth=1, label="exact model")
-            axis.axvline(1.0, color="grey", linestyle=":", linewidth=1)
-            axis.set_ylim(low, high)
-            axis.set_xscale("log")
-            axis.grid(alpha=0.3)
-        log_ticks(axes[-1], x="x")
-        _break_marks(axes)
-        axes[-1].set_xlabel("speed-up over the exact model (forward, this text)")
-        axes[0].set_ylabel(ylabel)
-    figure.suptitle(f"{result['model']}: efficient attention inside the model ({result['tokens']} tokens)")
-    save_figure(figure, Path(path), legend=True)
-
-
-def _value_ranges(values: list[float], gap_share: float = 0.5) -> list[tuple[float, float]]:
-    """The y range of a panel, padded; or, when one gap between the values covers more than
-    ``gap_share`` of their span, the two ranges on either side of it (upper first)."""
-    from itertools import pairwise
-
-    values = sorted(values)
-    span = values[-1] - values[0] or 1.0
-    gap, i = max(((b - a, i) for i, (a, b) in enumerate(pairwise(values))), default=(0.0, 0))
-    groups = [values] if gap <= gap_share * span else [values[i + 1:], values[: i + 1]]
-    pad = 0.06 * sum(group[-1] - group[0] for group in groups) + 0.02 * span
-    return [(group[0] - pad, group[-1] + pad) for group in groups]
-
-
-def _break_marks(axes: list) -> None:
-    """Draw a broken y axis between stacked axes: no spine at the cut, short diagonals on either side."""
-    from itertools import pairwise
-
-    for upper, lower in pairwise(axes):
-        upper.spines["bottom"].set_visible(False)
-        lower.spines["top"].set_visible(False)
-        upper.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
-        for axis, y in ((upper, 0.0), (lower, 1.0)):
-            axis.plot([0, 1], [y, y], transform=axis.transAxes, linestyle="none", marker=[(-1, -0.5), (1, 0.5)],
-                      markersize=10, color="black", markeredgewidth=1, clip_on=False)

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.files import save_figure
 from qkv.numbering import LAYER_NUMBERING, vector_label, vector_labels
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WsdExample", "WsdWord", "read_word", "read_dataset", "word_piece_vectors", "target_vectors",
-    "f1_scores", "nearest_centroid", "layer_names", "evaluate_word", "average_scores", "run_wsd", "plot_wsd",
+    "f1_scores", "nearest_centroid", "layer_names", "evaluate_word", "average_scores", "run_wsd",
 ]
 
 
@@ -283,33 +282,3 @@ def run_wsd(model: TransformerStack, tokenizer: Tokenizer, dataset: list[WsdWord
         "words": words,
         "sizes": sizes,
     }
-
-
-def plot_wsd(result: dict, path: str | Path) -> None:
-    """F1 against layer: the average (micro and macro), each word faintly, and the MFS baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layers = [name for name in result["layers"] if name != "last4"]
-    xs = list(range(len(layers)))
-    figure, axis = plt.subplots(figsize=(7, 4.2))
-    for scores in result["words"].values():
-        axis.plot(xs, [scores[layer]["micro_f1"] for layer in layers], color="lightgray", linewidth=0.8)
-    for metric, color in (("micro_f1", "tab:blue"), ("macro_f1", "tab:orange")):
-        values = [result["average"][layer][metric] for layer in layers]
-        axis.plot(xs, values, marker="o", color=color, label=f"{metric.replace('_', '-')} (average)")
-        axis.axhline(result["average"]["last4"][metric], color=color, linestyle=":", linewidth=1,
-                     label=f"{metric.replace('_', '-')} of the last four layers summed")
-        axis.axhline(result["mfs"][metric], color=color, linestyle="--", linewidth=1,
-                     label=f"most frequent sense ({metric.split('_')[0]})")
-    axis.set_xticks(xs, layers)
-    axis.set_xlabel("after layer (emb = the embeddings, before any layer)")
-    axis.set_ylabel("F1 (%)")
-    axis.set_title(f"word-sense disambiguation ({result['method']}) on {len(result['words'])} words; "
-                   "grey: each word's micro-F1", fontsize=9)
-    axis.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    save_figure(figure, path, dpi=130)
-    plt.close(figure)
