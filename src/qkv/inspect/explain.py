@@ -45,9 +45,10 @@ from qkv.numbering import LAYER_NUMBERING
 from qkv.text import DEFAULT_FOCUS, DEFAULT_SENTENCE
 
 if TYPE_CHECKING:
-    from qkv.models.tokenizer import Batch, Tokenizer
+    from qkv.models.tokenizer import Tokenizer
     from qkv.nn.hooks import ActivationCache
     from qkv.nn.stack import TransformerStack
+    from qkv.text import Batch
 
 __all__ = ["explain", "rank_attention", "input_length", "DEFAULT_SENTENCE", "DEFAULT_FOCUS", "STOPWORDS",
            "LONG_INPUT", "RANKED"]

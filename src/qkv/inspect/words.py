@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qkv.models.tokenizer import Batch
+from qkv.text import Batch
 
 __all__ = ["WordView", "FocusChoice", "word_view", "unknown_token"]
 

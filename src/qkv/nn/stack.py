@@ -17,6 +17,7 @@ from qkv.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding
 from qkv.nn.generation import GenerationMixin
 from qkv.nn.hooks import ActivationCache, HookedModule, HookPoint, matches
 from qkv.nn.layers import MLP, Embeddings, TransformerBlock
+from qkv.text import Batch
 
 __all__ = ["TransformerOutput", "TransformerStack", "TransformerEncoder", "TransformerDecoder"]
 
@@ -193,8 +194,6 @@ class TransformerStack(HookedModule):
 
     def prepare(self, inputs: str | list[str] | Tensor | object, padding_side: str = "right") -> dict:
         """Model keyword arguments from text (through the tokenizer), a Batch or ids."""
-        from qkv.models.tokenizer import Batch  # models build on nn, not the reverse
-
         batch = None
         if isinstance(inputs, (str, list)):
             if self.tokenizer is None:
