@@ -51,10 +51,7 @@ the peer, never hang.
 from __future__ import annotations
 
 import datetime
-import numbers
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -80,7 +77,23 @@ from qkv.distributed.layout import (
     _visible,
     slice_lengths,
     slice_positions,
-    slice_runs,
+)
+from qkv.distributed.ring_plan import (
+    DEFAULT_CHUNK_SIZE,
+    TAG_GRAD,
+    TAG_KV,
+    TAG_RETURN,
+    RingComm,
+    RingOptions,
+    RingPlan,
+    RingStats,
+    check_chunk_size,
+    check_timeout,
+    make_plan,
+    message_buffers,
+    message_size,
+    pack_message,
+    unpack_message,
 )
 
 __all__ = [
@@ -94,313 +107,14 @@ __all__ = [
     "slice_positions",
 ]
 
-DEFAULT_CHUNK_SIZE = 1024  # keys per message: bounds the key/value buffers a rank holds
 ROW_BLOCK = 1024  # query rows per backward call: bounds the gradient temporaries
 NEG_INF = float("-inf")
-_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-_TAG_KV, _TAG_GRAD, _TAG_RETURN = 0, 1, 2
-
-
-# ---- options, statistics, the plan ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RingOptions:
-    """Options of ``backend="ring"`` (and of :meth:`MultiHeadAttention.set_backend("ring", ...)`).
-
-    ``qkv.attention(q, k, v, backend="ring", options=RingOptions(group=g))`` is
-    :func:`ring_attention` on this rank's slices.
-    """
-
-    group: object | None = None  # torch.distributed ProcessGroup; None: the default group
-    layout: str = "contiguous"  # "contiguous" or "zigzag": which positions each rank holds
-    chunk_size: int = DEFAULT_CHUNK_SIZE  # keys per message
-    timeout: float | None = None  # seconds to wait for a peer; None: the process group's
-
-    def __post_init__(self) -> None:
-        _check_layout(self.layout)
-        _check_chunk_size(self.chunk_size)
-        _check_timeout(self.timeout)
-
-
-@dataclass
-class RingStats:
-    """What one rank did in one call (filled in by :func:`ring_attention` when passed ``stats=``).
-
-    A "slice send" is one hop of one rank's key/value slice to the next rank; it takes
-    ``chunks`` messages. Without masks every rank makes P - 1 slice sends per forward.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    chunks: int = 1  # messages per slice
-    lengths: tuple[int, ...] = ()  # tokens held by each rank
-    slices_attended: int = 0  # key slices (own included) this rank's queries attended to
-    slices_skipped: int = 0  # key slices a causal/window mask hid from every query here
-    score_elements: int = 0  # (query, key) scores computed in the forward (whole tiles): the work
-    forward_slice_sends: int = 0  # hops of key/value slices sent by this rank in the forward
-    forward_messages_sent: int = 0
-    forward_messages_received: int = 0
-    backward_slice_sends: int = 0  # hops of key/value slices (with dK, dV) in the backward
-    backward_messages_sent: int = 0  # keys/values, dK/dV accumulators and returns to owners
-    backward_messages_received: int = 0
-    bytes_sent: int = 0  # forward and backward
-    wait_seconds: float = 0.0  # time blocked on messages after the local work of a step (not overlapped)
-    steps: list[int] = field(default_factory=list)  # ring steps run per call (forward, backward)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything every rank knows about the call, from the gathered lengths."""
-
-    rank: int
-    world: int
-    group: object | None
-    lengths: tuple[int, ...]
-    runs: tuple[tuple[Run, ...], ...]  # per rank
-    left: int | None
-    right: int | None
-    scale: float
-    chunks: int
-    padded: bool  # some rank has a key padding mask: every message carries one
-    needs: tuple[tuple[bool, ...], ...]  # needs[t][j]: some query of rank t sees a key of slice j
-    reach: tuple[int, ...]  # reach[j]: slice j visits ranks j + 1 .. j + reach[j]
-    timeout: datetime.timedelta | None
-
-    @property
-    def steps(self) -> int:
-        return max(self.reach) + 1
-
-    def slice_at(self, rank: int, step: int) -> int:
-        """The slice rank ``rank`` holds at ring step ``step``."""
-        return (rank - step) % self.world
-
-    def holds(self, rank: int, step: int) -> bool:
-        return step == 0 or step <= self.reach[self.slice_at(rank, step)]
-
-    def forwards(self, rank: int, step: int) -> bool:
-        """Whether ``rank`` sends the slice in hand at ``step`` to the next rank."""
-        return self.holds(rank, step) and step + 1 <= self.reach[self.slice_at(rank, step)]
-
-    def chunk(self, owner: int, index: int) -> tuple[int, int]:
-        """Local rows lo, hi of chunk ``index`` of rank ``owner``'s slice."""
-        n = self.lengths[owner]
-        return index * n // self.chunks, (index + 1) * n // self.chunks
-
-    def peer(self, group_rank: int) -> int:
-        return group_rank % self.world
-
-    def tag(self, kind: int, owner: int, index: int) -> int:
-        return (kind * self.world + owner) * self.chunks + index
-
-
-def _check_chunk_size(chunk_size: object) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int (keys per message); got {chunk_size!r}")
-    return int(chunk_size)
-
-
-def _check_timeout(timeout: object) -> datetime.timedelta | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, datetime.timedelta):
-        timeout = timeout.total_seconds()
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
-        raise ValueError(
-            f"timeout must be a positive number of seconds, a timedelta or None (the process "
-            f"group's timeout); got {timeout!r}"
-        )
-    return datetime.timedelta(seconds=float(timeout))
-
-
-def _group_info(group: object | None) -> tuple[int, int]:
-    """(rank, world size) in ``group``; (0, 1) when torch.distributed is not running."""
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
-        if group is not None:
-            raise ValueError(
-                "group was given but torch.distributed is not initialised; call "
-                "torch.distributed.init_process_group(...) first (or pass group=None to run "
-                "in this process alone)"
-            )
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def _gather_call(values: list[float], device: torch.device, group: object | None, world: int) -> list[list[float]]:
-    """All-gather one small vector from every rank (one collective per call)."""
-    import torch.distributed as dist
-
-    mine = torch.tensor(values, dtype=torch.float64, device=device)
-    everyone = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(everyone, mine, group=group)
-    return [t.tolist() for t in everyone]
-
-
-_AGREED = ("batch size B", "query heads Hq", "key/value heads Hkv", "head dim D", "value dim Dv",
-           "dtype", "causal", "window left", "window right", "layout", "chunk_size", "scale",
-           "need for gradients (every rank must run the backward ring, or none)")
-
-
-def _make_plan(
-    q: Tensor, k: Tensor, v: Tensor, left: int | None, right: int | None, causal: bool,
-    key_padding_mask: Tensor | None, scale: float, group: object | None, layout: str,
-    chunk_size: int, timeout: datetime.timedelta | None,
-) -> _Plan:
-    rank, world = _group_info(group)
-    n = q.shape[2]
-    if world == 1:
-        rows = [[float(n), float(key_padding_mask is not None)]]
-    else:
-        agreed = [q.shape[0], q.shape[1], k.shape[1], q.shape[3], v.shape[3], _DTYPES.index(q.dtype)
-                  if q.dtype in _DTYPES else -1, float(causal), -1 if left is None else left,
-                  -1 if right is None else right, LAYOUTS.index(layout), chunk_size, scale,
-                  float(torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))]
-        rows = _gather_call([float(n), float(key_padding_mask is not None), *agreed], q.device, group, world)
-        for index, name in enumerate(_AGREED):
-            seen = [row[2 + index] for row in rows]
-            if len(set(seen)) > 1:
-                if name == "dtype":
-                    seen = [str(_DTYPES[int(x)]) if x >= 0 else "another dtype" for x in seen]
-                raise ValueError(
-                    f"ring_attention: every rank must pass the same {name}; ranks passed "
-                    f"{dict(enumerate(seen))}. Only the sequence length may differ between ranks."
-                )
-    lengths = tuple(int(row[0]) for row in rows)
-    if min(lengths) == 0:
-        raise ValueError(
-            f"ring_attention: every rank must hold at least one token; the ranks hold {list(lengths)}. "
-            f"Use fewer processes or split the sequence with qkv.distributed.split_sequence."
-        )
-    runs = tuple(tuple(r) for r in slice_runs(lengths, layout))
-    needs = tuple(
-        tuple(
-            any(_visible(a.start, a.length, b.start, b.length, left, right) for a in runs[t] for b in runs[j])
-            for j in range(world)
-        )
-        for t in range(world)
-    )
-    reach = tuple(
-        max((d for d in range(1, world) if needs[(j + d) % world][j]), default=0) for j in range(world)
-    )
-    chunks = max(1, -(-max(lengths) // chunk_size))
-    return _Plan(rank=rank, world=world, group=group, lengths=lengths, runs=runs, left=left, right=right,
-                 scale=scale, chunks=chunks, padded=any(row[1] for row in rows), needs=needs, reach=reach,
-                 timeout=timeout)
-
-
-# ---- messages -----------------------------------------------------------------------------
-
-
-class _Comm:
-    """Batched point-to-point messages of one ring step, with timeouts and clear errors."""
-
-    def __init__(self, plan: _Plan, stats: RingStats, phase: str) -> None:
-        self.plan, self.stats, self.phase = plan, stats, phase
-        self.ops: list = []
-        self.what: list[str] = []
-
-    def send(self, tensor: Tensor, to: int, tag: int, what: str) -> None:
-        import torch.distributed as dist
-
-        self.ops.append(dist.P2POp(dist.isend, tensor, group=self.plan.group, group_peer=to, tag=tag))
-        self.what.append(f"sending {what} to rank {to}")
-        self.stats.bytes_sent += tensor.numel() * tensor.element_size()
-        if self.phase == "forward":
-            self.stats.forward_messages_sent += 1
-        else:
-            self.stats.backward_messages_sent += 1
-
-    def recv(self, tensor: Tensor, source: int, tag: int, what: str) -> None:
-        import torch.distributed as dist
-
-        self.ops.append(dist.P2POp(dist.irecv, tensor, group=self.plan.group, group_peer=source, tag=tag))
-        self.what.append(f"receiving {what} from rank {source}")
-        if self.phase == "forward":
-            self.stats.forward_messages_received += 1
-        else:
-            self.stats.backward_messages_received += 1
-
-    def start(self, step: int, chunk: int) -> list:
-        """Post every message of the step; returns the handles for :meth:`wait`."""
-        self.step, self.chunk = step, chunk
-        if not self.ops:
-            return []
-        import torch.distributed as dist
-
-        try:
-            works = dist.batch_isend_irecv(self.ops)
-        except RuntimeError as error:
-            raise self._failure(0, error) from error
-        return works
-
-    def wait(self, works: list) -> None:
-        start = time.perf_counter()
-        for index, work in enumerate(works):
-            try:
-                if self.plan.timeout is None:
-                    work.wait()
-                else:
-                    work.wait(timeout=self.plan.timeout)
-            except RuntimeError as error:
-                raise self._failure(index, error) from error
-        self.ops, self.what = [], []
-        self.stats.wait_seconds += time.perf_counter() - start
-
-    def _failure(self, index: int, error: Exception) -> RuntimeError:
-        plan = self.plan
-        doing = self.what[index] if index < len(self.what) else "exchanging slices"
-        return RuntimeError(
-            f"ring_attention {self.phase} failed on rank {plan.rank} of {plan.world} at ring step "
-            f"{self.step} of {plan.steps} (chunk {self.chunk + 1} of {plan.chunks}) while {doing}: "
-            f"a peer rank raised, exited or is too slow (timeout "
-            f"{'of the process group' if plan.timeout is None else plan.timeout}). Check the other "
-            f"ranks' errors. Cause: {error}"
-        )
-
-
-def _message_size(plan: _Plan, k: Tensor, v: Tensor, rows: int) -> int:
-    """Elements of one message: k (B, Hkv, rows, D), v (B, Hkv, rows, Dv) and, if used, padding (B, rows)."""
-    batch, heads = k.shape[0], k.shape[1]
-    return batch * heads * rows * (k.shape[3] + v.shape[3]) + (batch * rows if plan.padded else 0)
-
-
-def _pack(plan: _Plan, buffer: Tensor, k: Tensor, v: Tensor, pad: Tensor | None) -> Tensor:
-    """Copy a chunk's keys, values (and padding, 1 = real token) into the front of ``buffer``."""
-    rows = k.shape[2]
-    message = buffer[:_message_size(plan, k, v, rows)]
-    k_part, v_part, _ = _unpack(plan, message, k, v, rows)
-    k_part.copy_(k)
-    v_part.copy_(v)
-    if plan.padded:
-        keep = message[k_part.numel() + v_part.numel():]
-        keep.copy_(pad.reshape(-1)) if pad is not None else keep.fill_(1)
-    return message
-
-
-def _unpack(plan: _Plan, message: Tensor, k: Tensor, v: Tensor, rows: int) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Views of a message's keys (B, Hkv, rows, D), values (B, Hkv, rows, Dv), padding (B, rows) bool."""
-    batch, heads, d, dv = k.shape[0], k.shape[1], k.shape[3], v.shape[3]
-    nk, nv = batch * heads * rows * d, batch * heads * rows * dv
-    k_part = message[:nk].view(batch, heads, rows, d)
-    v_part = message[nk:nk + nv].view(batch, heads, rows, dv)
-    pad = message[nk + nv:nk + nv + batch * rows].view(batch, rows) != 0 if plan.padded else None
-    return k_part, v_part, pad
-
-
-def _message_buffers(plan: _Plan, k: Tensor, v: Tensor) -> list[Tensor]:
-    """The two message buffers a rank cycles through (one in hand, one arriving), sized for the
-    largest chunk it ever receives or sends, allocated once per call."""
-    rows = max((hi - lo for owner in range(plan.world) for index in range(plan.chunks)
-                for lo, hi in [plan.chunk(owner, index)]), default=0)
-    return [k.new_empty(_message_size(plan, k, v, rows)) for _ in range(2)]
 
 
 # ---- the local work on one chunk -----------------------------------------------------------
 
 
-def _pairs(plan: _Plan, q_runs: Sequence[Run], k_runs: Sequence[Run]):
+def _pairs(plan: RingPlan, q_runs: Sequence[Run], k_runs: Sequence[Run]):
     """(row slice, q_start, key run) for every visible (query row block, key run) pair."""
     for q_run in q_runs:
         for k_run in k_runs:
@@ -412,7 +126,7 @@ def _pairs(plan: _Plan, q_runs: Sequence[Run], k_runs: Sequence[Run]):
                     yield slice(q_run.local + r0, q_run.local + r1), q_run.start + r0, k_run
 
 
-def _pair_inputs(plan: _Plan, rows: slice, q_start: int, k_run: Run, k: Tensor, v: Tensor,
+def _pair_inputs(plan: RingPlan, rows: slice, q_start: int, k_run: Run, k: Tensor, v: Tensor,
                  pad: Tensor | None) -> tuple[MaskSpec, Tensor, Tensor]:
     keys = slice(k_run.local, k_run.local + k_run.length)
     pad_part = None if pad is None else pad[:, keys]
@@ -479,7 +193,7 @@ class _RunningSoftmax:
         return self.acc.flatten(1, 2), lse.flatten(1, 2)
 
 
-def _attend_chunk(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None,
+def _attend_chunk(plan: RingPlan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None,
                   k_runs: Sequence[Run], state: _RunningSoftmax) -> None:
     """Merge the attention of this rank's queries to one key/value chunk into ``state``.
 
@@ -514,7 +228,7 @@ def _attend_chunk(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | No
                 state.score_elements += (qe - qs) * (ke - ks)
 
 
-def _grad_chunk(plan: _Plan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | None,
+def _grad_chunk(plan: RingPlan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | None,
                 k_runs: Sequence[Run], grad_k: Tensor, grad_v: Tensor) -> None:
     """Add this rank's queries' share of dK, dV of one chunk (and their dQ) from the final LSE."""
     q, out, lse, grad_out, grad_lse, grad_q = (saved[name] for name in
@@ -536,15 +250,15 @@ def _grad_chunk(plan: _Plan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | No
 # ---- the ring, forward and backward ----------------------------------------------------------
 
 
-def _forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None,
+def _forward(plan: RingPlan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None,
              stats: RingStats) -> tuple[Tensor, Tensor]:
     """out (B, Hq, n, Dv) in the compute dtype and lse (B, Hq, n) of this rank's queries."""
     rank, world = plan.rank, plan.world
     state = _RunningSoftmax(q, v)
     input_dtype, q = q.dtype, q.to(state.acc.dtype)
-    comm = _Comm(plan, stats, "forward")
+    comm = RingComm(plan, stats, "forward")
     after, before = (rank + 1) % world, (rank - 1) % world
-    buffers = _message_buffers(plan, k, v) if plan.world > 1 else []
+    buffers = message_buffers(plan, k, v) if plan.world > 1 else []
     for index in range(plan.chunks):
         held, current = None, 0  # the message in hand (None: the own slice) and its buffer
         for step in range(plan.steps):
@@ -555,15 +269,15 @@ def _forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None,
                 k_c, v_c, pad_c = _slice_in_hand(plan, held, k, v, pad, lo, hi)
                 if plan.forwards(rank, step):
                     if held is None:
-                        held = _pack(plan, buffers[current], k_c, v_c, pad_c)
-                    comm.send(held, after, plan.tag(_TAG_KV, owner, index), f"keys/values of rank {owner}")
+                        held = pack_message(plan, buffers[current], k_c, v_c, pad_c)
+                    comm.send(held, after, plan.tag(TAG_KV, owner, index), f"keys/values of rank {owner}")
             incoming = None
             if plan.forwards(before, step):
                 next_owner = plan.slice_at(rank, step + 1)
                 n_lo, n_hi = plan.chunk(next_owner, index)
                 if n_lo < n_hi:  # arrives in the other buffer while this one is read and sent
-                    incoming = buffers[1 - current][:_message_size(plan, k, v, n_hi - n_lo)]
-                    comm.recv(incoming, before, plan.tag(_TAG_KV, next_owner, index),
+                    incoming = buffers[1 - current][:message_size(plan, k, v, n_hi - n_lo)]
+                    comm.recv(incoming, before, plan.tag(TAG_KV, next_owner, index),
                               f"keys/values of rank {next_owner}")
             works = comm.start(step, index)
             if active and plan.needs[rank][owner]:
@@ -574,23 +288,23 @@ def _forward(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None,
     return state.result(input_dtype)
 
 
-def _slice_in_hand(plan: _Plan, held: Tensor | None, k: Tensor, v: Tensor, pad: Tensor | None, lo: int,
+def _slice_in_hand(plan: RingPlan, held: Tensor | None, k: Tensor, v: Tensor, pad: Tensor | None, lo: int,
                    hi: int) -> tuple[Tensor, Tensor, Tensor | None]:
     """Keys, values and padding of the chunk in hand: views of the own slice when ``held`` is None
     (copied into a message only if it travels on), else the received message unpacked."""
     if held is None:
         return k[:, :, lo:hi], v[:, :, lo:hi], (None if pad is None else pad[:, lo:hi])
-    return _unpack(plan, held, k, v, hi - lo)
+    return unpack_message(plan, held, k, v, hi - lo)
 
 
-def _backward(plan: _Plan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | None,
+def _backward(plan: RingPlan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | None,
               stats: RingStats) -> tuple[Tensor, Tensor, Tensor]:
     """dQ, dK, dV (compute dtype) of this rank's slices; every rank must call it."""
     rank, world = plan.rank, plan.world
     dtype = saved["out"].dtype
     grad_k = torch.zeros(k.shape, dtype=dtype, device=k.device)
     grad_v = torch.zeros(v.shape, dtype=dtype, device=v.device)
-    comm = _Comm(plan, stats, "backward")
+    comm = RingComm(plan, stats, "backward")
     after, before = (rank + 1) % world, (rank - 1) % world
     last = plan.reach[rank] + 1  # the step at which this rank's dK, dV come home
     batch, heads, d, dv = k.shape[0], k.shape[1], k.shape[3], v.shape[3]
@@ -603,7 +317,7 @@ def _backward(plan: _Plan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | None
         split = batch * heads * rows * d
         return buffer[:split].view(batch, heads, rows, d), buffer[split:].view(batch, heads, rows, dv)
 
-    buffers = _message_buffers(plan, k, v) if plan.world > 1 else []
+    buffers = message_buffers(plan, k, v) if plan.world > 1 else []
     for index in range(plan.chunks):
         held, current = None, 0  # received keys/values in hand (None: the own slice) and its buffer
         finished = None  # (buffer, owner) dK/dV accumulator completed at the previous step
@@ -615,36 +329,36 @@ def _backward(plan: _Plan, saved: dict, k: Tensor, v: Tensor, pad: Tensor | None
                 k_c, v_c, pad_c = _slice_in_hand(plan, held, k, v, pad, lo, hi)
                 if plan.forwards(rank, step):
                     if held is None:
-                        held = _pack(plan, buffers[current], k_c, v_c, pad_c)
-                    comm.send(held, after, plan.tag(_TAG_KV, owner, index), f"keys/values of rank {owner}")
+                        held = pack_message(plan, buffers[current], k_c, v_c, pad_c)
+                    comm.send(held, after, plan.tag(TAG_KV, owner, index), f"keys/values of rank {owner}")
             # The accumulator finished at step - 1 goes to the next rank, or home from the last one.
             if finished is not None:
                 buffer, done_owner = finished
                 if plan.forwards(rank, step - 1):
-                    comm.send(buffer, after, plan.tag(_TAG_GRAD, done_owner, index),
+                    comm.send(buffer, after, plan.tag(TAG_GRAD, done_owner, index),
                               f"the dK/dV accumulator of rank {done_owner}")
                 else:
-                    comm.send(buffer, done_owner, plan.tag(_TAG_RETURN, done_owner, index),
+                    comm.send(buffer, done_owner, plan.tag(TAG_RETURN, done_owner, index),
                               f"the finished dK/dV of rank {done_owner}")
             incoming = None
             if plan.forwards(before, step):
                 next_owner = plan.slice_at(rank, step + 1)
                 n_lo, n_hi = plan.chunk(next_owner, index)
                 if n_lo < n_hi:
-                    incoming = buffers[1 - current][:_message_size(plan, k, v, n_hi - n_lo)]
-                    comm.recv(incoming, before, plan.tag(_TAG_KV, next_owner, index),
+                    incoming = buffers[1 - current][:message_size(plan, k, v, n_hi - n_lo)]
+                    comm.recv(incoming, before, plan.tag(TAG_KV, next_owner, index),
                               f"keys/values of rank {next_owner}")
             grad_in = None  # the accumulator of the slice in hand, from the previous rank
             if active and step >= 1:
                 grad_in = grad_buffer(hi - lo, zero=False)
-                comm.recv(grad_in, before, plan.tag(_TAG_GRAD, owner, index),
+                comm.recv(grad_in, before, plan.tag(TAG_GRAD, owner, index),
                           f"the dK/dV accumulator of rank {owner}")
             home = None
             own_lo, own_hi = plan.chunk(rank, index)
             if step == last and plan.reach[rank] >= 1 and own_lo < own_hi:
                 home = grad_buffer(own_hi - own_lo, zero=False)
                 source = (rank + plan.reach[rank]) % world
-                comm.recv(home, source, plan.tag(_TAG_RETURN, rank, index), "the finished dK/dV of this rank")
+                comm.recv(home, source, plan.tag(TAG_RETURN, rank, index), "the finished dK/dV of this rank")
             works = comm.start(step, index)
             local = None
             if active and plan.needs[rank][owner]:
@@ -768,9 +482,9 @@ def _ring(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, return_
         raise ValueError("ring_attention honours causal, window and key_padding_mask only; drop mask= "
                          "and global_tokens=")
     layout = _check_layout(layout)
-    chunk_size = _check_chunk_size(chunk_size)
-    timeout = _check_timeout(timeout)
-    plan = _make_plan(q, k, v, spec.left, spec.right, spec.causal, spec.key_padding_mask, scale, group,
+    chunk_size = check_chunk_size(chunk_size)
+    timeout = check_timeout(timeout)
+    plan = make_plan(q, k, v, spec.left, spec.right, spec.causal, spec.key_padding_mask, scale, group,
                       layout, chunk_size, timeout)
     stats = RingStats() if stats is None else stats
     stats.rank, stats.world_size, stats.chunks, stats.lengths = plan.rank, plan.world, plan.chunks, plan.lengths

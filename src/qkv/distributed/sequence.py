@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.distributed.layout import _check_layout, slice_lengths, slice_positions, slice_runs
-from qkv.distributed.ring import DEFAULT_CHUNK_SIZE, _group_info
+from qkv.distributed.ring_plan import DEFAULT_CHUNK_SIZE, group_info
 
 __all__ = [
     "split_sequence",
@@ -39,7 +39,7 @@ __all__ = [
 
 def gather_lengths(n_local: int, group: object | None = None, device: torch.device | str = "cpu") -> list[int]:
     """Every rank's number of tokens (one all-gather); ``[n_local]`` without torch.distributed."""
-    _, world = _group_info(group)
+    _, world = group_info(group)
     if world == 1:
         return [int(n_local)]
     import torch.distributed as dist
@@ -70,7 +70,7 @@ def split_sequence(
     """
     _check_layout(layout)
     if rank is None or world_size is None:
-        group_rank, group_world = _group_info(group)
+        group_rank, group_world = group_info(group)
         rank = group_rank if rank is None else rank
         world_size = group_world if world_size is None else world_size
     if not 0 <= rank < world_size:
@@ -97,7 +97,7 @@ def gather_sequence(
         The tensor with the N = sum of the slice lengths positions in global order along ``dim``.
     """
     _check_layout(layout)
-    _, world = _group_info(group)
+    _, world = group_info(group)
     if world == 1:
         return x
     import torch.distributed as dist
@@ -126,7 +126,7 @@ def sequence_positions(
     rotary) see where each token sits in the whole sequence.
     """
     _check_layout(layout)
-    rank, _ = _group_info(group)
+    rank, _ = group_info(group)
     lengths = gather_lengths(n_local, group, device)
     return slice_positions(lengths, rank, layout).to(device)
 
@@ -173,7 +173,7 @@ def sequence_mean(hidden: Tensor, attention_mask: Tensor | None = None, *, group
     """
     weights = hidden.new_ones(hidden.shape[:2]) if attention_mask is None else attention_mask.to(hidden.dtype)
     summed = torch.cat([(hidden * weights.unsqueeze(-1)).sum(dim=1), weights.sum(dim=1, keepdim=True)], dim=-1)
-    _, world = _group_info(group)
+    _, world = group_info(group)
     if world > 1:
         summed = _SumOverRanks.apply(summed, group)
     return summed[:, :-1] / summed[:, -1:].clamp(min=1e-9)
