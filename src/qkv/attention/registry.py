@@ -3,8 +3,9 @@
 Every backend has the same signature, ``fn(q, k, v, spec, scale, return_lse)`` (plus
 ``options=`` for a backend with an options type, such as Performer's feature count), and a
 :class:`Backend` record of its capabilities. :func:`resolve_backend` refuses a call a
-backend cannot honour, naming the backends that can. Later backends (approximate, ring)
-register themselves here with :func:`register`.
+backend cannot honour, naming the backends that can. The backends of this package are
+declared at the end of this module, all in one table; a backend that lives above it
+(ring attention, in :mod:`qkv.distributed.ring`) registers itself with :func:`register`.
 
 How ``"auto"`` chooses: among the exact backends that ``auto`` may pick and that support
 the call (device, LSE, gradients, masks), the one with the lowest estimated time. Each
