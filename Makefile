@@ -26,8 +26,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Python with ruff; the pages' JavaScript with eslint (package.json pins it; needs node and npm).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	@if command -v npm >/dev/null 2>&1; then \
+		[ -d node_modules ] || npm ci --silent; npx --no-install eslint src/qkv; \
+	else echo "npm not found: the JavaScript lint (eslint) is skipped"; fi
 
 # The committed results: benchmarks/bench-*.json and their plots, and BENCHMARKS.md (about 30 min).
 bench: $(STAMP)
@@ -56,4 +60,4 @@ bench-gpu:
 		PYTHONPATH=src $(PYTHON) -m qkv.bench report $(GPU_OUT)/bench-*.json --out $(GPU_REPORT); exit $$status
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache qkv-report.* qkv-figures
+	rm -rf $(VENV) node_modules build dist src/*.egg-info .pytest_cache .ruff_cache qkv-report.* qkv-figures
