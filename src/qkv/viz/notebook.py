@@ -127,12 +127,14 @@ class AttentionView:
         return framed(self.html(), height=self.height(), title=self.title)
 
     def height(self) -> int:
-        """The inline frame's height in pixels: the whole grid (or every word's line) and a heading."""
+        """The inline frame's height in pixels: the heading, the whole grid and room for an enlarged head
+        (model view), or every word's lines (head view); at most 1000, the page scrolls inside."""
         words, rows = len(self.data["tokens"]), len(self.data["layers"])
         if self.kind == "head":
-            return min(1200, 170 + 22 * words)
-        thumbnail = max(3, min(12, 96 // max(1, words))) * words + 6  # views.js's thumbnail size
-        return min(1000, max(360, 140 + rows * thumbnail))
+            return min(1000, 190 + 22 * words)
+        thumbnail = max(3, min(12, 96 // max(1, words))) * words + 6  # views.js's largest thumbnail
+        enlarged = 160 + max(8, min(30, 520 // max(1, words))) * words  # views.js's heatmap and its labels
+        return min(1000, 140 + rows * thumbnail + enlarged)
 
     def __repr__(self) -> str:
         return (f"AttentionView({self.kind!r}, {self.title!r}, layers={self.data['layers']}, "

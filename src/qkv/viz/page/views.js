@@ -57,7 +57,7 @@ const QKVViews = (function () {
         "” is outlined." : "") + " Click a head to enlarge it."));
     const zoom = el("div", { class: "mv-zoom", id: (box.id || "mv") + "-zoom" });
     const grid = el("div", { class: "mv-grid", role: "grid", "aria-label": "attention of every layer and head" });
-    grid.style.gridTemplateColumns = "auto repeat(" + data.heads.length + ", max-content)";
+    grid.style.gridTemplateColumns = "max-content repeat(" + data.heads.length + ", max-content)";
     grid.appendChild(el("span"));
     for (const h of data.heads) grid.appendChild(el("span", { class: "mv-label" }, "head " + h));
     const thumbs = [];
