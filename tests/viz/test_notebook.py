@@ -143,6 +143,10 @@ def test_view_data_from_a_model_matches_the_report(model_and_tokenizer, report):
     from_report = view_data(report, layers=5, heads=[4])
     assert from_report["focus"] == report["focus"]["index"]
     assert from_report["attention"] == [[report["attention"][5][4]]]
+    chosen = [report["walkthrough"]["layer"], report["walkthrough"]["head"]]
+    assert view_data(report)["selected"] == chosen  # the model view opens on the report's step-by-step head
+    other = [layer for layer in range(report["model"]["layers"]) if layer != chosen[0]]
+    assert view_data(report, layers=other)["selected"] is None and data["selected"] is None
 
 
 @pytest.mark.parametrize(("kwargs", "error", "words"), [
@@ -410,8 +414,10 @@ def test_exported_notebook_shows_the_report_and_the_model_view(executed_notebook
     assert view_frame.locator("canvas.mv-thumb").count() == 6 * 12
     ink = view_frame.eval_on_selector_all("canvas.mv-thumb", READ_THUMBNAILS)
     assert all(min(sum(pixel) for row in t["rows"] for pixel in row) < 600 for t in ink)  # no blank square
-    view_frame.click('canvas.mv-thumb[data-layer="5"][data-head="4"]')
-    assert "Layer 5, head 4" in view_frame.locator(".mv-zoom").inner_text()
+    zoom = view_frame.locator(".mv-zoom")  # it opens on the report's step-by-step head, enlarged
+    assert "Layer 5, head 4" in zoom.inner_text() and zoom.locator("rect.mv-cell").count() == 10 * 10
+    view_frame.click('canvas.mv-thumb[data-layer="2"][data-head="9"]')
+    assert "Layer 2, head 9" in zoom.inner_text()
     assert head_frame.locator("svg.hv-lines line").count() > 0
     frames.nth(1).scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "notebook.png"))

@@ -200,7 +200,9 @@ def view_data(source: Any, tokenizer: Tokenizer | None = None, sentence: str | N
 
     Returns:
         ``tokens`` [W], ``focus`` (int or None), ``layers`` [Lv] and ``heads`` [Hv] (the numbers
-        shown), and ``attention`` [Lv][Hv][W][W] rounded to 4 decimals.
+        shown), ``attention`` [Lv][Hv][W][W] rounded to 4 decimals, and ``selected``: the head
+        the model view enlarges first, [layer, head] (a report's step-by-step head, when shown)
+        or None.
 
     Raises:
         ValueError / TypeError naming the argument, what it was and the fix.
@@ -211,12 +213,15 @@ def view_data(source: Any, tokenizer: Tokenizer | None = None, sentence: str | N
     chosen_heads = _indices("heads", heads, count_heads, "head")
     focus_index = _focus_index(focus, labels, default_focus, words)
     shown = weights[chosen_layers][:, chosen_heads].double()  # (Lv, Hv, W, W)
+    walkthrough = source.get("walkthrough") if isinstance(source, Mapping) else None
+    selected = [walkthrough["layer"], walkthrough["head"]] if walkthrough else None  # the report's chosen head
     return {
         "tokens": labels,
         "focus": focus_index,
         "layers": chosen_layers,
         "heads": chosen_heads,
         "attention": (torch.round(shown * 1e4) / 1e4).tolist(),
+        "selected": selected if selected and selected[0] in chosen_layers and selected[1] in chosen_heads else None,
     }
 
 

@@ -607,9 +607,8 @@
   // ---- 9. every layer and head at once (the model view) ----
   (function () {
     const box = document.getElementById("model-view");
-    if (!hasMatrices) {
-      box.appendChild(el("p", { class: "help" }, "This input is long: the report keeps no full attention matrices, " +
-        "so there is no model view."));
+    if (!hasMatrices) {  // a long input: no (W, W) matrices, as section 2 says
+      document.getElementById("model-view-section").hidden = true;
       return;
     }
     const all = function (n) { return Array.from({ length: n }, function (_, i) { return i; }); };

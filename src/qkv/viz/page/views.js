@@ -6,6 +6,7 @@
 //   layers     [Lv] the layer numbers shown;  heads [Hv] the head numbers shown
 //   attention  [Lv][Hv][W][W], attention[a][b][i][j] = weight of word i (query) on word j (key)
 //              in layer layers[a], head heads[b]
+//   selected   [layer, head] to enlarge first, or null (the model view)
 // and write text with textContent only.
 const QKVViews = (function () {
   const SVG = "http://www.w3.org/2000/svg";
