@@ -4,7 +4,9 @@
 file: inline CSS and JavaScript, no network, no fonts or libraries from elsewhere, so it
 works opened straight from disk. The report travels inside the page as JSON, in
 ``<script type="application/json" id="report">``, and the script draws every view from
-it.
+it. :func:`render_view` makes the same kind of page for one notebook view (the model view
+or the head view), and :func:`framed` puts a page in a sandboxed ``<iframe srcdoc>`` for a
+notebook cell.
 
 Safety: the sentence is untrusted text. Server-side text (the title and the heading)
 goes through :func:`html.escape`; the JSON has ``<``, ``>``, ``&``, U+2028 and U+2029
@@ -170,17 +172,17 @@ _SET_ASIDE = "[CLS], [SEP] and punctuation"  # reports without "set_aside" come 
 
 
 _PAGE_ASSETS = resources.files("qkv.viz") / "page"
-# The page (its %NAME% placeholders are filled in one pass, so text from the report is never
-# scanned for placeholders), its style and its script, as files beside this module.
 
 
 def _asset(name: str) -> str:
     return (_PAGE_ASSETS / name).read_text(encoding="utf-8")
 
 
+# The pages (their %NAME% placeholders are filled in one pass, so text from the report is never
+# scanned for placeholders), their style and their script, as files beside this module. The
+# model and head views (views.js, views.css) are drawn both on the explain page and on the page
+# of a notebook view (views.html).
 _PAGE = _asset("page.html")
-
-# The views (views.js, views.css) are drawn by the explain page and by the notebook views' page.
 _STYLE = _asset("page.css") + _asset("views.css")
 _SCRIPT = _asset("views.js") + _asset("page.js")
 _VIEW_PAGE = _asset("views.html")

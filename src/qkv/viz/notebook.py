@@ -170,9 +170,11 @@ def head_view(source: Any, tokenizer: Tokenizer | None = None, sentence: str | N
     return AttentionView("head", data, _title("Head view", data))
 
 
-def _title(name: str, data: dict) -> str:
-    focus = data["focus"]
-    return f"{name}: " + " ".join(data["tokens"]) + (f" · focus “{data['tokens'][focus]}”" if focus is not None else "")
+def _title(name: str, data: dict, words: int = 16) -> str:
+    """"Model view: [CLS] She deposited ... · focus “bank”", the text cut after ``words`` words."""
+    tokens, focus = data["tokens"], data["focus"]
+    text = " ".join(tokens[:words]) + (" …" if len(tokens) > words else "")
+    return f"{name}: {text}" + (f" · focus “{tokens[focus]}”" if focus is not None else "")
 
 
 def view_data(source: Any, tokenizer: Tokenizer | None = None, sentence: str | None = None, *,
