@@ -149,6 +149,25 @@ def test_view_data_from_a_model_matches_the_report(model_and_tokenizer, report):
     assert view_data(report, layers=other)["selected"] is None and data["selected"] is None
 
 
+def test_view_data_of_a_causal_model_keeps_its_triangle(gpt2_report):
+    data = view_data(gpt2_report, heads=[-1])
+    attention = torch.tensor(data["attention"])  # (L, 1, W, W)
+    assert data["heads"] == [gpt2_report["model"]["heads"] - 1]
+    assert attention.triu(1).abs().max() == 0 and torch.allclose(attention.sum(-1), torch.ones(()), atol=1e-3)
+
+
+def test_import_qkv_leaves_the_notebook_views_until_asked():
+    import subprocess
+    import sys
+
+    code = ("import sys, qkv; assert 'qkv.viz.notebook' not in sys.modules; "
+            "from qkv import explain; import qkv.viz; assert qkv.viz.model_view.__module__ == 'qkv.viz.notebook'; "
+            "print(explain.__module__)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "qkv.viz.notebook"
+
+
 @pytest.mark.parametrize(("kwargs", "error", "words"), [
     ({"layers": [3]}, ValueError, ["layers", "layer 3", "0 to 2"]),
     ({"heads": []}, ValueError, ["heads", "no head"]),
