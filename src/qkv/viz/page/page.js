@@ -1,4 +1,4 @@
-
+/* global QKVViews */  // views.js, put before this script in the same script element
 "use strict";
 (function () {
   const R = JSON.parse(document.getElementById("report").textContent);

@@ -1,3 +1,4 @@
+/* global QKVViews */
 // The page of one notebook view: draws the view that #view's data-kind names from the embedded data.
 (function () {
   const box = document.getElementById("view");

@@ -1,4 +1,5 @@
 "use strict";
+/* exported QKVViews */
 // Attention views shared by the explain page and the notebook views (qkv.viz.model_view, qkv.viz.head_view).
 // They read one "view data" object (qkv.viz.notebook.view_data):
 //   tokens     [W] words
