@@ -7,6 +7,7 @@ imported with ``from``: ``from qkv.attention.oracle import two_x_rule``.
 :mod:`qkv.nn` builds modules on it, :mod:`qkv.models` runs pretrained BERT and GPT-2
 families through those modules, and :func:`qkv.load` loads them from local files.
 :mod:`qkv.distributed` splits one sequence across processes (ring attention).
+:func:`qkv.explain` explains one word of a sentence as a report that shows itself in a notebook.
 """
 
 from qkv import (
@@ -48,8 +49,18 @@ __all__ = [
     "LinformerOptions",
     "TritonOptions",
     "load",
+    "explain",
     "nn",
     "models",
     "distributed",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # qkv.explain sits in the viz layer (it draws): imported on first use, so `import qkv` stays light.
+    if name == "explain":
+        from qkv.viz.notebook import explain
+
+        return explain
+    raise AttributeError(f"module 'qkv' has no attribute {name!r}")

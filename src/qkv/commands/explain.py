@@ -8,7 +8,6 @@ import argparse
 import qkv
 from qkv.argtypes import positive_int
 from qkv.commands.common import MODEL_HELP, fail, make_console, output_options_problem
-from qkv.files import write_text
 from qkv.text import DEFAULT_SENTENCE
 
 __all__ = ["HELP", "configure", "run"]
@@ -44,10 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``qkv explain``: the report in the terminal, and as JSON, HTML and PNG when asked."""
-    import json
-
-    from qkv.inspect.explain import explain
     from qkv.inspect.senses import parse_senses
+    from qkv.viz.notebook import explain
     from qkv.viz.terminal import print_report
 
     # Everything that can be checked without the model first: a typo costs no loading time.
@@ -84,17 +81,15 @@ def run(args: argparse.Namespace) -> int:
         return fail("explain", str(err))
     print_report(report, make_console())
     if args.json:
-        write_text(args.json, json.dumps(report))
+        report.save_json(args.json)
         print(f"wrote {args.json}")
     if args.html:
-        from qkv.viz.html import render_html
-
-        write_text(args.html, render_html(report))
+        report.save_html(args.html)
         print(f"wrote {args.html} (self-contained; open it in a browser)")
     if args.out:
-        from qkv.viz.figures import save_figures, skipped_figures
+        from qkv.viz.figures import skipped_figures
 
-        paths = save_figures(report, args.out)
+        paths = report.figures(args.out)
         print(f"wrote {len(paths)} figures to {args.out}")
         for name, reason in skipped_figures(report).items():
             print(f"  no {name}: {reason}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-import qkv
+from qkv.attention import attention, attention_weights
 from qkv.text import DEFAULT_SENTENCE
 
 __all__ = ["tokenize", "walkthrough_numbers", "TOLERANCE"]
@@ -89,8 +89,8 @@ def walkthrough_numbers(
     # token's: qkv's causal mask is bottom-right aligned, so a lone query would sit at the
     # last position and see every key.
     q4, k4, v4 = (t.view(1, 1, N, D) for t in (queries, k, v))
-    library_weights = qkv.attention_weights(q4, k4, causal=causal)[0, 0, i]  # (N,)
-    library_output = qkv.attention(q4, k4, v4, causal=causal, backend="reference")[0, 0, i]
+    library_weights = attention_weights(q4, k4, causal=causal)[0, 0, i]  # (N,)
+    library_output = attention(q4, k4, v4, causal=causal, backend="reference")[0, 0, i]
 
     for name, mine, theirs in (
         ("weights", weights, library_weights),

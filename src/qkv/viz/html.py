@@ -4,7 +4,9 @@
 file: inline CSS and JavaScript, no network, no fonts or libraries from elsewhere, so it
 works opened straight from disk. The report travels inside the page as JSON, in
 ``<script type="application/json" id="report">``, and the script draws every view from
-it.
+it. :func:`render_view` makes the same kind of page for one notebook view (the model view
+or the head view), and :func:`framed` puts a page in a sandboxed ``<iframe srcdoc>`` for a
+notebook cell.
 
 Safety: the sentence is untrusted text. Server-side text (the title and the heading)
 goes through :func:`html.escape`; the JSON has ``<``, ``>``, ``&``, U+2028 and U+2029
@@ -26,7 +28,7 @@ import math
 import re
 from importlib import resources
 
-__all__ = ["render_html", "json_for_script", "show_controls"]
+__all__ = ["render_html", "render_view", "framed", "json_for_script", "show_controls"]
 
 # Bidi embeddings, overrides and isolates, and the invisible marks: shown, never obeyed.
 _CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
@@ -65,6 +67,12 @@ def _script_hash(script: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
 
 
+def _csp(script: str) -> str:
+    """The pages' Content Security Policy: their own ``script`` (by hash), inline style, nothing else."""
+    return (f"default-src 'none'; script-src '{_script_hash(script)}'; style-src 'unsafe-inline'; "
+            "img-src data:; base-uri 'none'; form-action 'none'")
+
+
 def render_html(report: dict, *, back_href: str | None = None) -> str:
     """One self-contained HTML page for an explain ``report``.
 
@@ -84,8 +92,7 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
                f"d_model {model.get('d_model', '?')} · head dim {model.get('head_dim', '?')}")
     if model.get("name"):
         summary = f"{model['name']} · {summary}"
-    csp = (f"default-src 'none'; script-src '{_script_hash(_SCRIPT)}'; style-src 'unsafe-inline'; "
-           "img-src data:; base-uri 'none'; form-action 'none'")
+    csp = _csp(_SCRIPT)
     back = (f'<p class="back"><a id="back" href="{html.escape(back_href, quote=True)}">← explain another '
             f"sentence</a></p>" if back_href is not None else "")
     note = str((report.get("length") or {}).get("note") or "")
@@ -114,15 +121,71 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _PAGE)
 
 
+def render_view(data: dict, kind: str, title: str) -> str:
+    """One self-contained HTML page that draws the model view or the head view of ``data``.
+
+    Args:
+        data: view data, as :func:`qkv.viz.notebook.view_data` makes it (tokens, focus,
+            layers, heads and the (Lv, Hv, W, W) attention as nested lists).
+        kind: "model" (every layer x head as a small heatmap) or "head" (one layer's heads as
+            lines between the words).
+        title: the page's heading (escaped here).
+
+    Returns:
+        A complete HTML document with the same safety as :func:`render_html`: the data as
+        escaped JSON, the script allowed by its hash and nothing else.
+    """
+    if kind not in ("model", "head"):
+        raise ValueError(f"kind must be 'model' or 'head'; got {kind!r}")
+    values = {
+        "CSP": html.escape(_csp(_VIEW_SCRIPT), quote=True),
+        "TITLE": html.escape(show_controls(title), quote=True),
+        "KIND": kind,
+        "STYLE": _VIEW_STYLE,
+        "SCRIPT": _VIEW_SCRIPT,
+        "DATA": json_for_script(data),
+    }
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], _VIEW_PAGE)
+
+
+def framed(page: str, *, height: int, title: str) -> str:
+    """``page`` (a complete HTML document) inside an ``<iframe srcdoc>``, for a notebook cell.
+
+    The frame is sandboxed with ``allow-scripts`` only: the page runs its script in an origin
+    of its own, so neither its script nor its style can touch the notebook's, and it cannot
+    navigate the notebook or open windows. ``srcdoc`` holds the page escaped as an attribute
+    value (``&``, ``<``, ``>`` and both quotes), so nothing in it can end the attribute.
+
+    Args:
+        page: the document to show.
+        height: the frame's height in CSS pixels (the page scrolls inside it).
+        title: the frame's accessible name (escaped here).
+    """
+    return (f'<iframe class="qkv-frame" title="{html.escape(title, quote=True)}" sandbox="allow-scripts" '
+            f'style="width: 100%; height: {int(height)}px; border: 1px solid #d8dde6; border-radius: 4px;" '
+            f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
+
+
 _PLACEHOLDER = re.compile(
-    r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|SETASIDE|CAUSAL|FOCUSNOTE|LENGTH|STYLE|SCRIPT|DATA)%")
+    r"%(CSP|TITLE|BACK|SENTENCE|FOCUS|SUMMARY|SETASIDE|CAUSAL|FOCUSNOTE|LENGTH|STYLE|SCRIPT|DATA|KIND)%")
 _SET_ASIDE = "[CLS], [SEP] and punctuation"  # reports without "set_aside" come from BERT models
 
 
 _PAGE_ASSETS = resources.files("qkv.viz") / "page"
-# The page (its %NAME% placeholders are filled in one pass, so text from the report is never
-# scanned for placeholders), its style and its script, as files beside this module.
-_PAGE = (_PAGE_ASSETS / "page.html").read_text(encoding="utf-8")
-_STYLE = (_PAGE_ASSETS / "page.css").read_text(encoding="utf-8")
-_SCRIPT = (_PAGE_ASSETS / "page.js").read_text(encoding="utf-8")
+
+
+def _asset(name: str) -> str:
+    return (_PAGE_ASSETS / name).read_text(encoding="utf-8")
+
+
+# The pages (their %NAME% placeholders are filled in one pass, so text from the report is never
+# scanned for placeholders), their style and their script, as files beside this module. The
+# model and head views (views.js, views.css) are drawn both on the explain page and on the page
+# of a notebook view (views.html).
+_PAGE = _asset("page.html")
+_STYLE = _asset("page.css") + _asset("views.css")
+_SCRIPT = _asset("views.js") + _asset("page.js")
+_VIEW_PAGE = _asset("views.html")
+_VIEW_STYLE = _asset("views.css")
+_VIEW_SCRIPT = _asset("views.js") + _asset("views-main.js")
 

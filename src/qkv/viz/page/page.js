@@ -1,4 +1,4 @@
-
+/* global QKVViews */  // views.js, put before this script in the same script element
 "use strict";
 (function () {
   const R = JSON.parse(document.getElementById("report").textContent);
@@ -8,6 +8,7 @@
   const PALETTE = ["#1f5fbf", "#d9480f", "#2f9e44", "#ae3ec9", "#e8590c", "#0c8599"];
   const state = { layer: R.walkthrough.layer, head: R.walkthrough.head, source: FOCUS, pinned: FOCUS,
                   role: "previous", focusMode: "mean", allColumns: false };
+  let modelView = null;  // section 9, drawn from the same (L, H, W, W) matrices as the heatmap
 
   // ---- helpers ----
   function el(tag, attrs, text) {
@@ -33,13 +34,7 @@
     return Number(x).toFixed(digits === undefined ? 3 : digits);
   }
   function pct(x) { return (x === null || x === undefined) ? "–" : (100 * x).toFixed(1) + "%"; }
-  // white -> blue, t in [0, 1]
-  function shade(t) {
-    t = Math.max(0, Math.min(1, Number(t) || 0));
-    const a = [255, 255, 255], b = [16, 70, 160];
-    const c = a.map(function (v, i) { return Math.round(v + (b[i] - v) * Math.sqrt(t)); });
-    return "rgb(" + c[0] + "," + c[1] + "," + c[2] + ")";
-  }
+  const shade = QKVViews.shade;  // white -> blue, t in [0, 1], square-root scale (views.js)
   // Black or white text, whichever contrasts more with the shade: at least 4.58:1 (WCAG AA) on every shade.
   function inkOn(colour) {
     const lum = colour.match(/\d+/g).map(function (v) {
@@ -148,6 +143,7 @@
     });
     document.getElementById("current-head").textContent = "showing layer " + layer + ", head " + head;
     drawTokens(); drawHeatmap(); drawSummary(); drawFocus(); markGrids();
+    if (modelView) modelView.show(layer, head);
   }
 
   // ---- 1. tokens ----
@@ -606,6 +602,18 @@
     const start = Math.max(0, Math.min(FOCUS - Math.floor(TOP_ROWS / 2), W - TOP_ROWS));
     limitRows(table, rows, function (k) { return W <= LONG || (k >= start && k < start + TOP_ROWS); },
               "words (these are the " + TOP_ROWS + " around the focus word)");
+  })();
+
+  // ---- 9. every layer and head at once (the model view) ----
+  (function () {
+    const box = document.getElementById("model-view");
+    if (!hasMatrices) {  // a long input: no (W, W) matrices, as section 2 says
+      document.getElementById("model-view-section").hidden = true;
+      return;
+    }
+    const all = function (n) { return Array.from({ length: n }, function (_, i) { return i; }); };
+    modelView = QKVViews.modelView(box, { tokens: R.tokens, focus: FOCUS, layers: all(L), heads: all(H),
+                                          attention: R.attention }, { onSelect: select });
   })();
 
   select(state.layer, state.head);
