@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from rich.console import Console
 
 import qkv
-from qkv.bench.lra import Tab, format_seconds, print_tabs
 from qkv.bench.measure import machine_info, median
+from qkv.bench.tables import Tab, format_seconds, print_tabs, target
 from qkv.nn import MultiHeadAttention
 
 __all__ = ["SdpaMultiHeadAttention", "run_overhead", "overhead_tabs", "overhead_section", "SIZES", "QUICK_SIZES"]
@@ -189,8 +189,7 @@ def targets(rows: list[dict]) -> list[dict]:
     for r in rows:
         limit = goals.get((r["part"], r["contender"]))
         if limit is not None:
-            found.append({"target": f"{r['contender']} / {baseline[r['part']]}, {r['variant']}", "n": r["n"],
-                          "measured": r["ratio"], "limit": limit, "rule": "<=", "met": r["ratio"] <= limit})
+            found.append(target(f"{r['contender']} / {baseline[r['part']]}, {r['variant']}", r["n"], r["ratio"], limit))
     return found
 
 
