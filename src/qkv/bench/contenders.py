@@ -88,6 +88,8 @@ class Contender:
     quick_max_n: int | None = None  # the same in --quick runs (None: max_n)
     limit_note: str = ""  # why max_n
     needs_window: bool = False  # run only in the variants with a window
+    dense_mask: bool = False  # builds a dense (N, N) mask for a window (naive: for causal too)
+    tile_loop: bool = False  # a Python loop over tiles: on a GPU its time follows the tile count
 
     def resolved_options(self) -> object | None:
         """The options dataclass this contender passes (None for backends without options)."""
@@ -107,31 +109,32 @@ class Contender:
 
 
 CONTENDERS = (
-    Contender("naive", "naive", exact=True, memory_factor=2.0),
-    Contender("sdpa (torch)", "sdpa", exact=True),
+    Contender("naive", "naive", exact=True, memory_factor=2.0, dense_mask=True),
+    Contender("sdpa (torch)", "sdpa", exact=True, dense_mask=True),
     Contender("sdpa flash (cuda)", "sdpa", kernel="FLASH_ATTENTION", exact=True),
-    Contender("sdpa cudnn (cuda)", "sdpa", kernel="CUDNN_ATTENTION", exact=True),
-    Contender("sdpa efficient (cuda)", "sdpa", kernel="EFFICIENT_ATTENTION", exact=True),
+    Contender("sdpa cudnn (cuda)", "sdpa", kernel="CUDNN_ATTENTION", exact=True, dense_mask=True),
+    Contender("sdpa efficient (cuda)", "sdpa", kernel="EFFICIENT_ATTENTION", exact=True, dense_mask=True),
     Contender("flex (compiled)", "flex", exact=True, max_n=16384, quick_max_n=256,
               limit_note="on the CPU, create_block_mask evaluates the whole (N, N) mask: 26 s and 17 GB at 32K"),
     Contender("qkv reference", "qkv", backend="reference", exact=True, memory_factor=4.0,
               max_n=8192, limit_note="the same (N, N) matrices as naive, slower"),
-    Contender("qkv sdpa", "qkv", backend="sdpa", exact=True),
-    Contender("qkv tiled", "qkv", backend="tiled", exact=True),
-    Contender("qkv auto", "qkv", backend="auto", exact=True),
-    Contender("qkv sliding", "qkv", backend="sliding", exact=True, needs_window=True),
+    Contender("qkv sdpa", "qkv", backend="sdpa", exact=True, dense_mask=True),
+    Contender("qkv tiled", "qkv", backend="tiled", exact=True, tile_loop=True),
+    Contender("qkv auto", "qkv", backend="auto", exact=True, dense_mask=True),
+    Contender("qkv sliding", "qkv", backend="sliding", exact=True, needs_window=True, tile_loop=True),
     Contender("qkv triton", "qkv", backend="triton", exact=True),
     Contender("qkv linear", "qkv", backend="linear"),
     Contender("qkv performer", "qkv", backend="performer"),
     Contender("qkv nystrom", "qkv", backend="nystrom"),
     Contender("qkv linformer", "qkv", backend="linformer"),
-    Contender("naive", "naive", mode="fwd+bwd", exact=True, memory_factor=4.0),
-    Contender("sdpa (torch)", "sdpa", mode="fwd+bwd", exact=True),
+    Contender("naive", "naive", mode="fwd+bwd", exact=True, memory_factor=4.0, dense_mask=True),
+    Contender("sdpa (torch)", "sdpa", mode="fwd+bwd", exact=True, dense_mask=True),
     Contender("sdpa flash (cuda)", "sdpa", mode="fwd+bwd", kernel="FLASH_ATTENTION", exact=True),
-    Contender("qkv tiled", "qkv", backend="tiled", mode="fwd+bwd", exact=True),
-    Contender("qkv sliding", "qkv", backend="sliding", mode="fwd+bwd", exact=True, needs_window=True),
+    Contender("qkv tiled", "qkv", backend="tiled", mode="fwd+bwd", exact=True, tile_loop=True),
+    Contender("qkv sliding", "qkv", backend="sliding", mode="fwd+bwd", exact=True, needs_window=True,
+              tile_loop=True),
     Contender("qkv triton", "qkv", backend="triton", mode="fwd+bwd", exact=True),
-    Contender("qkv attention_stats", "stats", mode="stats", exact=True),
+    Contender("qkv attention_stats", "stats", mode="stats", exact=True, tile_loop=True),
 )
 BASELINE = ("sdpa (torch)", "fwd")  # the exact baseline every ratio is taken against (time / its time)
 

@@ -81,8 +81,7 @@ CUDA_ONLY = "CUDA only"  # how the skip reason of a CUDA kernel on the CPU start
 CUDA_SIZES = (1024, 4096, 16384, 65536)
 CUDA_BUDGET_S = 210.0  # the default --budget-s on CUDA: the sweep within about 4 minutes, cold caches included
 DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}  # per device type
-PYTHON_LOOPS = ("qkv tiled", "qkv sliding", "qkv attention_stats")  # a Python loop over tiles on a GPU
-DEVICE_LOOP_MAX_N = {"cuda": 4096}  # per device type: PYTHON_LOOPS run up to this N
+DEVICE_LOOP_MAX_N = {"cuda": 4096}  # per device type: contenders that loop over tiles in Python run up to this N
 LOOP_NOTE = ("a Python loop over tiles, a few small kernel launches each: its time follows the tile count, not "
              "the device; the triton backend is the GPU path")
 BUDGET_SPENT = "the sweep's time budget"  # how the skip reason of a point left out by --budget-s starts
@@ -91,7 +90,6 @@ INTERRUPTED = "interrupted (Ctrl-C)"  # the skip reason of the points a Ctrl-C l
 # with buffers of its own): that call runs before the measured first run, its time kept as first_call_s.
 TUNED_ON_FIRST_CALL = ("triton",)
 DENSE_MASK_BYTES = 5  # per (query, key) pair: a dense bool mask and its float copy
-USES_DENSE_MASK = {"naive", "sdpa (torch)", "sdpa efficient (cuda)", "sdpa cudnn (cuda)", "qkv sdpa", "qkv auto"}
 
 
 @dataclass(frozen=True)
@@ -225,10 +223,10 @@ def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: 
         return "failed", failure
     factor = contender.memory_factor  # in units of H * N * N * 4 bytes
     masked = variant.window is not None or (variant.causal and contender.kind == "naive")
-    if masked and contender.name in USES_DENSE_MASK:
+    if masked and contender.dense_mask:
         factor += DENSE_MASK_BYTES / (4 * settings.heads) + (1.0 if contender.kind == "naive" else 0.0)
     device_type = torch.device(settings.device).type
-    loop_max_n = DEVICE_LOOP_MAX_N.get(device_type) if contender.name in PYTHON_LOOPS else None
+    loop_max_n = DEVICE_LOOP_MAX_N.get(device_type) if contender.tile_loop else None
     if loop_max_n is not None and n > loop_max_n:
         return "device-limit", f"on {device_type.upper()}, run up to N={loop_max_n} only ({LOOP_NOTE})"
     reason = size_limit_reason(contender, n, settings.quick, device_type) or memory_reason(
