@@ -120,3 +120,17 @@ def test_the_triton_command_labels_its_json(tmp_path: Path) -> None:
     result = json.loads(path.read_text())
     assert result["benchmark"] == "triton" and len(result["date"]) == 10 and "triton" in result["machine"]
     assert report.benchmark_of(result) == "triton"
+
+
+def test_hand_written_blocks_are_kept_when_the_report_is_regenerated(tmp_path: Path) -> None:
+    """A block between ``<!-- kept -->`` and ``<!-- /kept -->`` survives every regeneration, once, before
+    "How it is measured"; everything else is generated."""
+    path = tmp_path / "bench-triton-cuda.json"
+    path.write_text(json.dumps(triton_result(per_tensor=True)))
+    block = "<!-- kept -->\n## Fidelity\n\n| a | b |\n|---|---|\n| 1 | 2 |\n<!-- /kept -->"
+    (tmp_path / report.REPORT_NAME).write_text(f"# Old\n\nstale text\n\n{block}\n\nmore stale text\n")
+    for _ in range(2):
+        report.write_report([path], tmp_path, plots=False)
+        text = (tmp_path / report.REPORT_NAME).read_text()
+        assert text.count(block) == 1 and "stale text" not in text
+        assert text.index("## The Triton kernel") < text.index(block) < text.index("## How it is measured")
