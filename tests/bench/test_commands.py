@@ -216,18 +216,17 @@ def test_the_sdpa_module_is_the_same_module(tmp_path: Path) -> None:
         torch.testing.assert_close(direct(x, key_padding_mask=mask), layer(x, key_padding_mask=mask))
 
 
-def test_the_report_puts_auto_against_the_fastest_exact_backend() -> None:
-    from qkv.bench.report import auto_targets
+def test_the_targets_put_auto_against_the_fastest_exact_backend() -> None:
+    from qkv.bench.sweep import auto_targets
 
     def row(backend: str, variant: str, n: int, time_s: float | None, kind: str = "qkv") -> dict:
         return {"backend": backend, "mode": "fwd", "variant": variant, "n": n, "time_s": time_s, "kind": kind,
                 "exact": True}
 
-    result = {"rows": [row("qkv auto", "window 256", 8192, 0.066), row("qkv sliding", "window 256", 8192, 0.061),
-                       row("qkv sdpa", "window 256", 8192, 0.98), row("sdpa (torch)", "window 256", 8192, 0.01, "sdpa"),
-                       row("qkv auto", "full", 512, 0.5), row("qkv sdpa", "full", 512, 0.3),
-                       row("qkv tiled", "full", 512, None)]}
-    targets = {(t["target"], t["n"]): t for t in auto_targets(result)}
+    rows = [row("qkv auto", "window 256", 8192, 0.066), row("qkv sliding", "window 256", 8192, 0.061),
+            row("qkv sdpa", "window 256", 8192, 0.98), row("sdpa (torch)", "window 256", 8192, 0.01, "sdpa"),
+            row("qkv auto", "full", 512, 0.5), row("qkv sdpa", "full", 512, 0.3), row("qkv tiled", "full", 512, None)]
+    targets = {(t["target"], t["n"]): t for t in auto_targets(rows)}
     window = targets[("auto / fastest exact (sliding), window 256", 8192)]
     assert window["met"] and window["measured"] == pytest.approx(0.066 / 0.061)  # peers outside qkv do not count
     full = targets[("auto / fastest exact (sdpa), full", 512)]
