@@ -74,6 +74,7 @@ def test_triton_results_render_checks_rates_and_a_plot(tmp_path: Path, per_tenso
 
 def test_seconds_under_a_millisecond_keep_their_digits() -> None:
     assert format_seconds(2.54e-4) == "254 µs"
+    assert format_seconds(1.234e-5) == "12.3 µs"  # a short call on the CPU (the overhead benchmark)
     assert format_seconds(3.2e-3) == "3.2 ms"
     assert format_seconds(12.3) == "12.30 s"
 

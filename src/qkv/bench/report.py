@@ -38,7 +38,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from qkv.bench.overhead import overhead_section
+from qkv.bench import overhead
 from qkv.bench.plots import write_plots
 from qkv.bench.points import ROW_FIELDS, label, variant_rows
 from qkv.bench.report_triton import triton_notes, triton_tabs, worst_over_bound
@@ -48,7 +48,8 @@ from qkv.bench.tables import Tab, fmt, format_bytes, format_seconds, print_tabs,
 from qkv.files import write_text
 from qkv.viz.plotting import size_label
 
-__all__ = ["publish", "write_report", "attention_tabs", "model_tabs", "ring_tabs", "print_attention", "REPORT_NAME"]
+__all__ = ["publish", "write_report", "attention_tabs", "model_tabs", "ring_tabs", "print_attention", "print_overhead",
+           "REPORT_NAME"]
 
 REPORT_NAME = "BENCHMARKS.md"
 RESULT_PATTERN = "bench-*.json"
@@ -410,7 +411,7 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
         if result["benchmark"] == "triton":
             parts += triton_section(path, result, out_dir)
         elif result["benchmark"] == "attention-overhead":
-            parts += overhead_section(path, result, link(path, out_dir))
+            parts += overhead_section(path, result, out_dir)
         elif result["benchmark"] == "model":
             m = result["machine"]
             parts += [f"## Models ({DEVICES.get(result['config']['device'])})",
@@ -446,6 +447,65 @@ def ring_tabs(result: dict) -> list[Tab]:
     tabs = [Tab("ring attention: the slowest rank's median time, the largest rank's peak memory",
                 ["backend", "processes", "N", "mode", "median time", "peak memory per rank", "note"], rows)]
     return [*tabs, targets_tab("ring attention's targets", ring_targets(result["rows"]))]
+
+
+# ----------------------------------------------------------------------------- overhead, ring
+
+
+def overhead_tabs(result: dict) -> list[Tab]:
+    """The times and ratios, per part, as tables."""
+    tabs = []
+    titles = {"call": "qkv.attention against a plain SDPA call (mask prepared once)",
+              "module": "MultiHeadAttention against the same module calling SDPA directly",
+              "window": f"auto against backend='sliding', window={overhead.WINDOW}"}
+    for part, title in titles.items():
+        rows = [r for r in result["rows"] if r["part"] == part]
+        if not rows:
+            continue
+        goal = overhead.GOALS[part]
+        body = []
+        for r in rows:
+            is_baseline = r["ratio"] == 1.0 and r["contender"] in ("sdpa (torch)", "SDPA inside the module",
+                                                                  "qkv sliding")
+            met = "" if is_baseline else ("met" if r["ratio"] <= goal else "MISSED")
+            note = f"picks {r['picked']}" if r.get("picked") else ""
+            body.append([str(r["n"]), r["variant"], r["contender"], format_seconds(r["time_s"]),
+                         f"{r['ratio']:.3f}", f"<= {goal:g}" if met else "", met, note])
+        tabs.append(Tab(f"{title}: median time per call, one thread",
+                        ["N", "variant", "contender", "time", "x baseline", "goal", "", "note"], body,
+                        group_column=1))
+    return tabs
+
+
+def print_overhead(result: dict, console: Console) -> None:
+    config, machine = result["config"], result["machine"]
+    load = config["load_average_1min"]
+    notes = [f"B=1, H={config['heads']}, D={config['head_dim']}, float32, on {machine['cpu']} "
+             f"({machine['cpu_count']} cores, 1 torch thread), torch {machine['torch']}; 1-minute load average "
+             f"{load['before']:.1f} -> {load['after']:.1f}"]
+    print_tabs(overhead_tabs(result), console, notes)
+
+
+def overhead_section(path: Path, result: dict, out_dir: Path) -> list[str]:
+    """BENCHMARKS.md's "Overhead" section from one result."""
+    config, machine = result["config"], result["machine"]
+    load = config["load_average_1min"]
+    missed = [t for t in result["targets"] if not t["met"]]
+    summary = ("every goal met" if not missed else
+               "missed: " + "; ".join(f"{t['target']} at N={t['n']} ({t['measured']:.2f}x)" for t in missed))
+    parts = [
+        "## Overhead",
+        f"`{result.get('command') or 'qkv bench attention --section overhead'}` on {machine['cpu']} "
+        f"({machine['cpu_count']} cores shared with other work, one torch thread), torch {machine['torch']}, "
+        f"{result.get('date', '')}: B=1, H={config['heads']}, D={config['head_dim']}, float32; "
+        f"{config['method']}; 1-minute load average {load['before']:.1f} -> {load['after']:.1f}. What "
+        f"`qkv.attention` adds to the kernel it calls, against a plain SDPA call whose mask (`is_causal`, or the "
+        f"padding as a (B, 1, 1, N) bool mask) is prepared once; `MultiHeadAttention` against the same module "
+        f"calling SDPA directly; and `auto` against `backend=\"sliding\"` with a window. Goals: 1.1x, module "
+        f"1.05x; {summary}. Raw numbers: [{path.name}]({link(path, out_dir)}).",
+    ]
+    parts += [tab.markdown() for tab in overhead_tabs(result)]
+    return parts
 
 
 KEPT = re.compile(r"^<!-- kept -->$.*?^<!-- /kept -->$", re.MULTILINE | re.DOTALL)

@@ -52,8 +52,8 @@ class Tab:
 def format_seconds(value: float | None) -> str:
     if value is None:
         return "-"
-    if value < 1e-3:  # a GPU kernel's time: ms with one decimal would keep a single digit
-        return f"{value * 1e6:.0f} µs"
+    if value < 1e-3:  # a GPU kernel's or a short call's time: ms with one decimal would keep a single digit
+        return f"{value * 1e6:.1f} µs" if value < 1e-4 else f"{value * 1e6:.0f} µs"
     return f"{value:.2f} s" if value >= 10 else f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.3f} s"
 
 

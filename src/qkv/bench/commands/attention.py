@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes=args.sizes or (overhead.QUICK_SIZES if args.quick else overhead.SIZES), heads=args.heads or 12,
             head_dim=args.head_dim or 32, rounds=args.repeats or (5 if args.quick else None),
             window_check=not args.quick, console=console, command=command)
-        overhead.print_overhead(result, console)
+        report.print_overhead(result, console)
         print_tabs([targets_tab("overhead goals", result["targets"])], console)
         path = args.json or Path("bench-results/bench-overhead-cpu.json")
         write_text(path, json.dumps(result, indent=2))
