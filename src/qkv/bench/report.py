@@ -44,7 +44,7 @@ from qkv.bench.points import ROW_FIELDS, label, variant_rows
 from qkv.bench.report_triton import triton_notes, triton_tabs, worst_over_bound
 from qkv.bench.ring import ring_targets
 from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, INTERRUPTED, METHOD, targets
-from qkv.bench.tables import Tab, fmt, format_bytes, format_seconds, print_tabs, targets_tab
+from qkv.bench.tables import Tab, fmt, format_bytes, format_seconds, print_tabs, ratio, targets_tab
 from qkv.files import write_text
 from qkv.viz.plotting import size_label
 
@@ -222,24 +222,21 @@ LRA_REFERENCE = (
 
 def lra_tabs(result: dict) -> list[Tab]:
     """The LRA-style view of the full variant: per approximate backend and N, time and peak memory over
-    SDPA's (errors: the error table)."""
+    SDPA's (their errors: the error table)."""
     sizes = result["config"]["sizes"]
     table = variant_rows(result["rows"], "full")
-    approximate = [name for name, by_n in table.items() if not any(r.get("exact", True) for r in by_n.values())]
-    tabs = []
-    for key, title in (("ratio_to_sdpa", "time / SDPA time"), ("memory", "peak memory / SDPA peak memory")):
-        rows = []
-        for name in approximate:
-            by_n, sdpa = table[name], table.get("sdpa (torch)", {})
-            cells = [by_n[n].get("ratio_to_sdpa") if key == "ratio_to_sdpa" else
-                     (by_n[n]["peak_bytes"] / sdpa[n]["peak_bytes"]) if by_n[n]["peak_bytes"] and n in sdpa
-                     and sdpa[n]["peak_bytes"] else None for n in sizes if n in by_n]
-            rows.append([name, *(fmt(c, "{:.3g}") for c in cells)])
-        tabs.append(Tab(f"LRA-style, full attention: {title}", ["contender", *(size_label(n) for n in sizes)], rows))
-    return tabs
+    sdpa = table.get("sdpa (torch)", {})
+    approximate = {name: by_n for name, by_n in table.items() if not any(r.get("exact", True) for r in by_n.values())}
 
+    def memory_ratio(row: dict, n: int) -> float | None:
+        return ratio(row["peak_bytes"], sdpa.get(n, {}).get("peak_bytes"))
 
-# ----------------------------------------------------------------------------- model and ring tables
+    metrics = (("time / SDPA time", lambda row, n: row.get("ratio_to_sdpa")),
+               ("peak memory / SDPA peak memory", memory_ratio))
+    return [Tab(f"LRA-style, full attention: {title}", ["contender", *(size_label(n) for n in sizes)],
+                [[name, *(fmt(value(by_n[n], n) if n in by_n else None, "{:.3g}") for n in sizes)]
+                 for name, by_n in approximate.items()])
+            for title, value in metrics]
 
 
 def model_tabs(result: dict) -> list[Tab]:
