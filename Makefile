@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
 	$(BIN)/qkv bench model --json benchmarks/bench-model-cpu.json --out .
 	$(BIN)/qkv bench ring --json benchmarks/bench-ring-cpu.json --out .
+	$(BIN)/qkv bench attention --section overhead --json benchmarks/bench-overhead-cpu.json
+	$(BIN)/qkv bench report benchmarks/bench-*.json --out .
 
 # On a machine with a CUDA GPU, run by a Python whose torch is a CUDA build (not the .venv: it pins a
 # CPU build): the GPU columns of BENCHMARKS.md, then the Triton kernel's full-size checks and TFLOP/s,

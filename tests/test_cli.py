@@ -253,7 +253,7 @@ def _refuse_work(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(qkv, "load", refuse)
     monkeypatch.setattr(train, "train_demo", refuse)
-    for module, name in ((sweep, "run_sweep"), (model, "run_model_bench"), (ring, "measure"),
+    for module, name in ((sweep, "run_sweep"), (model, "run_model_bench"), (ring, "run_ring_bench"),
                          (report, "write_report")):
         monkeypatch.setattr(module, name, refuse)
 
@@ -300,7 +300,7 @@ def test_unwritable_output_paths_are_refused_before_any_work(monkeypatch: pytest
     (["walkthrough"], "qkv.commands.walkthrough.walkthrough_numbers"),
     (["bench", "attention", "--quick", "--out", "{tmp}"], "qkv.bench.sweep.run_sweep"),
     (["bench", "model", "--quick", "--out", "{tmp}"], "qkv.bench.model.run_model_bench"),
-    (["bench", "ring", "--quick", "--out", "{tmp}"], "qkv.bench.ring.measure"),
+    (["bench", "ring", "--quick", "--out", "{tmp}"], "qkv.bench.ring.run_ring_bench"),
 ])
 def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str], argv: list[str], patch: str) -> None:
@@ -344,14 +344,14 @@ def test_an_interrupted_sweep_writes_what_it_measured_and_exits_130(monkeypatch:
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
 
 
-def test_the_long_context_report_folder_is_checked_before_measuring(monkeypatch: pytest.MonkeyPatch,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from qkv.bench import long_context
+def test_the_overhead_json_is_checked_before_measuring(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from qkv.bench import overhead
 
     def refuse(*args, **kwargs):
-        raise AssertionError("measured before --report-dir was checked")
+        raise AssertionError("measured before --json was checked")
 
-    monkeypatch.setattr(long_context, "run_section", refuse)
-    assert main(["bench", "attention", "--section", "lra", "--quick", "--report-dir", "/proc/x/report"]) == 2
+    monkeypatch.setattr(overhead, "run_overhead", refuse)
+    assert main(["bench", "attention", "--section", "overhead", "--quick", "--json", "/proc/x/overhead.json"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("qkv bench attention: error: --report-dir /proc/x/report: ")
+    assert err.count("\n") == 1 and err.startswith("qkv bench attention: error: --json /proc/x/overhead.json: ")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from qkv.bench import ring, sweep
+from qkv.bench.contenders import CONTENDERS, VARIANTS
 from qkv.bench.points import ROW_FIELDS, point_row
 from qkv.bench.report import REPORT_NAME
 from qkv.cli import main
@@ -33,9 +34,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["bench", "attention", "--quick", "--out", str(folder)]) == 0
     # SmolLM2's part loads a 135M-parameter model twice (qkv's and transformers'): left to the real run
     assert main(["bench", "model", "--quick", "--parts", "minilm,generation", "--out", str(folder)]) == 0
-    with pytest.MonkeyPatch.context() as patch:  # as before ring attention (issue 8) lands
-        patch.setattr(ring, "measure", lambda quick: None)
-        assert main(["bench", "ring", "--out", str(folder)]) == 0
+    assert main(["bench", "ring", "--quick", "--processes", "1", "2", "--out", str(folder)]) == 0
     return folder
 
 
@@ -52,8 +51,8 @@ def test_attention_json_has_the_machine_and_every_point(out: Path) -> None:
     assert machine["gpu"] is None and machine["device"] == "cpu"
     config = result["config"]
     assert config["sizes"] == list(sweep.QUICK_SIZES) and config["quick"] is True
-    assert [v["key"] for v in config["variants"]] == list(sweep.VARIANTS)
-    contenders = {(c.name, c.mode) for c in sweep.CONTENDERS}
+    assert [v["key"] for v in config["variants"]] == list(VARIANTS)
+    contenders = {(c.name, c.mode) for c in CONTENDERS}
     points = {(r["backend"], r["mode"], r["n"], r["variant"]) for r in result["rows"]}
     assert len(points) == len(result["rows"]) == len(contenders) * len(config["sizes"]) * len(config["variants"])
     for row in result["rows"]:
@@ -90,7 +89,7 @@ def test_attention_rows_measure_what_they_say(out: Path) -> None:
     assert causal["flops"] / full["flops"] == pytest.approx((n + 1) / (2 * n))
     assert by_point[("qkv sliding", "fwd", n, "full")]["skipped"].startswith("needs a window")
     assert "cannot honour causal" in by_point[("qkv nystrom", "fwd", n, "causal")]["skipped"]
-    assert by_point[("qkv sliding", "fwd", n, "window 256")]["time_s"] > 0
+    assert by_point[("qkv sliding", "fwd", sweep.QUICK_SIZES[0], "window 256")]["time_s"] > 0  # larger N: load
     flex = by_point[("flex (compiled)", "fwd", sweep.QUICK_SIZES[0], "causal")]
     assert flex["compile_s"] > 0 and flex["max_error"] < 1e-5
 
@@ -101,7 +100,10 @@ def test_attention_scaling_and_targets(out: Path) -> None:
     sdpa = fits[("sdpa (torch)", "fwd", "full")]
     assert sdpa["sizes"] == list(sweep.QUICK_SIZES) and math.isfinite(sdpa["exponent"])
     assert fits[("flex (compiled)", "fwd", "full")]["exponent"] is None  # one size only in --quick
-    assert {t["target"] for t in result["targets"]} <= {"auto time / sdpa time"}  # only small N ran
+    for t in result["targets"]:  # only small N ran: auto against SDPA and against the fastest exact backend
+        assert t["target"] == "auto time / sdpa time" or t["target"].startswith("auto / fastest exact ("), t
+        assert t["rule"] == "<=" and t["met"] == (t["measured"] <= t["limit"])
+    assert result["targets"] == sweep.targets(result["rows"], result["config"]["heads"])
 
 
 def test_plots_are_written(out: Path) -> None:
@@ -119,16 +121,21 @@ def test_model_and_ring_json(out: Path) -> None:
         assert list(row)[: len(ROW_FIELDS)] == list(ROW_FIELDS)
         assert row["time_s"] > 0 and row["max_error"] is None and row["flops_per_s"] is None
     assert "qkv" in {r["backend"] for r in model["rows"] if r["mode"] == "forward"}
-    ring = load(out, "bench-ring-cpu.json")
-    assert ring["available"] is False and "issue 8" in ring["reason"] and ring["rows"] == []
+    ring_result = load(out, "bench-ring-cpu.json")
+    assert [(r["backend"], r["processes"], r["n"]) for r in ring_result["rows"]] == [
+        ("tiled", 1, 2048), ("ring", 1, 2048), ("ring", 2, 2048)]
+    for row in ring_result["rows"]:
+        assert list(row)[: len(ROW_FIELDS)] == list(ROW_FIELDS)
+        assert row["time_s"] > 0 and row["peak_bytes"] > 0 and len(row["peak_bytes_per_rank"]) == row["processes"]
+    assert [t["measured"] for t in ring_result["targets"]] == [None]  # the target is at N=32K
 
 
 def test_benchmarks_md_collects_every_result(out: Path) -> None:
     text = (out / REPORT_NAME).read_text()
     machine = load(out, "bench-attention-cpu.json")["machine"]
     for expected in (machine["cpu"], machine["torch"], "## Attention: summary", "| contender |",
-                     "not measured yet", "## Attention on the CPU (float32)", "### CPU, causal, window 256",
-                     "## Attention on the GPU", "## Models (CPU)", "## Ring attention", "Not available yet",
+                     "## Attention on the CPU (float32)", "### CPU, causal, window 256", "### LRA-style view",
+                     "**LRA-style, full attention: time / SDPA time**", "## Models (CPU)", "## Ring attention",
                      "(bench-attention-cpu.json)", "(bench-model-cpu.json)", "(bench-ring-cpu.json)",
                      "![time](bench-attention-cpu-time.png)", "| qkv sliding |", "## How it is measured",
                      "flex (compiled), not in its times: block mask + compile"):
@@ -147,21 +154,22 @@ def test_report_regenerates_without_measuring(out: Path, tmp_path: Path) -> None
 
 
 def test_ring_results_join_the_report(out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once ring attention has landed, its rows (the common schema) show in BENCHMARKS.md."""
+    """Ring attention's rows (the common schema) and its target show in BENCHMARKS.md."""
     rows = [point_row("ring", "fwd", 8192, processes=p, time_s=0.5 * p, peak_bytes=2**20 // p) for p in (1, 2, 4)]
     machine = load(out, "bench-ring-cpu.json")["machine"]
-    monkeypatch.setattr(ring, "measure", lambda quick: {"benchmark": "ring", "machine": machine, "available": True,
-                                                        "config": {"device": "cpu"}, "rows": rows})
+    monkeypatch.setattr(ring, "run_ring_bench", lambda *args, **kwargs: {
+        "benchmark": "ring", "machine": machine, "config": {"device": "cpu"}, "rows": rows})
     results = tmp_path / "results"
     assert main(["bench", "ring", "--json", str(results / "bench-ring-cpu.json"), "--out", str(tmp_path)]) == 0
     assert load(results, "bench-ring-cpu.json")["rows"] == rows
     text = (tmp_path / REPORT_NAME).read_text()
     assert "| ring | 4 | 8K | fwd | 2.000 s | 256.0 KiB |  |" in text and "(results/bench-ring-cpu.json)" in text
+    assert "| ring per-rank peak / tiled peak, 4 processes | 32768 | - | <= 0.300 | not measured |" in text
 
 
 def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     # Usage errors are exit code 2, returned as every qkv command returns its code.
-    assert main(["bench", "attention", "--section", "sliding", "--variants", "full"]) == 2
+    assert main(["bench", "attention", "--section", "overhead", "--variants", "full"]) == 2
     assert main(["bench", "attention", "--backends", "flash-attn-9"]) == 2
     assert main(["bench", "report", "no-such-file.json"]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -208,18 +216,17 @@ def test_the_sdpa_module_is_the_same_module(tmp_path: Path) -> None:
         torch.testing.assert_close(direct(x, key_padding_mask=mask), layer(x, key_padding_mask=mask))
 
 
-def test_the_report_puts_auto_against_the_fastest_exact_backend() -> None:
-    from qkv.bench.report import auto_targets
+def test_the_targets_put_auto_against_the_fastest_exact_backend() -> None:
+    from qkv.bench.sweep import auto_targets
 
     def row(backend: str, variant: str, n: int, time_s: float | None, kind: str = "qkv") -> dict:
         return {"backend": backend, "mode": "fwd", "variant": variant, "n": n, "time_s": time_s, "kind": kind,
                 "exact": True}
 
-    result = {"rows": [row("qkv auto", "window 256", 8192, 0.066), row("qkv sliding", "window 256", 8192, 0.061),
-                       row("qkv sdpa", "window 256", 8192, 0.98), row("sdpa (torch)", "window 256", 8192, 0.01, "sdpa"),
-                       row("qkv auto", "full", 512, 0.5), row("qkv sdpa", "full", 512, 0.3),
-                       row("qkv tiled", "full", 512, None)]}
-    targets = {(t["target"], t["n"]): t for t in auto_targets(result)}
+    rows = [row("qkv auto", "window 256", 8192, 0.066), row("qkv sliding", "window 256", 8192, 0.061),
+            row("qkv sdpa", "window 256", 8192, 0.98), row("sdpa (torch)", "window 256", 8192, 0.01, "sdpa"),
+            row("qkv auto", "full", 512, 0.5), row("qkv sdpa", "full", 512, 0.3), row("qkv tiled", "full", 512, None)]
+    targets = {(t["target"], t["n"]): t for t in auto_targets(rows)}
     window = targets[("auto / fastest exact (sliding), window 256", 8192)]
     assert window["met"] and window["measured"] == pytest.approx(0.066 / 0.061)  # peers outside qkv do not count
     full = targets[("auto / fastest exact (sdpa), full", 512)]

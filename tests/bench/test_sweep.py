@@ -16,14 +16,11 @@ from rich.console import Console
 
 import qkv
 from qkv.bench import report, sweep
-from qkv.bench.attention import make_inputs, visible_mask
-from qkv.bench.long_context import Contender, flex_mask_mod, sdpa_call
+from qkv.bench.contenders import CONTENDERS, VARIANTS, Contender, flex_mask_mod, make_inputs, sdpa_call, visible_mask
 from qkv.bench.measure import peak_tensor_bytes
 from qkv.bench.points import attention_flops, loglog_slope, scaling_exponents, visible_pairs
 from qkv.bench.sweep import (
     BUDGET_SPENT,
-    CONTENDERS,
-    VARIANTS,
     History,
     SweepSettings,
     attempt,

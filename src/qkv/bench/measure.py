@@ -1,32 +1,23 @@
-"""How benchmarks measure: medians of interleaved runs, peak memory two ways.
+"""How every benchmark measures: medians of interleaved runs, and one definition of peak memory.
 
 Timing runs the candidates round-robin (A, B, C, A, B, C, ...) after a warm-up, so that
 a noisy neighbour slows all of them alike, and reports medians.
 
-Peak memory, two methods:
-
-- :func:`peak_memory_in_subprocess` (the exact and long-context sections): on the CPU, the
-  kernel's resident-set high-water mark (VmHWM) of a fresh subprocess, reset after the
-  inputs are built, so that neither the import of torch nor memory an earlier run left in
-  the allocator's caches is counted. It includes memory the allocator keeps and non-tensor
-  memory, and varies by some MiB from run to run.
-- :func:`peak_tensor_bytes` (the unified sweep, ``qkv bench attention``): the peak of the
-  bytes held by tensors that one call allocates, beyond those alive before it, in this
-  process: on a GPU ``torch.cuda.max_memory_allocated``; on the CPU the same quantity
-  summed from the allocation and free events of ``torch.profiler`` (``profile_memory``).
-  Deterministic, and the same definition on both devices; memory outside PyTorch's
-  allocator (e.g. a BLAS library's own buffers) is not counted.
+Peak memory (:func:`peak_tensor_bytes`): the peak of the bytes held by tensors that one call
+allocates, beyond those alive before it: on a GPU ``torch.cuda.max_memory_allocated``; on the
+CPU the same quantity summed from the allocation and free events of ``torch.profiler``
+(``profile_memory``). Deterministic, and the same definition on both devices and in every
+process of a distributed run; memory outside PyTorch's allocator (e.g. a BLAS library's own
+buffers) is not counted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,7 +27,6 @@ import torch
 
 __all__ = [
     "time_round_robin",
-    "peak_memory_in_subprocess",
     "peak_tensor_bytes",
     "machine_info",
     "available_memory_bytes",
@@ -91,49 +81,6 @@ def time_round_robin(
 def median(values: list[float]) -> float:
     """The median, or NaN for an empty list."""
     return statistics.median(values) if values else float("nan")
-
-
-def _status_kib(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    return _status_kib("VmRSS") * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's RSS (Linux); False if unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """High-water mark of this process's RSS since start or the last reset."""
-    return _status_kib("VmHWM") * 1024
-
-
-def peak_memory_in_subprocess(module: str, spec: dict, timeout_s: float = 1800) -> dict:
-    """Run ``python -m <module> '<json spec>'`` in a fresh process; return its JSON answer.
-
-    The module's ``__main__`` must build its inputs, call :func:`reset_peak_rss`, run the
-    workload once and print ``{"peak_bytes": ..., ...}`` as its last line.
-    """
-    completed = subprocess.run(
-        [sys.executable, "-m", module, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    if completed.returncode != 0:
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-        return {"peak_bytes": None, "error": f"exit {completed.returncode}: {' | '.join(tail)}"}
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""`qkv bench model` (also `python -m qkv.bench model`): whole models, ours against Hugging Face transformers.
+"""``qkv bench model``: whole models, ours against Hugging Face transformers.
 
 1. MiniLM (all-MiniLM-L6-v2) forward throughput, batch 32 x 128 tokens, float32 on the
    CPU (or ``--device cuda``): qkv's BertModel against transformers' BertModel with
@@ -13,28 +13,23 @@
    (attn_implementation="sdpa"), in interleaved rounds.
 
 Rows follow :mod:`qkv.bench.points` (``max_error`` and ``flops_per_s`` are None); the JSON,
-its plot and BENCHMARKS.md are written as :mod:`qkv.bench.report` says.
+its plot and BENCHMARKS.md are written by :mod:`qkv.bench.report`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import sys
 import time
-from pathlib import Path
 
 import torch
-from rich.console import Console
 
 import qkv
-from qkv.bench import refuse_outputs
 from qkv.bench.measure import machine_info, median, peak_tensor_bytes, synchronize, time_round_robin
 from qkv.bench.points import point_row
 from qkv.models import GPT2Config, GPT2LMHeadModel
 from qkv.nn import KVCache
 
-__all__ = ["bench_minilm_forward", "bench_generation", "bench_smollm2", "run_model_bench", "model_rows", "main"]
+__all__ = ["bench_minilm_forward", "bench_generation", "bench_smollm2", "run_model_bench", "model_rows", "PARTS"]
 
 PARTS = ("minilm", "generation", "smollm2")
 
@@ -71,7 +66,7 @@ def bench_minilm_forward(batch: int = 32, length: int = 128, repeats: int = 7, d
              "peak_bytes": peaks[name]} for name, t in times.items()]
     result = {"batch": batch, "length": length, "rows": rows}
     if theirs is not None:
-        result["speedup_vs_transformers"] = rows[1]["time_s"] / rows[0]["time_s"]
+        result["time_vs_transformers"] = rows[0]["time_s"] / rows[1]["time_s"]
     return result
 
 
@@ -175,11 +170,8 @@ def bench_smollm2(batch: int = 8, length: int = 256, new_tokens: int = 128, repe
               "length": length, "new_tokens": new_tokens, "prompt_tokens": prompt.shape[1], "rows": rows}
     if len(rows) == 2:
         ours_row, their_row = rows
-        result["ratio_vs_transformers"] = {
-            "prefill": ours_row["prefill_tokens_per_s"] / their_row["prefill_tokens_per_s"],
-            "decode": ours_row["decode_tokens_per_s"] / their_row["decode_tokens_per_s"],
-            "load": their_row["load_s"] / ours_row["load_s"],
-        }
+        result["time_vs_transformers"] = {part: ours_row[f"{part}_s"] / their_row[f"{part}_s"]
+                                          for part in ("prefill", "decode", "load")}
     return result
 
 
@@ -223,41 +215,3 @@ def run_model_bench(quick: bool = False, device: str = "cpu", parts: tuple[str, 
               "forward": forward, "generation": generation, "smollm2": smollm2}
     result["rows"] = model_rows(result)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``qkv bench model`` (``python -m qkv.bench model``)."""
-    from qkv.bench import report
-    from qkv.bench.lra import print_tabs
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="qkv bench model", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, to check that it runs")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--parts", default=",".join(PARTS),
-                        help=f"comma-separated measurements to run, among {', '.join(PARTS)} (default: all)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="where the JSON goes (default <out>/bench-model-<device>.json)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results"),
-                        help="results folder: JSON unless --json, the plot beside the JSON, BENCHMARKS.md "
-                             "from every bench-*.json beside it (default bench-results)")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    refuse_outputs(parser, [("--json", args.json, "file"), ("--out", args.out, "folder")])
-    parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        parser.error(f"--parts {args.parts}: unknown {unknown or 'none given'}; choose among {', '.join(PARTS)}")
-    console = Console()
-    result = run_model_bench(args.quick, args.device, parts)
-    result["command"] = " ".join(["qkv bench model", *argv])
-    print_tabs(report.model_tabs(result), console)
-    if "speedup_vs_transformers" in (result["forward"] or {}):
-        console.print(f"qkv / transformers throughput: {result['forward']['speedup_vs_transformers']:.3f}x")
-    ratios = (result["smollm2"] or {}).get("ratio_vs_transformers")
-    if ratios:
-        console.print(f"SmolLM2, qkv / transformers: prefill {ratios['prefill']:.2f}x, decode {ratios['decode']:.2f}x "
-                      f"tokens/s; loading {ratios['load']:.2f}x faster")
-    report.publish(result, args.json, args.out, console)
-    return 0

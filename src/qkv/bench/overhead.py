@@ -23,25 +23,24 @@ import datetime
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 
 import qkv
-from qkv.bench.lra import Tab, format_seconds, print_tabs
 from qkv.bench.measure import machine_info, median
+from qkv.bench.tables import target
 from qkv.nn import MultiHeadAttention
 
-__all__ = ["SdpaMultiHeadAttention", "run_overhead", "overhead_tabs", "overhead_section", "SIZES", "QUICK_SIZES"]
+__all__ = ["SdpaMultiHeadAttention", "run_overhead", "SIZES", "QUICK_SIZES", "GOALS"]
 
 SIZES = (16, 128, 4096)
 QUICK_SIZES = (16, 128)
 VARIANTS = ("full", "causal", "key padding")
-CALL_GOAL = 1.1  # qkv.attention time / plain SDPA time
-MODULE_GOAL = 1.05  # MultiHeadAttention time / the same module calling SDPA
-WINDOW_GOAL = 1.1  # auto / sliding with a window
+GOALS = {"call": 1.1,  # qkv.attention time / plain SDPA time
+         "module": 1.05,  # MultiHeadAttention time / the same module calling SDPA
+         "window": 1.1}  # auto / sliding with a window
 WINDOW_N = 8192
 WINDOW = (256, 256)
 BATCH_SECONDS = 2e-3  # calls per timed run: enough for about this long
@@ -169,11 +168,6 @@ def run_overhead(sizes: tuple[int, ...] = SIZES, heads: int = 12, head_dim: int 
     }
 
 
-def format_time(seconds: float) -> str:
-    """Microseconds below a millisecond (the short calls), else as the other benchmarks."""
-    return f"{seconds * 1e6:.1f} us" if seconds < 1e-3 else format_seconds(seconds)
-
-
 def row(part: str, n: int, variant: str, name: str, seconds: float, baseline: float, picked: str | None = None
         ) -> dict:
     return {"part": part, "n": n, "variant": variant, "contender": name, "time_s": seconds,
@@ -182,69 +176,12 @@ def row(part: str, n: int, variant: str, name: str, seconds: float, baseline: fl
 
 def targets(rows: list[dict]) -> list[dict]:
     """The goals, one per measured ratio: calls <= 1.1x SDPA, the module <= 1.05x, auto <= 1.1x sliding."""
-    goals = {("call", "qkv auto"): CALL_GOAL, ("call", "qkv sdpa"): CALL_GOAL,
-             ("module", "MultiHeadAttention"): MODULE_GOAL, ("window", "qkv auto"): WINDOW_GOAL}
+    goals = {("call", "qkv auto"): GOALS["call"], ("call", "qkv sdpa"): GOALS["call"],
+             ("module", "MultiHeadAttention"): GOALS["module"], ("window", "qkv auto"): GOALS["window"]}
     baseline = {"call": "plain SDPA", "module": "the module calling SDPA", "window": "backend='sliding'"}
     found = []
     for r in rows:
         limit = goals.get((r["part"], r["contender"]))
         if limit is not None:
-            found.append({"target": f"{r['contender']} / {baseline[r['part']]}, {r['variant']}", "n": r["n"],
-                          "measured": r["ratio"], "limit": limit, "rule": "<=", "met": r["ratio"] <= limit})
+            found.append(target(f"{r['contender']} / {baseline[r['part']]}, {r['variant']}", r["n"], r["ratio"], limit))
     return found
-
-
-def overhead_tabs(result: dict) -> list[Tab]:
-    """The times and ratios, per part, as tables."""
-    tabs = []
-    titles = {"call": "qkv.attention against a plain SDPA call (mask prepared once)",
-              "module": "MultiHeadAttention against the same module calling SDPA directly",
-              "window": f"auto against backend='sliding', window={WINDOW}"}
-    for part, title in titles.items():
-        rows = [r for r in result["rows"] if r["part"] == part]
-        if not rows:
-            continue
-        goal = {"call": CALL_GOAL, "module": MODULE_GOAL, "window": WINDOW_GOAL}[part]
-        body = []
-        for r in rows:
-            is_baseline = r["ratio"] == 1.0 and r["contender"] in ("sdpa (torch)", "SDPA inside the module",
-                                                                  "qkv sliding")
-            met = "" if is_baseline else ("met" if r["ratio"] <= goal else "MISSED")
-            note = f"picks {r['picked']}" if r.get("picked") else ""
-            body.append([str(r["n"]), r["variant"], r["contender"], format_time(r["time_s"]),
-                         f"{r['ratio']:.3f}", f"<= {goal:g}" if met else "", met, note])
-        tabs.append(Tab(f"{title}: median time per call, one thread",
-                        ["N", "variant", "contender", "time", "x baseline", "goal", "", "note"], body,
-                        group_column=1))
-    return tabs
-
-
-def print_overhead(result: dict, console: Console) -> None:
-    config, machine = result["config"], result["machine"]
-    load = config["load_average_1min"]
-    notes = [f"B=1, H={config['heads']}, D={config['head_dim']}, float32, on {machine['cpu']} "
-             f"({machine['cpu_count']} cores, 1 torch thread), torch {machine['torch']}; 1-minute load average "
-             f"{load['before']:.1f} -> {load['after']:.1f}"]
-    print_tabs(overhead_tabs(result), console, notes)
-
-
-def overhead_section(path: Path, result: dict, link: str) -> list[str]:
-    """BENCHMARKS.md's "Overhead" section from one result (``link``: the JSON's path from the report)."""
-    config, machine = result["config"], result["machine"]
-    load = config["load_average_1min"]
-    missed = [t for t in result["targets"] if not t["met"]]
-    summary = ("every goal met" if not missed else
-               "missed: " + "; ".join(f"{t['target']} at N={t['n']} ({t['measured']:.2f}x)" for t in missed))
-    parts = [
-        "## Overhead",
-        f"`{result.get('command') or 'qkv bench attention --section overhead'}` on {machine['cpu']} "
-        f"({machine['cpu_count']} cores shared with other work, one torch thread), torch {machine['torch']}, "
-        f"{result.get('date', '')}: B=1, H={config['heads']}, D={config['head_dim']}, float32; "
-        f"{config['method']}; 1-minute load average {load['before']:.1f} -> {load['after']:.1f}. What "
-        f"`qkv.attention` adds to the kernel it calls, against a plain SDPA call whose mask (`is_causal`, or the "
-        f"padding as a (B, 1, 1, N) bool mask) is prepared once; `MultiHeadAttention` against the same module "
-        f"calling SDPA directly; and `auto` against `backend=\"sliding\"` with a window. Goals: 1.1x, module "
-        f"1.05x; {summary}. Raw numbers: [{path.name}]({link}).",
-    ]
-    parts += [tab.markdown() for tab in overhead_tabs(result)]
-    return parts

@@ -31,6 +31,8 @@ from qkv.attention.masks import normalize_window
 __all__ = [
     "ROW_FIELDS",
     "point_row",
+    "label",
+    "variant_rows",
     "visible_pairs",
     "attention_flops",
     "loglog_slope",
@@ -53,6 +55,20 @@ def point_row(backend: str, mode: str, n: int, *, causal: bool = False, window: 
             "window": None if window is None else list(window), "device": device, "dtype": dtype,
             "options": options, "time_s": time_s, "peak_bytes": peak_bytes, "max_error": max_error,
             "flops_per_s": flops_per_s, "skipped": skipped, **extra}
+
+
+def label(name: str, mode: str) -> str:
+    """A contender's name and mode, as tables show it: the mode only where it is not implied."""
+    return name if mode in ("fwd", "stats") else f"{name}, {mode}"
+
+
+def variant_rows(rows: Iterable[dict], variant: str) -> dict[str, dict[int, dict]]:
+    """label -> N -> row, for one masking variant, in the rows' order."""
+    table: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        if row["variant"] == variant:
+            table.setdefault(label(row["backend"], row["mode"]), {})[row["n"]] = row
+    return table
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,19 +1,20 @@
-"""``qkv bench report``: BENCHMARKS.md and the plots, generated from the benchmarks' JSON.
+"""BENCHMARKS.md from the benchmarks' JSON: every table, the plots beside each JSON, and the sections kept by hand.
 
 Where the files go. Each of ``qkv bench attention|model|ring`` takes ``--out DIR`` (default
 ``bench-results``) and ``--json PATH``:
 
 - the JSON goes to PATH, else to ``DIR/bench-<benchmark>-<device>.json``;
 - its plots go beside it, named after it (``bench-attention-cpu-time.png``, ``-memory.png``,
-  ``-error.png``; ``bench-model-cpu-generation.png``);
+  ``-error.png``; ``bench-model-cpu-generation.png``; ``bench-triton-cuda-tflops.png``);
 - ``DIR/BENCHMARKS.md`` is regenerated from every ``bench-*.json`` beside that JSON, so that
   separate runs (attention on the CPU, on a GPU, the models, ring) collect in one report.
 
-``qkv bench report JSON... [--out DIR]`` regenerates ``DIR/BENCHMARKS.md`` (default: the
-current folder) and the plots from existing JSON files, measuring nothing. It also reads
-``qkv bench triton``'s JSON (its correctness checks, TFLOP/s against SDPA's kernels, the
-sliding-window times and targets; plot ``<stem>-tflops.png``). The repository's report is
-``BENCHMARKS.md`` at its root, from ``benchmarks/bench-*.json``::
+``qkv bench report JSON... [--out DIR]`` regenerates ``DIR/BENCHMARKS.md`` and the plots from
+existing JSON files, measuring nothing; targets are judged again from the rows. A block of an
+existing BENCHMARKS.md between ``<!-- kept -->`` and ``<!-- /kept -->`` lines is written by hand
+(figures of a measurement that has no JSON here): each one is kept, in its order, before "How it
+is measured". The repository's report is ``BENCHMARKS.md`` at its root, from
+``benchmarks/bench-*.json``::
 
     qkv bench attention --json benchmarks/bench-attention-cpu.json --out .
     qkv bench model --json benchmarks/bench-model-cpu.json --out .
@@ -29,38 +30,26 @@ files into ``benchmarks/`` under those names, then run it (``make bench-gpu`` en
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rich.console import Console
 
-from qkv.bench import refuse_outputs
-from qkv.bench.attention import format_bytes, target_cells
-from qkv.bench.lra import (
-    Tab,
-    fmt,
-    format_seconds,
-    print_tabs,
-)
-from qkv.bench.points import ROW_FIELDS
-from qkv.bench.report_triton import plot_triton_rates, triton_notes, triton_tabs, worst_over_bound
-from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, INTERRUPTED, METHOD, label
+from qkv.bench import overhead
+from qkv.bench.plots import write_plots
+from qkv.bench.points import ROW_FIELDS, label, variant_rows
+from qkv.bench.report_triton import triton_notes, triton_tabs, worst_over_bound
+from qkv.bench.ring import ring_targets
+from qkv.bench.sweep import BUDGET_SPENT, CUDA_ONLY, INTERRUPTED, METHOD, targets
+from qkv.bench.tables import Tab, fmt, format_bytes, format_seconds, print_tabs, ratio, targets_tab
 from qkv.files import write_text
-from qkv.viz.plotting import (
-    agg_figure,
-    label_point,
-    log_log,
-    log_ticks,
-    note_coinciding,
-    save_figure,
-    series_styles,
-    size_label,
-)
+from qkv.viz.plotting import size_label
 
-__all__ = ["publish", "write_report", "attention_tabs", "model_tabs", "main", "REPORT_NAME"]
+__all__ = ["publish", "write_report", "attention_tabs", "model_tabs", "ring_tabs", "print_attention", "print_overhead",
+           "REPORT_NAME"]
 
 REPORT_NAME = "BENCHMARKS.md"
 RESULT_PATTERN = "bench-*.json"
@@ -74,15 +63,6 @@ def default_json(benchmark: str, device: str, out_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- attention tables
-
-
-def variant_rows(result: dict, variant: str) -> dict[str, dict[int, dict]]:
-    """label -> N -> row, for one variant, in the contenders' order."""
-    table: dict[str, dict[int, dict]] = {}
-    for row in result["rows"]:
-        if row["variant"] == variant:
-            table.setdefault(label(row["backend"], row["mode"]), {})[row["n"]] = row
-    return table
 
 
 def exponent_cell(fit: dict | None) -> str:
@@ -129,7 +109,7 @@ def attention_tabs(result: dict, variant: str) -> tuple[list[Tab], list[str]]:
     """Time (with the scaling exponent), memory, error and FLOP-rate tables of one variant, and
     the skip notes. A contender with nothing to show in a table is left out of it."""
     sizes = result["config"]["sizes"]
-    table = variant_rows(result, variant)
+    table = variant_rows(result["rows"], variant)
     fits = fits_of(result)
     device = DEVICES.get(result["config"]["device"], result["config"]["device"])
     tabs = []
@@ -203,14 +183,11 @@ def summary_note(by_device: dict[str, dict]) -> str:
 
 
 def summary_tab(by_device: dict[str, dict]) -> Tab:
-    """Times at a few N and the exponent, each device's columns side by side (full variant); a
-    device without results gets one column saying so."""
+    """Times at a few N and the exponent, each measured device's columns side by side (full variant)."""
     columns, cells, names = ["contender"], {}, []
     for device, title in DEVICES.items():
         result = by_device.get(device)
         if result is None:
-            columns.append(title)
-            cells[device] = {}, ["not measured yet"]
             continue
         measured = sorted({r["n"] for r in result["rows"] if r["time_s"]})  # a spent budget leaves sizes out
         sizes = [n for n in SUMMARY_SIZES if n in measured]
@@ -218,7 +195,7 @@ def summary_tab(by_device: dict[str, dict]) -> Tab:
         columns += [f"{title} {size_label(n)}" for n in sizes] + [f"{title} exponent"]
         fits = fits_of(result)
         device_cells = {}
-        for name, by_n in variant_rows(result, "full").items():
+        for name, by_n in variant_rows(result["rows"], "full").items():
             if any(r["time_s"] for r in by_n.values()):
                 names.append(name)
                 device_cells[name] = [format_seconds(by_n[n]["time_s"]) if n in by_n and by_n[n]["time_s"] else "-"
@@ -229,37 +206,37 @@ def summary_tab(by_device: dict[str, dict]) -> Tab:
     return Tab("attention, not causal, no window: median time per call and scaling exponent", columns, rows)
 
 
-AUTO_LIMIT = 1.1  # auto's time / the fastest exact qkv backend's at the same point
+def targets_tab_of(result: dict) -> Tab:
+    return targets_tab("targets: the exact backends' (full variant), the sliding window's and the approximate "
+                       "backends' against their peers, and auto against the fastest exact backend (every variant)",
+                       targets(result["rows"], result["config"]["heads"]))
 
 
-def auto_targets(result: dict) -> list[dict]:
-    """Per variant and N: ``qkv auto``'s forward time over the fastest exact qkv backend that ran the
-    same call (the same point), limit 1.1: auto picks by estimated cost and must not lose by more."""
-    points: dict[tuple[str, int], dict[str, float]] = {}
-    for r in result["rows"]:
-        if r["mode"] == "fwd" and r.get("kind") == "qkv" and r.get("exact") and r.get("time_s"):
-            points.setdefault((r["variant"], r["n"]), {})[r["backend"]] = r["time_s"]
-    found = []
-    for (variant, n), times in points.items():
-        auto = times.pop("qkv auto", None)
-        if auto is None or not times:
-            continue
-        fastest = min(times, key=times.get)
-        found.append({"target": f"auto / fastest exact ({fastest.removeprefix('qkv ')}), {variant}", "n": n,
-                      "measured": auto / times[fastest], "limit": AUTO_LIMIT, "rule": "<=",
-                      "met": auto <= AUTO_LIMIT * times[fastest]})
-    return found
+LRA_REFERENCE = (
+    "The Long Range Arena (Tay et al., 2020, Table 2) compares efficient attention this way, whole models "
+    "training at 1K..4K on a TPU: at 4K, Performer, Linformer and the Linear Transformer take about 0.18x the "
+    "vanilla Transformer's time. Here one attention forward call is timed against PyTorch's fused SDPA kernel "
+    "(itself O(N) in memory), so the numbers are not comparable one to one."
+)
 
 
-def targets_tab(result: dict) -> Tab | None:
-    targets = [*result.get("targets", []), *auto_targets(result)]
-    if not targets:
-        return None
-    return Tab("targets: the exact backends' (full variant), and auto against the fastest exact backend "
-               "(every variant)", ["target", "N", "measured", "limit", "met"], [target_cells(t) for t in targets])
+def lra_tabs(result: dict) -> list[Tab]:
+    """The LRA-style view of the full variant: per approximate backend and N, time and peak memory over
+    SDPA's (their errors: the error table)."""
+    sizes = result["config"]["sizes"]
+    table = variant_rows(result["rows"], "full")
+    sdpa = table.get("sdpa (torch)", {})
+    approximate = {name: by_n for name, by_n in table.items() if not any(r.get("exact", True) for r in by_n.values())}
 
+    def memory_ratio(row: dict, n: int) -> float | None:
+        return ratio(row["peak_bytes"], sdpa.get(n, {}).get("peak_bytes"))
 
-# ----------------------------------------------------------------------------- model and ring tables
+    metrics = (("time / SDPA time", lambda row, n: row.get("ratio_to_sdpa")),
+               ("peak memory / SDPA peak memory", memory_ratio))
+    return [Tab(f"LRA-style, full attention: {title}", ["contender", *(size_label(n) for n in sizes)],
+                [[name, *(fmt(value(by_n[n], n) if n in by_n else None, "{:.3g}") for n in sizes)]
+                 for name, by_n in approximate.items()])
+            for title, value in metrics]
 
 
 def model_tabs(result: dict) -> list[Tab]:
@@ -318,109 +295,6 @@ def triton_section(path: Path, result: dict, out_dir: Path) -> list[str]:
     if notes:
         parts.append("Not run:\n\n" + "\n".join(f"- {note}" for note in notes))
     return parts
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def variant_axes(figure, variants: list[str]):
-    columns = 2 if len(variants) > 1 else 1
-    rows = (len(variants) + columns - 1) // columns
-    return [figure.add_subplot(rows, columns, i + 1) for i in range(len(variants))]
-
-
-def machine_label(result: dict) -> str:
-    """The machine, torch version and date of a result, as plot titles give them."""
-    machine = result["machine"]
-    return f"{machine.get('gpu') or machine['cpu']}, torch {machine['torch']}, {result.get('date', '')}"
-
-
-def plot_against_n(result: dict, key: str, ylabel: str, unit: str, path: Path) -> None:
-    """``key`` against N, log-log, one panel per variant, one line per contender and mode; each
-    contender keeps its colour and marker in every panel, its fwd+bwd line dashed; one legend."""
-    variants = [v["name"] for v in result["config"]["variants"]]
-    measured = {label(r["backend"], r["mode"]) for r in result["rows"] if r.get(key)}
-    names = [name for name in dict.fromkeys(label(r["backend"], r["mode"]) for r in result["rows"]) if name in measured]
-    styles = series_styles(names)
-    figure = agg_figure(15, 4.6 * ((len(variants) + 1) // 2))
-    for axis, variant in zip(variant_axes(figure, variants), variants):
-        series = {}
-        for name, by_n in variant_rows(result, variant).items():
-            points = sorted((n, r[key]) for n, r in by_n.items() if r.get(key))
-            if points:
-                series[name] = points
-                dotted = {"linestyle": ":"} if "stats" in name else {}
-                axis.plot(*zip(*points), label=name, **(styles[name] | dotted))
-        log_log(axis, "sequence length N", ylabel, variant, x="N", y=unit)
-        note_coinciding(axis, series)
-    figure.suptitle(f"attention, B=1 H={result['config']['heads']} D={result['config']['head_dim']} "
-                    f"{result['config']['dtype']} on {machine_label(result)}")
-    save_figure(figure, path, dpi=110, legend=True, order=names)
-
-
-def error_point(result: dict, variant: str) -> int | None:
-    """The largest N of a variant where SDPA's forward ran and some error was measured."""
-    rows = [r for r in result["rows"] if r["variant"] == variant]
-    base = {r["n"] for r in rows if r["backend"] == "sdpa (torch)" and r["mode"] == "fwd" and r["time_s"]}
-    measured = {r["n"] for r in rows if r["max_error"] is not None}
-    return max(base & measured, default=None)
-
-
-def plot_error_vs_speed(result: dict, path: Path) -> None:
-    """Max error against speed-up over SDPA at one N per variant: one labelled point per contender."""
-    variants = [v["name"] for v in result["config"]["variants"]]
-    figure = agg_figure(13, 4.6 * ((len(variants) + 1) // 2))
-    for axis, variant in zip(variant_axes(figure, variants), variants):
-        n = error_point(result, variant)
-        if n is None:
-            axis.set_title(f"{variant}: no N with both SDPA and an error measured")
-            axis.set_axis_off()
-            continue
-        for row in result["rows"]:
-            if row["variant"] == variant and row["n"] == n and row["max_error"] is not None and row["ratio_to_sdpa"]:
-                x, y = 1 / row["ratio_to_sdpa"], max(row["max_error"], 1e-12)
-                axis.scatter([x], [y], s=18, color="tab:blue" if row["exact"] else "tab:red",
-                             label="exact backend" if row["exact"] else "approximate backend")
-                label_point(axis, row["backend"], (x, y))
-        axis.margins(0.12)
-        log_log(axis, "speed-up over sdpa (torch)", "max |out - exact|", f"{variant}, N={size_label(n)}",
-                x="x", y="", min_decades=1)  # exact backends' errors differ by a few %: not spread over the panel
-    figure.suptitle(f"error against speed, forward, {result['config']['dtype']} on {machine_label(result)}")
-    save_figure(figure, path, dpi=110, legend=True)
-
-
-def plot_generation(result: dict, path: Path) -> None:
-    """Per-token time against length, with and without the KV cache."""
-    figure = agg_figure(6, 4)
-    axis = figure.add_subplot()
-    for name, curve in result["generation"]["curves"].items():
-        axis.plot(range(2, len(curve) + 2), curve, label=name)
-    axis.set(xlabel="sequence length (tokens)", ylabel="time for the next token", yscale="log",
-             title=f"tiny GPT-2 generation (4 layers, d=128), {result['config']['device']}")
-    log_ticks(axis, y="s")
-    axis.grid(True, which="major", alpha=0.35)
-    axis.legend(loc="best")
-    save_figure(figure, path)
-
-
-def write_plots(result: dict, json_path: Path) -> list[Path]:
-    """The plots of one result, beside its JSON: ``<stem>-<plot>.png``."""
-    stem = json_path.with_suffix("")
-    plots: list[tuple[str, Callable[[Path], None]]] = []
-    if result["benchmark"] == "attention":
-        plots = [("time", lambda p: plot_against_n(result, "time_s", "median time per call", "s", p)),
-                 ("memory", lambda p: plot_against_n(result, "peak_bytes", "peak tensor memory", "B", p)),
-                 ("error", lambda p: plot_error_vs_speed(result, p))]
-    elif result["benchmark"] == "triton" and any(r.get("tflops") for r in result["timings"]):
-        plots = [("tflops", lambda p: plot_triton_rates(result, p))]
-    elif result["benchmark"] == "model" and result.get("generation"):
-        plots = [("generation", lambda p: plot_generation(result, p))]
-    paths = []
-    for name, draw in plots:
-        path = Path(f"{stem}-{name}.png")
-        draw(path)
-        paths.append(path)
-    return paths
 
 
 # ----------------------------------------------------------------------------- the markdown
@@ -496,19 +370,10 @@ def attention_section(path: Path, result: dict, out_dir: Path) -> list[str]:
         parts += [f"### {device}, {variant}", *markdown_tabs(tabs)]
         if notes:
             parts.append("Skipped:\n\n" + "\n".join(f"- {note}" for note in notes))
-    parts += markdown_tabs([targets_tab(result)])
+    if any(not r.get("exact", True) for r in result["rows"]):
+        parts += ["### LRA-style view", LRA_REFERENCE, *markdown_tabs(lra_tabs(result))]
+    parts += markdown_tabs([targets_tab_of(result)])
     return parts
-
-
-GPU_PENDING = (
-    "Not measured yet. On a machine with CUDA, one run fills the GPU columns above and adds this section and "
-    "the Triton kernel's: `make bench-gpu`, which runs `qkv bench attention --device cuda --budget-s 210 --json "
-    "benchmarks/bench-attention-cuda.json --out .` (the CUDA defaults: bfloat16, N = 1K, 4K, 16K, 64K; SDPA's "
-    "FlashAttention, cuDNN and memory-efficient kernels pinned with `torch.nn.attention.sdpa_kernel`, compiled "
-    "FlexAttention, every qkv backend; times synchronised with `torch.cuda.synchronize`, memory from "
-    "`torch.cuda.max_memory_allocated`), then `qkv bench triton --json benchmarks/bench-triton-cuda.json`, then "
-    "`qkv bench report benchmarks/bench-*.json --out .`."
-)
 
 
 def sources_argument(paths: list[Path], out_dir: Path) -> str:
@@ -534,22 +399,16 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
         *markdown_tabs([machine_tab(results, out_dir)]),
         "## Attention: summary",
     ]
-    if "cuda" not in attention:
-        parts.append("The GPU columns are **not measured yet** (see [Attention on the GPU](#attention-on-the-gpu)).")
     parts += [note for note in [summary_note({device: r for device, (_, r) in attention.items()})] if note]
     parts += markdown_tabs([summary_tab({device: r for device, (_, r) in attention.items()})])
     for device in DEVICES:
         if device in attention:
             parts += attention_section(*attention[device], out_dir)
-        elif device == "cuda":
-            parts += ["## Attention on the GPU", GPU_PENDING]
     for path, result in results:
         if result["benchmark"] == "triton":
             parts += triton_section(path, result, out_dir)
         elif result["benchmark"] == "attention-overhead":
-            from qkv.bench.overhead import overhead_section
-
-            parts += overhead_section(path, result, link(path, out_dir))
+            parts += overhead_section(path, result, out_dir)
         elif result["benchmark"] == "model":
             m = result["machine"]
             parts += [f"## Models ({DEVICES.get(result['config']['device'])})",
@@ -566,8 +425,7 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
                 parts.append(f"![time per generated token]({link(plot, out_dir)})")
         elif result["benchmark"] == "ring":
             parts += ring_section(path, result, out_dir)
-    if not any(r["benchmark"] == "ring" for _, r in results):
-        parts += ["## Ring attention", RING_PENDING]
+    parts += kept_blocks(out_dir / REPORT_NAME)
     method = next((r["config"].get("method") for _, r in attention.values()), None) or METHOD
     parts += ["## How it is measured",
               "\n".join(f"- {METHOD_TITLES.get(key, key)}: {text}." for key, text in method.items()),
@@ -577,7 +435,6 @@ def report_markdown(results: list[tuple[Path, dict]], out_dir: Path) -> str:
 
 METHOD_TITLES = {"timing": "Time", "memory": "Peak memory", "error": "Error", "flops": "FLOP rate",
                  "scaling": "Scaling exponent", "skips": "Skipped points"}
-RING_PENDING = "Not measured: ring attention (issue 8) has not landed; `qkv bench ring` says so."
 
 
 def ring_tabs(result: dict) -> list[Tab]:
@@ -586,26 +443,83 @@ def ring_tabs(result: dict) -> list[Tab]:
              format_bytes(r["peak_bytes"]), r["skipped"] or ""] for r in result["rows"]]
     tabs = [Tab("ring attention: the slowest rank's median time, the largest rank's peak memory",
                 ["backend", "processes", "N", "mode", "median time", "peak memory per rank", "note"], rows)]
-    if result.get("targets"):
-        tabs.append(Tab("ring attention's targets", ["target", "N", "measured", "limit", "met"],
-                        [target_cells(t) for t in result["targets"]]))
+    return [*tabs, targets_tab("ring attention's targets", ring_targets(result["rows"]))]
+
+
+# ----------------------------------------------------------------------------- overhead, ring
+
+
+def overhead_tabs(result: dict) -> list[Tab]:
+    """The times and ratios, per part, as tables."""
+    tabs = []
+    titles = {"call": "qkv.attention against a plain SDPA call (mask prepared once)",
+              "module": "MultiHeadAttention against the same module calling SDPA directly",
+              "window": f"auto against backend='sliding', window={overhead.WINDOW}"}
+    for part, title in titles.items():
+        rows = [r for r in result["rows"] if r["part"] == part]
+        if not rows:
+            continue
+        goal = overhead.GOALS[part]
+        body = []
+        for r in rows:
+            is_baseline = r["ratio"] == 1.0 and r["contender"] in ("sdpa (torch)", "SDPA inside the module",
+                                                                  "qkv sliding")
+            met = "" if is_baseline else ("met" if r["ratio"] <= goal else "MISSED")
+            note = f"picks {r['picked']}" if r.get("picked") else ""
+            body.append([str(r["n"]), r["variant"], r["contender"], format_seconds(r["time_s"]),
+                         f"{r['ratio']:.3f}", f"<= {goal:g}" if met else "", met, note])
+        tabs.append(Tab(f"{title}: median time per call, one thread",
+                        ["N", "variant", "contender", "time", "x baseline", "goal", "", "note"], body,
+                        group_column=1))
     return tabs
 
 
+def print_overhead(result: dict, console: Console) -> None:
+    config, machine = result["config"], result["machine"]
+    load = config["load_average_1min"]
+    notes = [f"B=1, H={config['heads']}, D={config['head_dim']}, float32, on {machine['cpu']} "
+             f"({machine['cpu_count']} cores, 1 torch thread), torch {machine['torch']}; 1-minute load average "
+             f"{load['before']:.1f} -> {load['after']:.1f}"]
+    print_tabs(overhead_tabs(result), console, notes)
+
+
+def overhead_section(path: Path, result: dict, out_dir: Path) -> list[str]:
+    """BENCHMARKS.md's "Overhead" section from one result."""
+    config, machine = result["config"], result["machine"]
+    load = config["load_average_1min"]
+    missed = [t for t in result["targets"] if not t["met"]]
+    summary = ("every goal met" if not missed else
+               "missed: " + "; ".join(f"{t['target']} at N={t['n']} ({t['measured']:.2f}x)" for t in missed))
+    parts = [
+        "## Overhead",
+        f"`{result.get('command') or 'qkv bench attention --section overhead'}` on {machine['cpu']} "
+        f"({machine['cpu_count']} cores shared with other work, one torch thread), torch {machine['torch']}, "
+        f"{result.get('date', '')}: B=1, H={config['heads']}, D={config['head_dim']}, float32; "
+        f"{config['method']}; 1-minute load average {load['before']:.1f} -> {load['after']:.1f}. What "
+        f"`qkv.attention` adds to the kernel it calls, against a plain SDPA call whose mask (`is_causal`, or the "
+        f"padding as a (B, 1, 1, N) bool mask) is prepared once; `MultiHeadAttention` against the same module "
+        f"calling SDPA directly; and `auto` against `backend=\"sliding\"` with a window. Goals: 1.1x, module "
+        f"1.05x; {summary}. Raw numbers: [{path.name}]({link(path, out_dir)}).",
+    ]
+    parts += [tab.markdown() for tab in overhead_tabs(result)]
+    return parts
+
+
+KEPT = re.compile(r"^<!-- kept -->$.*?^<!-- /kept -->$", re.MULTILINE | re.DOTALL)
+
+
+def kept_blocks(report: Path) -> list[str]:
+    """The hand-written blocks of an existing report (between ``<!-- kept -->`` and ``<!-- /kept -->``)."""
+    return KEPT.findall(report.read_text(encoding="utf-8")) if report.is_file() else []
+
+
 def ring_section(path: Path, result: dict, out_dir: Path) -> list[str]:
-    if not result.get("available"):
-        return ["## Ring attention", f"Not available yet: {result.get('reason', '')}."]
     m = result["machine"]
     return ["## Ring attention",
             f"`{result.get('command') or 'qkv bench ring'}` on {m['cpu']}, {m['cpu_count']} cores, "
-            f"{result.get('date', '')}. Raw numbers: [{path.name}]({link(path, out_dir)}).",
+            f"{result.get('date', '')}. Peak memory: {result['config'].get('memory', '-')}. "
+            f"Raw numbers: [{path.name}]({link(path, out_dir)}).",
             *markdown_tabs(ring_tabs(result))]
-
-
-def print_ring(result: dict, console: Console) -> None:
-    """The ring result in the terminal (nothing while it is not available: the command says why)."""
-    if result.get("available"):
-        print_tabs(ring_tabs(result), console)
 
 
 def load(paths: Iterable[Path]) -> list[tuple[Path, dict]]:
@@ -652,26 +566,10 @@ def publish(result: dict, json_path: Path | None, out_dir: Path, console: Consol
     return json_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``qkv bench report``."""
-    parser = argparse.ArgumentParser(prog="qkv bench report", description=__doc__.split("\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json", nargs="+", type=Path, help="results written by qkv bench attention|model|ring")
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder of BENCHMARKS.md (default: .)")
-    args = parser.parse_args(argv)
-    missing = [str(p) for p in args.json if not p.is_file()]
-    if missing:
-        parser.error(f"no such file: {', '.join(missing)}")
-    refuse_outputs(parser, [("--out", args.out, "folder")])
-    written = write_report(args.json, args.out)
-    Console().print("wrote " + ", ".join(str(p) for p in written))
-    return 0
-
-
 def print_attention(result: dict, console: Console) -> None:
     """The sweep's tables in the terminal."""
     for variant in (v["name"] for v in result["config"]["variants"]):
         tabs, notes = attention_tabs(result, variant)
         print_tabs(tabs, console, notes)
-    print_tabs([scaling_tab(result), compile_tab(result), first_call_tab(result), targets_tab(result)], console)
+    print_tabs([scaling_tab(result), compile_tab(result), first_call_tab(result), *lra_tabs(result),
+                targets_tab_of(result)], console)

@@ -1,17 +1,18 @@
-"""The ``qkv bench triton`` part of the report: its tables, its not-run notes and its TFLOP/s plot.
+"""The ``qkv bench triton`` part of the report: its tables and its not-run notes.
 
-:mod:`qkv.bench.report` puts them into BENCHMARKS.md's section on the Triton kernel.
+:mod:`qkv.bench.report` puts them into BENCHMARKS.md's section on the Triton kernel; the targets
+are judged again from the timings (:func:`qkv.bench.triton_gpu.targets`), so that every result
+file shows the current targets.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from qkv.bench.plots import timing_label
+from qkv.bench.tables import Tab, fmt, format_seconds, targets_tab
+from qkv.bench.triton_gpu import Sizes, targets
+from qkv.viz.plotting import size_label
 
-from qkv.bench.attention import target_cells
-from qkv.bench.lra import Tab, fmt, format_seconds
-from qkv.viz.plotting import agg_figure, log_ticks, save_figure, series_styles, size_label
-
-__all__ = ["triton_tabs", "triton_notes", "plot_triton_rates", "worst_over_bound"]
+__all__ = ["triton_tabs", "triton_notes", "worst_over_bound"]
 
 CHECKED = ("out", "dq", "dk", "dv")  # what each of qkv bench triton's checks compares
 
@@ -22,10 +23,6 @@ def worst_over_bound(check: dict) -> float | None:
     if all(name in check for name in CHECKED):
         return max(check[name]["error"] / check[name]["bound"] for name in CHECKED)
     return check.get("worst_error_over_bound")
-
-
-def timing_label(row: dict) -> str:
-    return f"{row['backend']}{', causal' if row['causal'] else ''}"
 
 
 def triton_tabs(result: dict) -> list[Tab]:
@@ -69,17 +66,9 @@ def triton_tabs(result: dict) -> list[Tab]:
                         "B=1: median time per call", ["contender", *modes],
                         [[name, *(format_seconds(found.get((name, mode), {}).get("time_s")) for mode in modes)]
                          for name in dict.fromkeys(r["backend"] for r in windowed)]))
-    if result.get("targets"):
-        tabs.append(Tab("the Triton kernel's targets", ["target", "N", "measured", "limit", "met"],
-                        [target_cells({**t, "n": "-", "rule": target_rule(t)}) for t in result["targets"]]))
+    tabs.append(targets_tab("the Triton kernel's targets",
+                            targets(result["timings"], result.get("compile", []), Sizes(**sizes))))
     return tabs
-
-
-def target_rule(target: dict) -> str:
-    """">=" or "<=": the target's own ``rule``, else the one its measured value and ``met`` imply."""
-    if target.get("rule") or target["measured"] is None:
-        return target.get("rule", "")
-    return ">=" if (target["measured"] >= target["limit"]) == target["met"] else "<="
 
 
 def triton_notes(result: dict) -> list[str]:
@@ -97,29 +86,3 @@ def triton_notes(result: dict) -> list[str]:
             left_out.setdefault(row["skipped"], []).append(
                 f"{timing_label(row)}{window} N={size_label(row['n'])} {row['mode']}")
     return [f"{', '.join(steps)}: {reason}" for reason, steps in left_out.items()]
-
-
-def plot_triton_rates(result: dict, path: Path) -> None:
-    """TFLOP/s against N, forward and forward + backward panels, one line per contender (causal dashed)."""
-    dense = [r for r in result["timings"] if not r.get("window") and r.get("tflops")]
-    names = list(dict.fromkeys(r["backend"] for r in dense))
-    styles = series_styles(names)
-    figure = agg_figure(12, 4.4)
-    for index, (mode, title) in enumerate((("fwd", "forward"), ("fwd+bwd", "forward + backward"))):
-        axis = figure.add_subplot(1, 2, index + 1)
-        for name in names:
-            for causal in (False, True):
-                points = sorted((r["n"], r["tflops"]) for r in dense
-                                if (r["backend"], r["mode"], r["causal"]) == (name, mode, causal))
-                if points:
-                    axis.plot(*zip(*points), label=timing_label({"backend": name, "causal": causal}),
-                              **(styles[name] | {"linestyle": "--" if causal else "-"}))
-        axis.set(xscale="log", xlabel="sequence length N (B x N fixed)", ylabel="TFLOP/s", title=title, ylim=(0, None))
-        log_ticks(axis, x="N")
-        axis.grid(True, alpha=0.35)
-    sizes, machine = result["sizes"], result["machine"]
-    figure.suptitle(f"qkv's Triton kernel against SDPA's kernels, bfloat16, H={sizes['heads']} D={sizes['head_dim']}, "
-                    f"{size_label(sizes['tokens'])} tokens per call\non {machine.get('gpu') or machine.get('cpu')}, "
-                    + ", ".join(f"{name} {machine[name]}" for name in ("torch", "triton") if machine.get(name))
-                    + f", {result.get('date', '')}")
-    save_figure(figure, path, dpi=110, legend=True)

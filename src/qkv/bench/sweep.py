@@ -1,21 +1,7 @@
-"""``qkv bench attention``: every attention backend and its peers, over N, four masking variants.
+"""``qkv bench attention``: the one sweep, every contender x N x masking variant.
 
-Contenders (:data:`CONTENDERS`), each a :class:`~qkv.bench.long_context.Contender` in a mode:
-
-- peers a user would otherwise pick: ``naive`` (the whole (N, N) matrix, softmax, weighted
-  sum), ``sdpa (torch)`` (a direct ``scaled_dot_product_attention`` call: ``is_causal``, or
-  the equivalent bool mask for a window), ``flex (compiled)`` (``torch.compile(flex_attention)``
-  with the variant's block mask; compile and block-mask time reported apart, not in the
-  timing), and on CUDA the kernels behind SDPA pinned with ``torch.nn.attention.sdpa_kernel``:
-  FlashAttention, cuDNN and memory-efficient (skipped on the CPU, with the reason);
-- every qkv backend through ``qkv.attention``: reference, sdpa, tiled, auto, sliding (window
-  variants only: without a window it is tiled), linear, performer, nystrom, linformer
-  (default options; a variant a backend cannot honour is skipped with the registry's reason);
-- forward + backward of naive, SDPA, tiled, sliding (and FlashAttention on CUDA), and
-  ``qkv.attention_stats``.
-
-Variants (:data:`VARIANTS`): full, causal, window (256, 256), causal with window (256, 0).
-B=1, H=8, D=64. Defaults per device (:func:`settings_from_args`): on the CPU, float32 and
+The contenders and variants are data (:mod:`qkv.bench.contenders`); this module measures
+them. B=1, H=8, D=64. Defaults per device (:func:`settings_from_args`): on the CPU, float32 and
 N = 512 .. 64K in powers of two; on CUDA, bfloat16 (the FlashAttention and cuDNN kernels take
 no float32), N = 1K, 4K, 16K, 64K, FlexAttention compiled with the machine's Inductor cache,
 and a time budget (:data:`CUDA_BUDGET_S`) that bounds the sweep to a few minutes with a cold
@@ -29,14 +15,15 @@ Per point: a first, untimed run (the warm-up) measures the peak memory
 exact attention (qkv's reference backend in float64; every query row up to N=2048, 512 evenly
 spaced rows above); then the median of interleaved timed rounds (device-synchronised on a GPU;
 7 rounds for a run under 50 ms, 5 under 0.5 s, 3 under 2 s, else 2, and 1 over the time limit),
-and the FLOP rate
-(:func:`qkv.bench.points.attention_flops`; None for approximate backends, whose work is not
-attention over pairs). A point is skipped, with the reason printed, when it would not fit in
-memory, when its run is predicted (from the same contender at the previous sizes) to take
-longer than ``--max-run-s`` (SDPA's forward, the exact baseline, gets 4 times as long), above
-a contender's size limit, or when it failed at a smaller N. Then, per contender and variant,
-the log-log slope of time against N over the largest sizes run
-(:func:`qkv.bench.points.scaling_exponents`).
+and the FLOP rate (:func:`qkv.bench.points.attention_flops`; None for approximate backends,
+whose work is not attention over pairs). A point is skipped, with the reason printed, when it
+would not fit in memory, when its run is predicted (from the same contender at the previous
+sizes) to take longer than ``--max-run-s`` (SDPA's forward, the exact baseline, gets 4 times
+as long), above a contender's size limit, or when it failed at a smaller N. Then, per
+contender and variant, the log-log slope of time against N over the largest sizes run
+(:func:`qkv.bench.points.scaling_exponents`), every row's time over SDPA's at the same point
+(``ratio_to_sdpa``: the one ratio every table and target uses) and the targets
+(:func:`targets`).
 """
 
 from __future__ import annotations
@@ -46,7 +33,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 from rich.console import Console
@@ -57,9 +44,18 @@ import qkv
 from qkv.attention import get_backend
 from qkv.attention.masks import MaskSpec, normalize_window
 from qkv.attention.registry import CallNeeds
-from qkv.bench import long_context
-from qkv.bench.attention import add_ratios, evaluate_targets, make_inputs
-from qkv.bench.long_context import Contender, Setup, build
+from qkv.bench.contenders import (
+    BASELINE,
+    CONTENDERS,
+    DTYPES,
+    WINDOW,
+    Contender,
+    Setup,
+    Variant,
+    build,
+    make_inputs,
+    make_variants,
+)
 from qkv.bench.measure import (
     available_memory_bytes,
     machine_info,
@@ -68,102 +64,32 @@ from qkv.bench.measure import (
     synchronize,
     time_round_robin,
 )
-from qkv.bench.points import attention_flops, loglog_slope, point_row, scaling_exponents
+from qkv.bench.points import attention_flops, label, loglog_slope, point_row, scaling_exponents
+from qkv.bench.tables import ratio, target
 
-__all__ = ["Variant", "VARIANTS", "CONTENDERS", "SweepSettings", "run_sweep", "exact_rows", "SIZES", "QUICK_SIZES",
+__all__ = ["SweepSettings", "run_sweep", "exact_rows", "add_ratios", "targets", "SIZES", "QUICK_SIZES",
            "CUDA_SIZES", "settings_from_args"]
 
-WINDOW = 256
 SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 QUICK_SIZES = (256, 512, 1024)
 MAX_RUN_S = 5.0  # a point whose one run is predicted to take longer is skipped
 QUICK_MAX_RUN_S = 2.0
-BASELINE = ("sdpa (torch)", "fwd")  # the exact baseline: measured further
-BASELINE_TIME_FACTOR = 4.0  # ... with this many times the time limit
+BASELINE_TIME_FACTOR = 4.0  # the exact baseline is measured further: with this many times the time limit
 ERROR_ALL_ROWS_MAX_N = 2048  # the error is taken over every query row up to this N ...
 ERROR_SAMPLE_ROWS = 512  # ... and over this many evenly spaced rows above it
-CPU_FLEX_MAX_N = 16384
 CUDA_ONLY = "CUDA only"  # how the skip reason of a CUDA kernel on the CPU starts
 CUDA_SIZES = (1024, 4096, 16384, 65536)
 CUDA_BUDGET_S = 210.0  # the default --budget-s on CUDA: the sweep within about 4 minutes, cold caches included
 DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}  # per device type
-PYTHON_LOOPS = ("qkv tiled", "qkv sliding", "qkv attention_stats")  # a Python loop over tiles on a GPU
-DEVICE_LOOP_MAX_N = {"cuda": 4096}  # per device type: PYTHON_LOOPS run up to this N
+DEVICE_LOOP_MAX_N = {"cuda": 4096}  # per device type: contenders that loop over tiles in Python run up to this N
 LOOP_NOTE = ("a Python loop over tiles, a few small kernel launches each: its time follows the tile count, not "
              "the device; the triton backend is the GPU path")
 BUDGET_SPENT = "the sweep's time budget"  # how the skip reason of a point left out by --budget-s starts
 INTERRUPTED = "interrupted (Ctrl-C)"  # the skip reason of the points a Ctrl-C left unmeasured
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Which keys each query sees: causal or not, with or without a window."""
-
-    key: str  # its name on the command line
-    causal: bool
-    window: int | None  # w: (w, w), or (w, 0) when causal
-
-    @property
-    def name(self) -> str:
-        if self.window is None:
-            return "causal" if self.causal else "full"
-        return f"{'causal, ' if self.causal else ''}window {self.window}"
-
-    @property
-    def pair(self) -> tuple[int, int] | None:
-        """The window as qkv's (left, right), or None."""
-        return None if self.window is None else normalize_window(self.window, self.causal)
-
-    def describe(self) -> dict:
-        return {"key": self.key, "name": self.name, "causal": self.causal,
-                "window": None if self.pair is None else list(self.pair)}
-
-
-def make_variants(window: int = WINDOW) -> dict[str, Variant]:
-    """The four variants, keyed by their command-line names."""
-    return {"full": Variant("full", False, None), "causal": Variant("causal", True, None),
-            "window": Variant("window", False, window), "causal-window": Variant("causal-window", True, window)}
-
-
-VARIANTS = make_variants()
-
-CONTENDERS = (
-    Contender("naive", "naive", exact=True, memory_factor=2.0),
-    Contender("sdpa (torch)", "sdpa", exact=True),
-    Contender("sdpa flash (cuda)", "sdpa", kernel="FLASH_ATTENTION", exact=True),
-    Contender("sdpa cudnn (cuda)", "sdpa", kernel="CUDNN_ATTENTION", exact=True),
-    Contender("sdpa efficient (cuda)", "sdpa", kernel="EFFICIENT_ATTENTION", exact=True),
-    Contender("flex (compiled)", "flex", exact=True, max_n=CPU_FLEX_MAX_N, quick_max_n=256,
-              limit_note="on the CPU, create_block_mask evaluates the whole (N, N) mask: 26 s and 17 GB at 32K"),
-    Contender("qkv reference", "qkv", backend="reference", exact=True, memory_factor=4.0,
-              max_n=8192, limit_note="the same (N, N) matrices as naive, slower"),
-    Contender("qkv sdpa", "qkv", backend="sdpa", exact=True),
-    Contender("qkv tiled", "qkv", backend="tiled", exact=True),
-    Contender("qkv auto", "qkv", backend="auto", exact=True),
-    Contender("qkv sliding", "qkv", backend="sliding", exact=True, needs_window=True),
-    Contender("qkv triton", "qkv", backend="triton", exact=True),
-    Contender("qkv linear", "qkv", backend="linear"),
-    Contender("qkv performer", "qkv", backend="performer"),
-    Contender("qkv nystrom", "qkv", backend="nystrom"),
-    Contender("qkv linformer", "qkv", backend="linformer"),
-    Contender("naive", "naive", mode="fwd+bwd", exact=True, memory_factor=4.0),
-    Contender("sdpa (torch)", "sdpa", mode="fwd+bwd", exact=True),
-    Contender("sdpa flash (cuda)", "sdpa", mode="fwd+bwd", kernel="FLASH_ATTENTION", exact=True),
-    Contender("qkv tiled", "qkv", backend="tiled", mode="fwd+bwd", exact=True),
-    Contender("qkv sliding", "qkv", backend="sliding", mode="fwd+bwd", exact=True, needs_window=True),
-    Contender("qkv triton", "qkv", backend="triton", mode="fwd+bwd", exact=True),
-    Contender("qkv attention_stats", "stats", mode="stats", exact=True),
-)
 # Backends whose first call of a shape compiles and autotunes (Triton benchmarks each tile configuration,
 # with buffers of its own): that call runs before the measured first run, its time kept as first_call_s.
 TUNED_ON_FIRST_CALL = ("triton",)
 DENSE_MASK_BYTES = 5  # per (query, key) pair: a dense bool mask and its float copy
-USES_DENSE_MASK = {"naive", "sdpa (torch)", "sdpa efficient (cuda)", "sdpa cudnn (cuda)", "qkv sdpa", "qkv auto"}
-
-
-def label(name: str, mode: str) -> str:
-    """A contender's name and mode, as tables show it: the mode only where it is not implied."""
-    return name if mode in ("fwd", "stats") else f"{name}, {mode}"
 
 
 @dataclass(frozen=True)
@@ -263,6 +189,24 @@ def budget_reason(settings: SweepSettings, started: float) -> str | None:
     return f"{BUDGET_SPENT} of {settings.budget_s:g} s (--budget-s) was spent before this point"
 
 
+def size_limit_reason(contender: Contender, n: int, quick: bool, device_type: str) -> str | None:
+    """Why N is above the contender's size limit (the CPU's: its time and memory), or None."""
+    quick_limit = quick and contender.quick_max_n is not None
+    limit = contender.quick_max_n if quick_limit else None if device_type == "cuda" else contender.max_n
+    if limit is None or n <= limit:
+        return None
+    why = "--quick" if quick_limit else contender.limit_note
+    return f"run up to N={limit} only" + (f" ({why})" if why else "")
+
+
+def memory_reason(memory_factor: float, n: int, heads: int, memory_budget: int, itemsize: int = 4) -> str | None:
+    """Why a point needing ``memory_factor * heads * n * n * itemsize`` bytes cannot run, or None."""
+    needed = memory_factor * heads * n * n * itemsize
+    if needed > memory_budget:
+        return f"needs ~{needed / 2**30:.0f} GiB, more than the {memory_budget / 2**30:.0f} GiB available"
+    return None
+
+
 def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: SweepSettings,
                       history: History, started: float | None = None) -> tuple[str, str] | None:
     """(kind, reason) why this point is not run, or None. Kinds: structural, budget (with
@@ -279,16 +223,14 @@ def point_skip_reason(contender: Contender, variant: Variant, n: int, settings: 
         return "failed", failure
     factor = contender.memory_factor  # in units of H * N * N * 4 bytes
     masked = variant.window is not None or (variant.causal and contender.kind == "naive")
-    if masked and contender.name in USES_DENSE_MASK:
+    if masked and contender.dense_mask:
         factor += DENSE_MASK_BYTES / (4 * settings.heads) + (1.0 if contender.kind == "naive" else 0.0)
     device_type = torch.device(settings.device).type
-    loop_max_n = DEVICE_LOOP_MAX_N.get(device_type) if contender.name in PYTHON_LOOPS else None
+    loop_max_n = DEVICE_LOOP_MAX_N.get(device_type) if contender.tile_loop else None
     if loop_max_n is not None and n > loop_max_n:
         return "device-limit", f"on {device_type.upper()}, run up to N={loop_max_n} only ({LOOP_NOTE})"
-    limits = replace(contender, memory_factor=factor)
-    if device_type == "cuda":  # the CPU's size limits are about the CPU's time and memory
-        limits = replace(limits, max_n=None)
-    reason = long_context.skip_reason(limits, n, settings.heads, settings.memory_budget, settings.quick)
+    reason = size_limit_reason(contender, n, settings.quick, device_type) or memory_reason(
+        factor, n, settings.heads, settings.memory_budget)
     if reason:
         return "limit", reason
     predicted = history.predict(contender, variant, n)
@@ -376,10 +318,9 @@ class Point:
     settings: SweepSettings
 
     def row(self, contender: Contender, **fields) -> dict:
-        options = contender.resolved_options()
         return point_row(contender.name, contender.mode, self.n, causal=self.variant.causal,
                          window=self.variant.pair, device=self.settings.device, dtype=self.settings.dtype,
-                         options=None if options is None else asdict(options), variant=self.variant.name,
+                         options=contender.options_dict(), variant=self.variant.name,
                          kind=contender.kind, exact=contender.exact, **fields)
 
 
@@ -455,10 +396,6 @@ def measure_point(point: Point, planned: list[Contender], history: History,
 # ----------------------------------------------------------------------------- the sweep
 
 
-def dtype_of(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | None = None,
               settings: SweepSettings | None = None, names: tuple[str, ...] | None = None,
               console: Console | None = None, command: str | None = None, window: int = WINDOW) -> dict:
@@ -492,8 +429,7 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
         interrupted = True
     else:
         interrupted = False
-    add_ratios(rows, same=("n", "variant", "device"))
-    full = [r for r in rows if r["variant"] == every["full"].name]
+    add_ratios(rows)
     return {
         "benchmark": "attention",
         "date": datetime.date.today().isoformat(),
@@ -501,11 +437,10 @@ def run_sweep(sizes: tuple[int, ...] | None = None, variants: tuple[str, ...] | 
         "interrupted": interrupted,
         "machine": machine_info(settings.device),
         "config": config_of(settings, sizes, chosen, started, load_before),
-        "contenders": [{"name": c.name, "mode": c.mode, "kind": c.kind, "backend": c.backend, "kernel": c.kernel,
-                        "exact": c.exact} for c in contenders],
+        "contenders": [c.describe() for c in contenders],
         "rows": rows,
         "scaling": scaling_exponents(r for r in rows if not r["skipped"]),
-        "targets": evaluate_targets(full, settings.heads) if full else [],
+        "targets": targets(rows, settings.heads),
     }
 
 
@@ -516,7 +451,7 @@ def _measure_points(sizes: tuple[int, ...], chosen: list[Variant], contenders: l
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("attention", total=len(sizes) * len(chosen) * len(contenders))
         for n in sizes:
-            q, k, v = make_inputs(n, settings.heads, settings.head_dim, dtype_of(settings.dtype), settings.device)
+            q, k, v = make_inputs(n, settings.heads, settings.head_dim, DTYPES[settings.dtype], settings.device)
             for variant in chosen:
                 def say(text: str, n: int = n, variant: Variant = variant) -> None:
                     progress.update(task, description=f"N={n}, {variant.name}: {text}")
@@ -610,3 +545,88 @@ def settings_from_args(args) -> SweepSettings:
         cold_compile=not (args.warm_compile or args.quick or cuda),
         max_run_s=args.max_run_s or (QUICK_MAX_RUN_S if args.quick else MAX_RUN_S), budget_s=budget_s,
     )
+
+
+# ----------------------------------------------------------------------------- ratios and targets
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's ``ratio_to_sdpa``: its time over direct SDPA's in the same mode (stats: over SDPA's
+    forward) at the same N, variant and device; None where either was not measured."""
+    def point(row: dict, mode: str) -> tuple:
+        return row["n"], row.get("variant"), row.get("device"), mode
+
+    sdpa = {point(r, r["mode"]): r["time_s"] for r in rows if r["backend"] == BASELINE[0]}
+    for row in rows:
+        baseline = sdpa.get(point(row, "fwd" if row["mode"] == "stats" else row["mode"]))
+        row["ratio_to_sdpa"] = ratio(row["time_s"], baseline)
+
+
+SLIDING_N = 8192  # the sliding window against its exact peers at this N ...
+SLOPE_SIZES = (4096, 65536)  # ... and its scaling over these sizes
+APPROXIMATE_TIME_N, APPROXIMATE_MEMORY_N = 16384, 32768
+AUTO_LIMIT = 1.1  # auto's time / the fastest exact qkv backend's at the same point
+
+
+def targets(rows: list[dict], heads: int) -> list[dict]:
+    """Every target the sweep's rows can judge, each a ratio against a peer at one point (every
+    time ratio is time / the peer's time): the exact backends against SDPA (full variant), the
+    sliding window against SDPA with the same mask and compiled FlexAttention, the approximate
+    backends against SDPA, and auto against the fastest exact qkv backend. Only measured targets."""
+    found = {(r["backend"], r["mode"], r["variant"], r["n"]): r for r in rows if r["time_s"]}
+
+    def value(backend: str, n: int, key: str = "time_s", mode: str = "fwd", variant: str = "full") -> float | None:
+        return found.get((backend, mode, variant, n), {}).get(key)
+
+    window = make_variants()["window"].name
+    goals = []
+    for n in sorted({r["n"] for r in rows}):
+        if 1024 <= n <= 8192:
+            goals.append(target("auto time / sdpa time", n, value("qkv auto", n, "ratio_to_sdpa"), 1.05))
+        if 4096 <= n <= 16384:
+            goals.append(target("tiled forward time / sdpa", n, value("qkv tiled", n, "ratio_to_sdpa"), 2.0))
+            goals.append(target("tiled fwd+bwd time / sdpa fwd+bwd", n,
+                                value("qkv tiled", n, "ratio_to_sdpa", "fwd+bwd"), 2.5))
+    n = max((r["n"] for r in rows), default=0)
+    if n >= 16384:
+        goals.append(target("tiled peak memory / naive peak memory", n,
+                            ratio(value("qkv tiled", n, "peak_bytes"), value("naive", n, "peak_bytes")), 0.1))
+        goals.append(target("attention_stats time / sdpa", n,
+                            value("qkv attention_stats", n, "ratio_to_sdpa", "stats"), 3.0))
+        goals.append(target("attention_stats peak memory / bytes of the weights", n,
+                            ratio(value("qkv attention_stats", n, "peak_bytes", "stats"), heads * n * n * 4), 1 / 20))
+    sliding = value("qkv sliding", SLIDING_N, variant=window)
+    goals.append(target(f"sliding time / sdpa time with the same bool mask, {window}", SLIDING_N,
+                        value("qkv sliding", SLIDING_N, "ratio_to_sdpa", variant=window), 0.2))
+    goals.append(target(f"sliding time / compiled FlexAttention time, {window}", SLIDING_N,
+                        ratio(sliding, value("flex (compiled)", SLIDING_N, variant=window)), 0.5))
+    lo, hi = SLOPE_SIZES
+    points = [(r["n"], r["time_s"]) for r in found.values()
+              if (r["backend"], r["mode"], r["variant"]) == ("qkv sliding", "fwd", window) and lo <= r["n"] <= hi]
+    goals.append(target(f"log-log slope of sliding time against N, {window}", f"{lo}..{hi}",
+                        loglog_slope(points) if len(points) >= 3 else None, 1.15))
+    for backend in ("qkv linear", "qkv performer", "qkv nystrom", "qkv linformer"):
+        goals.append(target(f"{backend} time / sdpa time", APPROXIMATE_TIME_N,
+                            value(backend, APPROXIMATE_TIME_N, "ratio_to_sdpa"), 0.1))
+        goals.append(target(f"{backend} peak memory / sdpa peak memory", APPROXIMATE_MEMORY_N,
+                            ratio(value(backend, APPROXIMATE_MEMORY_N, "peak_bytes"),
+                                  value(BASELINE[0], APPROXIMATE_MEMORY_N, "peak_bytes")), 0.1))
+    return [goal for goal in goals if goal["measured"] is not None] + auto_targets(rows)
+
+
+def auto_targets(rows: list[dict]) -> list[dict]:
+    """Per variant and N: ``qkv auto``'s forward time over the fastest exact qkv backend that ran the
+    same call (the same point), limit 1.1: auto picks by estimated cost and must not lose by more."""
+    points: dict[tuple[str, int], dict[str, float]] = {}
+    for r in rows:
+        if r["mode"] == "fwd" and r.get("kind") == "qkv" and r.get("exact") and r.get("time_s"):
+            points.setdefault((r["variant"], r["n"]), {})[r["backend"]] = r["time_s"]
+    found = []
+    for (variant, n), times in points.items():
+        auto = times.pop("qkv auto", None)
+        if auto is None or not times:
+            continue
+        fastest = min(times, key=times.get)
+        found.append(target(f"auto / fastest exact ({fastest.removeprefix('qkv ')}), {variant}", n,
+                            auto / times[fastest], AUTO_LIMIT))
+    return found
