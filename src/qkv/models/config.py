@@ -315,7 +315,7 @@ def config_from_dict(
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: a config must be a JSON object; got {type(values).__name__}")
     model_type = values.get("model_type")
-    if model_type not in SUPPORTED:
+    if not isinstance(model_type, str) or model_type not in SUPPORTED:
         raise ConfigError(
             f"{source}: model_type={model_type!r} is not supported; qkv runs the families "
             f"{sorted(SUPPORTED)}"

@@ -25,7 +25,7 @@ import torch
 from qkv.models.config import ConfigError, LlamaConfig
 from qkv.models.llama import LlamaForCausalLM
 from qkv.models.tokenizer import Tokenizer, backend_from_gguf
-from qkv.models.weights import Source, WeightsError, assign_weights, check_sizes, check_weights
+from qkv.models.weights import Source, WeightsError, check_sizes, check_weights, copy_weights
 
 __all__ = [
     "load_gguf",
@@ -233,7 +233,6 @@ def load_gguf(
                           max_length=config.max_position_embeddings, pad_token_id=config.pad_token_id,
                           chat_template=_field(reader, "tokenizer.chat_template"))
     tokenizer.check_fits(config.vocab_size, f"{path}'s vocabulary size")
-    model = model.to_empty(device="cpu")  # storage without a random initialisation: every tensor is set below
     tensors = {}
     for tensor in reader.tensors:
         if tensor.name in ignored:
@@ -244,5 +243,7 @@ def load_gguf(
         elif tensor.name.endswith(".attn_k.weight"):
             value = unpermute_rotary(value, config.kv_heads)
         tensors[tensor.name] = value
-    assign_weights(model, tensors, key_map, ignored, source_name=str(path))
+    check_weights(model, tensors, key_map, ignored, source_name=str(path))  # the values too, now they are read
+    model = model.to_empty(device="cpu")  # storage without a random initialisation: every tensor is set
+    copy_weights(model, tensors, key_map)
     return model.to(device=device, dtype=dtype).eval(), tokenizer

@@ -22,9 +22,9 @@ from qkv.models.llama import LLAMA_ANCHOR, LLAMA_IGNORED, LLAMA_PREFIX, LlamaFor
 from qkv.models.tokenizer import Tokenizer
 from qkv.models.weights import (
     Source,
-    assign_weights,
     check_sizes,
     check_weights,
+    copy_weights,
     read_safetensors,
     read_safetensors_header,
     safetensors_files,
@@ -171,8 +171,9 @@ def _plan(folder: Path) -> _Plan:
 def _load_weights(plan: _Plan, dtype: torch.dtype, device: str | torch.device):
     """The planned model with its weights, read now (and checked for non-finite values)."""
     tensors = strip_prefix(read_safetensors(plan.folder), plan.prefix, plan.anchor)
+    check_weights(plan.model, tensors, plan.key_map, plan.ignored, source_name=plan.checkpoint)  # values too now
     model = plan.model.to_empty(device="cpu")  # storage without a random initialisation: every tensor is set
-    assign_weights(model, tensors, plan.key_map, plan.ignored, source_name=plan.checkpoint)
+    copy_weights(model, tensors, plan.key_map)
     return model.to(device=device, dtype=dtype).eval()
 
 

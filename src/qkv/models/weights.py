@@ -14,8 +14,8 @@ from torch import nn
 
 from qkv.models.config import ConfigError
 
-__all__ = ["Source", "read_safetensors", "read_safetensors_header", "check_sizes", "check_weights",
-           "assign_weights", "checkpoint_layer_count", "WeightsError", "PICKLE_SUFFIXES", "WEIGHT_DTYPES"]
+__all__ = ["Source", "read_safetensors", "read_safetensors_header", "check_sizes", "check_weights", "assign_weights",
+           "copy_weights", "checkpoint_layer_count", "WeightsError", "PICKLE_SUFFIXES", "WEIGHT_DTYPES"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -179,6 +179,14 @@ def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str, anchor: str) -> 
     }
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite, without a temporary as large as the tensor (NaN propagates to min/max)."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def check_weights(
     model: nn.Module,
     tensors: dict[str, torch.Tensor],
@@ -214,9 +222,8 @@ def check_weights(
             misshaped.append(f"{source.key}: checkpoint {stored}{note}, model expects {expected}")
         elif tensor.dtype not in WEIGHT_DTYPES:
             not_float.append(f"{source.key}: {str(tensor.dtype).removeprefix('torch.')}")
-        elif not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            not_finite.append(f"{source.key}: {bad} of {tensor.numel()} values are NaN or infinite")
+        elif not tensor.is_meta and not _finite(tensor):
+            not_finite.append(f"{source.key}: NaN or infinite values")
     unexpected = sorted(
         k for k in tensors if k not in used and not any(fnmatch.fnmatchcase(k, g) for g in ignored)
     )
@@ -245,6 +252,11 @@ def assign_weights(
 ) -> None:
     """Copy checkpoint tensors into ``model``'s parameters as ``key_map`` says, after :func:`check_weights`."""
     check_weights(model, tensors, key_map, ignored, source_name)
+    copy_weights(model, tensors, key_map)
+
+
+def copy_weights(model: nn.Module, tensors: dict[str, torch.Tensor], key_map: dict[str, Source]) -> None:
+    """Copy checkpoint tensors into ``model``'s parameters as ``key_map`` says (checked by :func:`check_weights`)."""
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name, source in key_map.items():
