@@ -17,6 +17,7 @@ the metadata describes (all problems listed in one error).
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from qkv.models.config import ConfigError, LlamaConfig
 from qkv.models.llama import LlamaForCausalLM
 from qkv.models.tokenizer import Tokenizer, backend_from_gguf
-from qkv.models.weights import Source, WeightsError, check_sizes, check_weights, copy_weights
+from qkv.models.weights import Source, WeightsError, build_on_meta, check_sizes, check_weights, copy_weights
 
 __all__ = [
     "load_gguf",
@@ -216,8 +217,7 @@ def load_gguf(
     check_sizes(config, header, f"{path} (its metadata)", f"{path} (its tensors)",
                 field_names=gguf_field_names(config.model_type))
     try:
-        with torch.device("meta"):
-            model = LlamaForCausalLM(config)
+        model = build_on_meta(partial(LlamaForCausalLM, config))
     except (ValueError, TypeError) as error:  # a value the modules refuse, e.g. a rope scaling field
         raise ConfigError(f"{path}: {' '.join(str(error).split())}") from error
     key_map = gguf_key_map(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from qkv.models.llama import LLAMA_ANCHOR, LLAMA_IGNORED, LLAMA_PREFIX, LlamaFor
 from qkv.models.tokenizer import Tokenizer
 from qkv.models.weights import (
     Source,
+    build_on_meta,
     check_sizes,
     check_weights,
     copy_weights,
@@ -148,20 +150,20 @@ def _plan(folder: Path) -> _Plan:
         prefix, anchor = GPT2_PREFIX, GPT2_ANCHOR
     header = strip_prefix(read_safetensors_header(folder), prefix, anchor)
     check_sizes(config, header, config_path, checkpoint)
+    if isinstance(config, BertConfig):
+        with_pooler = "pooler.dense.weight" in header
+        build = partial(BertModel, config, with_pooler=with_pooler)
+        key_map, ignored = bert_key_map(config, with_pooler), BERT_IGNORED
+    elif isinstance(config, LlamaConfig):
+        build = partial(LlamaForCausalLM, config)
+        key_map = llama_key_map(config)
+        ignored = LLAMA_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
+    else:
+        build = partial(GPT2LMHeadModel, config)
+        key_map = gpt2_key_map(config)
+        ignored = GPT2_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
     try:
-        with torch.device("meta"):
-            if isinstance(config, BertConfig):
-                with_pooler = "pooler.dense.weight" in header
-                model = BertModel(config, with_pooler=with_pooler)
-                key_map, ignored = bert_key_map(config, with_pooler), BERT_IGNORED
-            elif isinstance(config, LlamaConfig):
-                model = LlamaForCausalLM(config)
-                key_map = llama_key_map(config)
-                ignored = LLAMA_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
-            else:
-                model = GPT2LMHeadModel(config)
-                key_map = gpt2_key_map(config)
-                ignored = GPT2_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
+        model = build_on_meta(build)
     except (ValueError, TypeError) as error:  # a value the modules refuse, e.g. a rope_scaling field
         raise ConfigError(f"{config_path}: {' '.join(str(error).split())}") from error
     check_weights(model, header, key_map, ignored, source_name=checkpoint)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,11 +11,13 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from qkv.models.config import ConfigError
 
 __all__ = ["Source", "read_safetensors", "read_safetensors_header", "check_sizes", "check_weights", "assign_weights",
-           "copy_weights", "checkpoint_layer_count", "WeightsError", "PICKLE_SUFFIXES", "WEIGHT_DTYPES"]
+           "copy_weights", "build_on_meta", "checkpoint_layer_count", "WeightsError", "PICKLE_SUFFIXES",
+           "WEIGHT_DTYPES"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -120,6 +122,26 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             raise _unreadable(path, error) from error
     return tensors
+
+
+class _NoRandomInitOnMeta(TorchFunctionMode):
+    """Skips random initialisation of meta tensors: they hold no values, and torch's meta version of
+    ``normal_`` imports some 900 modules (seconds) the first time it runs."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        initialises = func in (torch.Tensor.normal_, torch.Tensor.uniform_) or (
+            getattr(func, "__module__", None) == "torch.nn.init")  # these return the tensor they fill
+        target = args[0] if args else kwargs.get("tensor")
+        if initialises and getattr(target, "is_meta", False):
+            return target
+        return func(*args, **kwargs)
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` on the meta device: every parameter's shape, no storage, nothing initialised."""
+    with torch.device("meta"), _NoRandomInitOnMeta():
+        return build()
 
 
 def checkpoint_layer_count(names: Iterable[str]) -> int:
