@@ -232,10 +232,14 @@ def load(
 
     Raises:
         FileNotFoundError: no such folder, or no config.json / tokenizer.json.
-        ValueError: a dtype other than those above, an unsupported model_type, a pickle
+        ValueError: in one line naming the file and the field, before the model is
+            allocated: a dtype other than those above, an unsupported model_type, a config
+            value out of range (sizes positive, heads dividing widths, eps > 0), a config
+            asking for more layers or larger sizes than its checkpoint holds, a pickle
             checkpoint (refused, never unpickled), a corrupt file, an unsupported GGUF
-            architecture or quantization type, or tensors that do not match the config
-            (all missing, unexpected and mis-shaped ones listed).
+            architecture or quantization type, tensors that do not match the config (all
+            missing, unexpected, mis-shaped and non-floating ones listed), a tokenizer with
+            ids beyond the embedding table, or NaN/infinite weights.
         TypeError: a dtype that is neither a string nor a torch.dtype.
 
     Example:
