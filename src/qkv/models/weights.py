@@ -249,20 +249,21 @@ def check_weights(
     unexpected = sorted(
         k for k in tensors if k not in used and not any(fnmatch.fnmatchcase(k, g) for g in ignored)
     )
-    problems = []
-    if missing:
-        problems.append(f"missing tensors ({len(missing)}): {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors ({len(unexpected)}): {unexpected}")
-    if misshaped:
-        problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
-    if not_float:
-        problems.append(f"tensors that are not floating point ({len(not_float)}): {not_float}; weights must be "
-                        f"float16, bfloat16, float32 or float64")
-    if not_finite:
-        problems.append(f"non-finite tensors ({len(not_finite)}): {not_finite}")
+    kinds = [("missing tensors", missing, ""), ("unexpected tensors", unexpected, ""),
+             ("mis-shaped tensors", misshaped, ""),
+             ("tensors that are not floating point", not_float,
+              "; weights must be float16, bfloat16, float32 or float64"),
+             ("non-finite tensors", not_finite, "")]
+    problems = [f"{kind} ({len(items)}): {_some(items)}{fix}" for kind, items, fix in kinds if items]
     if problems:
-        raise WeightsError(f"{source_name} does not match the model its config describes: " + "; ".join(problems))
+        raise WeightsError(f"{source_name} cannot be loaded into the model its config describes: "
+                           + "; ".join(problems))
+
+
+def _some(items: list[str], shown: int = 12) -> str:
+    """The first ``shown`` items as a list, and how many more: a message stays one readable line."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return f"{items[:shown]}{more}"
 
 
 def assign_weights(
