@@ -40,7 +40,7 @@ def _from_dict(cls, values: dict[str, Any], source: str):
         raise ConfigError(f"{source}: {error}") from error
 
 
-# No tensor dimension qkv loads is larger: bounds what a config can ask to build, even on the meta device.
+# An upper bound on every size: absurd values never reach shape arithmetic (int64 overflow), even on the meta device.
 MAX_SIZE = 2**31 - 1
 
 
