@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["BertConfig", "GPT2Config", "LlamaConfig", "config_from_dict", "LLAMA_FAMILY"]
 
@@ -37,6 +38,37 @@ def _from_dict(cls, values: dict[str, Any], source: str):
         return cls(**chosen)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from error
+
+
+# An upper bound on every size: absurd values never reach shape arithmetic (int64 overflow), even on the meta device.
+MAX_SIZE = 2**31 - 1
+
+
+def _require_sizes(config: object, names: tuple[str, ...]) -> None:
+    """Each named field (None allowed where the dataclass allows it) is an integer in 1 .. MAX_SIZE."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not 1 <= value <= MAX_SIZE:
+            raise ConfigError(f"{name} must be a positive integer (at most {MAX_SIZE}); got {value}")
+
+
+def _require_positive_finite(config: object, names: tuple[str, ...]) -> None:
+    """Each named float field is finite and > 0 (an epsilon of 0 divides by zero on a constant vector)."""
+    for name in names:
+        value = getattr(config, name)
+        try:
+            usable = math.isfinite(value) and value > 0
+        except OverflowError:  # an integer too large for a float
+            usable = False
+        if not usable:
+            raise ConfigError(f"{name} must be a finite number > 0; got {value}")
+
+
+def _require_activation(name: str, value: str) -> None:
+    from qkv.nn.layers import ACTIVATIONS  # models build on nn
+
+    if value not in ACTIVATIONS:
+        raise ConfigError(f"{name}={value!r} is not supported; supported: {sorted(ACTIVATIONS)}")
 
 
 def _fits(value: object, hint: object) -> bool:
@@ -75,7 +107,15 @@ class BertConfig:
     position_embedding_type: str = "absolute"  # only "absolute" is supported
     model_type: str = "bert"
 
+    # The field that counts blocks, and the sizes that are tensor dimensions (never larger than the checkpoint's).
+    LAYERS: ClassVar[str] = "num_hidden_layers"
+    TENSOR_SIZES: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "num_attention_heads",
+                                               "intermediate_size", "max_position_embeddings", "type_vocab_size")
+
     def __post_init__(self) -> None:
+        _require_sizes(self, (self.LAYERS, *self.TENSOR_SIZES))
+        _require_positive_finite(self, ("layer_norm_eps",))
+        _require_activation("hidden_act", self.hidden_act)
         if self.position_embedding_type != "absolute":
             raise ConfigError(
                 f"position_embedding_type={self.position_embedding_type!r} is not supported; "
@@ -114,7 +154,13 @@ class GPT2Config:
     tie_word_embeddings: bool = True  # LM head shares the token embedding matrix
     model_type: str = "gpt2"
 
+    LAYERS: ClassVar[str] = "n_layer"
+    TENSOR_SIZES: ClassVar[tuple[str, ...]] = ("vocab_size", "n_positions", "n_embd", "n_head", "n_inner")
+
     def __post_init__(self) -> None:
+        _require_sizes(self, (self.LAYERS, *self.TENSOR_SIZES))
+        _require_positive_finite(self, ("layer_norm_epsilon",))
+        _require_activation("activation_function", self.activation_function)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
@@ -157,12 +203,20 @@ class LlamaConfig:
     tie_word_embeddings: bool = False  # LM head shares the token embedding matrix
     sliding_window: int | None = None  # Hugging Face's window W: a token sees itself and W - 1 before it
     layer_types: list[str] | None = None  # per layer "full_attention" or "sliding_attention" (None: all alike)
+    max_window_layers: int | None = None  # with layer_types None, layers from this index on slide (qwen2)
     bos_token_id: int | None = None  # beginning-of-sequence token
     eos_token_id: int | None = None  # end-of-sequence token (the first, if the config lists several)
     pad_token_id: int | None = None  # padding token
     model_type: str = "llama"  # "llama", "mistral" or "qwen2"
 
+    LAYERS: ClassVar[str] = "num_hidden_layers"
+    TENSOR_SIZES: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "intermediate_size",
+                                               "num_attention_heads", "num_key_value_heads", "head_dim")
+
     def __post_init__(self) -> None:
+        _require_sizes(self, (self.LAYERS, *self.TENSOR_SIZES, "max_position_embeddings"))
+        _require_positive_finite(self, ("rms_norm_eps", "rope_theta"))
+        _require_activation("hidden_act", self.hidden_act)
         heads, kv_heads = self.num_attention_heads, self.kv_heads
         if heads < 1 or kv_heads < 1 or heads % kv_heads:
             raise ConfigError(
@@ -176,11 +230,15 @@ class LlamaConfig:
         if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
             raise ConfigError(f"layer_types lists {len(self.layer_types)} layers but num_hidden_layers="
                               f"{self.num_hidden_layers}")
+        if not all(isinstance(kind, str) for kind in self.layer_types or ()):
+            raise ConfigError(f"layer_types must be a list of strings; got {self.layer_types!r:.200}")
         unknown = sorted(set(self.layer_types or ()) - {"full_attention", "sliding_attention"})
         if unknown:
             raise ConfigError(f"layer_types {unknown} are not supported; known: full_attention, sliding_attention")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ConfigError(f"sliding_window must be >= 1 (or null); got {self.sliding_window}")
+        if self.max_window_layers is not None and self.max_window_layers < 0:
+            raise ConfigError(f"max_window_layers must be >= 0 (or null); got {self.max_window_layers}")
         from qkv.nn.rotary import ROPE_TYPES  # models build on nn
 
         rope_type = (self.rope_scaling or {}).get("rope_type", "default")
@@ -201,6 +259,8 @@ class LlamaConfig:
             return None
         if self.layer_types is not None and self.layer_types[layer] != "sliding_attention":
             return None
+        if self.layer_types is None and self.max_window_layers is not None and layer < self.max_window_layers:
+            return None
         return (self.sliding_window - 1, 0)
 
     @classmethod
@@ -209,12 +269,16 @@ class LlamaConfig:
 
         Rotary settings are read from ``rope_parameters`` (transformers 5) or
         ``rope_theta`` + ``rope_scaling`` (earlier); Qwen2's ``use_sliding_window`` and
-        ``max_window_layers`` become ``layer_types``.
+        ``max_window_layers`` say which layers slide (unless the config lists ``layer_types``).
         """
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: a config must be a JSON object; got {type(values).__name__}")
         values = dict(values)
-        rope = dict(values.pop("rope_parameters", None) or values.get("rope_scaling") or {})
+        rope = values.pop("rope_parameters", None) or values.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ConfigError(f"{source}: rope_parameters / rope_scaling must be a JSON object or null; "
+                              f"got {type(rope).__name__} {rope!r:.80}")
+        rope = dict(rope)
         theta = rope.pop("rope_theta", values.get("rope_theta", 10000.0))
         rope_type = rope.pop("rope_type", rope.pop("type", "default"))
         values["rope_theta"] = theta
@@ -229,11 +293,14 @@ class LlamaConfig:
             if not values.get("use_sliding_window", False):
                 values["sliding_window"] = None
                 values["layer_types"] = None
+                values["max_window_layers"] = None
             elif values.get("layer_types") is None:
-                first = values.get("max_window_layers", 28)
-                values["layer_types"] = ["sliding_attention" if i >= first else "full_attention"
-                                         for i in range(values["num_hidden_layers"])]
-        elif model_type == "llama":
+                values["max_window_layers"] = values.get("max_window_layers", 28)
+            else:
+                values["max_window_layers"] = None
+        else:
+            values["max_window_layers"] = None
+        if model_type == "llama":
             values["sliding_window"] = None
         return _from_dict(cls, values, source)
 
@@ -248,7 +315,7 @@ def config_from_dict(
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: a config must be a JSON object; got {type(values).__name__}")
     model_type = values.get("model_type")
-    if model_type not in SUPPORTED:
+    if not isinstance(model_type, str) or model_type not in SUPPORTED:
         raise ConfigError(
             f"{source}: model_type={model_type!r} is not supported; qkv runs the families "
             f"{sorted(SUPPORTED)}"

@@ -17,6 +17,7 @@ the metadata describes (all problems listed in one error).
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from qkv.models.config import ConfigError, LlamaConfig
 from qkv.models.llama import LlamaForCausalLM
 from qkv.models.tokenizer import Tokenizer, backend_from_gguf
-from qkv.models.weights import Source, WeightsError, assign_weights
+from qkv.models.weights import Source, WeightsError, build_on_meta, check_sizes, check_weights, copy_weights
 
 __all__ = [
     "load_gguf",
@@ -51,10 +52,10 @@ def _reader(path: Path):
 
     try:
         return gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError, KeyError) as error:
+    except (ValueError, OSError, IndexError, KeyError, TypeError, OverflowError) as error:
         size = path.stat().st_size if path.exists() else 0
-        raise WeightsError(f"could not read {path} ({size} bytes) as GGUF: {error}; the file is truncated or "
-                           f"is not a GGUF file") from error
+        raise WeightsError(f"could not read {path} ({size} bytes) as GGUF: {' '.join(str(error).split())}; "
+                           f"the file is truncated or is not a GGUF file") from error
 
 
 def _field(reader, key: str, default: object = None) -> object:
@@ -84,16 +85,28 @@ def read_gguf_config(reader, source: str) -> LlamaConfig:
         raise ConfigError(f"{source}: GGUF architecture {arch!r} is not supported; qkv runs "
                           f"{list(SUPPORTED_ARCHITECTURES)}")
 
-    def need(key: str) -> object:
-        value = _field(reader, f"{arch}.{key}")
+    def number(key: str, default: object = None, kind: type = int) -> object:
+        """The metadata value ``key`` as ``kind`` (None if absent and no default); ConfigError naming it."""
+        value = _field(reader, key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: GGUF metadata {key} must be a number; got {type(value).__name__} "
+                              f"{value!r:.80}")
+        if kind is int and not (isinstance(value, int) or value.is_integer()):
+            raise ConfigError(f"{source}: GGUF metadata {key} must be an integer; got {value!r}")
+        return kind(value)
+
+    def need(key: str) -> int:
+        value = number(f"{arch}.{key}")
         if value is None:
             raise ConfigError(f"{source}: GGUF metadata has no {arch}.{key}")
         return value
 
-    heads = int(need("attention.head_count"))
-    d_model = int(need("embedding_length"))
+    heads = need("attention.head_count")
+    d_model = need("embedding_length")
     tokens = _field(reader, "tokenizer.ggml.tokens")
-    vocab_size = _field(reader, f"{arch}.vocab_size") or (len(tokens) if tokens is not None else None)
+    vocab_size = number(f"{arch}.vocab_size") or (len(tokens) if isinstance(tokens, list) else None)
     if vocab_size is None:
         raise ConfigError(f"{source}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
     scaling_type = _field(reader, f"{arch}.rope.scaling.type")
@@ -105,17 +118,17 @@ def read_gguf_config(reader, source: str) -> LlamaConfig:
     if any(tensor.name == "rope_freqs.weight" for tensor in reader.tensors):
         raise ConfigError(f"{source}: per-frequency rotary factors (rope_freqs.weight, Llama 3.1's scaling) are not "
                           f"supported in GGUF files; load the model's Hugging Face folder instead")
-    head_dim = _field(reader, f"{arch}.attention.key_length") or _field(reader, f"{arch}.rope.dimension_count")
+    head_dim = number(f"{arch}.attention.key_length") or number(f"{arch}.rope.dimension_count")
     tied = not any(tensor.name == "output.weight" for tensor in reader.tensors)
     try:
         return LlamaConfig(
-            vocab_size=int(vocab_size), hidden_size=d_model, intermediate_size=int(need("feed_forward_length")),
-            num_hidden_layers=int(need("block_count")), num_attention_heads=heads,
-            num_key_value_heads=int(_field(reader, f"{arch}.attention.head_count_kv", heads)),
-            head_dim=int(head_dim) if head_dim else None,
-            max_position_embeddings=int(_field(reader, f"{arch}.context_length", 2048)),
-            rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-            rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+            vocab_size=vocab_size, hidden_size=d_model, intermediate_size=need("feed_forward_length"),
+            num_hidden_layers=need("block_count"), num_attention_heads=heads,
+            num_key_value_heads=number(f"{arch}.attention.head_count_kv", heads),
+            head_dim=head_dim or None,
+            max_position_embeddings=number(f"{arch}.context_length", 2048),
+            rms_norm_eps=number(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6, float),
+            rope_theta=number(f"{arch}.rope.freq_base", 10000.0, float),
             rope_scaling=rope_scaling, tie_word_embeddings=tied,
             bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
             eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
@@ -124,6 +137,14 @@ def read_gguf_config(reader, source: str) -> LlamaConfig:
         )
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from error
+
+
+def gguf_field_names(arch: str) -> dict[str, str]:
+    """The GGUF metadata key of each :class:`LlamaConfig` size, for messages."""
+    return {"num_hidden_layers": f"{arch}.block_count", "vocab_size": f"{arch}.vocab_size (or the token count)",
+            "hidden_size": f"{arch}.embedding_length", "intermediate_size": f"{arch}.feed_forward_length",
+            "num_attention_heads": f"{arch}.attention.head_count",
+            "num_key_value_heads": f"{arch}.attention.head_count_kv", "head_dim": f"{arch}.attention.key_length"}
 
 
 def gguf_key_map(config: LlamaConfig) -> dict[str, Source]:
@@ -185,14 +206,33 @@ def load_gguf(
     if unsupported:
         raise WeightsError(f"{path}: tensors of unsupported quantization types {unsupported[:8]}"
                            f"{' ...' if len(unsupported) > 8 else ''}; qkv dequantizes {list(SUPPORTED_TYPES)}")
-    key_map = gguf_key_map(config)
     ignored = ()
     # Names and shapes from the header, checked on a model without storage before any tensor is read.
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-        shapes = {t.name: torch.empty(tuple(int(n) for n in reversed(t.shape))) for t in reader.tensors}
-        assign_weights(model, shapes, key_map, ignored, source_name=f"{path} (its GGUF metadata)")
-    model = model.to_empty(device="cpu")  # storage without a random initialisation: every tensor is set below
+    try:
+        with torch.device("meta"):
+            header = {t.name: torch.empty(tuple(int(n) for n in reversed(t.shape))) for t in reader.tensors}
+    except (RuntimeError, ValueError, OverflowError) as error:
+        raise WeightsError(f"{path}: a tensor shape in the header is impossible: {' '.join(str(error).split())}; "
+                           f"the file is corrupt") from error
+    check_sizes(config, header, f"{path} (its metadata)", f"{path} (its tensors)",
+                field_names=gguf_field_names(config.model_type))
+    try:
+        model = build_on_meta(partial(LlamaForCausalLM, config))
+    except (ValueError, TypeError) as error:  # a value the modules refuse, e.g. a rope scaling field
+        raise ConfigError(f"{path}: {' '.join(str(error).split())}") from error
+    key_map = gguf_key_map(config)
+    check_weights(model, header, key_map, ignored, source_name=f"{path} (its GGUF metadata)")
+    try:
+        backend = backend_from_gguf(reader, str(path))
+    except ValueError:
+        raise
+    except Exception as error:  # the tokenizers library's own errors on a malformed vocabulary or merges
+        raise WeightsError(f"{path}: its tokenizer.ggml vocabulary or merges could not be read: "
+                           f"{' '.join(str(error).split())}") from error
+    tokenizer = Tokenizer(backend, name=str(path),
+                          max_length=config.max_position_embeddings, pad_token_id=config.pad_token_id,
+                          chat_template=_field(reader, "tokenizer.chat_template"))
+    tokenizer.check_fits(config.vocab_size, f"{path}'s vocabulary size")
     tensors = {}
     for tensor in reader.tensors:
         if tensor.name in ignored:
@@ -203,8 +243,7 @@ def load_gguf(
         elif tensor.name.endswith(".attn_k.weight"):
             value = unpermute_rotary(value, config.kv_heads)
         tensors[tensor.name] = value
-    assign_weights(model, tensors, key_map, ignored, source_name=str(path))
-    tokenizer = Tokenizer(backend_from_gguf(reader, str(path)), name=str(path),
-                          max_length=config.max_position_embeddings, pad_token_id=config.pad_token_id,
-                          chat_template=_field(reader, "tokenizer.chat_template"))
+    check_weights(model, tensors, key_map, ignored, source_name=str(path))  # the values too, now they are read
+    model = model.to_empty(device="cpu")  # storage without a random initialisation: every tensor is set
+    copy_weights(model, tensors, key_map)
     return model.to(device=device, dtype=dtype).eval(), tokenizer

@@ -9,6 +9,8 @@ model.safetensors and tokenizer.json, or a path to a ``.gguf`` file.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,7 +21,17 @@ from qkv.models.gguf import load_gguf, smollm2_path
 from qkv.models.gpt2 import GPT2_ANCHOR, GPT2_IGNORED, GPT2_PREFIX, GPT2LMHeadModel, gpt2_key_map
 from qkv.models.llama import LLAMA_ANCHOR, LLAMA_IGNORED, LLAMA_PREFIX, LlamaForCausalLM, llama_key_map
 from qkv.models.tokenizer import Tokenizer
-from qkv.models.weights import assign_weights, read_safetensors, strip_prefix
+from qkv.models.weights import (
+    Source,
+    build_on_meta,
+    check_sizes,
+    check_weights,
+    copy_weights,
+    read_safetensors,
+    read_safetensors_header,
+    safetensors_files,
+    strip_prefix,
+)
 
 __all__ = ["load", "load_model", "default_model_path", "DEFAULT_MODEL"]
 
@@ -92,15 +104,79 @@ def resolve_folder(path_or_name: str | Path) -> Path:
 
 
 def read_config(folder: Path) -> BertConfig | GPT2Config | LlamaConfig:
-    """The family config from ``folder/config.json``."""
+    """The family config from ``folder/config.json``, every value checked (see :mod:`qkv.models.config`)."""
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json; it must be a Hugging Face model folder")
     try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path} is not valid JSON: {error}") from error
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ConfigError(f"{path} nests its JSON too deeply to be a model config") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+        raise ConfigError(f"{path} is not valid JSON: {' '.join(str(error).split())}") from error
     return config_from_dict(values, source=str(path))
+
+
+@dataclass
+class _Plan:
+    """A folder's model checked against its checkpoint's headers: built on the meta device, no weight read."""
+
+    folder: Path
+    config: BertConfig | GPT2Config | LlamaConfig
+    model: BertModel | GPT2LMHeadModel | LlamaForCausalLM  # on the meta device
+    key_map: dict[str, Source]
+    ignored: tuple[str, ...]
+    prefix: str  # the family prefix the checkpoint may use
+    anchor: str
+    checkpoint: str  # the safetensors file(s), for messages
+
+
+def _plan(folder: Path) -> _Plan:
+    """Config and checkpoint headers checked against each other before anything is allocated.
+
+    The order keeps every check cheap: the config's values alone; its layer count and sizes
+    against the checkpoint's header; then a model without storage (meta device) whose every
+    parameter is compared, by name, shape and dtype, with the header's tensors.
+    """
+    config = read_config(folder)
+    config_path = str(folder / "config.json")
+    files = safetensors_files(folder)
+    checkpoint = str(files[0]) if len(files) == 1 else f"{folder / 'model.safetensors.index.json'} (its shards)"
+    if isinstance(config, BertConfig):
+        prefix, anchor = BERT_PREFIX, BERT_ANCHOR
+    elif isinstance(config, LlamaConfig):
+        prefix, anchor = LLAMA_PREFIX, LLAMA_ANCHOR
+    else:
+        prefix, anchor = GPT2_PREFIX, GPT2_ANCHOR
+    header = strip_prefix(read_safetensors_header(folder), prefix, anchor)
+    check_sizes(config, header, config_path, checkpoint)
+    if isinstance(config, BertConfig):
+        with_pooler = "pooler.dense.weight" in header
+        build = partial(BertModel, config, with_pooler=with_pooler)
+        key_map, ignored = bert_key_map(config, with_pooler), BERT_IGNORED
+    elif isinstance(config, LlamaConfig):
+        build = partial(LlamaForCausalLM, config)
+        key_map = llama_key_map(config)
+        ignored = LLAMA_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
+    else:
+        build = partial(GPT2LMHeadModel, config)
+        key_map = gpt2_key_map(config)
+        ignored = GPT2_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
+    try:
+        model = build_on_meta(build)
+    except (ValueError, TypeError) as error:  # a value the modules refuse, e.g. a rope_scaling field
+        raise ConfigError(f"{config_path}: {' '.join(str(error).split())}") from error
+    check_weights(model, header, key_map, ignored, source_name=checkpoint)
+    return _Plan(folder, config, model, key_map, ignored, prefix, anchor, checkpoint)
+
+
+def _load_weights(plan: _Plan, dtype: torch.dtype, device: str | torch.device):
+    """The planned model with its weights, read now (and checked for non-finite values)."""
+    tensors = strip_prefix(read_safetensors(plan.folder), plan.prefix, plan.anchor)
+    check_weights(plan.model, tensors, plan.key_map, plan.ignored, source_name=plan.checkpoint)  # values too now
+    model = plan.model.to_empty(device="cpu")  # storage without a random initialisation: every tensor is set
+    copy_weights(model, tensors, plan.key_map)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def load_model(
@@ -114,26 +190,21 @@ def load_model(
     gguf_path = gguf_file(path_or_name)
     if gguf_path is not None:
         return load_gguf(gguf_path, dtype=dtype, device=device)[0]
-    folder = resolve_folder(path_or_name)
-    config = read_config(folder)
-    tensors = read_safetensors(folder)
-    if isinstance(config, BertConfig):
-        tensors = strip_prefix(tensors, BERT_PREFIX, BERT_ANCHOR)
-        with_pooler = "pooler.dense.weight" in tensors
-        model = BertModel(config, with_pooler=with_pooler)
-        key_map, ignored = bert_key_map(config, with_pooler), BERT_IGNORED
-    elif isinstance(config, LlamaConfig):
-        tensors = strip_prefix(tensors, LLAMA_PREFIX, LLAMA_ANCHOR)
-        model = LlamaForCausalLM(config)
-        key_map = llama_key_map(config)
-        ignored = LLAMA_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
-    else:
-        tensors = strip_prefix(tensors, GPT2_PREFIX, GPT2_ANCHOR)
-        model = GPT2LMHeadModel(config)
-        key_map = gpt2_key_map(config)
-        ignored = GPT2_IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
-    assign_weights(model, tensors, key_map, ignored, source_name=str(folder / "model.safetensors"))
-    return model.to(device=device, dtype=dtype).eval()
+    return _load_weights(_plan(resolve_folder(path_or_name)), dtype, device)
+
+
+def _sentence_max_length(folder: Path, max_length: int) -> int | None:
+    """sentence-transformers' ``max_seq_length`` (sentence_bert_config.json), capped by the model's limit."""
+    path = folder / "sentence_bert_config.json"
+    try:
+        declared = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+    except (ValueError, RecursionError, AttributeError) as error:
+        raise ConfigError(f"{path} is not a JSON object: {' '.join(str(error).split())}") from error
+    if declared is None:
+        return None
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+        raise ConfigError(f"{path}: max_seq_length must be a positive integer or null; got {declared!r:.80}")
+    return min(declared, max_length)
 
 
 def load(
@@ -161,10 +232,14 @@ def load(
 
     Raises:
         FileNotFoundError: no such folder, or no config.json / tokenizer.json.
-        ValueError: a dtype other than those above, an unsupported model_type, a pickle
+        ValueError: in one line naming the file and the field, before the model is
+            allocated: a dtype other than those above, an unsupported model_type, a config
+            value out of range (sizes positive, heads dividing widths, eps > 0), a config
+            asking for more layers or larger sizes than its checkpoint holds, a pickle
             checkpoint (refused, never unpickled), a corrupt file, an unsupported GGUF
-            architecture or quantization type, or tensors that do not match the config
-            (all missing, unexpected and mis-shaped ones listed).
+            architecture or quantization type, tensors that do not match the config (all
+            missing, unexpected, mis-shaped and non-floating ones listed), a tokenizer with
+            ids beyond the embedding table, or NaN/infinite weights.
         TypeError: a dtype that is neither a string nor a torch.dtype.
 
     Example:
@@ -178,14 +253,19 @@ def load(
         model.name = NAMED_MODELS.get(str(path_or_name), gguf_path.stem)
         model.tokenizer = tokenizer
         return model, tokenizer
-    model = load_model(path_or_name, dtype=dtype, device=device)
+    dtype = resolve_dtype(dtype)
     folder = resolve_folder(path_or_name)
-    model.name = NAMED_MODELS.get(str(path_or_name), folder.name)
-    max_length = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    plan = _plan(folder)
+    config = plan.config
+    max_length = getattr(config, "max_position_embeddings", None) or config.n_positions
     tokenizer = Tokenizer.from_file(folder / "tokenizer.json", max_length=max_length)
+    tokenizer.check_fits(config.vocab_size, f"{folder / 'config.json'}'s vocab_size")
+    sentence_max_length = None
+    if (folder / "sentence_bert_config.json").is_file() and isinstance(config, BertConfig):
+        sentence_max_length = _sentence_max_length(folder, max_length)
+    model = _load_weights(plan, dtype, device)
+    model.name = NAMED_MODELS.get(str(path_or_name), folder.name)
     model.tokenizer = tokenizer
-    sentence_config = folder / "sentence_bert_config.json"
-    if sentence_config.is_file() and hasattr(model, "sentence_max_length"):
-        declared = json.loads(sentence_config.read_text()).get("max_seq_length")
-        model.sentence_max_length = None if declared is None else min(int(declared), max_length)
+    if isinstance(model, BertModel):
+        model.sentence_max_length = sentence_max_length
     return model, tokenizer

@@ -109,6 +109,26 @@ class Tokenizer:
         """Number of token ids, added tokens included."""
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    def check_fits(self, vocab_size: int, table: str) -> None:
+        """Refuse a tokenizer that can give an id (its padding id included) outside the embedding table.
+
+        Args:
+            vocab_size: rows of the model's token embedding table.
+            table: where ``vocab_size`` comes from, for the message (e.g. "config.json's vocab_size").
+
+        Raises:
+            ValueError: naming the tokenizer, its largest id and ``table``.
+        """
+        ids = self.backend.get_vocab(with_added_tokens=True).values()
+        largest = max(ids, default=-1)
+        if largest >= vocab_size:
+            raise ValueError(f"{self.name}: the tokenizer has ids up to {largest}, but {table} is {vocab_size}: "
+                             f"the model's embedding table has no row for ids >= {vocab_size}; use the "
+                             f"tokenizer the model was trained with")
+        if not 0 <= self.pad_token_id < vocab_size:
+            raise ValueError(f"{self.name}: the padding id {self.pad_token_id} is outside the embedding table "
+                             f"({table} is {vocab_size}); set a pad token id in 0 .. {vocab_size - 1}")
+
     def token_to_id(self, token: str) -> int | None:
         """The id of ``token``, or None."""
         return self.backend.token_to_id(token)
