@@ -1,0 +1,86 @@
+"""Attention sinks in a causal model: window + global_tokens equals the explicit mask, and the
+SinkCache equals recomputation with the same visibility at every step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qkv.attention import attention
+from qkv.attention.api import build_spec
+from qkv.attention.tiled import tiled_attention
+from qkv.models.config import LlamaConfig
+from qkv.models.llama import LlamaForCausalLM
+
+VOCAB = 61
+
+
+def tiny_decoder(layers: int = 3, seed: int = 0) -> LlamaForCausalLM:
+    """A random Llama-family decoder in float64: 6 query heads, 2 key/value heads, odd widths."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=36, intermediate_size=37, num_hidden_layers=layers,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).double().eval()
+    with torch.no_grad():  # norms away from one, so that every weight matters
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("norm_final.weight"):
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+    return model
+
+
+def sink_mask(nq: int, nk: int, window: int, sinks: int) -> torch.Tensor:
+    """(Nq, Nk) bool: query at position p sees key j when j <= p and (j > p - window or j < sinks)."""
+    positions = torch.arange(nk - nq, nk)[:, None]
+    keys = torch.arange(nk)[None, :]
+    return (keys <= positions) & ((keys > positions - window) | (keys < sinks))
+
+
+@pytest.mark.parametrize("nq, nk", [(17, 17), (5, 17), (1, 17), (97, 97)])
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "tiled", "sliding"])
+def test_causal_window_with_sinks_equals_the_explicit_mask(backend: str, nq: int, nk: int) -> None:
+    """A sink is seen by every later query and sees only what causality allows (outputs and gradients)."""
+    generator = torch.Generator().manual_seed(nq * 1000 + nk)
+    window, sinks = 5, 3
+
+    def inputs() -> list[torch.Tensor]:
+        shapes = [(2, 4, nq, 7), (2, 2, nk, 7), (2, 2, nk, 7)]
+        return [torch.randn(s, generator=generator, dtype=torch.float64).requires_grad_() for s in shapes]
+
+    q, k, v = inputs()
+    expected = attention(q, k, v, mask=sink_mask(nq, nk, window, sinks), backend="reference")
+    grad_out = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
+    options = {"causal": True, "window": (window - 1, 0), "global_tokens": list(range(sinks))}
+    if backend == "tiled":  # blocks that do not divide N, so that the sink block is visited on its own
+        spec, scale = build_spec(q, k, v, mask=None, key_padding_mask=None, scale=None, **options)
+        out = tiled_attention(q, k, v, spec, scale, False, block_q=4, block_k=6)
+    else:
+        out = attention(q, k, v, backend=backend, **options)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    assert (out - expected).abs().max().item() < 1e-12
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert (grad - expected_grad).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "sdpa", "sliding"])
+def test_a_decoder_with_window_and_sinks_equals_the_explicit_mask_through_its_scores(backend: str) -> None:
+    """The whole decoder: logits and parameter gradients equal the model whose scores are masked by hand."""
+    window, sinks, n = 4, 2, 19
+    ids = torch.randint(0, VOCAB, (2, n), generator=torch.Generator().manual_seed(3))
+    visible = sink_mask(n, n, window, sinks)
+
+    def loss_and_grads(model: LlamaForCausalLM) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        logits = model(ids).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+        return logits, torch.autograd.grad(loss, list(model.parameters()))
+
+    reference = tiny_decoder()
+    hide = lambda scores, point: scores.masked_fill(~visible, float("-inf"))  # noqa: E731
+    with reference.hooks([("blocks.*.attn.scores", hide)]):
+        expected_logits, expected_grads = loss_and_grads(reference)
+    model = tiny_decoder()
+    model.set_attention(backend, window=(window - 1, 0), global_tokens=list(range(sinks)))
+    logits, grads = loss_and_grads(model)
+    assert (logits - expected_logits).abs().max().item() < 1e-12
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert (grad - expected_grad).abs().max().item() < 1e-11
