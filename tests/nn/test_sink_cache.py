@@ -11,6 +11,7 @@ from qkv.attention.api import build_spec
 from qkv.attention.tiled import tiled_attention
 from qkv.models.config import LlamaConfig
 from qkv.models.llama import LlamaForCausalLM
+from qkv.nn import SinkCache
 
 VOCAB = 61
 
@@ -84,3 +85,77 @@ def test_a_decoder_with_window_and_sinks_equals_the_explicit_mask_through_its_sc
     assert (logits - expected_logits).abs().max().item() < 1e-12
     for grad, expected_grad in zip(grads, expected_grads):
         assert (grad - expected_grad).abs().max().item() < 1e-11
+
+
+def kept(t: int, sinks: int, window: int) -> list[int]:
+    """The positions a SinkCache holds while position t is decoded: the sinks, then the last window."""
+    return sorted(set(range(min(sinks, t + 1))) | set(range(max(0, t - window + 1), t + 1)))
+
+
+@pytest.mark.parametrize("sinks, window", [(2, 5), (4, 3), (0, 4), (1, 1)])
+def test_sink_cache_equals_recomputation_on_the_kept_positions_at_every_step(sinks: int, window: int) -> None:
+    """One layer, rotary: each step's logits equal a fresh forward on the positions the cache holds, numbered
+    0 .. S-1 (positions within the cache), so eviction, sinks and rotary positions are all checked."""
+    model = tiny_decoder(layers=1)
+    ids = torch.randint(0, VOCAB, (2, 23), generator=torch.Generator().manual_seed(5))
+    cache = SinkCache(sinks, window)
+    prefill = min(3, sinks + window)
+    steps = [model(ids[:, :prefill], kv_cache=cache).logits[:, -1]]
+    steps += [model(ids[:, t:t + 1], kv_cache=cache).logits[:, -1] for t in range(prefill, 23)]
+    for t, logits in zip(range(prefill - 1, 23), steps):
+        expected = model(ids[:, kept(t, sinks, window)]).logits[:, -1]
+        assert (logits - expected).abs().max().item() < 1e-12, t
+    assert len(cache) == 23 and cache.stored(0) == sinks + window
+    assert (model(ids).logits[:, -1] - steps[-1]).abs().max().item() > 1e-3  # the evicted positions mattered
+
+
+@pytest.mark.parametrize("chunks", [[1] * 21, [9, 1, 3, 1, 1, 6], [21]])
+def test_sink_cache_in_a_deep_model_equals_one_forward_with_the_same_visibility(chunks: list[int]) -> None:
+    """Three layers without positions: what each token stored was computed with the visibility it had
+    then, which one forward with window (W - 1, 0) and global_tokens [0..k-1] gives every token at once.
+    Chunks of several new tokens (a prompt, longer than the cache or not) are checked too."""
+    sinks, window = 2, 4
+    model = tiny_decoder(layers=3)
+    for block in model.blocks:
+        block.attn.rotary = None
+    ids = torch.randint(0, VOCAB, (2, 21), generator=torch.Generator().manual_seed(6))
+    model.set_attention("auto", window=(window - 1, 0), global_tokens=list(range(sinks)))
+    expected = model(ids).logits
+    model.set_attention("auto")
+    cache, start, parts = SinkCache(sinks, window), 0, []
+    for size in chunks:
+        parts.append(model(ids[:, start:start + size], kv_cache=cache).logits)
+        start += size
+    assert (torch.cat(parts, dim=1) - expected).abs().max().item() < 1e-12
+    assert all(cache.stored(layer) <= sinks + window - 1 + chunks[-1] for layer in range(3))
+
+
+def test_generate_with_a_sink_cache_holds_constant_memory_and_follows_recomputation() -> None:
+    sinks, window = 2, 5
+    model = tiny_decoder(layers=1)
+    prompt = torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(7))
+    cache = SinkCache(sinks, window)
+    generated = model.generate(prompt, 30, cache=cache, do_sample=True, seed=11)
+    ids, generator = prompt, torch.Generator().manual_seed(11)
+    for _ in range(30):  # sampling by recomputation on the kept positions
+        logits = model(ids[:, kept(ids.shape[1] - 1, sinks, window)]).logits[:, -1].float()
+        ids = torch.cat([ids, torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)], dim=1)
+    assert torch.equal(generated, ids)
+    assert len(cache) == 33 and cache.stored(0) == sinks + window  # the last token is chosen, not yet fed
+
+
+def test_sink_cache_refuses_what_it_cannot_honour() -> None:
+    model = tiny_decoder(layers=1)
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(8))
+    with pytest.raises(ValueError, match="padding"):
+        model(ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]).bool(), kv_cache=SinkCache(1, 3))
+    model.set_attention("auto", window=(3, 0))
+    with pytest.raises(ValueError, match="window"):
+        model(ids, kv_cache=SinkCache(1, 3))
+    model.set_attention("auto")
+    used = SinkCache(1, 3)
+    model(ids, kv_cache=used)
+    with pytest.raises(ValueError, match="empty cache"):
+        model.generate(ids, 2, cache=used)
+    with pytest.raises(ValueError, match="window must be"):
+        SinkCache(4, 0)
