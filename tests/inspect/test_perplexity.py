@@ -54,8 +54,8 @@ def losses_by_hand(model: LlamaForCausalLM, ids: torch.Tensor, visible: torch.Te
 def test_perplexity_is_exp_of_the_mean_token_loss_for_full_and_windows_with_sinks() -> None:
     model, tokenizer = tiny_decoder(), CharTokenizer()
     ids = tokenizer(TEXT).input_ids[0][:101]
-    result = perplexity(model, tokenizer, TEXT, [parse_variant("window=9"), parse_variant("window=9+sinks=3")],
-                        max_tokens=101)
+    result = perplexity(model, tokenizer, TEXT, [parse_variant(name) for name in ("full", "window=9",
+                        "window=9+sinks=3")], max_tokens=101)
     rows = {row["name"]: row for row in result["variants"]}
     assert list(rows) == ["full", "window=9", "window=9+sinks=3"] and result["tokens"] == 101
     positions, keys = torch.arange(101)[:, None], torch.arange(101)[None, :]
@@ -124,7 +124,7 @@ def test_cli_prints_the_table_and_writes_json_and_the_plot(tiny_gpt2_folder, tmp
     text.write_text("She deposited her check at the bank. The river bank was muddy after the rain. " * 6)
     out_json, out_dir = tmp_path / "ppl.json", tmp_path / "figures"
     code = main(["perplexity", "--model", str(tiny_gpt2_folder), "--text", str(text), "--max-tokens", "60",
-                 "--variants", "window=8,window=8+sinks=2,stream=8+sinks=2,recompute=8+sinks=2+stride=4,linear",
+                 "--variants", "full,window=8,window=8+sinks=2,stream=8+sinks=2,recompute=8+sinks=2+stride=4,linear",
                  "--span", "16", "--json", str(out_json), "--out", str(out_dir)])
     printed = capsys.readouterr().out
     assert code == 0

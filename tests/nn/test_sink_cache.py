@@ -159,3 +159,17 @@ def test_sink_cache_refuses_what_it_cannot_honour() -> None:
         model.generate(ids, 2, cache=used)
     with pytest.raises(ValueError, match="window must be"):
         SinkCache(4, 0)
+
+
+def test_a_sink_cache_holds_constant_memory_where_a_full_cache_grows() -> None:
+    from qkv.bench.streaming import decode_cost
+    from qkv.nn import KVCache
+
+    model = tiny_decoder(layers=2)
+    prompt = torch.randint(0, VOCAB, (1, 3), generator=torch.Generator().manual_seed(9))
+    sink = decode_cost(model, prompt, 200, SinkCache(2, 8), checkpoints=[50, 100, 200])
+    full = decode_cost(model, prompt, 200, KVCache(), checkpoints=[50, 100, 200])
+    assert [row["tokens"] for row in sink] == [50, 100, 200]
+    assert len({row["cache_bytes"] for row in sink}) == 1  # 2 layers x (k, v) x (2 + 8) positions
+    assert sink[0]["cache_bytes"] == 2 * 2 * (2 + 8) * 2 * 6 * 8  # 2 kv heads of width 6, float64
+    assert full[0]["cache_bytes"] < full[1]["cache_bytes"] < full[2]["cache_bytes"]

@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     for column in ("variant", "evaluation", "perplexity", "ratio to full", "mean loss"):
         table.add_column(column, justify="left" if column in ("variant", "evaluation") else "right")
     for row in result["variants"]:
-        table.add_row(row["name"], row["evaluation"], f"{row['perplexity']:.3f}", f"{row['ratio_to_full']:.3f}",
-                      f"{row['mean_loss']:.4f}", style="bold" if row["name"] == "full" else None)
+        ratio = "-" if row["ratio_to_full"] is None else f"{row['ratio_to_full']:.3f}"
+        table.add_row(row["name"], row["evaluation"], f"{row['perplexity']:.3f}", ratio, f"{row['mean_loss']:.4f}",
+                      style="bold" if row["name"] == "full" else None)
     console.print(table)
     console.print("window=W: each token sees itself and the W - 1 tokens before it; +sinks=K: and the first K tokens "
                   "of the text. stream: token by token with SinkCache(K, W) (positions within the cache); "

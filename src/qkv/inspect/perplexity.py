@@ -288,8 +288,7 @@ def perplexity(
         model: a causal language model (Llama family, GPT-2).
         tokenizer: its tokenizer.
         text: the text; its first ``max_tokens`` tokens are used.
-        variants: the variants (see :func:`parse_variant`); "full" is added first when missing,
-            for the ratios.
+        variants: the variants (see :func:`parse_variant`); include "full" for the ratios.
         max_tokens: the most tokens used (None: all).
         on_step: called as ``on_step(variant name, tokens done, tokens in all)`` while a variant
             runs (forward variants report once, when done).
@@ -298,7 +297,8 @@ def perplexity(
         A dict: ``tokens``, ``scored`` (tokens - 1), ``max_position_embeddings`` (None if the
         model has no such limit), and ``variants``: one dict per variant with ``name``,
         ``evaluation``, ``backend``, ``options``, ``perplexity``, ``mean_loss``,
-        ``ratio_to_full`` and ``losses`` (one per scored token, positions 1 .. tokens-1).
+        ``ratio_to_full`` (None without a "full" variant) and ``losses`` (one per scored token,
+        positions 1 .. tokens-1).
 
     Raises:
         ValueError: a text of fewer than 2 tokens, or a variant the model cannot run.
@@ -309,9 +309,6 @@ def perplexity(
     if ids.shape[0] < 2:
         raise ValueError(f"the text has {ids.shape[0]} token(s); perplexity needs at least 2 (one to predict from)")
     ids = ids.to(model.device)
-    variants = list(variants)
-    if not any(v.name == "full" for v in variants):
-        variants.insert(0, parse_variant("full"))
     rows = []
     for variant in variants:
         def report(done: int, name: str = variant.name) -> None:
@@ -333,9 +330,9 @@ def perplexity(
                      "backend": variant.backend, "options": variant.options, "sinks": variant.sinks,
                      "window": variant.window, "stride": variant.stride, "mean_loss": mean,
                      "perplexity": math.exp(mean), "losses": [round(x, 6) for x in losses.tolist()]})
-    full = next(row for row in rows if row["name"] == "full")["perplexity"]
+    full = next((row["perplexity"] for row in rows if row["name"] == "full"), None)
     for row in rows:
-        row["ratio_to_full"] = row["perplexity"] / full
+        row["ratio_to_full"] = None if full is None else row["perplexity"] / full
     config = getattr(model, "config", None)
     return {"model": getattr(model, "name", None), "tokens": int(ids.shape[0]), "scored": int(ids.shape[0]) - 1,
             "loss": "cross-entropy, natural log; perplexity = exp(mean loss)",

@@ -53,6 +53,10 @@ class KVCache:
         a forward pass runs, the layers it has reached already hold the new positions too."""
         return min(self._lengths.values(), default=0)
 
+    def nbytes(self) -> int:
+        """Bytes of every layer's key and value buffers (what the cache holds in memory)."""
+        return sum(t.nbytes for t in (*self._keys.values(), *self._values.values()))
+
     def length(self, layer: int) -> int:
         """Positions cached for ``layer`` (0 before its first update)."""
         return self._lengths.get(layer, 0)
