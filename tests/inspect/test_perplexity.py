@@ -163,3 +163,21 @@ def test_the_default_text_is_long_english_prose_read_where_it_is_installed() -> 
     text = default_text(("Genesis",))
     assert text.startswith("In the beginning God created the heaven and the earth.") and len(text) > 150_000
     assert text.count("\n\n") == 49  # a paragraph per chapter
+
+
+def test_explain_points_from_the_sink_shares_to_this_measurement(tiny_gpt2) -> None:
+    from rich.console import Console
+
+    from qkv.inspect.explain import explain
+    from qkv.viz.terminal import print_report
+
+    model, tokenizer = tiny_gpt2
+    model.first_token_sink = True  # as the Llama family declares
+    try:
+        report = explain(model, tokenizer, "She deposited her check at the bank.", "bank")
+    finally:
+        del model.first_token_sink
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    printed = console.export_text()
+    assert "attention sink" in printed and "qkv perplexity" in printed
