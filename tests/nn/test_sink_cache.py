@@ -173,3 +173,15 @@ def test_a_sink_cache_holds_constant_memory_where_a_full_cache_grows() -> None:
     assert len({row["cache_bytes"] for row in sink}) == 1  # 2 layers x (k, v) x (2 + 8) positions
     assert sink[0]["cache_bytes"] == 2 * 2 * (2 + 8) * 2 * 6 * 8  # 2 kv heads of width 6, float64
     assert full[0]["cache_bytes"] < full[1]["cache_bytes"] < full[2]["cache_bytes"]
+
+
+def test_reading_a_text_through_a_sink_cache_scores_it_as_streaming_evaluation() -> None:
+    from qkv.bench.streaming import decode_cost
+    from qkv.inspect.perplexity import streaming_losses
+
+    model = tiny_decoder(layers=2)
+    ids = torch.randint(0, VOCAB, (60,), generator=torch.Generator().manual_seed(10))
+    points = decode_cost(model, ids[None, :3], 57, SinkCache(2, 8), checkpoints=[20, 57], text=ids[3:])
+    expected = streaming_losses(model, ids, 2, 8)[2:]  # tokens 3 .. 59
+    assert points[-1]["perplexity"] == pytest.approx(torch.exp(expected.mean()).item(), rel=1e-6)
+    assert points[0]["perplexity"] == pytest.approx(torch.exp(expected[:20].mean()).item(), rel=1e-6)
