@@ -27,7 +27,7 @@ VOCAB = 53
 class CharTokenizer:
     """Characters to ids modulo the vocabulary: enough to turn a text into a sequence."""
 
-    def __call__(self, text: str) -> SimpleNamespace:
+    def __call__(self, text: str, truncation: bool = True) -> SimpleNamespace:
         return SimpleNamespace(input_ids=torch.tensor([[ord(c) % VOCAB for c in text]]))
 
 
@@ -68,6 +68,12 @@ def test_perplexity_is_exp_of_the_mean_token_loss_for_full_and_windows_with_sink
         assert rows[name]["perplexity"] == pytest.approx(math.exp(losses.mean().item()), rel=1e-9)
         assert rows[name]["ratio_to_full"] == pytest.approx(rows[name]["perplexity"] / rows["full"]["perplexity"])
     assert rows["window=9"]["perplexity"] != pytest.approx(rows["full"]["perplexity"], rel=1e-3)
+    # the sink shares: the attention that tokens 50 .. 100 give the first token, and the first 4
+    _, cache = model.run_with_cache(ids[None], names=["blocks.*.attn.weights"])
+    weights = cache.stack("attn.weights")[:, 0, :, 50:]  # (L, H, 51, 101)
+    assert result["sink_share"]["first_token"] == pytest.approx(weights[..., 0].mean((1, 2)).tolist(), abs=1e-6)
+    assert result["sink_share"]["first_4_tokens"] == pytest.approx(
+        weights[..., :4].sum(-1).mean((1, 2)).tolist(), abs=1e-6)
 
 
 def test_streaming_equals_a_sink_cache_fed_token_by_token() -> None:

@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     checkpoints = [int(c) for c in args.checkpoints.split(",") if c.strip()]
     model, tokenizer = qkv.load(args.model)
-    ids = tokenizer(default_text()).input_ids[0]
+    ids = tokenizer(default_text(), truncation=False).input_ids[0]
     prompt, text = ids[None, :args.prompt_tokens], ids[args.prompt_tokens:] if args.read_text else None
     if text is not None and text.shape[0] < max(args.tokens, args.full_tokens):
         raise SystemExit(f"the default text has {ids.shape[0]} tokens; ask for fewer --tokens")

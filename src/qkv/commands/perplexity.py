@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
     console.print("window=W: each token sees itself and the W - 1 tokens before it; +sinks=K: and the first K tokens "
                   "of the text. stream: token by token with SinkCache(K, W) (positions within the cache); "
                   "recompute: the window run afresh every stride tokens.")
+    shares = result["sink_share"]
+    console.print(f"attention sink: share of full attention that tokens {shares['from_position']}.."
+                  f"{shares['tokens'] - 1} give the first token, per layer: "
+                  + ", ".join(f"{i}: {share:.0%}" for i, share in enumerate(shares["first_token"])))
     context = result["max_position_embeddings"]
     if context and result["tokens"] > context:
         console.print(f"the text ({result['tokens']} tokens) is longer than the {context} positions the model was "

