@@ -11,9 +11,9 @@ DEFAULT_SPAN = 256  # tokens per point of the running perplexity
 
 def plot_perplexity(result: dict, path: str | Path, span: int = DEFAULT_SPAN) -> None:
     """Running perplexity (``exp`` of the mean loss over the last ``span`` tokens) against position,
-    on a log y axis; one line per variant of ``result`` (:func:`qkv.inspect.perplexity.perplexity`),
-    the same colour per family (full, window, window+sinks, ...), a dotted line at the model's
-    context length when the text passes it.
+    on a log y axis, from the point where the span holds at least 64 tokens; one line per variant
+    of ``result`` (:func:`qkv.inspect.perplexity.perplexity`), a window's colour by its size (solid
+    alone, dashed with sinks), a dotted line at the model's context length when the text passes it.
     """
     from qkv.inspect.perplexity import running_perplexity
     from qkv.viz.plotting import agg_figure, log_ticks, save_figure
@@ -21,8 +21,10 @@ def plot_perplexity(result: dict, path: str | Path, span: int = DEFAULT_SPAN) ->
     span = max(1, min(span, result["scored"]))
     figure = agg_figure(10, 5.6)
     axis = figure.add_subplot(1, 1, 1)
+    skip = min(span, 64) - 1  # the first points would average a handful of tokens and dwarf the rest
     for row in result["variants"]:
         positions, values = running_perplexity(row["losses"], span)
+        positions, values = positions[skip:], values[skip:]
         axis.plot(positions, values, label=f"{row['name']}  ({row['perplexity']:.3g})", **_style(row))
     context = result.get("max_position_embeddings")
     if context and context < result["tokens"]:
