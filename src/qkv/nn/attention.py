@@ -103,6 +103,10 @@ class SinkCache(KVCache):
     offsets inside the window are the text's; a sink is never farther than
     ``sinks + window - 1`` from a query, whatever the length of the text.
 
+    Several new positions in one call (a prompt) are attended together at their indices in
+    the cache, with the window and the sinks as the mask; a prompt longer than the cache is
+    kept whole until the next call drops what no later token can see.
+
     Hook points ``attn.k`` and ``attn.q`` see the new positions rotated at their cache
     indices; the cache stores the keys as projected (before ``attn.k``).
 
