@@ -300,7 +300,7 @@ def running_perplexity(losses: Sequence[float] | Tensor, span: int) -> tuple[lis
     ends = torch.arange(1, losses.numel() + 1)
     starts = (ends - span).clamp(min=0)
     means = (sums[ends] - sums[starts]) / (ends - starts)
-    return (ends).tolist(), means.exp().tolist()  # token p = index + 1 (token 0 is not scored)
+    return ends.tolist(), means.exp().tolist()  # token p = index + 1 (token 0 is not scored)
 
 
 def perplexity(
@@ -320,8 +320,8 @@ def perplexity(
         text: the text; its first ``max_tokens`` tokens are used.
         variants: the variants (see :func:`parse_variant`); include "full" for the ratios.
         max_tokens: the most tokens used (None: all).
-        on_step: called as ``on_step(variant name, tokens done, tokens in all)`` while a variant
-            runs (forward variants report once, when done).
+        on_step: called as ``on_step(variant name, tokens done, tokens in all)`` as a variant
+            starts, while it runs (stream and recompute) and when it is done.
 
     Returns:
         A dict: ``tokens``, ``scored`` (tokens - 1), ``max_position_embeddings`` (None if the
@@ -346,6 +346,7 @@ def perplexity(
             if on_step is not None:
                 on_step(name, done, ids.shape[0] - 1)
 
+        report(0)
         if variant.evaluation == "forward":
             with attention_set_to(model, Variant(variant.name, variant.backend, variant.options)):
                 losses = next_token_losses(model, ids)
