@@ -162,8 +162,8 @@ class SinkCache(KVCache):
         """Cache indices 0 .. held - 1 as one (held,) tensor per size, reused so that the shared
         rotary module computes cos and sin once for every layer."""
         key = (held, device)
-        if key not in self._positions:
-            self._positions[key] = torch.arange(held, device=device)
+        if key not in self._positions:  # keep only the latest size: every layer of a step asks for it
+            self._positions = {key: torch.arange(held, device=device)}
         return self._positions[key]
 
     def attention_options(self, held: int) -> dict[str, object]:
