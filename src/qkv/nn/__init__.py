@@ -1,6 +1,6 @@
 """Modules on top of :func:`qkv.attention`: attention, blocks, stacks, hooks, generation."""
 
-from qkv.nn.attention import KVCache, LinformerProjection, MultiHeadAttention
+from qkv.nn.attention import KVCache, LinformerProjection, MultiHeadAttention, SinkCache
 from qkv.nn.generation import GenerationMixin
 from qkv.nn.hooks import ActivationCache, HookedModule, HookPoint
 from qkv.nn.layers import MLP, Embeddings, GatedMLP, RMSNorm, TransformerBlock
@@ -10,6 +10,7 @@ from qkv.nn.stack import TransformerDecoder, TransformerEncoder, TransformerOutp
 __all__ = [
     "MultiHeadAttention",
     "KVCache",
+    "SinkCache",
     "RotaryEmbedding",
     "LinformerProjection",
     "MLP",

@@ -23,9 +23,9 @@ from qkv.attention.masks import normalize_window
 from qkv.attention.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
 from qkv.attention.registry import CallNeeds, available_backends, get_backend
 from qkv.nn.hooks import HookPoint
-from qkv.nn.rotary import RotaryEmbedding
+from qkv.nn.rotary import RotaryEmbedding, rotate
 
-__all__ = ["MultiHeadAttention", "KVCache", "RotaryEmbedding", "LinformerProjection", "ATTENTION_OPTIONS"]
+__all__ = ["MultiHeadAttention", "KVCache", "SinkCache", "RotaryEmbedding", "LinformerProjection", "ATTENTION_OPTIONS"]
 
 # Keyword arguments of qkv.attention that a module may fix for every call.
 ATTENTION_OPTIONS = frozenset(
@@ -38,7 +38,10 @@ class KVCache:
     """Keys and values of positions already seen, per layer, for incremental decoding.
 
     Buffers grow by doubling, so appending one token costs O(1) amortised copies.
+    Keys are stored after the rotary rotation, at their positions in the text.
     """
+
+    stores_unrotated_keys = False  # True: the layer rotates keys by their index in the cache (SinkCache)
 
     def __init__(self) -> None:
         self._keys: dict[int, Tensor] = {}
@@ -49,6 +52,10 @@ class KVCache:
         """Positions cached in every layer: the fewest any layer holds (0 when empty). While
         a forward pass runs, the layers it has reached already hold the new positions too."""
         return min(self._lengths.values(), default=0)
+
+    def nbytes(self) -> int:
+        """Bytes of every layer's key and value buffers (what the cache holds in memory)."""
+        return sum(t.nbytes for t in (*self._keys.values(), *self._values.values()))
 
     def length(self, layer: int) -> int:
         """Positions cached for ``layer`` (0 before its first update)."""
@@ -79,6 +86,95 @@ class KVCache:
         self._values[layer][:, :, length:needed] = v
         self._lengths[layer] = needed
         return self._keys[layer][:, :, :needed], self._values[layer][:, :, :needed]
+
+
+class SinkCache(KVCache):
+    """A KV cache of constant size: the first ``sinks`` positions and the last ``window`` ones.
+
+    StreamingLLM (Xiao et al., 2023): most heads of a trained decoder park attention on the
+    first tokens (attention sinks), so keeping them beside a sliding window lets a model run
+    far beyond its training length in constant memory, where a window alone collapses.
+    Each new token sees the sinks and the ``window`` most recent tokens, itself included: the
+    visibility of ``causal=True, window=(window - 1, 0), global_tokens=range(sinks)``.
+
+    Rotary positions are positions *within the cache*, as the paper does: keys are stored
+    before the rotation and rotated by their index in the cache at every call (sinks at
+    0 .. sinks - 1, then the window in order), and a new query by its own index. Relative
+    offsets inside the window are the text's; a sink is never farther than
+    ``sinks + window - 1`` from a query, whatever the length of the text.
+
+    Several new positions in one call (a prompt) are attended together at their indices in
+    the cache, with the window and the sinks as the mask; a prompt longer than the cache is
+    kept whole until the next call drops what no later token can see.
+
+    Hook points ``attn.k`` and ``attn.q`` see the new positions rotated at their cache
+    indices; the cache stores the keys as projected (before ``attn.k``).
+
+    Args:
+        sinks: first positions kept forever (the paper uses 4).
+        window: most recent positions kept, the new token included.
+    """
+
+    stores_unrotated_keys = True
+
+    def __init__(self, sinks: int = 4, window: int = 1024) -> None:
+        super().__init__()
+        for name, value, least in (("sinks", sinks, 0), ("window", window, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"SinkCache {name} must be a whole number >= {least}; got {value!r}")
+        self.sinks, self.window = sinks, window
+        self._positions: dict[tuple[int, torch.device], Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"SinkCache(sinks={self.sinks}, window={self.window})"
+
+    def stored(self, layer: int) -> int:
+        """Positions held for ``layer`` now: at most ``sinks + window`` after a one-token step
+        (``len(cache)`` counts the positions of the text seen so far)."""
+        return 0 if layer not in self._keys else self._keys[layer].shape[2]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Drop the positions no new query can see, append the new ones, and return what is held.
+
+        Args:
+            layer: index of the attention layer.
+            k: (B, Hkv, n_new, Dh) new keys, before the rotary rotation.
+            v: (B, Hkv, n_new, Dv) new values.
+
+        Returns:
+            keys (B, Hkv, S, Dh) (not rotated) and values (B, Hkv, S, Dv): the sinks, the
+            ``window - 1`` positions before the first new one (or fewer), and the new ones.
+        """
+        n_new = k.shape[2]
+        if layer in self._keys:
+            keys, values = self._keys[layer], self._values[layer]
+            sinks = min(self.sinks, keys.shape[2])
+            drop = max(0, keys.shape[2] - sinks - (self.window - 1))  # older than the first new query's window
+            if drop:
+                keys = torch.cat([keys[:, :, :sinks], keys[:, :, sinks + drop:]], dim=2)
+                values = torch.cat([values[:, :, :sinks], values[:, :, sinks + drop:]], dim=2)
+            k, v = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        self._lengths[layer] = self._lengths.get(layer, 0) + n_new  # positions of the text seen so far
+        self._keys[layer], self._values[layer] = k, v
+        return k, v
+
+    def positions(self, held: int, device: torch.device) -> Tensor:
+        """Cache indices 0 .. held - 1 as one (held,) tensor per size, reused so that the shared
+        rotary module computes cos and sin once for every layer."""
+        key = (held, device)
+        if key not in self._positions:  # keep only the latest size: every layer of a step asks for it
+            self._positions = {key: torch.arange(held, device=device)}
+        return self._positions[key]
+
+    def attention_options(self, held: int) -> dict[str, object]:
+        """``qkv.attention`` options that give the new queries their visibility among ``held`` keys:
+        none while every query sees every earlier key, else the window and the sinks."""
+        if held <= self.sinks + self.window:
+            return {}
+        options: dict[str, object] = {"window": (self.window - 1, 0)}
+        if self.sinks:
+            options["global_tokens"] = list(range(min(self.sinks, held)))
+        return options
 
 
 class LinformerProjection(nn.Module):
@@ -353,6 +449,10 @@ class MultiHeadAttention(nn.Module):
         """
         batch, n, _ = x.shape
         q, k, v = self.project(x)
+        if kv_cache is not None and kv_cache.stores_unrotated_keys:
+            z = self.hook_z(self.attend_within_cache(q, k, v, kv_cache, key_padding_mask))  # (B, H, N, Dh)
+            out = self.out_proj(z.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
+            return self.hook_out(out)
         if self.rotary is not None:
             if positions is None:
                 # this layer's own count: earlier layers of this pass have already appended
@@ -371,7 +471,49 @@ class MultiHeadAttention(nn.Module):
         out = self.out_proj(z.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
         return self.hook_out(out)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def attend_within_cache(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, key_padding_mask: Tensor | None
+    ) -> Tensor:
+        """Attend with a cache that rotates keys by their index in it (:class:`SinkCache`).
+
+        Args:
+            q: (B, H, n, Dh) new queries, before the rotation.
+            k: (B, Hkv, n, Dh) new keys, before the rotation.
+            v: (B, Hkv, n, Dh) new values.
+            cache: the cache; the new keys and values are stored in it.
+            key_padding_mask: must be None (a SinkCache holds no padding).
+
+        Returns:
+            (B, H, n, Dh) per-head outputs.
+        """
+        if key_padding_mask is not None:
+            raise ValueError(f"{cache!r} keeps positions by their index in the cache and cannot follow padding; "
+                             f"pass sequences without padding (one text, or texts of equal length)")
+        if not self.causal:
+            raise ValueError(f"{cache!r} keeps only earlier positions, so it serves causal layers only")
+        clash = sorted({"window", "global_tokens"} & self.options.keys())
+        if clash:
+            raise ValueError(f"this layer already has {clash} set ({self.options}); {cache!r} decides the window "
+                             f"and the sinks itself: set_attention without them, or use a KVCache")
+        n = q.shape[2]
+        if self.rotary is not None:
+            q, k = self.hook_q_pre_rotary(q), self.hook_k_pre_rotary(k)
+        v = self.hook_v(v)
+        k, v = cache.update(self.layer_index, k, v)  # (B, Hkv, S, Dh): sinks, recent positions, new ones
+        held = k.shape[2]
+        if self.rotary is not None:  # positions within the cache
+            cos, sin = self.rotary.cos_sin(cache.positions(held, q.device), q.dtype)  # (S, Dh)
+            q, k = rotate(q, cos[held - n:], sin[held - n:]), rotate(k, cos, sin)
+        q = self.hook_q(q)
+        if self.hook_k.active:
+            k = torch.cat([k[:, :, :held - n], self.hook_k(k[:, :, held - n:])], dim=2)
+        extra = cache.attention_options(held)
+        if self.hook_scores.active or self.hook_weights.active:
+            return self.explicit_attention(q, k, v, None, extra)
+        return self.attend(q, k, v, None, extra)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+               extra: dict[str, object] | None = None) -> Tensor:
         """This layer's attention through :func:`qkv.attention`, its backend and options.
 
         Args:
@@ -379,11 +521,14 @@ class MultiHeadAttention(nn.Module):
             k: (B, Hkv, Nk, Dh) keys (cached ones included).
             v: (B, Hkv, Nk, Dh) values.
             key_padding_mask: (B, Nk) bool, True for real tokens, or None.
+            extra: options added to the layer's own for this call (a cache's window and sinks).
 
         Returns:
             (B, H, Nq, Dh) per-head outputs.
         """
         options = self.options if self.linformer is None else self.call_options(k.shape[2])
+        if extra:
+            options = {**options, **extra}
         if "scale" in options:  # set_attention(scale=...) overrides the layer's own
             return attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, backend=self.backend,
                              **options)
@@ -391,17 +536,20 @@ class MultiHeadAttention(nn.Module):
                          scale=self.scale, **options)
 
     def explicit_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+        extra: dict[str, object] | None = None,
     ) -> Tensor:
         """The reference steps, so hooks can see and replace the scores and the weights.
 
         An approximate backend has no (Nq, Nk) scores; its weights are the mixing matrix
         it applies to the values (its ``weights_fn``), so hooks see what it computes.
+        ``extra`` as in :meth:`attend`.
         """
         scale = self.effective_scale
-        spec, scale = build_spec(q, k, v, causal=self.causal, window=self.options.get("window"),
+        options = {**self.options, **(extra or {})}
+        spec, scale = build_spec(q, k, v, causal=self.causal, window=options.get("window"),
                                  mask=None, key_padding_mask=key_padding_mask, scale=scale,
-                                 global_tokens=self.options.get("global_tokens"))
+                                 global_tokens=options.get("global_tokens"))
         for point, reason in self.unavailable_hooks().items():
             if point.active:
                 name = point.name or next(n for n, child in self.named_children() if child is point)

@@ -37,6 +37,7 @@ class GenerationMixin:
         use_cache: bool = True,
         stop_at_eos: bool = False,
         on_token: Callable[[Tensor], None] | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """Continue each sequence by ``max_new_tokens`` tokens.
 
@@ -54,6 +55,9 @@ class GenerationMixin:
                 (later tokens of finished sequences are the EOS token).
             on_token: called with each step's new tokens (B,) as soon as they are chosen
                 (streaming).
+            cache: the (empty) cache to decode with; None: a :class:`KVCache` that keeps
+                every position. ``SinkCache(sinks=4, window=1024)`` keeps the first 4 and the
+                last 1024 positions: constant memory at any length (needs ``use_cache=True``).
 
         Returns:
             (B, N + new) ids: the inputs followed by the generated tokens.
@@ -78,7 +82,11 @@ class GenerationMixin:
             raise ValueError("stop_at_eos=True, but this model has no eos_token_id; set model.eos_token_id, "
                              "or leave stop_at_eos off")
         generator = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
-        cache = KVCache() if use_cache else None
+        if cache is not None and (not use_cache or len(cache)):
+            raise ValueError(f"cache={cache!r} needs use_cache=True and an empty cache (a new one per call); "
+                             f"got use_cache={use_cache}, {len(cache)} positions already cached")
+        if cache is None and use_cache:
+            cache = KVCache()
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         step_ids, step_positions = ids, positions_from_mask(mask)
         for _ in range(max_new_tokens):

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RotaryEmbedding", "rope_frequencies", "ROPE_TYPES"]
+__all__ = ["RotaryEmbedding", "rope_frequencies", "rotate", "ROPE_TYPES"]
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 
@@ -122,6 +122,13 @@ def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` (B, H, N, Dh) by angles given as ``cos`` and ``sin`` (N, Dh) or (B, 1, N, Dh)."""
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return (x * cos) + (rotated * sin)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding, rotating halves as GPT-NeoX and Llama do.
 
@@ -187,10 +194,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x`` (B, H, N, Dh) by its ``positions`` (B, N) or (N,)."""
-        cos, sin = self.cos_sin(positions, x.dtype)
-        first, second = x.chunk(2, dim=-1)
-        rotated = torch.cat([-second, first], dim=-1)
-        return (x * cos) + (rotated * sin)
+        return rotate(x, *self.cos_sin(positions, x.dtype))
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, base={self.base}, rope_type={self.rope_type!r}"

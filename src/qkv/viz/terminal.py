@@ -267,7 +267,9 @@ def _layers(report: dict, console: Console) -> None:
     if report.get("sink"):
         _note(console, f"attention sink: the share of the attention of '{tokens[focus]}' on the first token "
                        f"'{report['sink']['token']}', per layer: "
-                       + ", ".join(f"{i}: {share:.0%}" for i, share in enumerate(report["sink"]["share"])))
+                       + ", ".join(f"{i}: {share:.0%}" for i, share in enumerate(report["sink"]["share"]))
+                       + ". What a sliding window costs without it: qkv perplexity (README: Long context in a "
+                         "real LLM)")
     _note(console, f"where it looks most (mean over heads, by exact weight, itself and {_set_aside(report)} "
                    "included; the sharpest head's share is of its attention left for the other words):")
     for line in best_words:

@@ -1,0 +1,58 @@
+"""The figure of ``qkv perplexity``: perplexity against position, one line per attention variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["plot_perplexity", "DEFAULT_SPAN"]
+
+DEFAULT_SPAN = 256  # tokens per point of the running perplexity
+
+
+def plot_perplexity(result: dict, path: str | Path, span: int = DEFAULT_SPAN) -> None:
+    """Running perplexity (``exp`` of the mean loss over the last ``span`` tokens) against position,
+    on a log y axis, from the point where the span holds at least 64 tokens; one line per variant
+    of ``result`` (:func:`qkv.inspect.perplexity.perplexity`), a window's colour by its size (solid
+    alone, dashed with sinks), a dotted line at the model's context length when the text passes it.
+    """
+    from qkv.inspect.perplexity import running_perplexity
+    from qkv.viz.plotting import agg_figure, log_ticks, save_figure
+
+    span = max(1, min(span, result["scored"]))
+    figure = agg_figure(10, 5.6)
+    axis = figure.add_subplot(1, 1, 1)
+    skip = min(span, 64) - 1  # the first points would average a handful of tokens and dwarf the rest
+    for row in result["variants"]:
+        positions, values = running_perplexity(row["losses"], span)
+        positions, values = positions[skip:], values[skip:]
+        axis.plot(positions, values, label=f"{row['name']}  ({row['perplexity']:.3g})", **_style(row))
+    context = result.get("max_position_embeddings")
+    if context and context < result["tokens"]:
+        axis.axvline(context, color="grey", linestyle=":", linewidth=1)
+        axis.annotate("the model's context", (context, 1), xycoords=("data", "axes fraction"), fontsize=8,
+                      color="grey", xytext=(3, -10), textcoords="offset points")
+    axis.set_yscale("log")
+    axis.set_xlabel("position in the text (tokens)")
+    axis.set_ylabel(f"perplexity of the last {span} tokens (log)")
+    axis.set_title(f"{result.get('model') or 'model'}: perplexity against position, {result['tokens']} tokens "
+                   f"(legend: perplexity of the whole text)", fontsize=10)
+    axis.grid(alpha=0.3, which="both")
+    log_ticks(axis, y="")
+    save_figure(figure, Path(path), legend=True)
+
+
+def _style(row: dict) -> dict:
+    """Full attention black and thick; a window's colour by its size, solid alone, dashed with 4 sinks or
+    more, dotted with fewer; streaming and recompute by their window too; other backends their own colour."""
+    from qkv.viz.plotting import PALETTE
+
+    if row["name"] == "full":
+        return {"color": "black", "linewidth": 2.2}
+    window, sinks = row["window"] or 1, row["sinks"]
+    if row["family"] in ("window", "window+sinks", "stream", "recompute"):
+        colour = PALETTE[(window.bit_length() + (4 if row["family"] in ("stream", "recompute") else 0)) % len(PALETTE)]
+        linestyle = "-" if not sinks else ("--" if sinks >= 4 else ":")
+        if row["family"] == "recompute":
+            linestyle = "-."
+        return {"color": colour, "linestyle": linestyle, "linewidth": 1.3}
+    return {"color": PALETTE[{"linear": 3, "performer": 4}.get(row["family"], 5)], "linewidth": 1.3}
