@@ -8,7 +8,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "src" / "qkv" / "bench"
 LAYERS = {  # module under qkv.bench -> its layer, lowest first
     **dict.fromkeys(("contenders", "measure", "points", "tables"), 0),  # what is measured and how
-    **dict.fromkeys(("sweep", "overhead", "ring", "model", "triton_gpu"), 1),  # the measurements
+    **dict.fromkeys(("sweep", "overhead", "ring", "model", "streaming", "triton_gpu"), 1),  # the measurements
     "plots": 2.0, "report_triton": 2.1, "report": 2.2,  # the report: plots, then the tables that use them
     "commands": 3,  # each command's main, and the check of output paths they share
 }

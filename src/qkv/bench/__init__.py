@@ -1,4 +1,4 @@
-"""Benchmark programs: ``qkv bench attention|model|ring|report|triton`` (also ``python -m qkv.bench ...``).
+"""Benchmark programs: ``qkv bench attention|model|ring|streaming|report|triton`` (also ``python -m qkv.bench ...``).
 
 Benchmarks print tables and write JSON, plots and BENCHMARKS.md; they are programs, never
 timed tests. The package reads from the bottom up:
@@ -9,6 +9,7 @@ timed tests. The package reads from the bottom up:
   (tables, formats, targets);
 - the measurements: :mod:`~qkv.bench.sweep` (the one sweep over contenders x N x variants),
   :mod:`~qkv.bench.overhead`, :mod:`~qkv.bench.ring`, :mod:`~qkv.bench.model`,
+  :mod:`~qkv.bench.streaming`,
   :mod:`~qkv.bench.triton_gpu`;
 - the report: :mod:`~qkv.bench.plots`, :mod:`~qkv.bench.report_triton`, :mod:`~qkv.bench.report`;
 - the commands, each only its ``main(argv)``: :mod:`qkv.bench.commands`.
@@ -24,7 +25,7 @@ import sys
 
 __all__ = ["main"]
 
-BENCHMARKS = ("attention", "model", "ring", "report", "triton")  # each a module of qkv.bench.commands
+BENCHMARKS = ("attention", "model", "ring", "streaming", "report", "triton")  # each a module of qkv.bench.commands
 
 
 def main(argv: list[str] | None = None) -> int:

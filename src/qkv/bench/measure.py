@@ -84,6 +84,32 @@ def median(values: list[float]) -> float:
 
 
 @contextlib.contextmanager
+
+def _status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux): what a long-running program holds,
+    model and caches included, as opposed to :func:`peak_tensor_bytes` of one call."""
+    return _status_kib("VmRSS") * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's RSS since start or the last :func:`reset_peak_rss`."""
+    return _status_kib("VmHWM") * 1024
+
+
 def _quiet_native_stderr() -> Iterator[None]:
     """Silence file descriptor 2 (the profiler's C++ start/stop lines), then restore it."""
     try:
