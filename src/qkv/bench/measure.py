@@ -83,8 +83,6 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-@contextlib.contextmanager
-
 def _status_kib(field: str) -> int:
     text = Path("/proc/self/status").read_text()
     return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
@@ -110,6 +108,7 @@ def peak_rss_bytes() -> int:
     return _status_kib("VmHWM") * 1024
 
 
+@contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
     """Silence file descriptor 2 (the profiler's C++ start/stop lines), then restore it."""
     try:
