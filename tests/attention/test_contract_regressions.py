@@ -165,3 +165,80 @@ def test_window_bounds_are_clamped_to_the_sequence_in_the_spec():
     assert (spec.left, spec.right) == (8, 4)  # key 0 from the last query; key 8 from the first
     spec, _ = build_spec(q, k, None, causal=False, window=(3, 2), mask=None, key_padding_mask=None, scale=None)
     assert (spec.left, spec.right) == (3, 2)  # bounds inside the sequence are kept as given
+
+
+# ---- a query row that sees no key: zeros, zero gradients, even when its query is NaN ------------
+
+NQ = NK = 6
+
+
+def empty_row_cases(dtype: torch.dtype) -> dict[str, tuple[int, int, dict, tuple[int, int, int]]]:
+    """name -> (Nq, Nk, masking, (b, h, i) of a row that sees no key)."""
+    bool_mask = torch.ones(2, 1, NQ, NK, dtype=torch.bool)
+    bool_mask[0, :, 2] = False
+    float_mask = torch.zeros(2, 1, NQ, NK, dtype=dtype)
+    float_mask[0, :, 2] = float("-inf")
+    padding = torch.ones(2, NK, dtype=torch.bool)
+    padding[1] = False
+    return {
+        "bool-mask": (NQ, NK, {"mask": bool_mask}, (0, 1, 2)),
+        "float-mask": (NQ, NK, {"mask": float_mask}, (0, 1, 2)),
+        "key-padding": (NQ, NK, {"key_padding_mask": padding}, (1, 0, 2)),
+        "key-padding-causal": (NQ, NK, {"key_padding_mask": padding, "causal": True}, (1, 1, 4)),
+        "causal-more-queries": (7, 4, {"causal": True}, (0, 1, 1)),
+        "window-misses-every-key": (7, 4, {"window": (0, 0)}, (1, 0, 0)),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(empty_row_cases(torch.float64)))
+def test_a_nan_query_that_sees_no_key_gives_zeros_and_zero_gradients(case, backend, dtype):
+    nq, nk, masking, row = empty_row_cases(dtype)[case]
+    if options_for(backend, masking):
+        pytest.skip(f"{backend} refuses {options_for(backend, masking)}")
+    generator = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, n, 5, generator=generator, dtype=dtype) for n in (nq, nk, nk))
+    q[row] = float("nan")
+    visible_row = (0, 0, nq - 1)  # sees a key in every case above
+    q[visible_row] = float("nan")
+    q.requires_grad_(True)
+    out = qkv.attention(q, k, v, backend=backend, **masking)
+    assert (out[row] == 0).all(), out[row]
+    assert out[visible_row].isnan().all()  # a NaN in a visible input still comes out NaN
+    (grad_q,) = torch.autograd.grad(out[row].sum() + out[1:].nan_to_num().sum(), q)
+    assert (grad_q[row] == 0).all(), grad_q[row]
+
+
+# ---- Nystrom: no linear-algebra error, exact with every key a landmark ------------------------
+
+
+@pytest.mark.parametrize("pinv_iterations", [0, 6])
+@pytest.mark.parametrize(("nq", "nk", "landmarks"), [(5, 4, 8), (5, 4, 4), (9, 12, 3), (12, 12, 12)])
+def test_nystrom_never_raises_a_linear_algebra_error_on_nan_input(nq, nk, landmarks, pinv_iterations):
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, n, 4, generator=generator, dtype=torch.float64) for n in (nq, nk, nk))
+    q[0, 1, 2] = float("nan")
+    options = qkv.NystromOptions(landmarks=landmarks, pinv_iterations=pinv_iterations)
+    out = qkv.attention(q, k, v, backend="nystrom", options=options)
+    assert out[0, 1, 2].isnan().all()  # the NaN query's own row
+    assert torch.isfinite(out[1]).all()  # another batch entry never meets it
+    if landmarks >= nk:  # exact attention: the NaN stays in its row
+        assert torch.isfinite(out[0, 0]).all() and torch.isfinite(out[0, 1, 3:]).all()
+
+
+@pytest.mark.parametrize("head_dim", [1, 2, 3, 17, 64])
+@pytest.mark.parametrize(("nq", "nk"), [(8, 8), (40, 12), (12, 40), (100, 50)])
+def test_nystrom_with_every_key_a_landmark_is_exact_for_every_head_dim(head_dim, nq, nk):
+    generator = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(2, 4, n, head_dim, generator=generator, dtype=torch.float64) for n in (nq, nk))
+    v = torch.randn(2, 2, nk, 3, generator=generator, dtype=torch.float64)
+    k = k[:, :2]
+    padding = torch.ones(2, nk, dtype=torch.bool)
+    padding[1, nk // 3:] = False
+    for masking in ({}, {"key_padding_mask": padding}):
+        exact = qkv.attention(q, k, v, backend="reference", **masking)
+        for landmarks in (nk, nk + 5):
+            out = qkv.attention(q, k, v, backend="nystrom", options=qkv.NystromOptions(landmarks=landmarks),
+                                **masking)
+            torch.testing.assert_close(out, exact, rtol=1e-12, atol=1e-12)

@@ -54,6 +54,9 @@ def attention_scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
 def mask_scores(scores: Tensor, spec: MaskSpec) -> Tensor:
     """Step 2: add the float bias, then hide what each query may not see with -inf.
 
+    A bias of -inf hides its key even where the score is NaN (a NaN query or key there is
+    not read, as with a bool mask).
+
     Args:
         scores: (B, Hq, Nq, Nk).
         spec: the call's masking.
@@ -62,7 +65,8 @@ def mask_scores(scores: Tensor, spec: MaskSpec) -> Tensor:
         (B, Hq, Nq, Nk) scores, -inf where a key is hidden from a query.
     """
     if spec.float_bias is not None:
-        scores = scores + spec.float_bias.to(scores.dtype)
+        bias = spec.float_bias.to(scores.dtype)
+        scores = (scores + bias).masked_fill(bias == float("-inf"), float("-inf"))
     visible = spec.dense_mask(scores.device)  # broadcastable to (B, H, Nq, Nk)
     if visible is not None:
         scores = scores.masked_fill(~visible, float("-inf"))

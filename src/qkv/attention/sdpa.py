@@ -109,21 +109,24 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         def run_padded(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
             padding = spec.key_padding_mask
             mask = padding.view(padding_shape) if padding.is_contiguous() else padding.reshape(padding_shape)
-            return sdpa(q, k, v, attn_mask=mask, scale=scale)
+            row_is_empty = ~mask.any(dim=-1, keepdim=True)  # (B, 1, 1, 1): every key is padding
+            return sdpa(_blind_queries_zeroed(q, row_is_empty), k, v, attn_mask=mask, scale=scale)
 
         return run_padded
 
     def run_masked(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
-        out = masked(q, *heads(k, v), spec)
-        return _carry_query_nan(q, out) if repair_nan else out
+        out, row_is_empty = masked(q, *heads(k, v), spec)
+        return _carry_query_nan(q, out, row_is_empty) if repair_nan else out
 
-    def masked(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
+    def masked(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> tuple[Tensor, Tensor | None]:
+        """The output and the rows that see no key ((.., Nq, 1) bool, or None: every row sees one)."""
         visible = spec.dense_mask(device)  # broadcastable to (B, H, Nq, Nk)
         bias = spec.float_bias
         if bias is None and zeroes_empty_rows:
             if visible is None:  # e.g. a bool mask broadcast from fewer dimensions
-                return sdpa(q, k, v, scale=scale)
-            return sdpa(q, k, v, attn_mask=visible, scale=scale)
+                return sdpa(q, k, v, scale=scale), None
+            row_is_empty = ~visible.any(dim=-1, keepdim=True)  # (.., Nq, 1)
+            return sdpa(_blind_queries_zeroed(q, row_is_empty), k, v, attn_mask=visible, scale=scale), row_is_empty
         if bias is not None:
             bias = bias.to(q.dtype)
             if visible is not None:
@@ -134,15 +137,25 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         else:
             row_is_empty = ~visible.any(dim=-1, keepdim=True)  # (.., Nq, 1)
             attn_mask = visible | row_is_empty
-        out = sdpa(q, k, v, attn_mask=attn_mask, scale=scale)
-        return out.masked_fill(row_is_empty, 0.0)
+        out = sdpa(_blind_queries_zeroed(q, row_is_empty), k, v, attn_mask=attn_mask, scale=scale)
+        return out.masked_fill(row_is_empty, 0.0), row_is_empty
 
     return run_masked
 
 
-def _carry_query_nan(q: Tensor, out: Tensor) -> Tensor:
-    """``out`` with NaN in every row whose query holds a NaN (what the contract asks)."""
+def _blind_queries_zeroed(q: Tensor, row_is_empty: Tensor) -> Tensor:
+    """``q`` (B, H, Nq, D) with zeros in the rows that see no key (``row_is_empty``, broadcastable to
+    (B, H, Nq, 1)): such a row's output is zero whatever its query holds, and so is its gradient, which a
+    NaN query would otherwise turn into NaN (0 * NaN) on the way back through the kernel."""
+    return q.masked_fill(row_is_empty, 0.0)
+
+
+def _carry_query_nan(q: Tensor, out: Tensor, row_is_empty: Tensor | None = None) -> Tensor:
+    """``out`` with NaN in every row whose query holds a NaN and sees some key (what the contract
+    asks: a row that sees no key stays zero)."""
     query_has_nan = torch.isnan(q).any(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    if row_is_empty is not None:
+        query_has_nan = query_has_nan & ~row_is_empty
     return out.masked_fill(query_has_nan, float("nan"))
 
 

@@ -108,7 +108,9 @@ def tile_scores(
     scores = torch.matmul(q_tile, k_tile.transpose(-2, -1))  # (B, Hkv, G, bq, bk)
     bias = group_heads(spec.tile_bias(*tile), num_kv_heads)
     if bias is not None:
-        scores += bias.to(scores.dtype)
+        bias = bias.to(scores.dtype)
+        scores += bias
+        scores.masked_fill_(bias == NEG_INF, NEG_INF)  # -inf hides its key even where the score is NaN
     visible = group_heads(spec.tile_mask(*tile, device=scores.device), num_kv_heads)
     if visible is not None:
         scores.masked_fill_(~visible, NEG_INF)
