@@ -242,3 +242,34 @@ def test_nystrom_with_every_key_a_landmark_is_exact_for_every_head_dim(head_dim,
             out = qkv.attention(q, k, v, backend="nystrom", options=qkv.NystromOptions(landmarks=landmarks),
                                 **masking)
             torch.testing.assert_close(out, exact, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(empty_row_cases(torch.float64)))
+def test_a_nan_query_that_sees_no_key_reaches_no_gradient(case, backend):
+    nq, nk, masking, row = empty_row_cases(torch.float64)[case]
+    if options_for(backend, masking):
+        pytest.skip(f"{backend} refuses {options_for(backend, masking)}")
+    generator = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, n, 5, generator=generator, dtype=torch.float64) for n in (nq, nk, nk))
+    q[row] = float("nan")
+    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    out = qkv.attention(q, k, v, backend=backend, **masking)
+    assert torch.isfinite(out).all()
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads), [g.isnan().sum().item() for g in grads]
+    assert (grads[0][row] == 0).all()
+
+
+@pytest.mark.parametrize("backend", CAUSAL_APPROXIMATE)
+def test_causal_rows_whose_earlier_keys_are_all_padding_are_zero(backend):
+    generator = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 1, 9, 3, generator=generator, dtype=torch.float64) for _ in range(3))
+    padding = torch.ones(1, 9, dtype=torch.bool)
+    padding[0, :4] = False  # queries 0..3 see only padding
+    q[0, 0, 1] = float("nan")
+    q.requires_grad_(True)
+    out = qkv.attention(q, k, v, causal=True, key_padding_mask=padding, backend=backend)
+    assert (out[0, 0, :4] == 0).all() and torch.isfinite(out).all()
+    (grad_q,) = torch.autograd.grad(out.sum(), q)
+    assert (grad_q[0, 0, :4] == 0).all() and torch.isfinite(grad_q).all()

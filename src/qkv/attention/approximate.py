@@ -276,15 +276,23 @@ def _drop_padding(x: Tensor, real: Tensor | None) -> Tensor:
 
 def _blind_queries_zeroed(q: Tensor, spec: MaskSpec) -> Tensor:
     """``q`` (B, Hq, Nq, D) with zeros in the rows that see no key: every key padded, or (causal)
-    a position before key 0. Their output is zero whatever the query holds, and so is their
-    gradient, which a NaN query would otherwise turn into NaN (0 * NaN) through the feature map."""
-    blind = None
-    if spec.key_padding_mask is not None:
-        blind = ~spec.key_padding_mask.any(dim=-1)[:, None, None, None]  # (B, 1, 1, 1)
-    if spec.causal and spec.nq > spec.nk:
-        before = torch.arange(spec.nq, device=q.device)[:, None] < spec.nq - spec.nk  # (Nq, 1)
-        blind = before if blind is None else blind | before
-    return q if blind is None else q.masked_fill(blind, 0.0)
+    no real key at or before the query's position. Their output is zero whatever the query holds,
+    and so is their gradient, which a NaN query would otherwise turn into NaN (0 * NaN) through
+    the feature map."""
+    padding = spec.key_padding_mask  # (B, Nk), True = real
+    if spec.causal:
+        positions = torch.arange(spec.nq, device=q.device) + spec.offset  # (Nq,)
+        before_key_0 = positions < 0
+        if padding is None:
+            blind = before_key_0[:, None]  # (Nq, 1)
+        else:
+            real_so_far = padding.cumsum(dim=-1) > 0  # (B, Nk): a real key at or before each position
+            blind = (~real_so_far[:, positions.clamp(min=0)] | before_key_0)[:, None, :, None]  # (B, 1, Nq, 1)
+    elif padding is not None:
+        blind = ~padding.any(dim=-1)[:, None, None, None]  # (B, 1, 1, 1)
+    else:
+        return q
+    return q.masked_fill(blind, 0.0)
 
 
 def _split_scale(scale: float) -> tuple[float, float]:

@@ -188,6 +188,8 @@ def tiled_backward(
     Returns (grad_q, grad_k, grad_v, grad_bias); grad_bias is None unless asked for.
     """
     num_kv_heads = k.shape[1]
+    # Rows that saw no key (lse = -inf) read nothing: their queries, NaN or not, must not reach dk.
+    q = q.masked_fill((lse == NEG_INF).unsqueeze(-1), 0.0)
     q5, k5, v5 = split_groups(q, k, v, scale)
     dtype = q5.dtype
     grad_out5 = grad_out.to(dtype).unflatten(1, (num_kv_heads, -1))  # (B, Hkv, G, Nq, Dv)
