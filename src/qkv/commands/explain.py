@@ -9,7 +9,7 @@ import qkv
 from qkv.argtypes import positive_int
 from qkv.commands.common import MODEL_HELP, fail, make_console, output_options_problem
 from qkv.files import write_text
-from qkv.text import DEFAULT_SENTENCE
+from qkv.text import DEFAULT_SENTENCE, terminal_safe
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -85,17 +85,17 @@ def run(args: argparse.Namespace) -> int:
     print_report(report, make_console())
     if args.json:
         write_text(args.json, json.dumps(report))
-        print(f"wrote {args.json}")
+        print(f"wrote {terminal_safe(args.json)}")
     if args.html:
         from qkv.viz.html import render_html
 
         write_text(args.html, render_html(report))
-        print(f"wrote {args.html} (self-contained; open it in a browser)")
+        print(f"wrote {terminal_safe(args.html)} (self-contained; open it in a browser)")
     if args.out:
         from qkv.viz.figures import save_figures, skipped_figures
 
         paths = save_figures(report, args.out)
-        print(f"wrote {len(paths)} figures to {args.out}")
+        print(f"wrote {len(paths)} figures to {terminal_safe(args.out)}")
         for name, reason in skipped_figures(report).items():
             print(f"  no {name}: {reason}")
     return 0
