@@ -273,3 +273,36 @@ def test_causal_rows_whose_earlier_keys_are_all_padding_are_zero(backend):
     assert (out[0, 0, :4] == 0).all() and torch.isfinite(out).all()
     (grad_q,) = torch.autograd.grad(out.sum(), q)
     assert (grad_q[0, 0, :4] == 0).all() and torch.isfinite(grad_q).all()
+
+
+def triton_or_skip() -> None:
+    from qkv.attention.triton_backend import unavailable_reason
+
+    reason = unavailable_reason("cpu")
+    if reason is not None:
+        pytest.skip(f"the triton backend cannot {reason}")
+
+
+@pytest.mark.parametrize("case", ["key-padding", "causal-more-queries", "window-misses-every-key"])
+def test_triton_keeps_a_nan_query_that_sees_no_key_out_of_every_gradient(case):
+    triton_or_skip()
+    nq, nk, masking, row = empty_row_cases(torch.float64)[case]
+    generator = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 2, n, 16, generator=generator, dtype=torch.float64) for n in (nq, nk, nk))
+    q[row] = float("nan")
+    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    out = qkv.attention(q, k, v, backend="triton", **masking)
+    assert (out[row] == 0).all() and torch.isfinite(out).all()
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][row] == 0).all()
+
+
+def test_triton_zero_sizes_and_zero_head_dim():
+    triton_or_skip()
+    for shape, kv_heads in [((1, 0, 8, 16), 1), ((0, 2, 8, 16), 2), ((1, 2, 0, 16), 2)]:
+        q, k = torch.randn(*shape), torch.randn(shape[0], kv_heads, 8, 16)
+        assert qkv.attention(q, k, k, window=3, backend="triton").shape == shape
+    with pytest.raises(ValueError, match="head dim D >= 1"):
+        qkv.attention(torch.randn(1, 1, 4, 0), torch.randn(1, 1, 4, 0), torch.randn(1, 1, 4, 3), scale=1.0,
+                      backend="triton")
