@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.attention.costs import CallShape
-from qkv.attention.masks import MaskSpec
+from qkv.attention.masks import MaskSpec, keep_read
 from qkv.attention.reference import repeat_kv_heads
 
 __all__ = ["sdpa_attention", "sdpa_runner"]
@@ -100,6 +100,7 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         return run_unmasked
 
     zeroes_empty_rows = _zeroes_hidden_rows(shape.device, dtype)
+    structure_empties_rows = _structure_may_empty_rows(spec)
     repair_nan = not _carries_query_nan(shape.device, dtype, "masked", row_length)
     if (zeroes_empty_rows and not repair_nan and groups == 1 and spec.mask is None and not spec.hides_structure
             and spec.key_padding_mask is not None):
@@ -125,6 +126,8 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         if bias is None and zeroes_empty_rows:
             if visible is None:  # e.g. a bool mask broadcast from fewer dimensions
                 return sdpa(q, k, v, scale=scale), None
+            if spec.mask is None and spec.key_padding_mask is None and not structure_empties_rows:
+                return sdpa(q, k, v, attn_mask=visible, scale=scale), None  # every row sees a key
             row_is_empty = ~visible.any(dim=-1, keepdim=True)  # (.., Nq, 1)
             return sdpa(_blind_queries_zeroed(q, row_is_empty), k, v, attn_mask=visible, scale=scale), row_is_empty
         if bias is not None:
@@ -147,7 +150,19 @@ def _blind_queries_zeroed(q: Tensor, row_is_empty: Tensor) -> Tensor:
     """``q`` (B, H, Nq, D) with zeros in the rows that see no key (``row_is_empty``, broadcastable to
     (B, H, Nq, 1)): such a row's output is zero whatever its query holds, and so is its gradient, which a
     NaN query would otherwise turn into NaN (0 * NaN) on the way back through the kernel."""
-    return q.masked_fill(row_is_empty, 0.0)
+    return keep_read((q,), ~row_is_empty)[0]
+
+
+def _structure_may_empty_rows(spec: MaskSpec) -> bool:
+    """Whether causal/window alone can leave a query row with no key, from the shapes: a band leaves
+    only its first or last rows empty, so those two are checked (on the CPU, O(Nk)); with global tokens,
+    any row may be."""
+    if not spec.has_structure or spec.nq == 0 or spec.nk == 0:
+        return False
+    if spec.global_tokens:
+        return True
+    positions = torch.tensor([spec.offset, spec.nk - 1])  # of the first and the last query
+    return not bool(spec.pair_structure(positions, torch.arange(spec.nk)).any(dim=-1).all())
 
 
 def _carry_query_nan(q: Tensor, out: Tensor, row_is_empty: Tensor | None = None) -> Tensor:
