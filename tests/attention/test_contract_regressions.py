@@ -65,6 +65,7 @@ MASKINGS = {
     "window": {"window": 3},
     "window-causal": {"window": (2, 1), "causal": True},
     "mask": "mask",
+    "float-mask": "float_mask",
     "key-padding": "key_padding_mask",
 }
 
@@ -73,6 +74,8 @@ def masking_for(name: str, batch: int, nq: int, nk: int) -> dict:
     generator = torch.Generator().manual_seed(1)
     if MASKINGS[name] == "mask":
         return {"mask": torch.rand(batch, 1, nq, nk, generator=generator) > 0.3}
+    if MASKINGS[name] == "float_mask":
+        return {"mask": torch.randn(batch, 1, nq, nk, generator=generator)}
     if MASKINGS[name] == "key_padding_mask":
         return {"key_padding_mask": torch.rand(batch, nk, generator=generator) > 0.3}
     return dict(MASKINGS[name])
