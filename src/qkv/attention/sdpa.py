@@ -3,7 +3,9 @@
 SDPA is the fast exact default. What it does not do by itself, done here: bottom-right
 causal alignment when Nq != Nk (PyTorch's ``is_causal`` is top-left), windows and key
 padding compiled into one mask, grouped-query attention on every torch >= 2.5, and rows
-that see no key returning zeros with zero gradients instead of NaN.
+that see no key returning zeros with zero gradients instead of NaN (their queries are
+zeroed first, where a mask, key padding or the structure can empty a row, so that not even
+a NaN query reaches the output or dk).
 
 Per call it adds almost nothing: :func:`sdpa_runner` decides once per call signature
 which form of SDPA call serves it (no mask, ``is_causal``, or a mask built from the cached
