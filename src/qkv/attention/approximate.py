@@ -590,7 +590,7 @@ def _nystrom_factors(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options
 
     With every key a landmark (landmarks >= Nk), F is softmax(Q K^T) itself and F pinv(A) B = F:
     then (F, None, None), and F is applied as it is, exact for every head dim (the SVD behind
-    pinv(A) would only add rounding, 1e-4 in float64 at D = 1 where A is ill-conditioned).
+    pinv(A) would only add rounding, large where A is ill-conditioned, as at small head dims).
     """
     q5, k5, _ = _grouped(_blind_queries_zeroed(q, spec), k, None)
     q5 = q5 * scale
