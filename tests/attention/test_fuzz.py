@@ -3,10 +3,11 @@
 Each example draws a call: shapes (odd, equal or not, sometimes zero), a dtype, grouped-query
 heads, causal, a window (sometimes far wider than the sequence), a bool or float mask, key
 padding (sometimes every key of a batch entry), NaN in keys no query reads and in queries that
-see no key, and a backend. Exact backends must meet the 2x rule (out and gradients) of
-:mod:`qkv.attention.oracle`; approximate ones must return the right shape and dtype, finite
-values, and zeros for rows that see no key. Calls a backend cannot serve must raise the
-documented ValueError.
+see no key, non-contiguous and expanded inputs, and a backend. Exact backends must meet the 2x
+rule (out and gradients) of :mod:`qkv.attention.oracle`; approximate ones must return the right
+shape and dtype, finite values, and zeros for rows that see no key. Calls a backend cannot serve
+must raise the documented ValueError. The Triton kernel, far too slow under Triton's CPU
+interpreter for a sweep, and ring attention, which needs a process group, have their own tests.
 
 The sweep is deterministic (hypothesis derandomised, no example database). ``QKV_FUZZ_EXAMPLES``
 sets how many examples it draws (default 300, a few seconds of CPU time), e.g.
@@ -53,6 +54,7 @@ class Call:
     padding: str | None = None  # None, "some" (random real keys) or "none-real" (batch 0 all padding)
     poison: bool = False  # NaN in padded keys and values, and in queries that see no key
     grads: bool = False
+    layout: str = "contiguous"  # or "strided" (q, k, v views of (B, N, H, D) tensors) or "expanded" (k, v)
     landmarks: int = 4  # nystrom's landmarks (>= Nk: exact)
     seed: int = 0
 
@@ -83,6 +85,7 @@ def calls(draw) -> Call:
         padding=draw(st.sampled_from([None, "some", "none-real"])),
         poison=draw(st.booleans()),
         grads=draw(st.booleans()),
+        layout=draw(st.sampled_from(["contiguous", "strided", "expanded"])),
         landmarks=draw(st.integers(1, 12)),
         seed=draw(st.integers(0, 2**16)),
     )
@@ -95,6 +98,10 @@ def make_inputs(call: Call) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, d
     q = torch.randn(call.batch, hq, call.nq, call.head_dim, generator=g, dtype=torch.float64)
     k = torch.randn(call.batch, call.kv_heads, call.nk, call.head_dim, generator=g, dtype=torch.float64)
     v = torch.randn(call.batch, call.kv_heads, call.nk, call.value_dim, generator=g, dtype=torch.float64)
+    if call.layout == "strided":  # the (B, N, H, D) layout of a projection, viewed as (B, H, N, D)
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    elif call.layout == "expanded":  # one batch entry's keys and values shared by every entry
+        k, v = (t[:1].expand_as(t) for t in (k, v))
     masking: dict = {}
     if call.causal:
         masking["causal"] = True
