@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from qkv.attention.costs import CallShape
-from qkv.attention.masks import MaskSpec, keep_read, normalize_window
+from qkv.attention.masks import MaskSpec, clamp_window, keep_read, normalize_window
 from qkv.attention.reference import reference_weights
 from qkv.attention.registry import Backend, CallNeeds, registered, resolve_backend
 from qkv.attention.stats import AttentionStats, streaming_stats
@@ -79,6 +79,11 @@ def _check_qkv(q: object, k: object, v: object | None) -> None:
                 f"k and v must have the same length Nk (dim 2); got k {k.shape[2]}, v {v.shape[2]} "
                 f"(shapes {_shape(k)} and {_shape(v)})"
             )
+    if q.shape[3] == 0 or k.shape[3] == 0:
+        raise ValueError(
+            f"q and k must have a head dim D >= 1 (dim 3); got q {_shape(q)}, k {_shape(k)}. "
+            f"A zero-width head has no scores to attend by."
+        )
     if q.shape[3] != k.shape[3]:
         raise ValueError(
             f"q and k must have the same head dim D (dim 3); got q {q.shape[3]}, k {k.shape[3]} "
@@ -150,9 +155,10 @@ def _check_flag(name: str, value: object) -> bool:
 
 
 def _check_scale(scale: object, head_dim: int) -> float:
-    default = f"None (meaning 1/sqrt(D) = {1 / math.sqrt(head_dim):.4g})"
+    """``scale`` as a float; None means 1/sqrt(D) (``head_dim`` >= 1, checked with the tensors)."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
+    default = f"None (meaning 1/sqrt(D) = {1 / math.sqrt(head_dim):.4g})"
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a number or {default}; got {type(scale).__name__} {scale!r}")
     if not math.isfinite(scale):
@@ -254,7 +260,7 @@ def build_spec(
     """
     _check_qkv(q, k, v)
     causal = _check_flag("causal", causal)
-    left, right = normalize_window(window, causal)
+    left, right = clamp_window(*normalize_window(window, causal), nq=q.shape[2], nk=k.shape[2])
     spec = MaskSpec(
         nq=q.shape[2],
         nk=k.shape[2],
@@ -317,7 +323,7 @@ class _Plan:
         # What to do with the keys before the backend runs: "all" (every key is read), "structure"
         # (zero those the structure hides, self.read), "padding" (zero the key padding, nothing
         # else hides keys), "masks" (a mask or padding with each call: zero what they hide) or
-        # "none" (Nq or Nk is zero: nothing to attend).
+        # "none" (B, Hq, Nq or Nk is zero: nothing to attend).
         self.keys = keys
 
 
@@ -403,7 +409,8 @@ def _make_plan(q, k, v, causal, window, mask, key_padding_mask, scale, global_to
                return_lse) -> _Plan:
     spec, scale, _needs, chosen = _validated_call(q, k, v, causal, window, mask, key_padding_mask, scale,
                                                   global_tokens, backend, options, return_lse)
-    empty = (spec.nq == 0 or spec.nk == 0) and not chosen.sequence_parallel
+    # Nothing to attend: no queries, no keys, no batch or no query heads (kernels may divide by these).
+    empty = (0 in (spec.nq, spec.nk, q.shape[0], q.shape[1])) and not chosen.sequence_parallel
     runner = None
     if chosen.runner is not None and not return_lse and not empty:
         runner = chosen.runner(spec, scale, call_shape(q, k, v), q.dtype)
@@ -484,13 +491,15 @@ def attention(
     Returns:
         out (B, Hq, Nq, Dv) in q's dtype; with ``return_lse``, (out, lse) where lse is
         (B, Hq, Nq) float32 (float64 for float64 inputs). A query that sees no key gets
-        an output of zeros, an LSE of -inf and zero gradients, never NaN. Keys that no
-        query sees (padding) are never read: NaN there does not reach any output.
+        an output of zeros, an LSE of -inf and zero gradients, never NaN, even when its
+        query holds NaN. Keys that no query sees (padding) are never read: NaN there does
+        not reach any output. B, Hq, Nq, Nk or Dv may be 0 (an empty result; zeros when
+        only Nk is 0). A window wider than the sequence costs what the sequence allows.
 
     Raises:
         TypeError, ValueError: a malformed argument (the message names it and the fix),
-            or a backend asked for something it cannot do (the message names the
-            backends that can).
+            e.g. a head dim D of 0 (ValueError), or a backend asked for something it
+            cannot do (the message names the backends that can).
 
     The checks that depend only on shapes, dtypes, devices and options, and the choice of
     backend, run once per call signature and are remembered (the last

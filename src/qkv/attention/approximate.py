@@ -54,14 +54,17 @@ Methods (N = Nq ~ Nk, D = head dim, Dv = value dim):
     multiple of the landmark count are split into segments whose sizes differ by at
     most one (position j belongs to segment floor(j m / N)), rather than padded. Key
     segment means are taken over real keys only; a segment with no real key is no
-    landmark (masked out of F and A). With landmarks >= Nk every key is its own landmark
-    and pinv(A) is computed exactly (``torch.linalg.pinv``, an SVD): the result is then
-    exact attention (F = softmax(Q K^T) and F pinv(A) B = F). ``pinv_iterations=0``
-    asks for the exact pseudo-inverse always; with fewer landmarks than keys that is not
+    landmark (masked out of F and A). With landmarks >= Nk every key is its own landmark,
+    F = softmax(Q K^T) and F pinv(A) B = F: F is then applied as it is, which is exact
+    attention for every head dim (no pseudo-inverse is formed). ``pinv_iterations=0``
+    asks for the exact pseudo-inverse (``torch.linalg.pinv``, an SVD; NaN rather than an
+    error for a matrix holding NaN); with fewer landmarks than keys that is not
     an improvement: A is often nearly singular, the truncated iteration acts as a
     regulariser, and on MiniLM the exact pinv (or 12+ iterations) gives larger errors
     than the paper's 6. Query landmarks use every query row (the call has no query
-    padding). Cost O(N m (D + Dv) + m^3). Non-causal only.
+    padding), so with fewer landmarks than keys a NaN in a query or a real key reaches every
+    output row of its batch entry and head group through the landmarks; a row with no real
+    key is still zero. Cost O(N m (D + Dv) + m^3). Non-causal only.
     Options :class:`NystromOptions`.
 
 ``"linformer"``: Wang et al., "Linformer: Self-Attention with Linear Complexity" (2020).
@@ -271,6 +274,27 @@ def _drop_padding(x: Tensor, real: Tensor | None) -> Tensor:
     return x if real is None else x.masked_fill(~real, 0.0)
 
 
+def _blind_queries_zeroed(q: Tensor, spec: MaskSpec) -> Tensor:
+    """``q`` (B, Hq, Nq, D) with zeros in the rows that see no key: every key padded, or (causal)
+    no real key at or before the query's position. Their output is zero whatever the query holds,
+    and so is their gradient, which a NaN query would otherwise turn into NaN (0 * NaN) through
+    the feature map."""
+    padding = spec.key_padding_mask  # (B, Nk), True = real
+    if spec.causal:
+        positions = torch.arange(spec.nq, device=q.device) + spec.offset  # (Nq,)
+        before_key_0 = positions < 0
+        if padding is None:
+            blind = before_key_0[:, None]  # (Nq, 1)
+        else:
+            real_so_far = padding.cumsum(dim=-1) > 0  # (B, Nk): a real key at or before each position
+            blind = (~real_so_far[:, positions.clamp(min=0)] | before_key_0)[:, None, :, None]  # (B, 1, Nq, 1)
+    elif padding is not None:
+        blind = ~padding.any(dim=-1)[:, None, None, None]  # (B, 1, 1, 1)
+    else:
+        return q
+    return q.masked_fill(blind, 0.0)
+
+
 def _split_scale(scale: float) -> tuple[float, float]:
     """(a, b) with a * b = scale and |a| = |b|: q * a and k * b carry the scale evenly."""
     root = math.sqrt(abs(scale))
@@ -376,7 +400,7 @@ def _kernel_weights(phi_q: Tensor, phi_k: Tensor, causal: bool, eps: Tensor | fl
 
 def _linear_features(q: Tensor, k: Tensor, spec: MaskSpec, scale: float) -> tuple[Tensor, Tensor]:
     """phi(q) (B, Hkv, G, Nq, D) and phi(k) (B, Hkv, 1, Nk, D), phi(x) = elu(x) + 1, padded keys 0."""
-    q5, k5, _ = _grouped(q, k, None)
+    q5, k5, _ = _grouped(_blind_queries_zeroed(q, spec), k, None)
     real = _real_keys(spec)
     a, b = _split_scale(scale)
     phi_q = F.elu(q5 * a) + 1.0  # (B, Hkv, G, Nq, D)
@@ -448,7 +472,7 @@ def _performer_features(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, opti
                         ) -> tuple[Tensor, Tensor, Tensor]:
     """Positive random features phi(q) (B, Hkv, G, Nq, m) and phi(k) (B, Hkv, 1, Nk, m), padded keys 0,
     and eps in the units of the stabilised features, (B, Hkv, G, Nq, 1)."""
-    q5, k5, _ = _grouped(q, k, None)
+    q5, k5, _ = _grouped(_blind_queries_zeroed(q, spec), k, None)
     real = _real_keys(spec)
     m = options.features
     w = _orthogonal_random_features_cached(m, q.shape[-1], options.seed).to(q5.device, q5.dtype)  # (m, D)
@@ -553,14 +577,31 @@ def iterative_pinv(a: Tensor, iterations: int) -> Tensor:
     return z
 
 
+def _exact_pinv(a: Tensor) -> Tensor:
+    """``torch.linalg.pinv`` of a (..., r, c) matrix, NaN for a matrix holding NaN or inf (whose SVD
+    would raise) rather than an error. Returns (..., c, r)."""
+    broken = ~torch.isfinite(a).all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)  # (..., 1, 1)
+    return torch.linalg.pinv(a.masked_fill(broken, 0.0)).masked_fill(broken, float("nan"))
+
+
 def _nystrom_factors(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options: NystromOptions
-                     ) -> tuple[Tensor, Tensor, Tensor]:
-    """F (B, Hkv, G, Nq, mk), pinv(A) (B, Hkv, G, mk, mq) and B (B, Hkv, G, mq, Nk)."""
-    q5, k5, _ = _grouped(q, k, None)
+                     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """F (B, Hkv, G, Nq, mk), pinv(A) (B, Hkv, G, mk, mq) and B (B, Hkv, G, mq, Nk).
+
+    With every key a landmark (landmarks >= Nk), F is softmax(Q K^T) itself and F pinv(A) B = F:
+    then (F, None, None), and F is applied as it is, exact for every head dim (the SVD behind
+    pinv(A) would only add rounding, large where A is ill-conditioned, as at small head dims).
+    """
+    q5, k5, _ = _grouped(_blind_queries_zeroed(q, spec), k, None)
     q5 = q5 * scale
     real = _real_keys(spec)  # (B, 1, 1, Nk, 1)
     nq, nk = q5.shape[-2], k5.shape[-2]
     mq, mk = min(options.landmarks, nq), min(options.landmarks, nk)
+    if mk == nk:
+        scores = torch.matmul(q5, _drop_padding(k5, real).transpose(-2, -1))  # (B, Hkv, G, Nq, Nk)
+        if real is not None:
+            scores = scores.masked_fill(~real.transpose(-2, -1), NEG_INF)
+        return _safe_softmax(scores), None, None
     q_land, _ = _segment_means(q5, mq)  # (B, Hkv, G, mq, D)
     k_land, k_valid = _segment_means(k5, mk, real)  # (B, Hkv, 1, mk, D), (B|1, 1, 1, mk)
     k_valid = k_valid.unsqueeze(-2)  # (B|1, 1, 1, 1, mk)
@@ -571,10 +612,8 @@ def _nystrom_factors(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options
     if real is not None:
         b = b.masked_fill(~real.transpose(-2, -1), NEG_INF)
     b = _safe_softmax(b)
-    if mk == nk or options.pinv_iterations == 0:
-        a_pinv = torch.linalg.pinv(a)  # exact (SVD): every key is a landmark, so the result is exact
-    else:
-        a_pinv = iterative_pinv(a, options.pinv_iterations)  # (B, Hkv, G, mk, mq)
+    iterations = options.pinv_iterations
+    a_pinv = _exact_pinv(a) if iterations == 0 else iterative_pinv(a, iterations)  # (B, Hkv, G, mk, mq)
     return f, a_pinv, b
 
 
@@ -600,7 +639,10 @@ def nystrom_attention(
     _check_call("nystrom", spec, return_lse, causal_ok=False)
     f, a_pinv, b = _nystrom_factors(q, k, spec, scale, options)
     _, _, v5 = _grouped(q, k, v)
-    bv = torch.matmul(b, _drop_padding(v5, _real_keys(spec)))  # (B, Hkv, G, mq, Dv)
+    v5 = _drop_padding(v5, _real_keys(spec))
+    if a_pinv is None:  # every key a landmark: F is the attention itself
+        return _ungroup(torch.matmul(f, v5), q.dtype)
+    bv = torch.matmul(b, v5)  # (B, Hkv, G, mq, Dv)
     out = torch.matmul(f, torch.matmul(a_pinv, bv))  # (B, Hkv, G, Nq, Dv)
     return _ungroup(out, q.dtype)
 
@@ -611,4 +653,6 @@ def nystrom_weights(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options:
     options = options or NystromOptions()
     _check_call("nystrom", spec, False, causal_ok=False)
     f, a_pinv, b = _nystrom_factors(q, k, spec, scale, options)
+    if a_pinv is None:  # every key a landmark: F is the attention itself
+        return _ungroup(f, q.dtype)
     return _ungroup(torch.matmul(f, torch.matmul(a_pinv, b)), q.dtype)

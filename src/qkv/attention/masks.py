@@ -29,7 +29,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-__all__ = ["MaskSpec", "BlockVisibility", "normalize_window", "slice_tile", "keep_read", "padding_view"]
+__all__ = ["MaskSpec", "BlockVisibility", "normalize_window", "clamp_window", "slice_tile", "keep_read", "padding_view"]
 
 # Structure masks (causal/window/globals) depend only on the shapes and options, so they are built
 # once per (spec, device) and reused; the largest are rebuilt per call rather than kept alive.
@@ -100,6 +100,20 @@ def normalize_window(
     if causal:
         right = 0
     return (None if left is None else int(left)), (None if right is None else int(right))
+
+
+def clamp_window(left: int | None, right: int | None, *, nq: int, nk: int) -> tuple[int | None, int | None]:
+    """Window bounds no wider than the sequence: the same visibility, sized by N rather than w.
+
+    Queries sit at positions Nk - Nq .. Nk - 1 and keys at 0 .. Nk - 1, so a left bound of
+    Nk - 1 and a right bound of Nq - 1 already reach every key; wider ones change nothing but
+    would make band backends allocate in proportion to the window.
+    """
+    if left is not None:
+        left = min(left, max(nk - 1, 0))
+    if right is not None:
+        right = min(right, max(nq - 1, 0))
+    return left, right
 
 
 @dataclass(frozen=True)

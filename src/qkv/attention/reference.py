@@ -54,6 +54,9 @@ def attention_scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
 def mask_scores(scores: Tensor, spec: MaskSpec) -> Tensor:
     """Step 2: add the float bias, then hide what each query may not see with -inf.
 
+    A bias of -inf hides its key even where the score is NaN (a NaN query or key there is
+    not read, as with a bool mask).
+
     Args:
         scores: (B, Hq, Nq, Nk).
         spec: the call's masking.
@@ -62,7 +65,8 @@ def mask_scores(scores: Tensor, spec: MaskSpec) -> Tensor:
         (B, Hq, Nq, Nk) scores, -inf where a key is hidden from a query.
     """
     if spec.float_bias is not None:
-        scores = scores + spec.float_bias.to(scores.dtype)
+        bias = spec.float_bias.to(scores.dtype)
+        scores = (scores + bias).masked_fill(bias == float("-inf"), float("-inf"))
     visible = spec.dense_mask(scores.device)  # broadcastable to (B, H, Nq, Nk)
     if visible is not None:
         scores = scores.masked_fill(~visible, float("-inf"))
@@ -90,8 +94,25 @@ def softmax_weights(scores: Tensor) -> tuple[Tensor, Tensor]:
     return weights, lse.squeeze(-1)
 
 
+def rows_that_see_no_key(spec: MaskSpec, device: torch.device) -> Tensor | None:
+    """Query rows whose every key is hidden: bool broadcastable to (B, Hq, Nq, 1), or None when
+    nothing can hide a key. A float bias of -inf hides its key, as a bool mask's False does."""
+    visible = spec.dense_mask(device)  # broadcastable to (B, Hq, Nq, Nk)
+    if spec.float_bias is not None:
+        seen = spec.float_bias != float("-inf")
+        visible = seen if visible is None else visible & seen
+    return None if visible is None else ~visible.any(dim=-1, keepdim=True)
+
+
 def reference_weights(q: Tensor, k: Tensor, spec: MaskSpec, scale: float) -> tuple[Tensor, Tensor]:
-    """Steps 1-3: the attention weights (B, Hq, Nq, Nk) and the LSE (B, Hq, Nq)."""
+    """Steps 1-3: the attention weights (B, Hq, Nq, Nk) and the LSE (B, Hq, Nq).
+
+    A query that sees no key asks nothing: it is replaced by zeros first, so that whatever it
+    holds (NaN included) reaches neither its own row nor, through the gradients, the keys.
+    """
+    blind = rows_that_see_no_key(spec, q.device)
+    if blind is not None:
+        q = q.masked_fill(blind, 0.0)
     k = repeat_kv_heads(k, q.shape[1])
     scores = attention_scores(q, k, scale)  # (B, H, Nq, Nk)
     scores = mask_scores(scores, spec)

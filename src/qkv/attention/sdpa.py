@@ -3,7 +3,9 @@
 SDPA is the fast exact default. What it does not do by itself, done here: bottom-right
 causal alignment when Nq != Nk (PyTorch's ``is_causal`` is top-left), windows and key
 padding compiled into one mask, grouped-query attention on every torch >= 2.5, and rows
-that see no key returning zeros with zero gradients instead of NaN.
+that see no key returning zeros with zero gradients instead of NaN (their queries are
+zeroed first, where a mask, key padding or the structure can empty a row, so that not even
+a NaN query reaches the output or dk).
 
 Per call it adds almost nothing: :func:`sdpa_runner` decides once per call signature
 which form of SDPA call serves it (no mask, ``is_causal``, or a mask built from the cached
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.attention.costs import CallShape
-from qkv.attention.masks import MaskSpec
+from qkv.attention.masks import MaskSpec, keep_read
 from qkv.attention.reference import repeat_kv_heads
 
 __all__ = ["sdpa_attention", "sdpa_runner"]
@@ -100,6 +102,7 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         return run_unmasked
 
     zeroes_empty_rows = _zeroes_hidden_rows(shape.device, dtype)
+    structure_empties_rows = _structure_may_empty_rows(spec)
     repair_nan = not _carries_query_nan(shape.device, dtype, "masked", row_length)
     if (zeroes_empty_rows and not repair_nan and groups == 1 and spec.mask is None and not spec.hides_structure
             and spec.key_padding_mask is not None):
@@ -109,21 +112,26 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         def run_padded(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
             padding = spec.key_padding_mask
             mask = padding.view(padding_shape) if padding.is_contiguous() else padding.reshape(padding_shape)
-            return sdpa(q, k, v, attn_mask=mask, scale=scale)
+            row_is_empty = ~mask.any(dim=-1, keepdim=True)  # (B, 1, 1, 1): every key is padding
+            return sdpa(_blind_queries_zeroed(q, row_is_empty), k, v, attn_mask=mask, scale=scale)
 
         return run_padded
 
     def run_masked(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
-        out = masked(q, *heads(k, v), spec)
-        return _carry_query_nan(q, out) if repair_nan else out
+        out, row_is_empty = masked(q, *heads(k, v), spec)
+        return _carry_query_nan(q, out, row_is_empty) if repair_nan else out
 
-    def masked(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
+    def masked(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> tuple[Tensor, Tensor | None]:
+        """The output and the rows that see no key ((.., Nq, 1) bool, or None: every row sees one)."""
         visible = spec.dense_mask(device)  # broadcastable to (B, H, Nq, Nk)
         bias = spec.float_bias
         if bias is None and zeroes_empty_rows:
             if visible is None:  # e.g. a bool mask broadcast from fewer dimensions
-                return sdpa(q, k, v, scale=scale)
-            return sdpa(q, k, v, attn_mask=visible, scale=scale)
+                return sdpa(q, k, v, scale=scale), None
+            if spec.mask is None and spec.key_padding_mask is None and not structure_empties_rows:
+                return sdpa(q, k, v, attn_mask=visible, scale=scale), None  # every row sees a key
+            row_is_empty = ~visible.any(dim=-1, keepdim=True)  # (.., Nq, 1)
+            return sdpa(_blind_queries_zeroed(q, row_is_empty), k, v, attn_mask=visible, scale=scale), row_is_empty
         if bias is not None:
             bias = bias.to(q.dtype)
             if visible is not None:
@@ -134,15 +142,37 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         else:
             row_is_empty = ~visible.any(dim=-1, keepdim=True)  # (.., Nq, 1)
             attn_mask = visible | row_is_empty
-        out = sdpa(q, k, v, attn_mask=attn_mask, scale=scale)
-        return out.masked_fill(row_is_empty, 0.0)
+        out = sdpa(_blind_queries_zeroed(q, row_is_empty), k, v, attn_mask=attn_mask, scale=scale)
+        return out.masked_fill(row_is_empty, 0.0), row_is_empty
 
     return run_masked
 
 
-def _carry_query_nan(q: Tensor, out: Tensor) -> Tensor:
-    """``out`` with NaN in every row whose query holds a NaN (what the contract asks)."""
+def _blind_queries_zeroed(q: Tensor, row_is_empty: Tensor) -> Tensor:
+    """``q`` (B, H, Nq, D) with zeros in the rows that see no key (``row_is_empty``, broadcastable to
+    (B, H, Nq, 1)): such a row's output is zero whatever its query holds, and so is its gradient, which a
+    NaN query would otherwise turn into NaN (0 * NaN) on the way back through the kernel."""
+    return keep_read((q,), ~row_is_empty)[0]
+
+
+def _structure_may_empty_rows(spec: MaskSpec) -> bool:
+    """Whether causal/window alone can leave a query row with no key, from the shapes: a band leaves
+    only its first or last rows empty, so those two are checked (on the CPU, O(Nk)); with global tokens,
+    any row may be."""
+    if not spec.has_structure or spec.nq == 0 or spec.nk == 0:
+        return False
+    if spec.global_tokens:
+        return True
+    positions = torch.tensor([spec.offset, spec.nk - 1])  # of the first and the last query
+    return not bool(spec.pair_structure(positions, torch.arange(spec.nk)).any(dim=-1).all())
+
+
+def _carry_query_nan(q: Tensor, out: Tensor, row_is_empty: Tensor | None = None) -> Tensor:
+    """``out`` with NaN in every row whose query holds a NaN and sees some key (what the contract
+    asks: a row that sees no key stays zero)."""
     query_has_nan = torch.isnan(q).any(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    if row_is_empty is not None:
+        query_has_nan = query_has_nan & ~row_is_empty
     return out.masked_fill(query_has_nan, float("nan"))
 
 

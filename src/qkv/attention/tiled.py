@@ -108,7 +108,9 @@ def tile_scores(
     scores = torch.matmul(q_tile, k_tile.transpose(-2, -1))  # (B, Hkv, G, bq, bk)
     bias = group_heads(spec.tile_bias(*tile), num_kv_heads)
     if bias is not None:
-        scores += bias.to(scores.dtype)
+        bias = bias.to(scores.dtype)
+        scores += bias
+        scores.masked_fill_(bias == NEG_INF, NEG_INF)  # -inf hides its key even where the score is NaN
     visible = group_heads(spec.tile_mask(*tile, device=scores.device), num_kv_heads)
     if visible is not None:
         scores.masked_fill_(~visible, NEG_INF)
@@ -186,6 +188,8 @@ def tiled_backward(
     Returns (grad_q, grad_k, grad_v, grad_bias); grad_bias is None unless asked for.
     """
     num_kv_heads = k.shape[1]
+    # Rows that saw no key (lse = -inf) read nothing: their queries, NaN or not, must not reach dk.
+    q = q.masked_fill((lse == NEG_INF).unsqueeze(-1), 0.0)
     q5, k5, v5 = split_groups(q, k, v, scale)
     dtype = q5.dtype
     grad_out5 = grad_out.to(dtype).unflatten(1, (num_kv_heads, -1))  # (B, Hkv, G, Nq, Dv)

@@ -301,6 +301,8 @@ class TritonFlashAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(out)
+        # Rows that saw no key (lse = -inf) read nothing: their queries, NaN or not, must not reach dk.
+        q = q.masked_fill((lse == float("-inf")).unsqueeze(-1), 0.0)
         grad_q, grad_k, grad_v = flash_backward(q, k, v, out, lse, grad_out, grad_lse, ctx.spec, ctx.scale,
                                                 ctx.blocks)
         if ctx.q_sign != 1.0:

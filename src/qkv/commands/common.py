@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from qkv.files import outputs_problem, write_text
 from qkv.numbering import EMBEDDINGS
+from qkv.text import terminal_safe
 
-__all__ = ["MODEL_HELP", "VECTORS_CAPTION", "fail", "load_data_and_model", "make_console",
+__all__ = ["MODEL_HELP", "VECTORS_CAPTION", "fail", "load_data_and_model", "make_console", "markup_safe",
            "output_options_problem",
            "port", "save_outputs", "word_list"]
 
@@ -44,9 +47,18 @@ def make_console(width: int = 100) -> Console:
     return Console()
 
 
+def markup_safe(text: str) -> str:
+    """User text (a model name, a word) for a rich markup string such as a table title: control
+    characters shown escaped (``\x1b``), brackets printed rather than read as markup."""
+    return escape(terminal_safe(text))
+
+
 def fail(command: str, message: str) -> int:
-    """Print ``qkv COMMAND: error: MESSAGE`` to stderr, as argparse does; return exit code 2."""
-    print(f"qkv {command}: error: {message}", file=sys.stderr)
+    """Print ``qkv COMMAND: error: MESSAGE`` to stderr, as argparse does; return exit code 2.
+
+    The message often quotes user text (a word, a file name): control characters in it are
+    shown escaped (``\x1b``)."""
+    print(f"qkv {command}: error: {terminal_safe(message)}", file=sys.stderr)
     return 2
 
 
@@ -103,9 +115,9 @@ def save_outputs(out: Console, args: argparse.Namespace, result: dict[str, Any],
 
     if args.json:
         write_text(args.json, json.dumps(result, indent=1))
-        out.print(f"wrote {args.json}")
+        out.print(Text(f"wrote {terminal_safe(str(args.json))}"))
     if args.out:
         path = Path(args.out).expanduser() / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(result, path)
-        out.print(f"wrote {path}")
+        out.print(Text(f"wrote {terminal_safe(str(path))}"))

@@ -8,7 +8,14 @@ import argparse
 from rich.table import Table
 
 from qkv.argtypes import positive_int
-from qkv.commands.common import MODEL_HELP, VECTORS_CAPTION, load_data_and_model, make_console, save_outputs
+from qkv.commands.common import (
+    MODEL_HELP,
+    VECTORS_CAPTION,
+    load_data_and_model,
+    make_console,
+    markup_safe,
+    save_outputs,
+)
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -43,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         task = progress.add_task("contextuality", total=total)
         result = contextuality(model, tokenizer, dataset, max_sentences_per_word=args.max_sentences,
                                on_batch=lambda n: progress.advance(task, n))
-    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {model.name}, {result['sentences']} sentences",
+    name = markup_safe(model.name)
+    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {name}, {result['sentences']} sentences",
                   caption=VECTORS_CAPTION)
     columns = ["self_similarity", "intra_similarity", "anisotropy", "adjusted_self_similarity",
                "adjusted_intra_similarity"]

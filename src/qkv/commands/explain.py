@@ -8,7 +8,7 @@ import argparse
 import qkv
 from qkv.argtypes import positive_int
 from qkv.commands.common import MODEL_HELP, fail, make_console, output_options_problem
-from qkv.text import DEFAULT_SENTENCE
+from qkv.text import DEFAULT_SENTENCE, terminal_safe
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -82,15 +82,15 @@ def run(args: argparse.Namespace) -> int:
     print_report(report, make_console())
     if args.json:
         report.save_json(args.json)
-        print(f"wrote {args.json}")
+        print(f"wrote {terminal_safe(args.json)}")
     if args.html:
         report.save_html(args.html)
-        print(f"wrote {args.html} (self-contained; open it in a browser)")
+        print(f"wrote {terminal_safe(args.html)} (self-contained; open it in a browser)")
     if args.out:
         from qkv.viz.figures import skipped_figures
 
         paths = report.figures(args.out)
-        print(f"wrote {len(paths)} figures to {args.out}")
+        print(f"wrote {len(paths)} figures to {terminal_safe(args.out)}")
         for name, reason in skipped_figures(report).items():
             print(f"  no {name}: {reason}")
     return 0

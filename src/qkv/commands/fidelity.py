@@ -14,6 +14,7 @@ from qkv.commands.common import (
     MODEL_HELP,
     fail,
     make_console,
+    markup_safe,
     output_options_problem,
     save_outputs,
     word_list,
@@ -107,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
         result = fidelity(model, tokenizer, text, variants, dataset=dataset, on_step=on_step)
     exact = result["exact"]
-    table = Table(title=f"{model.name}: each attention variant against the exact model, {result['tokens']} tokens"
+    name = markup_safe(model.name)
+    table = Table(title=f"{name}: each attention variant against the exact model, {result['tokens']} tokens"
                         + (f"; WSD on {result['wsd_sentences']} CoarseWSD-20 sentences" if dataset else ""))
     for column in ("variant", "token cos", "worst token cos", "sentence cos", "attention TV", "WSD F1",
                    "ms", "speed-up"):

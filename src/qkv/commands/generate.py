@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import qkv
 from qkv.argtypes import positive_int
 from qkv.commands.common import fail
+from qkv.text import terminal_safe
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -29,7 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``qkv generate``: print the prompt's continuation token by token."""
+    """Run ``qkv generate``: print the prompt's continuation token by token.
+
+    The prompt and the continuation are the command's output: piped or redirected they are
+    written as they are; on a terminal, control characters other than newline and tab are
+    shown escaped (``\x1b``), so that neither the prompt nor the model can drive the terminal.
+    """
     from qkv.models.streaming import chat_prompt, stream_text
 
     if not args.prompt.strip():
@@ -44,10 +51,14 @@ def run(args: argparse.Namespace) -> int:
         return fail("generate", f"--model {args.model}: {type(model).__name__} is an encoder and does not generate "
                                  f"text; use a decoder such as --model smollm2")
     prompt = chat_prompt(tokenizer, args.prompt) if args.chat else args.prompt
+
+    def show(text: str) -> str:
+        return terminal_safe(text, keep="\n\t") if sys.stdout.isatty() else text
+
     if not args.chat:
-        print(args.prompt, end="", flush=True)
+        print(show(args.prompt), end="", flush=True)
     for piece in stream_text(model, tokenizer, prompt, args.max_new_tokens, temperature=args.temperature,
                              top_k=args.top_k, seed=args.seed):
-        print(piece, end="", flush=True)
+        print(show(piece), end="", flush=True)
     print()
     return 0

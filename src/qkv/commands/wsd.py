@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 
 from rich.table import Table
+from rich.text import Text
 
 from qkv.argtypes import positive_int
-from qkv.commands.common import MODEL_HELP, VECTORS_CAPTION, load_data_and_model, make_console, save_outputs
+from qkv.commands.common import (
+    MODEL_HELP,
+    VECTORS_CAPTION,
+    load_data_and_model,
+    make_console,
+    markup_safe,
+    save_outputs,
+)
+from qkv.text import terminal_safe
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -43,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_wsd(model, tokenizer, dataset, method=args.method, batch_size=args.batch_size,
                          progress=progress)
     layers = result["layers"]
-    table = Table(title=f"word-sense disambiguation, {args.method}, {model.name}: F1 (%) averaged over "
+    table = Table(title=f"word-sense disambiguation, {args.method}, {markup_safe(model.name)}: F1 (%) averaged over "
                         f"{len(dataset)} words", caption=VECTORS_CAPTION)
     table.add_column("after layer")
     table.add_column("micro-F1", justify="right")
@@ -61,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         per_word.add_column(layer, justify="right")
     per_word.add_column("MFS", justify="right")
     for word, scores in result["words"].items():
-        per_word.add_row(word, *[f"{scores[layer]['micro_f1']:.1f}" for layer in layers],
+        per_word.add_row(Text(terminal_safe(word)), *[f"{scores[layer]['micro_f1']:.1f}" for layer in layers],
                          f"{scores['mfs']['micro_f1']:.1f}")
     console.print(per_word)
     save_outputs(console, args, result, plot_wsd, f"wsd_{args.method}.png")

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qkv.inspect.heads import ROLE_NAMES
+from qkv.text import terminal_safe
 
 __all__ = ["print_report"]
 
@@ -112,10 +113,26 @@ def _window_note(report: dict, shown: range, what: str) -> str:
             f"'{report['focus']['token']}' ({report['focus']['index']}); --json or --html has all of them")
 
 
+def _shown(value):
+    """``value`` (a report, or any part of it) with every string made safe for a terminal: control
+    characters in the sentence, tokens and sense names are shown escaped (``\x1b``)."""
+    if isinstance(value, str):
+        return terminal_safe(value)
+    if isinstance(value, dict):
+        return {key: _shown(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shown(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_shown(item) for item in value)
+    return value
+
+
 def print_report(report: dict, console: Console | None = None) -> None:
     """Print every section of an :func:`qkv.inspect.explain` report, as wide as ``console``
-    (default: a console as wide as the terminal)."""
+    (default: a console as wide as the terminal). Control characters in its text are shown
+    escaped (``\x1b``), never sent to the terminal."""
     console = console or Console()
+    report = _shown(report)
     focus, model = report["focus"], report["model"]
     length_note = (report.get("length") or {}).get("note")
     causal = (f"\ncausal model: '{focus['token']}', like every token, attends only to itself and the tokens "

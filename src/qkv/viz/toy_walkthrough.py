@@ -7,11 +7,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from torch import Tensor
 
 from qkv.inspect.toy_walkthrough import TOLERANCE
+from qkv.text import terminal_safe
 
 __all__ = ["render_walkthrough"]
 
@@ -23,8 +25,12 @@ def _vec(t: Tensor, decimals: int = 3, limit: int = 8) -> str:
 
 
 def render_walkthrough(n: dict[str, Any], dim: int, causal: bool, console: Console) -> None:
-    """Print the walkthrough of :func:`walkthrough_numbers` ``n`` step by step."""
-    tokens, i = n["tokens"], n["focus_index"]
+    """Print the walkthrough of :func:`walkthrough_numbers` ``n`` step by step.
+
+    Tokens are user text: control characters in them are shown escaped (``\x1b``) and rich
+    markup in them is printed as it is, never interpreted.
+    """
+    tokens, i = [escape(terminal_safe(token)) for token in n["tokens"]], n["focus_index"]
     focus = tokens[i]
     console.print(Panel(
         f"Self-attention for the token [bold]{focus}[/bold] (position {i}), D = {dim}"
