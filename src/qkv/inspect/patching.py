@@ -340,16 +340,16 @@ def run_patches(model: TransformerStack, pair: PatchingPair, patches: Sequence[S
             for patch in patches[index]:
                 by_hook.setdefault(patch.hook, []).append((row, patch))
 
-        def hook_for(name: str):
+        def hook_for(name: str, row_patches: list[tuple[int, Patch]]):
             def hook(value: Tensor, point) -> Tensor:
                 value = value.clone()
-                for row, patch in by_hook[name]:
+                for row, patch in row_patches:
                     _patch_value(value, row, patch, clean[name], pair)
                 return value
             return hook
 
         ids = pair.corrupted_ids.to(model.device).expand(len(chunk), -1)  # (R, N)
-        with model.hooks([(name, hook_for(name)) for name in by_hook]):
+        with model.hooks([(name, hook_for(name, found)) for name, found in by_hook.items()]):
             values = metric(model(ids), pair.corrupted_positions)  # (R,)
         results.append((chunk, values.float().cpu()))
         if on_batch is not None:
