@@ -20,5 +20,7 @@ COMMANDS: dict[str, str] = {
     "wsd": "wsd",
     "contextuality": "contextuality",
     "fidelity": "fidelity",
+    "patch": "patch",
+    "faithfulness": "faithfulness",
     "train-demo": "train_demo",
 }
