@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.table import Table
 
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
         def on_step(name: str, done: int, total: int) -> None:
             progress.update(task, description=f"faithfulness: {name} sentences", completed=done, total=total)
+            if not console.is_terminal:  # a log: one line per batch instead of a progress bar
+                print(f"faithfulness: {done}/{total} {name} sentences", file=sys.stderr, flush=True)
 
         try:
             report = faithfulness(model, tokenizer, args.sentence, args.focus, senses, args.sense, dataset,

@@ -52,8 +52,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     import qkv
-    from qkv.inspect.patching import SITES, activation_patching, logit_difference, prepare_pair, runs_needed, \
-        sense_cosine
+    from qkv.inspect.patching import (
+        SITES,
+        activation_patching,
+        logit_difference,
+        prepare_pair,
+        runs_needed,
+        sense_cosine,
+    )
     from qkv.inspect.senses import DEFAULT_SENSES, parse_senses
     from qkv.viz.patching import patching_tables, plot_patching, save_patching_page
 
@@ -116,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
     for table in patching_tables(data):
         console.print(table)
     for site in sites:
-        top = ", ".join(f"layer {layer} {'position ' + repr(result.corrupted_tokens[col]) if site == 'resid' else f'head {col}'}"
-                        f" {share:+.2f}" for layer, col, share in result.top(site, 3))
+        where = (lambda col: f"position {result.corrupted_tokens[col]!r}") if site == "resid" else (
+            lambda col: f"head {col}")
+        top = ", ".join(f"layer {layer} {where(col)} {share:+.2f}" for layer, col, share in result.top(site, 3))
         console.print(f"most restored by {site}: {top}")
     console.print("share restored: (patched - corrupted) / (clean - corrupted); 0 is the corrupted run, 1 the clean")
     if args.html:

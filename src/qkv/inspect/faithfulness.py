@@ -45,8 +45,8 @@ __all__ = ["FAITHFULNESS_METHODS", "SenseItem", "seed_items", "wsd_items", "dele
 
 #: every attribution method, then a random ranking (seeded) as the floor
 FAITHFULNESS_METHODS = (*METHODS, "random")
-MAX_K = 5  # tokens deleted, at most
-WINDOW_WORDS = 16  # a WSD sentence is cut to this many words around its target (attention flow is O(N^3))
+MAX_K = 4  # tokens deleted, at most
+WINDOW_WORDS = 12  # a WSD sentence is cut to this many words around its target (attention flow is O(N^3))
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,9 @@ def _deleted_metrics(model: TransformerStack, encoded: dict[str, Tensor], orders
     """The metric after deleting each method's top k tokens. orders (B, M, N) -> (B, M, max_k)."""
     b, m, n = orders.shape
     count = encoded["candidates"].sum(dim=1)  # (B,)
+    # candidates first, in the order given: only they may be deleted
+    is_candidate = encoded["candidates"][:, None, :].expand(b, m, n).gather(2, orders)  # (B, M, N)
+    orders = orders.gather(2, (~is_candidate).to(torch.uint8).argsort(dim=-1, stable=True))
     masks = []
     for k in range(1, max_k + 1):
         top = orders[:, :, :k]  # (B, M, k)
@@ -367,6 +370,8 @@ def faithfulness(model: TransformerStack, tokenizer: Tokenizer, sentence: str, f
                               on_batch=advance)
         report["wsd"] = summarize(run)
         report["wsd"]["sampling"] = note
+        report["wsd"]["items"] = {"groups": run["groups"], "curves": run["curves"].tolist(),
+                                  "completeness": run["completeness"].tolist()}
     report["best"] = {
         part: max((m for m in report[part]["all"] if report[part]["all"][m]["auc"] is not None),
                   key=lambda m: report[part]["all"][m]["auc"])
