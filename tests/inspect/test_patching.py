@@ -181,3 +181,66 @@ def test_logit_difference_needs_single_tokens(tiny_gpt2):
     _, tokenizer = tiny_gpt2
     with pytest.raises(ValueError, match="single tokens"):
         logit_difference(tokenizer, " bank deposited", " river")
+
+
+def test_qkv_patch_on_a_decoder_writes_json_png_and_a_page_that_shows_every_cell(tiny_gpt2_folder, tmp_path, capsys):
+    import json
+
+    from qkv.cli import main
+
+    out = tmp_path / "out"
+    code = main(["patch", "She deposited her check at the bank.", "She deposited her check at the river.",
+                 "--model", str(tiny_gpt2_folder), "--answer", " bank", "--wrong", " river", "--sites", "resid,z",
+                 "--json", str(tmp_path / "p.json"), "--html", str(tmp_path / "p.html"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "logit(' bank') - logit(' river')" in printed and "equal token counts" in printed
+    data = json.loads((tmp_path / "p.json").read_text())
+    tokens = data["corrupted"]["tokens"]
+    assert set(data["sites"]) == {"resid", "z"}
+    assert len(data["sites"]["resid"]["restored"]) == 2 and len(data["sites"]["resid"]["restored"][0]) == len(tokens)
+    # at layer 0, patching the one position where the inputs differ makes them the same: all restored
+    differs = [p for p, (a, b) in enumerate(zip(data["clean"]["tokens"], tokens)) if a != b]
+    assert len(differs) == 1
+    assert abs(data["sites"]["resid"]["restored"][0][differs[0]] - 1.0) < 1e-4
+    assert abs(data["sites"]["resid"]["restored"][0][0]) < 1e-4
+    assert (out / "patching.png").stat().st_size > 10_000
+    _check_page_in_browser(tmp_path / "p.html", cells=2 * len(tokens) + 2 * 3)
+
+
+def _check_page_in_browser(path, cells: int) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from pathlib import Path
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("no /usr/bin/chromium")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        errors, requests = [], []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("request", lambda request: requests.append(request.url) if not request.url.startswith("file:")
+                else None)
+        page.goto(path.as_uri())
+        assert page.locator("table.grid td").count() == cells
+        page.locator("table.grid td").nth(cells - 1).hover()
+        assert "layer 1" in page.locator("#tip").inner_text()
+        browser.close()
+    assert errors == [] and requests == []
+
+
+def test_qkv_patch_refuses_bad_options_in_one_line(tiny_gpt2_folder, capsys):
+    from qkv.cli import main
+
+    assert main(["patch", "--sites", "mlp"]) == 2
+    assert "--sites 'mlp'" in capsys.readouterr().err
+    model = ["--model", str(tiny_gpt2_folder)]
+    assert main(["patch", "She deposited her check at the bank.", "The river.", *model, "--answer", " bank",
+                 "--wrong", " river"]) == 2
+    assert "equal token counts" in capsys.readouterr().err
+    assert main(["patch", "a bank.", "a river.", *model]) == 2
+    assert "needs --answer" in capsys.readouterr().err
+    assert main(["patch", "a bank.", *model]) == 2
+    assert "both inputs" in capsys.readouterr().err

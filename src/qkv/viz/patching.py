@@ -8,8 +8,8 @@ one colour scale reads every site and every metric.
 from __future__ import annotations
 
 import html
-import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qkv.files import save_figure, write_text
+from qkv.viz.html import _script_hash, json_for_script, show_controls
 
 __all__ = ["patching_tables", "plot_patching", "patching_page", "save_patching_page", "plot_deletion_curves"]
 
@@ -103,13 +104,13 @@ def _asset(name: str) -> str:
 
 def patching_page(result: dict[str, Any]) -> str:
     """A self-contained HTML page of the patching grids (its HTML, CSS and script from viz/page/patching.*)."""
-    data = json.dumps(result).replace("</", "<\\/")  # no early </script>
-    title = html.escape(f"patching: {result['clean']['text']} → {result['corrupted']['text']}")
-    return (_asset("patching.html")
-            .replace("{{title}}", title)
-            .replace("{{style}}", _asset("patching.css"))
-            .replace("{{script}}", _asset("patching.js"))
-            .replace("{{data}}", data))
+    script = _asset("patching.js")
+    csp = (f"default-src 'none'; script-src '{_script_hash(script)}'; style-src 'unsafe-inline'; base-uri 'none'; "
+           "form-action 'none'")
+    title = html.escape(show_controls(f"patching: {result['clean']['text']} → {result['corrupted']['text']}"))
+    values = {"csp": html.escape(csp, quote=True), "title": title, "style": _asset("patching.css"),
+              "script": script, "data": json_for_script(result)}
+    return re.sub(r"\{\{(csp|title|style|script|data)\}\}", lambda m: values[m.group(1)], _asset("patching.html"))
 
 
 def save_patching_page(result: dict[str, Any], path: str | Path) -> Path:
