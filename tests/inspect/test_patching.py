@@ -244,3 +244,20 @@ def test_qkv_patch_refuses_bad_options_in_one_line(tiny_gpt2_folder, capsys):
     assert "needs --answer" in capsys.readouterr().err
     assert main(["patch", "a bank.", *model]) == 2
     assert "both inputs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "option", "path"), [
+    ("patch", "--json", "/sys/x.json"), ("patch", "--html", "/sys/x.html"), ("patch", "--out", "/proc/x/y"),
+    ("faithfulness", "--json", "/sys/x.json"), ("faithfulness", "--out", "/proc/x/y"),
+])
+def test_unwritable_outputs_are_refused_before_the_model_loads(monkeypatch, capsys, command, option, path):
+    import qkv
+    from qkv.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model loaded before the output paths were checked")
+
+    monkeypatch.setattr(qkv, "load", refuse)
+    assert main([command, option, path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"qkv {command}: error: {option} {path}: "), err

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SITES", "Metric", "LogitDifference", "SenseCosine", "logit_difference", "sense_cosine", "PatchingPair",
-    "prepare_pair", "Patch", "clean_activations", "run_patches", "PatchingResult", "activation_patching",
+    "prepare_pair", "Patch", "clean_activations", "run_patches", "PatchingResult", "activation_patching", "runs_needed",
 ]
 
 #: What can be patched, and the hook point that holds it in layer i.
