@@ -261,3 +261,17 @@ def test_unwritable_outputs_are_refused_before_the_model_loads(monkeypatch, caps
     assert main([command, option, path]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"qkv {command}: error: {option} {path}: "), err
+
+
+def test_terminal_grids_show_tokens_as_text_not_markup():
+    from rich.console import Console
+
+    from qkv.viz.patching import patching_tables
+
+    data = {"corrupted": {"tokens": ["[bold]", "x\x1b[31m"]},
+            "sites": {"resid": {"restored": [[0.5, None]], "metric": [[1.0, None]]}}}
+    console = Console(width=80, record=True, color_system=None)
+    for table in patching_tables(data):
+        console.print(table)
+    shown = console.export_text()
+    assert "[bold]" in shown and "\x1b" not in shown and "+0.50" in shown and "·" in shown

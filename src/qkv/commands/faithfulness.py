@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import qkv
     from qkv.inspect.faithfulness import faithfulness
     from qkv.inspect.senses import DEFAULT_SENSES, parse_senses
-    from qkv.viz.patching import plot_deletion_curves
+    from qkv.viz.patching import plot_deletion_curves, printable
 
     try:
         senses = parse_senses(args.senses) if args.senses else DEFAULT_SENSES.get(args.focus.lower())
@@ -116,11 +116,12 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(method.replace("_", " "), *cells, style=style)
     console.print(table)
     ig = report[parts[-1]]["integrated_gradients"]
-    console.print(f"focus {args.focus!r}, sense {report['sense']!r}. Integrated gradients: {ig['steps']} steps, "
-                  f"baseline {ig['baseline']}; completeness error median {100 * ig['completeness_error_median']:.2f}%"
-                  f", 95th percentile {100 * ig['completeness_error_p95']:.2f}%.")
+    console.print(printable(f"focus {args.focus!r}, sense {report['sense']!r}. Integrated gradients: {ig['steps']} "
+                            f"steps, baseline {ig['baseline']}; completeness error median "
+                            f"{100 * ig['completeness_error_median']:.2f}%, 95th percentile "
+                            f"{100 * ig['completeness_error_p95']:.2f}%."), markup=False)
     if "wsd" in report:
-        console.print(f"WSD sentences: {report['wsd']['sampling']}.")
+        console.print(f"WSD sentences: {report['wsd']['sampling']}.", markup=False)
     for part in parts:
         console.print(f"most faithful on the {'seed sentence' if part == 'seed' else 'WSD sentences'}: "
                       f"{report['best'][part].replace('_', ' ')}")

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         sense_cosine,
     )
     from qkv.inspect.senses import DEFAULT_SENSES, parse_senses
-    from qkv.viz.patching import patching_tables, plot_patching, save_patching_page
+    from qkv.viz.patching import patching_tables, plot_patching, printable, save_patching_page
 
     try:
         sites = [s.strip() for s in args.sites.split(",") if s.strip()]
@@ -116,16 +116,17 @@ def run(args: argparse.Namespace) -> int:
                                      batch_size=args.batch_size, on_batch=lambda n: progress.advance(task, n))
     data = result.to_dict()
     data["model"] = model.name
-    console.print(f"{model.name}: patching {clean!r} (clean) into {corrupted!r} (corrupted)")
-    console.print(f"metric {result.metric}: clean {result.clean_metric:.4f}, corrupted {result.corrupted_metric:.4f}")
-    console.print(f"alignment: {result.alignment_note}")
+    console.print(printable(f"{model.name}: patching {clean!r} (clean) into {corrupted!r} (corrupted)"), markup=False)
+    console.print(printable(f"metric {result.metric}: clean {result.clean_metric:.4f}, corrupted "
+                            f"{result.corrupted_metric:.4f}"), markup=False)
+    console.print(printable(f"alignment: {result.alignment_note}"), markup=False)
     for table in patching_tables(data):
         console.print(table)
     for site in sites:
         where = (lambda col: f"position {result.corrupted_tokens[col]!r}") if site == "resid" else (
             lambda col: f"head {col}")
         top = ", ".join(f"layer {layer} {where(col)} {share:+.2f}" for layer, col, share in result.top(site, 3))
-        console.print(f"most restored by {site}: {top}")
+        console.print(printable(f"most restored by {site}: {top}"), markup=False)
     console.print("share restored: (patched - corrupted) / (clean - corrupted); 0 is the corrupted run, 1 the clean")
     if args.html:
         console.print(f"wrote {save_patching_page(data, args.html)}")

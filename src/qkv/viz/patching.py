@@ -24,7 +24,8 @@ from rich.text import Text
 from qkv.files import save_figure, write_text
 from qkv.viz.html import _script_hash, json_for_script, show_controls
 
-__all__ = ["patching_tables", "plot_patching", "patching_page", "save_patching_page", "plot_deletion_curves"]
+__all__ = ["printable", "patching_tables", "plot_patching", "patching_page", "save_patching_page",
+           "plot_deletion_curves"]
 
 _SITE_TITLES = {
     "resid": "residual stream entering each layer, patched one position at a time",
@@ -33,7 +34,7 @@ _SITE_TITLES = {
 }
 
 
-def _printable(token: str) -> str:
+def printable(token: str) -> str:
     """A token without control characters (the terminal must not obey them)."""
     return "".join(c if c.isprintable() else "�" for c in token)
 
@@ -51,14 +52,14 @@ def _cell(value: float | None) -> Text:
 def patching_tables(result: dict[str, Any]) -> list[Table]:
     """Rich tables of :meth:`qkv.inspect.patching.PatchingResult.to_dict`: one per site, layer rows."""
     tables = []
-    tokens = [_printable(t) for t in result["corrupted"]["tokens"]]
+    tokens = [printable(t) for t in result["corrupted"]["tokens"]]
     for site, data in result["sites"].items():
         grid = data["restored"]
         table = Table(title=f"{_SITE_TITLES[site]}: share of the clean effect restored", title_justify="left")
         table.add_column("layer", justify="right")
         columns = tokens if site == "resid" else [f"h{h}" for h in range(len(grid[0]))]
         for column in columns:
-            table.add_column(column, justify="right", overflow="fold")
+            table.add_column(Text(column), justify="right", overflow="fold")  # a Text: tokens are not markup
         for layer, row in enumerate(grid):
             table.add_row(str(layer), *[_cell(v) for v in row])
         tables.append(table)
