@@ -133,6 +133,7 @@ def plot_deletion_curves(report: dict[str, Any], path: str | Path) -> Path:
             style = {"random": ":", "attention": "--", "rollout": "--", "flow": "--"}.get(method, "-")
             axis.plot(range(len(entry["curve"])), entry["curve"], style, marker="o", markersize=3,
                       label=f"{method.replace('_', ' ')} (AUC {entry['auc']:+.4f})")
+        axis.set_xticks(range(report[part]["max_k"] + 1))
         axis.set_xlabel("tokens deleted (top k by the method)")
         axis.set_ylabel("cosine to the sense prototype" + (" (mean)" if part == "wsd" else ""))
         where = (f"{report['sentence']!r}" if part == "seed" else f"{summary['sentences']} CoarseWSD-20 sentences")
