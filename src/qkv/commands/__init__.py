@@ -21,5 +21,7 @@ COMMANDS: dict[str, str] = {
     "contextuality": "contextuality",
     "fidelity": "fidelity",
     "perplexity": "perplexity",
+    "patch": "patch",
+    "faithfulness": "faithfulness",
     "train-demo": "train_demo",
 }
