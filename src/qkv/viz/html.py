@@ -28,7 +28,8 @@ import math
 import re
 from importlib import resources
 
-__all__ = ["render_html", "render_view", "framed", "json_for_script", "show_controls"]
+__all__ = ["render_html", "render_view", "framed", "json_for_script", "show_controls", "content_security_policy",
+           "page_asset"]
 
 # Bidi embeddings, overrides and isolates, and the invisible marks: shown, never obeyed.
 _CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
@@ -67,7 +68,7 @@ def _script_hash(script: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
 
 
-def _csp(script: str) -> str:
+def content_security_policy(script: str) -> str:
     """The pages' Content Security Policy: their own ``script`` (by hash), inline style, nothing else."""
     return (f"default-src 'none'; script-src '{_script_hash(script)}'; style-src 'unsafe-inline'; "
             "img-src data:; base-uri 'none'; form-action 'none'")
@@ -92,7 +93,7 @@ def render_html(report: dict, *, back_href: str | None = None) -> str:
                f"d_model {model.get('d_model', '?')} · head dim {model.get('head_dim', '?')}")
     if model.get("name"):
         summary = f"{model['name']} · {summary}"
-    csp = _csp(_SCRIPT)
+    csp = content_security_policy(_SCRIPT)
     back = (f'<p class="back"><a id="back" href="{html.escape(back_href, quote=True)}">← explain another '
             f"sentence</a></p>" if back_href is not None else "")
     note = str((report.get("length") or {}).get("note") or "")
@@ -138,7 +139,7 @@ def render_view(data: dict, kind: str, title: str) -> str:
     if kind not in ("model", "head"):
         raise ValueError(f"kind must be 'model' or 'head'; got {kind!r}")
     values = {
-        "CSP": html.escape(_csp(_VIEW_SCRIPT), quote=True),
+        "CSP": html.escape(content_security_policy(_VIEW_SCRIPT), quote=True),
         "TITLE": html.escape(show_controls(title), quote=True),
         "KIND": kind,
         "STYLE": _VIEW_STYLE,
@@ -174,7 +175,8 @@ _SET_ASIDE = "[CLS], [SEP] and punctuation"  # reports without "set_aside" come 
 _PAGE_ASSETS = resources.files("qkv.viz") / "page"
 
 
-def _asset(name: str) -> str:
+def page_asset(name: str) -> str:
+    """The text of ``qkv/viz/page/NAME`` (a page's HTML, CSS or script), from the installed package."""
     return (_PAGE_ASSETS / name).read_text(encoding="utf-8")
 
 
@@ -182,10 +184,10 @@ def _asset(name: str) -> str:
 # scanned for placeholders), their style and their script, as files beside this module. The
 # model and head views (views.js, views.css) are drawn both on the explain page and on the page
 # of a notebook view (views.html).
-_PAGE = _asset("page.html")
-_STYLE = _asset("page.css") + _asset("views.css")
-_SCRIPT = _asset("views.js") + _asset("page.js")
-_VIEW_PAGE = _asset("views.html")
-_VIEW_STYLE = _asset("views.css")
-_VIEW_SCRIPT = _asset("views.js") + _asset("views-main.js")
+_PAGE = page_asset("page.html")
+_STYLE = page_asset("page.css") + page_asset("views.css")
+_SCRIPT = page_asset("views.js") + page_asset("page.js")
+_VIEW_PAGE = page_asset("views.html")
+_VIEW_STYLE = page_asset("views.css")
+_VIEW_SCRIPT = page_asset("views.js") + page_asset("views-main.js")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import math
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qkv.files import save_figure, write_text
-from qkv.viz.html import _script_hash, json_for_script, show_controls
+from qkv.viz.html import content_security_policy, json_for_script, page_asset, show_controls
 
 __all__ = ["printable", "patching_tables", "plot_patching", "patching_page", "save_patching_page",
            "plot_deletion_curves"]
@@ -99,19 +98,15 @@ def plot_patching(result: dict[str, Any], path: str | Path) -> Path:
     return saved
 
 
-def _asset(name: str) -> str:
-    return (resources.files("qkv.viz") / "page" / name).read_text(encoding="utf-8")
-
 
 def patching_page(result: dict[str, Any]) -> str:
     """A self-contained HTML page of the patching grids (its HTML, CSS and script from viz/page/patching.*)."""
-    script = _asset("patching.js")
-    csp = (f"default-src 'none'; script-src '{_script_hash(script)}'; style-src 'unsafe-inline'; base-uri 'none'; "
-           "form-action 'none'")
+    script = page_asset("patching.js")
+    csp = content_security_policy(script)
     title = html.escape(show_controls(f"patching: {result['clean']['text']} → {result['corrupted']['text']}"))
-    values = {"csp": html.escape(csp, quote=True), "title": title, "style": _asset("patching.css"),
+    values = {"csp": html.escape(csp, quote=True), "title": title, "style": page_asset("patching.css"),
               "script": script, "data": json_for_script(result)}
-    return re.sub(r"\{\{(csp|title|style|script|data)\}\}", lambda m: values[m.group(1)], _asset("patching.html"))
+    return re.sub(r"\{\{(csp|title|style|script|data)\}\}", lambda m: values[m.group(1)], page_asset("patching.html"))
 
 
 def save_patching_page(result: dict[str, Any], path: str | Path) -> Path:
