@@ -19,16 +19,12 @@ import torch.nn.functional as F
 import qkv
 from conftest import make_qkv
 from qkv.attention.api import build_spec, zero_unread_keys
-from qkv.attention.approximate import (
-    LinearOptions,
-    LinformerOptions,
-    NystromOptions,
-    PerformerOptions,
-    iterative_pinv,
-    orthogonal_random_features,
-)
+from qkv.attention.linear import LinearOptions
+from qkv.attention.linformer import LinformerOptions
 from qkv.attention.masks import MaskSpec
+from qkv.attention.nystrom import NystromOptions, iterative_pinv
 from qkv.attention.oracle import outputs_and_grads
+from qkv.attention.performer import PerformerOptions, orthogonal_random_features
 from qkv.attention.registry import get_backend
 
 APPROX = ["linear", "performer", "nystrom", "linformer"]

@@ -1,9 +1,12 @@
 """The functional core: ``attention`` with one signature and many backends."""
 
 from qkv.attention.api import AttentionStats, attention, attention_stats, attention_weights
-from qkv.attention.approximate import LinearOptions, LinformerOptions, NystromOptions, PerformerOptions
 from qkv.attention.dispatch import DispatchPlan, explain_dispatch
+from qkv.attention.linear import LinearOptions
+from qkv.attention.linformer import LinformerOptions
 from qkv.attention.masks import MaskSpec
+from qkv.attention.nystrom import NystromOptions
+from qkv.attention.performer import PerformerOptions
 from qkv.attention.registry import Backend, available_backends, get_backend, register
 from qkv.attention.triton_backend import TritonOptions
 

@@ -1,31 +1,71 @@
-"""Linformer (Wang et al., 2020) as a pure function: keys and values projected along the sequence.
+"""Linformer (Wang et al., 2020): keys and values projected along the sequence.
 
-A learned or seeded random (k, Nk) projection E maps the Nk keys and values to k rows, so
-attention costs O(Nq * k) instead of O(Nq * Nk); with E = I (k = Nk) it is exact. Options,
-shared checks and the other approximate methods are in :mod:`qkv.attention.approximate`.
+Wang et al., "Linformer: Self-Attention with Linear Complexity" (2020). Keys and values
+are projected along the sequence to k rows, K' = E K and V' = F V with E, F of shape
+(k, Nk); out = softmax(scale Q K'^T) V'. Here E and F are fixed random Gaussian matrices
+with entries N(0, 1/k) from a generator seeded with ``seed``, drawn once per (k, Nk, seed)
+and cached (the paper learns them; so does :class:`qkv.nn.LinformerProjection`), or the
+caller's ``projection``. Padded keys' columns of E and F are zeroed (no renormalisation:
+random rows have random signs, so there is no natural total to restore); a projected row
+that reads no real key through either E or F is masked out of the softmax, so identity
+projections with k = Nk give exact masked attention. Cost O(N k (D + Dv)). Non-causal
+only. Fixed random projections do not approximate a given attention closely (the paper
+trains E and F; random ones mix unrelated keys), so the error falls only slowly with k:
+pass learned or structured projections (e.g. segment means) through ``projection`` for a
+usable approximation. Options :class:`LinformerOptions`.
+
+Shared contract, checks and pieces: :mod:`qkv.attention.approximate`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from qkv.attention.approximate import (
     NEG_INF,
-    LinformerOptions,
-    _check_call,
-    _drop_padding,
-    _grouped,
-    _real_keys,
-    _safe_softmax,
-    _ungroup,
+    check_call,
+    check_positive_int,
+    check_seed,
+    drop_padding,
+    grouped,
+    real_keys,
+    safe_softmax,
+    ungroup,
 )
 from qkv.attention.masks import MaskSpec
 
-__all__ = ["linformer_attention", "linformer_weights"]
+__all__ = ["LinformerOptions", "linformer_attention", "linformer_weights"]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: it may hold a tensor, so options compare by identity
+class LinformerOptions:
+    """Options of the ``"linformer"`` backend (Wang et al., 2020)."""
+
+    k: int = 256  # projected length: keys and values are reduced to k rows
+    seed: int = 0  # seeds the random N(0, 1/k) projections when ``projection`` is None
+    # None: random projections. A (k, Nk) tensor: E = F = projection. A (2, k, Nk) tensor: E, F.
+    projection: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int("LinformerOptions", "k", self.k, "the projected length")
+        check_seed("LinformerOptions", self.seed)
+        p = self.projection
+        if p is None:
+            return
+        if not isinstance(p, Tensor) or not p.is_floating_point():
+            seen = f"dtype {p.dtype}" if isinstance(p, Tensor) else type(p).__name__
+            raise TypeError(f"LinformerOptions.projection must be a floating-point tensor of shape (k, Nk) or "
+                            f"(2, k, Nk), or None for random projections; got {seen}")
+        good = (p.dim() == 2 or (p.dim() == 3 and p.shape[0] == 2)) and p.shape[-2] == self.k
+        if not good:
+            raise ValueError(f"LinformerOptions.projection must have shape (k, Nk) = ({self.k}, Nk) (E = F) or "
+                             f"(2, k, Nk) = (2, {self.k}, Nk) (E and F); got {tuple(p.shape)}. Set k to the "
+                             f"projection's rows or reshape it.")
 
 
 @functools.lru_cache(maxsize=2)
@@ -78,13 +118,13 @@ def _project_along_sequence(e: Tensor, x: Tensor) -> Tensor:
 def _linformer_mix(q: Tensor, k: Tensor, spec: MaskSpec, scale: float, options: LinformerOptions
                    ) -> tuple[Tensor, Tensor]:
     """softmax(scale Q (E K)^T) (B, Hkv, G, Nq, k) and F (B|1, 1, 1, k, Nk)."""
-    q5, k5, _ = _grouped(q, k, None)
+    q5, k5, _ = grouped(q, k, None)
     e, f, empty = _linformer_projections(options, spec, q.device, q5.dtype)
-    k_proj = _project_along_sequence(e, _drop_padding(k5, _real_keys(spec)))  # (B, Hkv, 1, k, D)
+    k_proj = _project_along_sequence(e, drop_padding(k5, real_keys(spec)))  # (B, Hkv, 1, k, D)
     scores = torch.matmul(q5, (k_proj * scale).transpose(-2, -1))  # (B, Hkv, G, Nq, k)
     if empty is not None:
         scores = scores.masked_fill(empty.unsqueeze(2), NEG_INF)
-    return _safe_softmax(scores), f.unsqueeze(2)
+    return safe_softmax(scores), f.unsqueeze(2)
 
 
 def linformer_attention(
@@ -107,17 +147,17 @@ def linformer_attention(
         (B, Hq, Nq, Dv) in q's dtype.
     """
     options = options or LinformerOptions()
-    _check_call("linformer", spec, return_lse, causal_ok=False)
+    check_call("linformer", spec, return_lse, causal_ok=False)
     weights, f = _linformer_mix(q, k, spec, scale, options)  # (B, Hkv, G, Nq, k), (B|1, 1, 1, k, Nk)
-    _, _, v5 = _grouped(q, k, v)
-    v_proj = _project_along_sequence(f.squeeze(2), _drop_padding(v5, _real_keys(spec)))  # (B, Hkv, 1, k, Dv)
-    return _ungroup(torch.matmul(weights, v_proj), q.dtype)
+    _, _, v5 = grouped(q, k, v)
+    v_proj = _project_along_sequence(f.squeeze(2), drop_padding(v5, real_keys(spec)))  # (B, Hkv, 1, k, Dv)
+    return ungroup(torch.matmul(weights, v_proj), q.dtype)
 
 
 def linformer_weights(q: Tensor, k: Tensor, spec: MaskSpec, scale: float,
                       options: LinformerOptions | None = None) -> Tensor:
     """softmax(scale Q (E K)^T) F, the (B, Hq, Nq, Nk) matrix Linformer applies to the values."""
     options = options or LinformerOptions()
-    _check_call("linformer", spec, False, causal_ok=False)
+    check_call("linformer", spec, False, causal_ok=False)
     weights, f = _linformer_mix(q, k, spec, scale, options)
-    return _ungroup(torch.matmul(weights, f), q.dtype)
+    return ungroup(torch.matmul(weights, f), q.dtype)

@@ -26,21 +26,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from qkv.attention.approximate import (
-    LinearOptions,
-    LinformerOptions,
-    NystromOptions,
-    PerformerOptions,
-    linear_attention,
-    linear_weights,
-    nystrom_attention,
-    nystrom_weights,
-    performer_attention,
-    performer_weights,
-)
 from qkv.attention.costs import CallShape, Estimate, sdpa_estimate, sliding_estimate, tiled_estimate, triton_estimate
-from qkv.attention.linformer import linformer_attention, linformer_weights
+from qkv.attention.linear import LinearOptions, linear_attention, linear_weights
+from qkv.attention.linformer import LinformerOptions, linformer_attention, linformer_weights
 from qkv.attention.masks import MaskSpec
+from qkv.attention.nystrom import NystromOptions, nystrom_attention, nystrom_weights
+from qkv.attention.performer import PerformerOptions, performer_attention, performer_weights
 from qkv.attention.reference import reference_attention
 from qkv.attention.sdpa import sdpa_attention, sdpa_runner
 from qkv.attention.sliding import sliding_attention

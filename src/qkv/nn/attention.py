@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from qkv.attention import attention
 from qkv.attention.api import build_spec, zero_unread_keys
-from qkv.attention.approximate import LinformerOptions
+from qkv.attention.linformer import LinformerOptions
 from qkv.attention.masks import normalize_window
 from qkv.attention.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
 from qkv.attention.registry import CallNeeds, available_backends, get_backend
