@@ -104,3 +104,14 @@ def test_word_pooling_sums_columns_and_averages_rows(minilm):
     vectors = torch.rand(pieces, 5, dtype=torch.float64)  # (N, d)
     means = torch.stack([vectors[p].mean(0) for p in view.pieces])  # (W, d)
     assert torch.allclose(view.vectors_to_words(vectors), means)
+
+
+def test_head_ablation_in_passes_equals_one_pass(tiny_gpt2):
+    from qkv.inspect.ablation import head_ablation
+
+    model, tokenizer = tiny_gpt2
+    ids = tokenizer("She deposited her check at the bank.").input_ids  # (1, N)
+    whole = head_ablation(model, ids, [5])  # (L, H)
+    assert whole.abs().sum() > 0
+    for rows in (1, 4):
+        assert torch.allclose(head_ablation(model, ids, [5], rows_per_pass=rows), whole, atol=1e-5)

@@ -359,7 +359,9 @@ def explain(
     # Near-even shares single out no word: say so rather than let their bars look meaningful.
     report["flat_notes"] = [note for name in ("rollout", "flow")
                             if report[name] is not None and (note := flat_note(name, report[name]))]
-    report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces))  # (L, H)
+    # A long input ablates one head per forward pass: the memory of the forward pass, not L*H times it.
+    report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces,
+                                              rows_per_pass=1 if long_view else None))  # (L, H)
     if weights is not None:
         sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])
         roles = head_roles(weights, view.special_mask, view.punctuation_mask, cls_index=0, sep_mask=sep_mask)
