@@ -308,6 +308,24 @@ def test_a_full_pool_answers_503_with_retry_after(tiny):
         assert busy[1]["Retry-After"].isdecimal() and b"busy" in busy[2]
 
 
+def test_a_report_expected_to_wait_too_long_answers_503_at_once(tiny):
+    with Running(*tiny, queue_wait=5) as running:
+        assert running.get(report_path(0))[0] == 200
+        assert 0 < running.server.report_seconds < 5  # measured
+        results = []
+        with running.server.lock:
+            first = threading.Thread(target=lambda: results.append(running.get(report_path(1))))
+            first.start()  # admitted: nothing ahead of it
+            deadline = time.monotonic() + 30
+            while running.server.pending == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            running.server.report_seconds = 6.0  # as if reports had slowed down: one ahead means 6 s
+            status, headers, body = running.get(report_path(2))
+            assert status == 503 and "Retry-After" in headers and b"would take about 6 s" in body
+        first.join(timeout=30)
+        assert results[0][0] == 200
+
+
 def test_a_report_that_waits_too_long_answers_503(tiny):
     with Running(*tiny, queue_wait=0.5) as running, running.server.lock:
         status, headers, body = running.get(report_path(0))

@@ -20,8 +20,10 @@ What keeps it standing:
   ``header_timeout`` seconds of the connection opening, else the connection is dropped
   (an idle or half-sent request holds a thread no longer); every later read or write on
   the socket times out after :data:`IO_TIMEOUT` seconds (a client that stops reading);
-- a bounded pool for reports: at most ``max_pending`` running or waiting for the model; one
-  more, or one that waited ``queue_wait`` seconds for it, gets 503 with ``Retry-After``;
+- a bounded pool for reports: at most ``max_pending`` running or waiting for the model, and
+  only as many as the mean time of recent reports says will be done within ``queue_wait``
+  seconds; one more, or one that waited ``queue_wait`` seconds for the model, gets 503 with
+  ``Retry-After`` (so a burst is answered, report or 503, within about that time);
 - GET and HEAD only (405 with ``Allow`` for any other method);
 - a Host check against DNS rebinding: only localhost, 127.0.0.1, [::1] (and the bound address
   or names given in ``allowed_hosts``) with the server's port; any other Host gets 421;
@@ -57,7 +59,7 @@ BACKLOG = 128  # connections the kernel queues while every thread is busy accept
 HEADER_TIMEOUT = 5.0  # seconds from a connection opening to the end of its request's headers
 IO_TIMEOUT = 10.0  # seconds any one read or write on a connection may block
 MAX_PENDING = 16  # reports running or waiting for the model; the next one gets 503
-QUEUE_WAIT = 5.0  # seconds a report may wait for the model before it gets 503
+QUEUE_WAIT = 8.0  # seconds a report may wait (or is expected to wait) for the model before it gets 503
 RETRY_AFTER = 2  # seconds, in a 503's Retry-After
 ALLOWED_METHODS = ("GET", "HEAD")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -256,7 +258,10 @@ class ExplainServer(ThreadingHTTPServer):
         self.model, self.tokenizer, self.quiet = model, tokenizer, quiet
         self.header_timeout, self.queue_wait = header_timeout, queue_wait
         self.lock = threading.Lock()  # the model, the tokenizer's truncation state: one user at a time
-        self.pool = threading.BoundedSemaphore(max_pending)  # reports running or waiting for the lock
+        self.max_pending = max_pending
+        self.pending = 0  # reports running or waiting for the model
+        self.report_seconds = 0.0  # mean time of recent reports (0: none yet), to predict a wait
+        self._pool_lock = threading.Lock()
         self._deadlines: dict[socket.socket, float] = {}  # connection -> when its headers must be in
         self._deadlines_lock = threading.Lock()
         self._connections = 0
@@ -335,17 +340,29 @@ class ExplainServer(ThreadingHTTPServer):
 
     # ---- reports ----
 
+    def _admit(self) -> None:
+        """Take a place in the report pool, or raise :class:`BusyError` when every place is taken or
+        the reports ahead are expected to take longer than ``queue_wait``."""
+        with self._pool_lock:
+            ahead = self.pending
+            if ahead >= self.max_pending:
+                raise BusyError(f"{ahead} reports are running or waiting, the most this server queues")
+            if ahead * self.report_seconds > self.queue_wait:
+                raise BusyError(f"the reports ahead of this one ({ahead}) would take about "
+                                f"{ahead * self.report_seconds:.0f} s")
+            self.pending += 1
+
     def report_page(self, sentence: str, focus: str, fields: dict[str, str] | None = None) -> str:
         """The explain page for one input; ``fields``: the optional fields' text (see
         :data:`OPTION_FIELDS`). Raises :class:`InputError` for input the user can fix and
         :class:`BusyError` when the report pool is full or the model stayed busy too long."""
         fields = {name: value for name, value in (fields or {}).items() if name in OPTION_FIELDS and value}
         check_sizes({"sentence": sentence, "focus word": focus, **fields})
-        if not self.pool.acquire(blocking=False):
-            raise BusyError("every place in the queue for the model is taken")
+        self._admit()
         try:
             if not self.lock.acquire(timeout=self.queue_wait):
                 raise BusyError(f"the model stayed busy for {self.queue_wait:g} s")
+            started = time.monotonic()
             try:
                 options = parse_options(self.model, fields)
                 check_input(self.tokenizer, self.model, sentence, focus, options.get("occurrence"))
@@ -355,9 +372,12 @@ class ExplainServer(ThreadingHTTPServer):
                     message = str(error)
                     raise InputError(message[:1].upper() + message[1:]) from error
             finally:
+                elapsed = time.monotonic() - started
+                self.report_seconds = elapsed if not self.report_seconds else 0.7 * self.report_seconds + 0.3 * elapsed
                 self.lock.release()
         finally:
-            self.pool.release()
+            with self._pool_lock:
+                self.pending -= 1
         return render_html(report, back_href="/?" + urlencode({"sentence": sentence, "focus": focus, **fields}))
 
 
@@ -509,7 +529,8 @@ def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, *, 
         quiet: do not log each request to stderr.
         header_timeout: seconds a connection has to send its request line and headers.
         max_pending: reports running or waiting for the model at once; more get 503.
-        queue_wait: seconds a report may wait for the model before it gets 503.
+        queue_wait: seconds a report may wait for the model, or is expected to wait (the reports
+            ahead of it times the mean time of recent ones), before it gets 503.
         allowed_hosts: names besides localhost, 127.0.0.1, [::1] and ``host`` that the Host
             header may carry (e.g. this machine's name, when ``host`` is a wildcard).
 
