@@ -20,10 +20,9 @@ What keeps it standing:
   ``header_timeout`` seconds of the connection opening, else the connection is dropped
   (an idle or half-sent request holds a thread no longer); every later read or write on
   the socket times out after :data:`IO_TIMEOUT` seconds (a client that stops reading);
-- a bounded pool for reports: at most ``max_pending`` running or waiting for the model, and
-  only as many as the mean time of recent reports says will be done within ``queue_wait``
-  seconds; one more, or one that waited ``queue_wait`` seconds for the model, gets 503 with
-  ``Retry-After`` (so a burst is answered, report or 503, within about that time);
+- a bounded pool for reports: at most ``max_pending`` running or waiting for the model; one
+  more gets 503 with ``Retry-After`` at once, and one that waited ``queue_wait`` seconds for
+  the model gets it then (so a burst is answered, report or 503, within about that time);
 - GET and HEAD only (405 with ``Allow`` for any other method);
 - a Host check against DNS rebinding: only localhost, 127.0.0.1, [::1] (and the bound address
   or names given in ``allowed_hosts``) with the server's port; any other Host gets 421;
@@ -58,8 +57,8 @@ MAX_REQUEST_LINE = 65_536  # bytes of "GET /explain?... HTTP/1.1", as http.serve
 BACKLOG = 128  # connections the kernel queues while every thread is busy accepting
 HEADER_TIMEOUT = 5.0  # seconds from a connection opening to the end of its request's headers
 IO_TIMEOUT = 10.0  # seconds any one read or write on a connection may block
-MAX_PENDING = 16  # reports running or waiting for the model; the next one gets 503
-QUEUE_WAIT = 8.0  # seconds a report may wait (or is expected to wait) for the model before it gets 503
+MAX_PENDING = 12  # reports running or waiting for the model; the next one gets 503
+QUEUE_WAIT = 7.0  # seconds a report may wait for the model before it gets 503
 RETRY_AFTER = 2  # seconds, in a 503's Retry-After
 ALLOWED_METHODS = ("GET", "HEAD")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -260,7 +259,6 @@ class ExplainServer(ThreadingHTTPServer):
         self.lock = threading.Lock()  # the model, the tokenizer's truncation state: one user at a time
         self.max_pending = max_pending
         self.pending = 0  # reports running or waiting for the model
-        self.report_seconds = 0.0  # mean time of recent reports (0: none yet), to predict a wait
         self._pool_lock = threading.Lock()
         self._deadlines: dict[socket.socket, float] = {}  # connection -> when its headers must be in
         self._deadlines_lock = threading.Lock()
@@ -341,15 +339,13 @@ class ExplainServer(ThreadingHTTPServer):
     # ---- reports ----
 
     def _admit(self) -> None:
-        """Take a place in the report pool, or raise :class:`BusyError` when every place is taken or
-        the reports ahead are expected to take longer than ``queue_wait``."""
+        """Take a place in the report pool, or raise :class:`BusyError` when every place is taken.
+
+        Clients refused here wait for no lock and cost the model nothing; a pool of reports that
+        wait instead would let a burst queue for minutes."""
         with self._pool_lock:
-            ahead = self.pending
-            if ahead >= self.max_pending:
-                raise BusyError(f"{ahead} reports are running or waiting, the most this server queues")
-            if ahead * self.report_seconds > self.queue_wait:
-                raise BusyError(f"the reports ahead of this one ({ahead}) would take about "
-                                f"{ahead * self.report_seconds:.0f} s")
+            if self.pending >= self.max_pending:
+                raise BusyError(f"{self.pending} reports are running or waiting, the most this server queues")
             self.pending += 1
 
     def report_page(self, sentence: str, focus: str, fields: dict[str, str] | None = None) -> str:
@@ -362,7 +358,6 @@ class ExplainServer(ThreadingHTTPServer):
         try:
             if not self.lock.acquire(timeout=self.queue_wait):
                 raise BusyError(f"the model stayed busy for {self.queue_wait:g} s")
-            started = time.monotonic()
             try:
                 options = parse_options(self.model, fields)
                 check_input(self.tokenizer, self.model, sentence, focus, options.get("occurrence"))
@@ -372,8 +367,6 @@ class ExplainServer(ThreadingHTTPServer):
                     message = str(error)
                     raise InputError(message[:1].upper() + message[1:]) from error
             finally:
-                elapsed = time.monotonic() - started
-                self.report_seconds = elapsed if not self.report_seconds else 0.7 * self.report_seconds + 0.3 * elapsed
                 self.lock.release()
         finally:
             with self._pool_lock:
@@ -529,8 +522,7 @@ def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, *, 
         quiet: do not log each request to stderr.
         header_timeout: seconds a connection has to send its request line and headers.
         max_pending: reports running or waiting for the model at once; more get 503.
-        queue_wait: seconds a report may wait for the model, or is expected to wait (the reports
-            ahead of it times the mean time of recent ones), before it gets 503.
+        queue_wait: seconds a report may wait for the model before it gets 503.
         allowed_hosts: names besides localhost, 127.0.0.1, [::1] and ``host`` that the Host
             header may carry (e.g. this machine's name, when ``host`` is a wildcard).
 
