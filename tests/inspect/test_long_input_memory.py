@@ -115,3 +115,60 @@ def test_head_ablation_in_passes_equals_one_pass(tiny_gpt2):
     assert whole.abs().sum() > 0
     for rows in (1, 4):
         assert torch.allclose(head_ablation(model, ids, [5], rows_per_pass=rows), whole, atol=1e-5)
+
+
+# ---- the measurement (not a test) ----
+
+def passage_of(tokens: int) -> str:
+    """About ``tokens`` tokens (11 per sentence)."""
+    return "the river ran past the old bank and the town . " * (tokens // 11) + "she sat on the bank ."
+
+
+def child(what: str, folder: str, tokens: int) -> None:
+    """In a process of its own: load, then run ``what`` (load, forward, explain); print the time
+    it took and the process's peak RSS (Linux)."""
+    import contextlib
+    import io
+    import time
+
+    model, tokenizer = qkv.load(folder)
+    ids = tokenizer(passage_of(tokens), truncation=False).input_ids
+    start = time.perf_counter()
+    if what == "forward":
+        with torch.no_grad():
+            model(ids)
+    elif what == "explain":
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["explain", passage_of(tokens), "--focus", "bank", "--model", folder]) == 0
+    seconds = time.perf_counter() - start
+    with open("/proc/self/status") as status:  # VmHWM: this process's own peak (ru_maxrss counts the parent's)
+        peak_kib = int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+    print(f"{what}: {ids.shape[1]} tokens, {seconds:.1f} s, peak RSS {peak_kib / 1024:.0f} MiB")
+
+
+def measure(tokens: int) -> None:
+    """A 2-layer BERT that reads ``tokens`` positions; each step in a process of its own."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import transformers
+
+    with tempfile.TemporaryDirectory() as folder:
+        torch.manual_seed(0)
+        config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, intermediate_size=37,
+                                         max_position_embeddings=tokens + 200)
+        transformers.BertModel(config).save_pretrained(folder, safe_serialization=True)
+        shutil.copy(qkv.models.default_model_path() / "tokenizer.json", f"{folder}/tokenizer.json")
+        for what in ("load", "forward", "explain"):
+            subprocess.run([sys.executable, __file__, "--child", what, folder, str(tokens)], check=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        measure(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000)
