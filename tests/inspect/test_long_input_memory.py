@@ -126,24 +126,26 @@ def passage_of(tokens: int) -> str:
 
 def child(what: str, folder: str, tokens: int) -> None:
     """In a process of its own: load, then run ``what`` (load, forward, explain); print the time
-    it took and the process's peak RSS (Linux)."""
+    it took (wall clock and CPU, all threads) and the process's peak RSS (Linux)."""
     import contextlib
     import io
+    import os
     import time
 
     model, tokenizer = qkv.load(folder)
     ids = tokenizer(passage_of(tokens), truncation=False).input_ids
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if what == "forward":
         with torch.no_grad():
             model(ids)
     elif what == "explain":
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(["explain", passage_of(tokens), "--focus", "bank", "--model", folder]) == 0
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     with open("/proc/self/status") as status:  # VmHWM: this process's own peak (ru_maxrss counts the parent's)
         peak_kib = int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
-    print(f"{what}: {ids.shape[1]} tokens, {seconds:.1f} s, peak RSS {peak_kib / 1024:.0f} MiB")
+    print(f"{what}: {ids.shape[1]} tokens, {seconds:.1f} s ({cpu_seconds:.1f} s of CPU), peak RSS "
+          f"{peak_kib / 1024:.0f} MiB, 1-minute load average {os.getloadavg()[0]:.1f}")
 
 
 def measure(tokens: int) -> None:
