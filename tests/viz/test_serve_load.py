@@ -339,6 +339,33 @@ def test_a_sentence_over_the_size_limit_is_refused_clearly(running):
     assert b"far too long" in body
 
 
+def test_the_request_log_keeps_each_line_short(tiny, capfd):
+    from qkv.viz.serve import make_server
+
+    server = make_server(*tiny, port=0)  # not quiet: it logs each request
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        assert request(host, port, "/explain?" + urlencode({"sentence": "a" * 9000, "focus": "a"}))[0] == 400
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = [line for line in capfd.readouterr().err.splitlines() if "GET /explain" in line]
+    assert len(lines) == 1 and len(lines[0]) < 400
+
+
+def test_allow_host_is_an_option_of_qkv_serve():
+    import argparse
+
+    from qkv.commands import serve
+
+    parser = argparse.ArgumentParser()
+    serve.configure(parser)
+    args = parser.parse_args(["--allow-host", "mybox.local", "--allow-host", "10.0.0.5"])
+    assert args.allow_host == ["mybox.local", "10.0.0.5"]
+
+
 # ---- the measurement (not a test) ----
 
 def rss_mib(pid: int) -> float:

@@ -506,8 +506,9 @@ class ExplainHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def log_message(self, format: str, *args) -> None:
-        if not self.server.quiet:
-            super().log_message(format, *args)
+        if not self.server.quiet:  # one short line per request, however long its address
+            message = format % args
+            super().log_message("%s", message if len(message) <= 300 else message[:300] + "…")
 
 
 def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False,
