@@ -18,6 +18,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm", help=MODEL_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=port, default=8000, help="port (default: 8000; 0 picks a free one)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a name of this machine the pages may be asked for besides localhost, 127.0.0.1, "
+                             "[::1] and --host (repeatable; any other Host header is refused, against DNS "
+                             "rebinding)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         return fail("serve", str(err))
     try:
-        server = make_server(model, tokenizer, host=args.host, port=args.port)
+        server = make_server(model, tokenizer, host=args.host, port=args.port, allowed_hosts=args.allow_host)
     except OSError as err:  # socket.gaierror (an unknown host) is an OSError too
         if err.errno == errno.EADDRINUSE:
             return fail("serve", f"--port {args.port}: the port is already in use on {args.host} (another "

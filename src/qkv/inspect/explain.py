@@ -45,6 +45,7 @@ from qkv.numbering import LAYER_NUMBERING
 from qkv.text import DEFAULT_FOCUS, DEFAULT_SENTENCE
 
 if TYPE_CHECKING:
+    from qkv.attention import AttentionStats
     from qkv.models.tokenizer import Tokenizer
     from qkv.nn.hooks import ActivationCache
     from qkv.nn.stack import TransformerStack
@@ -359,17 +360,20 @@ def explain(
     # Near-even shares single out no word: say so rather than let their bars look meaningful.
     report["flat_notes"] = [note for name in ("rollout", "flow")
                             if report[name] is not None and (note := flat_note(name, report[name]))]
-    report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces))  # (L, H)
+    # A long input ablates one head per forward pass: the memory of the forward pass, not L*H times it.
+    report["ablation"] = _round(head_ablation(model, batch.input_ids, focus_pieces,
+                                              rows_per_pass=1 if long_view else None))  # (L, H)
     if weights is not None:
         sep_mask = torch.tensor([t == "[SEP]" for t in view.tokens])
         roles = head_roles(weights, view.special_mask, view.punctuation_mask, cls_index=0, sep_mask=sep_mask)
     else:
-        roles = streamed_head_roles(model, cache, view, causal=causal)
+        stats = streamed_layer_stats(model, cache, top, causal=causal)
+        roles = streamed_head_roles(model, cache, view, stats, causal=causal)
     roles = _roles_for_model(roles, view, causal)
     report["head_roles"] = {name: _round(value) for name, value in roles.items()}  # each (L, H)
     report["role_names"] = {name: ROLE_NAMES[name] for name in roles}  # in words, for every view's labels
     if long_view:
-        report["streamed"] = streamed_summaries(model, cache, view, top, causal=causal)
+        report["streamed"] = streamed_summaries(view, stats, top)
 
     if senses:
         trajectory = sense_trajectory(model, tokenizer, sentence, word, senses, contrast, chosen_focus.occurrence)
@@ -546,7 +550,6 @@ def _layer_qk(model: TransformerStack, cache: ActivationCache, layer: int):
 def streamed_focus_rows(model: TransformerStack, cache: ActivationCache, view: WordView, focus_pieces: list[int],
                         *, causal: bool = False) -> torch.Tensor:
     """The focus word's attention rows (L, H, W), exactly, from its own queries only."""
-    summing = (view.pooling() > 0).to(torch.float32)  # (W, N)
     # A causal piece p sees keys 0..p (an explicit mask: qkv's causal=True would align these
     # P queries with the last P keys).
     mask = None
@@ -557,8 +560,19 @@ def streamed_focus_rows(model: TransformerStack, cache: ActivationCache, view: W
         q, k, scale = _layer_qk(model, cache, layer)
         piece_rows = attention_weights(q[:, :, focus_pieces], k, scale=scale,
                                        mask=None if mask is None else mask.to(q.device))[0]  # (H, P, N)
-        rows.append(piece_rows.mean(dim=1).float() @ summing.t())  # (H, W)
+        rows.append(view.sum_over_words(piece_rows.mean(dim=1).float()))  # (H, W): a word gets its pieces' sum
     return torch.stack(rows)
+
+
+def streamed_layer_stats(model: TransformerStack, cache: ActivationCache, top: int, *,
+                         causal: bool = False) -> list[AttentionStats]:
+    """Every layer's :func:`qkv.attention_stats` (LSE, entropy, top-``top`` keys, attention
+    received), each in O(N) memory; computed once for the head roles and the summaries."""
+    stats = []
+    for layer in range(len(model.blocks)):
+        q, k, scale = _layer_qk(model, cache, layer)
+        stats.append(attention_stats(q, k, scale=scale, topk=top, causal=causal))
+    return stats
 
 
 def _diagonal_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, shift: int, scale: float | None):
@@ -572,50 +586,71 @@ def _diagonal_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, shift
     return torch.exp(scores - lse[:, :, queries])
 
 
-def streamed_head_roles(model: TransformerStack, cache: ActivationCache, view: WordView, *,
-                        causal: bool = False) -> dict[str, torch.Tensor]:
-    """Clark et al.'s head roles at the piece level, in O(N) memory from the LSE.
+# Scores held at once by _weight_on: query rows x chosen keys per head.
+_WEIGHT_ON_BLOCK = 1 << 18
+
+
+def _weight_on(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, positions: list[int], scale: float | None, *,
+               causal: bool = False) -> torch.Tensor:
+    """The weight each query puts on a set of key ``positions`` together: (1, H, N).
+
+    sum over j in positions of exp(q_i . k_j * scale - lse_i), for a block of queries at a
+    time, so that at most :data:`_WEIGHT_ON_BLOCK` scores per head are held however many
+    positions there are (every punctuation mark of a long text). q: (1, H, N, Dh);
+    k: (1, Hkv, N, Dh); lse: (1, H, N). A causal query sees only the positions up to its own.
+    """
+    n = q.shape[2]
+    total = q.new_zeros(q.shape[:3], dtype=torch.float32)  # (1, H, N)
+    if not positions:
+        return total
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    chosen = torch.tensor(positions, device=q.device)  # (S,)
+    keys = k[:, :, chosen].repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (1, H, S, Dh)
+    rows = max(1, _WEIGHT_ON_BLOCK // len(positions))
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        scores = q[:, :, start:end] @ keys.transpose(-1, -2) * scale  # (1, H, rows, S)
+        weights = torch.exp(scores.float() - lse[:, :, start:end, None].float())
+        if causal:
+            weights = weights.masked_fill(chosen[None, :] > torch.arange(start, end, device=q.device)[:, None], 0.0)
+        total[:, :, start:end] = weights.sum(-1)
+    return total
+
+
+def streamed_head_roles(model: TransformerStack, cache: ActivationCache, view: WordView,
+                        stats: list[AttentionStats], *, causal: bool = False) -> dict[str, torch.Tensor]:
+    """Clark et al.'s head roles at the piece level, in O(N) memory from each layer's LSE.
 
     previous, self, next: exp(q_i . k_j * scale - lse_i) for j = i - 1, i, i + 1 (next is 0
-    when ``causal``); [CLS] (position 0), [SEP] and punctuation: the weight on those
-    positions (``focus`` of attention_stats). Each (L, H).
+    when ``causal``); [CLS] (position 0), [SEP], punctuation and special tokens: the weight
+    on those positions together. ``stats``: :func:`streamed_layer_stats`. Each (L, H).
     """
     kinds = [view.kinds[w] for w, pieces in enumerate(view.pieces) for _ in pieces]
     tokens = view.piece_tokens
-    sep = [i for i, t in enumerate(tokens) if t == "[SEP]"]
-    punctuation = [i for i, kind in enumerate(kinds) if kind == "punctuation"]
-    special = [i for i, kind in enumerate(kinds) if kind == "special"]
-    focus = [0, *sep, *punctuation, *special]
-    roles: dict[str, list[torch.Tensor]] = {n: [] for n in ("previous", "next", "self", "cls", "sep",
-                                                            "punctuation", "special")}
-    for layer in range(len(model.blocks)):
+    groups = {"cls": [0], "sep": [i for i, t in enumerate(tokens) if t == "[SEP]"],
+              "punctuation": [i for i, kind in enumerate(kinds) if kind == "punctuation"],
+              "special": [i for i, kind in enumerate(kinds) if kind == "special"]}
+    roles: dict[str, list[torch.Tensor]] = {n: [] for n in ("previous", "next", "self", *groups)}
+    for layer, layer_stats in enumerate(stats):
         q, k, scale = _layer_qk(model, cache, layer)
-        stats = attention_stats(q, k, scale=scale, topk=1, focus=focus, causal=causal)
-        weight_on = stats.focus_weight[0]  # (H, N, F)
-        offset = 1
-        roles["cls"].append(weight_on[..., 0].mean(-1))
-        for name, positions in (("sep", sep), ("punctuation", punctuation), ("special", special)):
-            part = weight_on[..., offset:offset + len(positions)].sum(-1)  # (H, N)
-            roles[name].append(part.mean(-1))
-            offset += len(positions)
+        for name, positions in groups.items():
+            roles[name].append(_weight_on(q, k, layer_stats.lse, positions, scale, causal=causal)[0].mean(-1))
         for name, shift in (("previous", -1), ("self", 0), ("next", 1)):
-            weights = _diagonal_weights(q, k, stats.lse, shift, scale)[0]  # (H, N - |shift|)
+            weights = _diagonal_weights(q, k, layer_stats.lse, shift, scale)[0]  # (H, N - |shift|)
             roles[name].append(weights.new_zeros(weights.shape[0]) if causal and shift > 0 else weights.mean(-1))
     return {name: torch.stack(values) for name, values in roles.items()}  # each (L, H)
 
 
-def streamed_summaries(model: TransformerStack, cache: ActivationCache, view: WordView, top: int, *,
-                       causal: bool = False) -> dict:
-    """Per layer: the words that receive the most attention, and how spread out attention is."""
-    word_of_piece = [w for w, pieces in enumerate(view.pieces) for _ in pieces]
+def streamed_summaries(view: WordView, stats: list[AttentionStats], top: int) -> dict:
+    """Per layer: the words that receive the most attention, and how spread out attention is.
+    ``stats``: :func:`streamed_layer_stats`."""
+    word_of_piece = view.piece_words.tolist()
     layers = []
-    for layer in range(len(model.blocks)):
-        q, k, scale = _layer_qk(model, cache, layer)
-        stats = attention_stats(q, k, scale=scale, topk=top, causal=causal)
-        received = stats.received[0].mean(dim=0)  # (N,) mean over heads
+    for layer_stats in stats:
+        received = layer_stats.received[0].mean(dim=0)  # (N,) mean over heads
         best = received.argsort(descending=True)[:top].tolist()
         layers.append({
             "most_received": [[view.tokens[word_of_piece[i]], round(float(received[i]), 3)] for i in best],
-            "mean_entropy": round(float(stats.entropy[0].mean()), 4),
+            "mean_entropy": round(float(layer_stats.entropy[0].mean()), 4),
         })
     return {"layers": layers, "method": "qkv.attention_stats: two streamed passes, O(N) memory"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -173,9 +174,9 @@ def attention_share(weights_row: Tensor, exclude_mask: Tensor) -> AttentionShare
     if not isinstance(exclude_mask, Tensor) or exclude_mask.dtype != torch.bool:
         kind = exclude_mask.dtype if isinstance(exclude_mask, Tensor) else type(exclude_mask).__name__
         raise TypeError(f"exclude_mask must be a bool tensor (True = set the token apart); got {kind}")
-    try:
-        shape = torch.broadcast_shapes(exclude_mask.shape, weights_row.shape)
-    except RuntimeError:
+    try:  # numpy's: torch.broadcast_shapes loads torch's symbolic-shape machinery on first use
+        shape = torch.Size(np.broadcast_shapes(tuple(exclude_mask.shape), tuple(weights_row.shape)))
+    except ValueError:
         shape = None
     if shape != weights_row.shape:
         raise ValueError(

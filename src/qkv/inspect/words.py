@@ -47,25 +47,37 @@ class WordView:
         """(W,) True for punctuation tokens."""
         return torch.tensor([k == "punctuation" for k in self.kinds])
 
-    def pooling(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """(W, N) matrix whose rows average a word's pieces."""
-        matrix = torch.zeros(len(self.tokens), len(self.piece_tokens), dtype=dtype)
-        for w, positions in enumerate(self.pieces):
-            matrix[w, positions] = 1.0 / len(positions)
-        return matrix
+    @property
+    def piece_words(self) -> Tensor:
+        """(N,) the display token each piece belongs to."""
+        return torch.tensor([w for w, positions in enumerate(self.pieces) for _ in positions], dtype=torch.long)
+
+    def sum_over_words(self, values: Tensor, dim: int = -1) -> Tensor:
+        """Sum piece values into their words along ``dim``: (..., N, ...) -> (..., W, ...).
+
+        An index_add over the pieces, so the memory is that of ``values`` and the result only.
+        """
+        dim = dim % values.dim()
+        shape = list(values.shape)
+        shape[dim] = len(self.tokens)
+        return values.new_zeros(shape).index_add_(dim, self.piece_words.to(values.device), values)
+
+    def mean_over_words(self, values: Tensor, dim: int = -1) -> Tensor:
+        """Average piece values over each word's pieces along ``dim``: (..., N, ...) -> (..., W, ...)."""
+        dim = dim % values.dim()
+        counts = torch.tensor([len(p) for p in self.pieces], dtype=values.dtype, device=values.device)  # (W,)
+        return self.sum_over_words(values, dim) / counts.view(-1, *([1] * (values.dim() - dim - 1)))
 
     def attention_to_words(self, weights: Tensor) -> Tensor:
         """Piece-level attention (..., N, N) -> word level (..., W, W).
 
         Rows: mean over the query word's pieces; columns: sum over the key word's pieces.
         """
-        pooling = self.pooling(weights.dtype).to(weights.device)  # (W, N)
-        summing = (pooling > 0).to(weights.dtype)  # (W, N)
-        return pooling @ weights @ summing.t()
+        return self.mean_over_words(self.sum_over_words(weights, dim=-1), dim=-2)
 
     def vectors_to_words(self, vectors: Tensor) -> Tensor:
         """Piece vectors (..., N, d) -> word vectors (..., W, d), the mean of each word's pieces."""
-        return self.pooling(vectors.dtype).to(vectors.device) @ vectors
+        return self.mean_over_words(vectors, dim=-2)
 
     def occurrences(self, word: str) -> list[int]:
         """Display tokens spelled ``word`` (case-insensitive; surrounding spaces ignored, so GPT-2's
