@@ -13,10 +13,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import qkv
-from qkv.attention.api import build_spec, zero_unread_keys
-from qkv.attention.oracle import two_x_rule
-from qkv.attention.sliding import sliding_attention
-from qkv.attention.tiled import tiled_attention
+from qkv.functional.api import build_spec, zero_unread_keys
+from qkv.functional.oracle import two_x_rule
+from qkv.functional.sliding import sliding_attention
+from qkv.functional.tiled import tiled_attention
 
 
 def make_qkv(
@@ -102,7 +102,7 @@ def assert_two_x_rule(backend: str, dtype: torch.dtype, q, k, v, *, blocks=None,
                       **kwargs) -> None:
     """A backend's error against the float64 oracle is at most 2x the plain reference's
     error in the backend's dtype, plus a tiny floor; the same for every gradient
-    (:func:`qkv.attention.oracle.two_x_rule`), and it returns the dtype it was given."""
+    (:func:`qkv.functional.oracle.two_x_rule`), and it returns the dtype it was given."""
     def tested(q_, k_, v_):
         return run_backend(backend, q_, k_, v_, blocks=blocks, **kwargs)
 

@@ -1,9 +1,9 @@
 """qkv: self-attention end to end on PyTorch.
 
 The functional core is :func:`qkv.attention` (layout (B, H, N, D), many backends);
-:func:`qkv.attention_weights` and :func:`qkv.attention_stats` look inside it. The name
-``qkv.attention`` is that function, so the modules of the ``qkv.attention`` package are
-imported with ``from``: ``from qkv.attention.oracle import two_x_rule``.
+:func:`qkv.attention_weights` and :func:`qkv.attention_stats` look inside it. The modules
+behind them are the package :mod:`qkv.functional` (``import qkv.functional.oracle``); its
+former path, ``qkv.attention.<module>``, imports for one release with a DeprecationWarning.
 :mod:`qkv.nn` builds modules on it, :mod:`qkv.models` runs pretrained BERT and GPT-2
 families through those modules, and :func:`qkv.load` loads them from local files.
 :mod:`qkv.distributed` splits one sequence across processes (ring attention).
@@ -11,11 +11,13 @@ families through those modules, and :func:`qkv.load` loads them from local files
 """
 
 from qkv import (
+    _deprecated,
     distributed,
+    functional,
     models,
     nn,
 )
-from qkv.attention import (
+from qkv.functional import (
     AttentionStats,
     DispatchPlan,
     LinearOptions,
@@ -34,6 +36,8 @@ from qkv.models import load
 
 __version__ = "0.1.0"
 
+_deprecated.install()  # the package's former path, qkv.attention.<module>, for one release
+
 __all__ = [
     "attention",
     "attention_weights",
@@ -50,6 +54,7 @@ __all__ = [
     "TritonOptions",
     "load",
     "explain",
+    "functional",
     "nn",
     "models",
     "distributed",

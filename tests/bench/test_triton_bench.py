@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from qkv.attention import get_backend
-from qkv.attention.triton_backend import unavailable_reason
 from qkv.bench import main, triton_gpu
 from qkv.bench.commands import triton as triton_command
+from qkv.functional import get_backend
+from qkv.functional.triton_backend import unavailable_reason
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -28,8 +28,6 @@ from ring_workers import (
 )
 
 import qkv
-from qkv.attention.masks import normalize_window
-from qkv.attention.oracle import ERROR_FLOOR
 from qkv.distributed import (
     RingOptions,
     RingStats,
@@ -41,6 +39,8 @@ from qkv.distributed import (
 )
 from qkv.distributed.layout import slice_runs
 from qkv.distributed.local import LocalRunError, run_local
+from qkv.functional.masks import normalize_window
+from qkv.functional.oracle import ERROR_FLOOR
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is unavailable"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qkv.attention import attention
-from qkv.attention.api import build_spec
-from qkv.attention.tiled import tiled_attention
+from qkv.functional import attention
+from qkv.functional.api import build_spec
+from qkv.functional.tiled import tiled_attention
 from qkv.models.config import LlamaConfig
 from qkv.models.llama import LlamaForCausalLM
 from qkv.nn import SinkCache

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 import qkv
-from qkv.attention import get_backend
-from qkv.attention.masks import MaskSpec, normalize_window
+from qkv.functional import get_backend
+from qkv.functional.masks import MaskSpec, normalize_window
 
 __all__ = ["Variant", "make_variants", "VARIANTS", "Contender", "CONTENDERS", "Setup", "build",
            "make_inputs", "naive_attention", "visible_mask", "sdpa_call", "flex_mask_mod", "mode_run", "DTYPES"]

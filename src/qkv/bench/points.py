@@ -26,7 +26,7 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 
-from qkv.attention.masks import normalize_window
+from qkv.functional.masks import normalize_window
 
 __all__ = [
     "ROW_FIELDS",

@@ -41,9 +41,6 @@ from rich.markup import escape
 from rich.progress import Progress
 
 import qkv
-from qkv.attention import get_backend
-from qkv.attention.masks import MaskSpec, normalize_window
-from qkv.attention.registry import CallNeeds
 from qkv.bench.contenders import (
     BASELINE,
     CONTENDERS,
@@ -66,6 +63,9 @@ from qkv.bench.measure import (
 )
 from qkv.bench.points import attention_flops, label, loglog_slope, point_row, scaling_exponents
 from qkv.bench.tables import ratio, target
+from qkv.functional import get_backend
+from qkv.functional.masks import MaskSpec, normalize_window
+from qkv.functional.registry import CallNeeds
 
 __all__ = ["SweepSettings", "run_sweep", "exact_rows", "add_ratios", "targets", "SIZES", "QUICK_SIZES",
            "CUDA_SIZES", "settings_from_args"]

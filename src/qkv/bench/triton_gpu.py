@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 
 import qkv
-from qkv.attention.oracle import two_x_rule
 from qkv.bench.contenders import flex_mask_mod, mode_run, sdpa_call
 from qkv.bench.measure import machine_info, synchronize
 from qkv.bench.points import attention_flops
 from qkv.bench.tables import ratio, target
 from qkv.files import write_text
+from qkv.functional.oracle import two_x_rule
 
 TARGETS = {
     "forward_tflops": 600.0,  # non-causal forward, N = 4k .. 16k (the lowest)
@@ -166,7 +166,7 @@ def cold_compile(run: Run, sizes: Sizes, device: str, dtype: torch.dtype) -> Non
 
 # ---- correctness -------------------------------------------------------------------------
 def two_x_check(name: str, dtype: torch.dtype, q, k, v, options=None, **masking) -> dict:
-    """The 2x rule (:func:`qkv.attention.oracle.two_x_rule`) for the triton backend's output
+    """The 2x rule (:func:`qkv.functional.oracle.two_x_rule`) for the triton backend's output
     and gradients; a row per check."""
     def tested(a, b, c):
         return qkv.attention(a, b, c, backend="triton", options=options, **masking)
@@ -298,7 +298,7 @@ def speed(run: Run, sizes: Sizes, device: str, dtype: torch.dtype) -> None:
 
 def tuned_configs() -> dict[str, dict[str, str]]:
     """The tile configuration autotuning chose, per kernel and tuning key (empty off a GPU)."""
-    from qkv.attention import triton_launch
+    from qkv.functional import triton_launch
 
     return {name: {str(key): str(config) for key, config in getattr(tuner, "cache", {}).items()}
             for name, tuner in triton_launch._TUNED.items()}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qkv.attention.masks import MaskSpec
+from qkv.functional.masks import MaskSpec
 
 __all__ = ["LAYOUTS", "Run", "slice_lengths", "slice_runs", "slice_positions"]
 

@@ -39,7 +39,7 @@ nothing else per step (fresh temporaries would fragment the heap and inflate the
 resident set).
 
 Backward. The gradient is FlashAttention-2's, pair by pair, from the final output and
-LSE (:func:`qkv.attention.tiled.tiled_backward`): keys and values travel the ring again,
+LSE (:func:`qkv.functional.tiled.tiled_backward`): keys and values travel the ring again,
 each with an accumulator of its dK and dV that every rank on the way adds to; the last
 rank that needs a slice sends the accumulated dK, dV back to its owner.
 
@@ -56,18 +56,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from qkv.attention.api import build_spec, zero_unread_keys
-from qkv.attention.masks import MaskSpec
-from qkv.attention.registry import Backend, register
-from qkv.attention.tiled import (
-    DEFAULT_BLOCK_K,
-    DEFAULT_BLOCK_Q,
-    compute_dtype,
-    group_heads,
-    lse_dtype,
-    tiled_backward,
-    tiles,
-)
 from qkv.distributed.layout import (
     LAYOUTS,
     Run,
@@ -94,6 +82,18 @@ from qkv.distributed.ring_plan import (
     message_size,
     pack_message,
     unpack_message,
+)
+from qkv.functional.api import build_spec, zero_unread_keys
+from qkv.functional.masks import MaskSpec
+from qkv.functional.registry import Backend, register
+from qkv.functional.tiled import (
+    DEFAULT_BLOCK_K,
+    DEFAULT_BLOCK_Q,
+    compute_dtype,
+    group_heads,
+    lse_dtype,
+    tiled_backward,
+    tiles,
 )
 
 __all__ = [

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qkv.attention import attention_stats, attention_weights
-from qkv.attention.api import build_spec
+from qkv.functional import attention_stats, attention_weights
+from qkv.functional.api import build_spec
 from qkv.inspect.ablation import head_ablation
 from qkv.inspect.heads import ROLE_NAMES, attention_share, head_roles
 from qkv.inspect.rollout import attention_flow, attention_rollout, flat_note
@@ -45,7 +45,7 @@ from qkv.numbering import LAYER_NUMBERING
 from qkv.text import DEFAULT_FOCUS, DEFAULT_SENTENCE
 
 if TYPE_CHECKING:
-    from qkv.attention import AttentionStats
+    from qkv.functional import AttentionStats
     from qkv.models.tokenizer import Tokenizer
     from qkv.nn.hooks import ActivationCache
     from qkv.nn.stack import TransformerStack

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from qkv.attention import attention, attention_weights
+from qkv.functional import attention, attention_weights
 from qkv.text import DEFAULT_SENTENCE
 
 __all__ = ["tokenize", "walkthrough_numbers", "TOLERANCE"]

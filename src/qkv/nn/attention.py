@@ -16,12 +16,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from qkv.attention import attention
-from qkv.attention.api import build_spec, zero_unread_keys
-from qkv.attention.linformer import LinformerOptions
-from qkv.attention.masks import normalize_window
-from qkv.attention.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
-from qkv.attention.registry import CallNeeds, available_backends, get_backend
+from qkv.functional import attention
+from qkv.functional.api import build_spec, zero_unread_keys
+from qkv.functional.linformer import LinformerOptions
+from qkv.functional.masks import normalize_window
+from qkv.functional.reference import attention_scores, mask_scores, repeat_kv_heads, softmax_weights
+from qkv.functional.registry import CallNeeds, available_backends, get_backend
 from qkv.nn.hooks import HookPoint
 from qkv.nn.rotary import RotaryEmbedding, rotate
 

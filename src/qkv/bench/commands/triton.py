@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from qkv.attention import get_backend
 from qkv.bench import triton_gpu
 from qkv.bench.commands import refuse_outputs
+from qkv.functional import get_backend
 
 __all__ = ["main"]
 
