@@ -146,8 +146,10 @@ def test_console_script_runs_without_a_terminal() -> None:
 def test_a_library_that_disagrees_with_the_hand_computation_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from qkv.inspect import toy_walkthrough
+
     real = qkv.attention_weights
-    monkeypatch.setattr(qkv, "attention_weights", lambda q, k, **kw: real(q, k, **kw) * 0.9)
+    monkeypatch.setattr(toy_walkthrough, "attention_weights", lambda q, k, **kw: real(q, k, **kw) * 0.9)
     with pytest.raises(RuntimeError, match="weights differ"):
         walkthrough_numbers()
 

@@ -19,7 +19,7 @@ from qkv.text import terminal_safe
 
 __all__ = ["MODEL_HELP", "VECTORS_CAPTION", "fail", "load_data_and_model", "make_console", "markup_safe",
            "output_options_problem",
-           "port", "save_outputs", "word_list"]
+           "port", "read_text_file", "save_outputs", "wsd_subset", "word_list"]
 
 MODEL_HELP = ("'minilm' (all-MiniLM-L6-v2, the default), 'smollm2' (SmolLM2-135M-Instruct), a .gguf file or "
               "a local Hugging Face folder of a BERT-, GPT-2- or Llama-family model")
@@ -121,3 +121,35 @@ def save_outputs(out: Console, args: argparse.Namespace, result: dict[str, Any],
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(result, path)
         out.print(Text(f"wrote {terminal_safe(str(path))}"))
+
+
+def read_text_file(option: str, path: str, purpose: str) -> str:
+    """The text of the UTF-8 file ``path`` given as ``option`` (e.g. ``--text``), to ``purpose``
+    (e.g. "encode"); ValueError naming the option for a missing, non-UTF-8 or empty file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"{option} {path}: no such file; give a UTF-8 text file to {purpose}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{option} {path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
+    if not text.strip():
+        raise ValueError(f"{option} {path}: the file is empty; give a text to {purpose}")
+    return text
+
+
+def wsd_subset(args: argparse.Namespace):
+    """The CoarseWSD-20 words that ``--data`` and ``--words`` pick, or None without ``--data``;
+    ValueError for --words without --data. Checks the output options first."""
+    problem = output_options_problem(args)
+    if problem:
+        raise ValueError(problem)
+    words = word_list(args.words)
+    if words is not None and not args.data:
+        raise ValueError("--words picks words of the --data folder; give --data DIR too")
+    if not args.data:
+        return None
+    from qkv.inspect.wsd import read_dataset
+
+    return read_dataset(args.data, words)
+

@@ -9,7 +9,7 @@ import sys
 from rich.table import Table
 
 from qkv.argtypes import positive_int
-from qkv.commands.common import MODEL_HELP, fail, make_console, output_options_problem, save_outputs, word_list
+from qkv.commands.common import MODEL_HELP, fail, make_console, save_outputs, wsd_subset
 from qkv.text import DEFAULT_FOCUS, DEFAULT_SENTENCE
 
 __all__ = ["HELP", "configure", "run"]
@@ -63,17 +63,7 @@ def run(args: argparse.Namespace) -> int:
                              f"sentence; b: sentence\"")
         if args.sense is not None and args.sense not in senses:
             raise ValueError(f"--sense {args.sense!r} is not one of the senses {list(senses)}")
-        problem = output_options_problem(args)
-        if problem:
-            raise ValueError(problem)
-        words = word_list(args.words)
-        if words is not None and not args.data:
-            raise ValueError("--words picks words of the --data folder; give --data DIR too")
-        dataset = None
-        if args.data:
-            from qkv.inspect.wsd import read_dataset
-
-            dataset = read_dataset(args.data, words)
+        dataset = wsd_subset(args)
         model, tokenizer = qkv.load(args.model)
         if model.blocks[0].attn.causal:
             raise ValueError(f"--model {args.model}: a decoder; the sense-cosine metric and deletion by attention "

@@ -4,21 +4,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rich.table import Table
 
 import qkv
 from qkv.argtypes import positive_int
-from qkv.commands.common import (
-    MODEL_HELP,
-    fail,
-    make_console,
-    markup_safe,
-    output_options_problem,
-    save_outputs,
-    word_list,
-)
+from qkv.commands.common import MODEL_HELP, fail, make_console, markup_safe, read_text_file, save_outputs, wsd_subset
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -56,35 +47,16 @@ def run(args: argparse.Namespace) -> int:
     from qkv.viz.measures import plot_fidelity
 
     try:
-        text = DEFAULT_TEXT
-        if args.text is not None:
-            path = Path(args.text).expanduser()
-            if not path.is_file():
-                raise ValueError(f"--text {args.text}: no such file; give a text file to encode, or leave --text "
-                                 f"out for the built-in paragraph")
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"--text {args.text}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
-            if not text.strip():
-                raise ValueError(f"--text {args.text}: the file is empty; give a text to encode")
+        text = DEFAULT_TEXT if args.text is None else read_text_file("--text", args.text, "encode")
         backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
         known = sorted({v.backend for v in DEFAULT_VARIANTS})
         unknown = sorted(set(backends or ()) - set(known))
         if unknown:
             raise ValueError(f"--backends {args.backends!r}: unknown {unknown}; choose from {known}")
         variants = [v for v in DEFAULT_VARIANTS if backends is None or v.backend in backends]
-        problem = output_options_problem(args)
-        if problem:
-            raise ValueError(problem)
-        words = word_list(args.words)
-        if words is not None and not args.data:
-            raise ValueError("--words picks words of the --data folder; give --data DIR too")
-        dataset = None
-        if args.data:
-            from qkv.inspect.wsd import read_dataset
-
-            dataset = subsample(read_dataset(args.data, words), args.max_per_word)
+        dataset = wsd_subset(args)
+        if dataset is not None:
+            dataset = subsample(dataset, args.max_per_word)
         model, tokenizer = qkv.load(args.model)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         return fail("fidelity", str(err))

@@ -10,7 +10,7 @@ from rich.table import Table
 
 import qkv
 from qkv.argtypes import positive_int
-from qkv.commands.common import fail, make_console, output_options_problem, save_outputs
+from qkv.commands.common import fail, make_console, output_options_problem, read_text_file, save_outputs
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -51,16 +51,7 @@ def read_text(option: str | None) -> tuple[str, str]:
 
     if option is None:
         return default_text(), f"King James Version: {', '.join(DEFAULT_BOOKS)} (PyPI {DEFAULT_TEXT_PACKAGE})"
-    path = Path(option).expanduser()
-    if not path.is_file():
-        raise ValueError(f"--text {option}: no such file; give a UTF-8 text file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"--text {path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
-    if not text.strip():
-        raise ValueError(f"--text {path}: the file is empty; give a text to score")
-    return text, str(path)
+    return read_text_file("--text", option, "score"), str(Path(option).expanduser())
 
 
 def run(args: argparse.Namespace) -> int:
