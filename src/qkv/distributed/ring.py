@@ -461,7 +461,7 @@ def ring_attention(
     if stats is not None and not isinstance(stats, RingStats):
         raise TypeError(f"stats must be a qkv.distributed.RingStats or None; got {type(stats).__name__}")
     spec, scale = build_spec(q, k, v, causal=causal, window=window, mask=None,
-                             key_padding_mask=key_padding_mask, scale=scale)
+                             key_padding_mask=key_padding_mask, scale=scale, clamp=False)
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be True or False; got {type(return_lse).__name__} {return_lse!r}")
     return _ring(q, k, v, spec, scale, return_lse, group=group, layout=layout, chunk_size=chunk_size,

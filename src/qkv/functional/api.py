@@ -253,14 +253,19 @@ def build_spec(
     key_padding_mask: object,
     scale: object,
     global_tokens: object = None,
+    clamp: bool = True,
 ) -> tuple[MaskSpec, float]:
     """Validate a call's arguments and describe its masking once for every backend.
 
-    Returns the :class:`MaskSpec` and the scale (1/sqrt(D) when ``scale`` is None).
+    Returns the :class:`MaskSpec` and the scale (1/sqrt(D) when ``scale`` is None). Window
+    bounds wider than q and k reach are clamped to them (:func:`clamp_window`) unless
+    ``clamp`` is False: ring attention's q and k are one rank's slice of a longer sequence.
     """
     _check_qkv(q, k, v)
     causal = _check_flag("causal", causal)
-    left, right = clamp_window(*normalize_window(window, causal), nq=q.shape[2], nk=k.shape[2])
+    left, right = normalize_window(window, causal)
+    if clamp:
+        left, right = clamp_window(left, right, nq=q.shape[2], nk=k.shape[2])
     spec = MaskSpec(
         nq=q.shape[2],
         nk=k.shape[2],
@@ -390,6 +395,7 @@ def _validated_call(q, k, v, causal, window, mask, key_padding_mask, scale, glob
     spec, scale = build_spec(
         q, k, v, causal=causal, window=window, mask=mask,
         key_padding_mask=key_padding_mask, scale=scale, global_tokens=global_tokens,
+        clamp=backend != "ring",  # a rank's slice is not the whole sequence
     )
     return_lse = _check_flag("return_lse", return_lse)
     if not isinstance(backend, str):
