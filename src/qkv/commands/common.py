@@ -10,21 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.text import Text
 
 from qkv.files import outputs_problem, write_text
-from qkv.numbering import EMBEDDINGS
 from qkv.text import terminal_safe
 
-__all__ = ["MODEL_HELP", "VECTORS_CAPTION", "fail", "load_data_and_model", "make_console", "markup_safe",
+__all__ = ["MODEL_HELP", "fail", "load_data_and_model", "make_console",
            "output_options_problem",
            "port", "read_text_file", "save_outputs", "wsd_subset", "word_list"]
 
 MODEL_HELP = ("'minilm' (all-MiniLM-L6-v2, the default), 'smollm2' (SmolLM2-135M-Instruct), a .gguf file or "
               "a local Hugging Face folder of a BERT-, GPT-2- or Llama-family model")
 
-VECTORS_CAPTION = f"{EMBEDDINGS}: the embeddings, before any layer; i: after layer i (blocks.i)"
 
 
 def make_console(width: int = 100) -> Console:
@@ -45,12 +42,6 @@ def make_console(width: int = 100) -> Console:
         else:
             return Console(width=width)
     return Console()
-
-
-def markup_safe(text: str) -> str:
-    """User text (a model name, a word) for a rich markup string such as a table title: control
-    characters shown escaped (``\x1b``), brackets printed rather than read as markup."""
-    return escape(terminal_safe(text))
 
 
 def fail(command: str, message: str) -> int:

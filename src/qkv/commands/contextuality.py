@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
-
 from qkv.argtypes import positive_int
-from qkv.commands.common import (
-    MODEL_HELP,
-    VECTORS_CAPTION,
-    load_data_and_model,
-    make_console,
-    markup_safe,
-    save_outputs,
-)
+from qkv.commands.common import MODEL_HELP, load_data_and_model, make_console, save_outputs
+from qkv.viz.terminal import contextuality_table
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -50,16 +42,6 @@ def run(args: argparse.Namespace) -> int:
         task = progress.add_task("contextuality", total=total)
         result = contextuality(model, tokenizer, dataset, max_sentences_per_word=args.max_sentences,
                                on_batch=lambda n: progress.advance(task, n))
-    name = markup_safe(model.name)
-    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {name}, {result['sentences']} sentences",
-                  caption=VECTORS_CAPTION)
-    columns = ["self_similarity", "intra_similarity", "anisotropy", "adjusted_self_similarity",
-               "adjusted_intra_similarity"]
-    table.add_column("after layer")
-    for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
-    for i, layer in enumerate(result["layers"]):
-        table.add_row(layer, *[f"{result[c][i]:.3f}" for c in columns])
-    console.print(table)
+    console.print(contextuality_table(result, model.name))
     save_outputs(console, args, result, plot_contextuality, "contextuality.png")
     return 0

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
-
 import qkv
 from qkv.argtypes import positive_int
-from qkv.commands.common import MODEL_HELP, fail, make_console, markup_safe, read_text_file, save_outputs, wsd_subset
+from qkv.commands.common import MODEL_HELP, fail, make_console, read_text_file, save_outputs, wsd_subset
+from qkv.viz.terminal import fidelity_table
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -79,24 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 progress.advance(task)
 
         result = fidelity(model, tokenizer, text, variants, dataset=dataset, on_step=on_step)
-    exact = result["exact"]
-    name = markup_safe(model.name)
-    table = Table(title=f"{name}: each attention variant against the exact model, {result['tokens']} tokens"
-                        + (f"; WSD on {result['wsd_sentences']} CoarseWSD-20 sentences" if dataset else ""))
-    for column in ("variant", "token cos", "worst token cos", "sentence cos", "attention TV", "WSD F1",
-                   "ms", "speed-up"):
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    f1 = exact["wsd_micro_f1"]
-    table.add_row("exact", "1.0000", "1.000", "1.0000", "0.000", "-" if f1 is None else f"{f1:.1f}",
-                  f"{exact['time_ms']:.1f}", "1.00", style="bold")
-    for row in result["variants"]:
-        table.add_row(
-            row["label"], f"{row['token_cosine']:.4f}", f"{row['min_token_cosine']:.3f}",
-            f"{row['sentence_cosine']:.4f}", f"{row['attention_distance']:.3f}",
-            "-" if row["wsd_micro_f1"] is None else f"{row['wsd_micro_f1']:.1f}",
-            f"{row['time_ms']:.1f}", f"{row['speedup']:.2f}",
-        )
-    console.print(table)
+    console.print(fidelity_table(result, model.name))
     console.print("attention TV: mean total-variation distance of each attention row to the exact one "
                   "(0 = same, 1 = disjoint; more than 1 where a method's mixing weights are not a "
                   "distribution). WSD F1: micro-F1 (%), last layer, 1-nearest centroid.")

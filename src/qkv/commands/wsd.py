@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
-from rich.text import Text
-
 from qkv.argtypes import positive_int
-from qkv.commands.common import (
-    MODEL_HELP,
-    VECTORS_CAPTION,
-    load_data_and_model,
-    make_console,
-    markup_safe,
-    save_outputs,
-)
-from qkv.text import terminal_safe
+from qkv.commands.common import MODEL_HELP, load_data_and_model, make_console, save_outputs
+from qkv.viz.terminal import wsd_tables
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -51,27 +41,7 @@ def run(args: argparse.Namespace) -> int:
     with Progress(console=console, transient=True) as progress:
         result = run_wsd(model, tokenizer, dataset, method=args.method, batch_size=args.batch_size,
                          progress=progress)
-    layers = result["layers"]
-    table = Table(title=f"word-sense disambiguation, {args.method}, {markup_safe(model.name)}: F1 (%) averaged over "
-                        f"{len(dataset)} words", caption=VECTORS_CAPTION)
-    table.add_column("after layer")
-    table.add_column("micro-F1", justify="right")
-    table.add_column("macro-F1", justify="right")
-    for layer in layers:
-        label = {"last4": "last 4 summed"}.get(layer, layer)
-        scores = result["average"][layer]
-        table.add_row(label, f"{scores['micro_f1']:.1f}", f"{scores['macro_f1']:.1f}")
-    table.add_row("most frequent sense", f"{result['mfs']['micro_f1']:.1f}", f"{result['mfs']['macro_f1']:.1f}",
-                  style="dim")
-    console.print(table)
-    per_word = Table(title="micro-F1 per word and layer")
-    per_word.add_column("word")
-    for layer in layers:
-        per_word.add_column(layer, justify="right")
-    per_word.add_column("MFS", justify="right")
-    for word, scores in result["words"].items():
-        per_word.add_row(Text(terminal_safe(word)), *[f"{scores[layer]['micro_f1']:.1f}" for layer in layers],
-                         f"{scores['mfs']['micro_f1']:.1f}")
-    console.print(per_word)
+    for table in wsd_tables(result, args.method, model.name):
+        console.print(table)
     save_outputs(console, args, result, plot_wsd, f"wsd_{args.method}.png")
     return 0

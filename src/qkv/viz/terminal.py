@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.padding import Padding
 from rich.panel import Panel
@@ -17,9 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from qkv.inspect.heads import ROLE_NAMES
+from qkv.numbering import EMBEDDINGS
 from qkv.text import terminal_safe
 
-__all__ = ["print_report"]
+__all__ = ["print_report", "markup_safe", "wsd_tables", "contextuality_table", "fidelity_table", "VECTORS_CAPTION"]
 
 SHADES = " ░▒▓█"
 INDENT = 3  # notes under a heading
@@ -420,3 +422,81 @@ def _heads(report: dict, console: Console) -> None:
         return cells
 
     _head_tables(console, len(roles["previous"]), len(roles["previous"][0]), role_cells)
+
+
+# ---- the data commands' tables (qkv wsd, qkv contextuality, qkv fidelity) ----
+
+VECTORS_CAPTION = f"{EMBEDDINGS}: the embeddings, before any layer; i: after layer i (blocks.i)"
+
+
+def markup_safe(text: str) -> str:
+    """User text (a model name, a word) for a rich markup string such as a table title: control
+    characters shown escaped (``\\x1b``), brackets printed rather than read as markup."""
+    return escape(terminal_safe(text))
+
+
+def wsd_tables(result: dict, method: str, model_name: str) -> list[Table]:
+    """``qkv wsd``'s tables: F1 per layer averaged over the words (with the most frequent sense),
+    then micro-F1 per word and layer, from :func:`qkv.inspect.wsd.run_wsd`'s result."""
+    layers = result["layers"]
+    table = Table(title=f"word-sense disambiguation, {method}, {markup_safe(model_name)}: F1 (%) averaged over "
+                        f"{len(result['words'])} words", caption=VECTORS_CAPTION)
+    table.add_column("after layer")
+    table.add_column("micro-F1", justify="right")
+    table.add_column("macro-F1", justify="right")
+    for layer in layers:
+        label = {"last4": "last 4 summed"}.get(layer, layer)
+        scores = result["average"][layer]
+        table.add_row(label, f"{scores['micro_f1']:.1f}", f"{scores['macro_f1']:.1f}")
+    table.add_row("most frequent sense", f"{result['mfs']['micro_f1']:.1f}", f"{result['mfs']['macro_f1']:.1f}",
+                  style="dim")
+    per_word = Table(title="micro-F1 per word and layer")
+    per_word.add_column("word")
+    for layer in layers:
+        per_word.add_column(layer, justify="right")
+    per_word.add_column("MFS", justify="right")
+    for word, scores in result["words"].items():
+        per_word.add_row(Text(terminal_safe(word)), *[f"{scores[layer]['micro_f1']:.1f}" for layer in layers],
+                         f"{scores['mfs']['micro_f1']:.1f}")
+    return [table, per_word]
+
+
+def contextuality_table(result: dict, model_name: str) -> Table:
+    """``qkv contextuality``'s table: each measure per layer, from
+    :func:`qkv.inspect.contextuality.contextuality`'s result."""
+    name = markup_safe(model_name)
+    table = Table(title=f"contextuality per layer (Ethayarajh, 2019), {name}, {result['sentences']} sentences",
+                  caption=VECTORS_CAPTION)
+    columns = ["self_similarity", "intra_similarity", "anisotropy", "adjusted_self_similarity",
+               "adjusted_intra_similarity"]
+    table.add_column("after layer")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for i, layer in enumerate(result["layers"]):
+        table.add_row(layer, *[f"{result[c][i]:.3f}" for c in columns])
+    return table
+
+
+def fidelity_table(result: dict, model_name: str) -> Table:
+    """``qkv fidelity``'s table: each attention variant against the exact model, from
+    :func:`qkv.inspect.fidelity.fidelity`'s result."""
+    exact = result["exact"]
+    name = markup_safe(model_name)
+    table = Table(title=f"{name}: each attention variant against the exact model, {result['tokens']} tokens"
+                        + (f"; WSD on {result['wsd_sentences']} CoarseWSD-20 sentences"
+                           if result.get("wsd_sentences") else ""))
+    for column in ("variant", "token cos", "worst token cos", "sentence cos", "attention TV", "WSD F1",
+                   "ms", "speed-up"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    f1 = exact["wsd_micro_f1"]
+    table.add_row("exact", "1.0000", "1.000", "1.0000", "0.000", "-" if f1 is None else f"{f1:.1f}",
+                  f"{exact['time_ms']:.1f}", "1.00", style="bold")
+    for row in result["variants"]:
+        table.add_row(
+            row["label"], f"{row['token_cosine']:.4f}", f"{row['min_token_cosine']:.3f}",
+            f"{row['sentence_cosine']:.4f}", f"{row['attention_distance']:.3f}",
+            "-" if row["wsd_micro_f1"] is None else f"{row['wsd_micro_f1']:.1f}",
+            f"{row['time_ms']:.1f}", f"{row['speedup']:.2f}",
+        )
+    return table
+
