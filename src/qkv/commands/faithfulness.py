@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.table import Table
-
 from qkv.argtypes import positive_int
 from qkv.commands.common import MODEL_HELP, fail, make_console, save_outputs, wsd_subset
 from qkv.text import DEFAULT_FOCUS, DEFAULT_SENTENCE
@@ -54,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import qkv
     from qkv.inspect.faithfulness import faithfulness
     from qkv.inspect.senses import DEFAULT_SENSES, parse_senses
-    from qkv.viz.patching import plot_deletion_curves, printable
+    from qkv.viz.patching import faithfulness_table, plot_deletion_curves, printable
 
     try:
         senses = parse_senses(args.senses) if args.senses else DEFAULT_SENSES.get(args.focus.lower())
@@ -86,25 +84,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             return fail("faithfulness", str(err))
     parts = [p for p in ("seed", "wsd") if p in report]
-    table = Table(title=f"{model.name}: deletion AUC, the mean drop of the focus word's cosine to its sense "
-                        f"prototype as each method's top 1..{args.max_k} tokens are dropped from attention; larger "
-                        f"is more faithful")
-    table.add_column("method")
-    table.add_column("seed sentence", justify="right")
-    if "wsd" in report:
-        table.add_column(f"{report['wsd']['sentences']} WSD sentences", justify="right")
-        table.add_column("beats random", justify="right")
-    for method in report["seed"]["methods"]:
-        cells = [f"{report['seed']['all'][method]['auc']:+.4f}" if report["seed"]["all"][method]["auc"] is not None
-                 else "-"]
-        if "wsd" in report:
-            entry = report["wsd"]["all"][method]
-            cells.append("-" if entry["auc"] is None else f"{entry['auc']:+.4f} ± {entry['auc_se']:.4f}"
-                         + ("" if entry["sentences"] == report["wsd"]["sentences"] else f" (n={entry['sentences']})"))
-            cells.append("" if "beats_random" not in entry else f"{100 * entry['beats_random']:.0f}%")
-        style = "bold" if any(report["best"][p] == method for p in parts) else None
-        table.add_row(method.replace("_", " "), *cells, style=style)
-    console.print(table)
+    console.print(faithfulness_table(report, model.name, args.max_k))
     ig = report[parts[-1]]["integrated_gradients"]
     console.print(printable(f"focus {args.focus!r}, sense {report['sense']!r}. Integrated gradients: {ig['steps']} "
                             f"steps, baseline {ig['baseline']}; completeness error median "

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.table import Table
-
 import qkv
 from qkv.argtypes import positive_int
 from qkv.commands.common import fail, make_console, output_options_problem, read_text_file, save_outputs
@@ -61,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from qkv.inspect.fidelity import Variant, variant_problem
     from qkv.inspect.perplexity import DEFAULT_VARIANTS, parse_variant, perplexity
-    from qkv.viz.perplexity import plot_perplexity
+    from qkv.viz.perplexity import perplexity_table, plot_perplexity
 
     try:
         variants = DEFAULT_VARIANTS
@@ -102,14 +100,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             return fail("perplexity", str(err))
     result["text"] = source
-    table = Table(title=f"{model.name}: next-token perplexity on {result['tokens']} tokens of {source}")
-    for column in ("variant", "evaluation", "perplexity", "ratio to full", "mean loss"):
-        table.add_column(column, justify="left" if column in ("variant", "evaluation") else "right")
-    for row in result["variants"]:
-        ratio = "-" if row["ratio_to_full"] is None else f"{row['ratio_to_full']:.3f}"
-        table.add_row(row["name"], row["evaluation"], f"{row['perplexity']:.3f}", ratio, f"{row['mean_loss']:.4f}",
-                      style="bold" if row["name"] == "full" else None)
-    console.print(table)
+    console.print(perplexity_table(result, model.name, source))
     console.print("window=W: each token sees itself and the W - 1 tokens before it; +sinks=K: and the first K tokens "
                   "of the text. stream: token by token with SinkCache(K, W) (positions within the cache); "
                   "recompute: the window run afresh every stride tokens.")

@@ -7,7 +7,6 @@ import argparse
 from typing import Any
 
 import torch
-from rich.table import Table
 
 from qkv.argtypes import positive_int
 from qkv.commands.common import fail, make_console, output_options_problem
@@ -76,44 +75,13 @@ def run(args: argparse.Namespace) -> int:
                                                     f"attention to cue {entry.best_attention_to_cue:.2f}")
 
         result = train_demo(config, on_step=on_step)
+    from qkv.viz.training import training_tables
+
     data = result.to_json()
+    for table in training_tables(result, data, config, config.threads or torch.get_num_threads()):
+        console.print(table)
     final = data["final"]
     best = final["best_head"]
-    main_log, control_log = result.main.log, result.control.log if result.control else []
-    control_at = {entry.step: entry for entry in control_log}
-    # Rows at roughly geometric steps: the interesting part, attention finding the cue, comes early.
-    steps = [entry.step for entry in main_log]
-    targets = [0] + [steps[1] * (steps[-1] / steps[1]) ** (i / 11) for i in range(12)] if len(steps) > 1 else [0]
-    picked = sorted({min(range(len(steps)), key=lambda i: abs(steps[i] - target)) for target in targets})
-    table = Table(title=f"training from scratch ({config.num_layers} layers x {config.num_heads} heads, width "
-                        f"{config.d_model}, seed {config.seed}): held-out sentences on unseen templates")
-    for column in ("step", "training loss", "held-out accuracy", f"attention to cue, L{best['layer']} "
-                   f"H{best['head']}", "best head now", "control accuracy"):
-        table.add_column(column, justify="right")
-    for index in picked:
-        entry = main_log[index]
-        control = control_at.get(entry.step)
-        table.add_row(str(entry.step), f"{entry.loss:.4f}", f"{entry.accuracy:.3f}",
-                      f"{entry.attention_to_cue[best['layer']][best['head']]:.3f}",
-                      f"{entry.best_attention_to_cue:.3f} (L{entry.best_head[0]} H{entry.best_head[1]})",
-                      "-" if control is None else f"{control.accuracy:.3f}")
-    console.print(table)
-    summary = Table(title="final figures")
-    summary.add_column("figure")
-    summary.add_column("value", justify="right")
-    summary.add_column("for comparison")
-    summary.add_row("held-out accuracy", f"{final['accuracy']:.4f}", f"chance {final['chance']:.2f}")
-    summary.add_row(f"attention from the word to its cue, best head (L{best['layer']} H{best['head']})",
-                    f"{final['attention_to_cue']:.3f}",
-                    f"{final['initial_attention_to_cue']:.3f} at step 0; "
-                    f"uniform 1/N = {final['uniform_attention']:.3f}")
-    summary.add_row("the same, the most attentive head per sentence", f"{final['max_head_attention_to_cue']:.3f}", "")
-    if final["control_accuracy"] is not None:
-        summary.add_row("control accuracy (each token sees only itself)", f"{final['control_accuracy']:.4f}",
-                        f"chance {final['chance']:.2f}")
-    summary.add_row("training time, both runs", f"{final['seconds']:.1f} s",
-                    f"{config.threads or torch.get_num_threads()} torch thread(s)")
-    console.print(summary)
     example = data["example"]
     row = example["attention"][best["layer"]][best["head"]][example["word_index"]]
     console.print(f"example: {' '.join(example['tokens'])!r}: '{example['tokens'][example['word_index']]}' "

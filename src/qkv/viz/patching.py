@@ -22,8 +22,9 @@ from rich.text import Text
 
 from qkv.files import save_figure, write_text
 from qkv.viz.html import content_security_policy, json_for_script, page_asset, show_controls
+from qkv.viz.terminal import markup_safe
 
-__all__ = ["printable", "patching_tables", "plot_patching", "patching_page", "save_patching_page",
+__all__ = ["faithfulness_table", "printable", "patching_tables", "plot_patching", "patching_page", "save_patching_page",
            "plot_deletion_curves"]
 
 _SITE_TITLES = {
@@ -140,3 +141,28 @@ def plot_deletion_curves(report: dict[str, Any], path: str | Path) -> Path:
     saved = save_figure(figure, path, dpi=110)
     plt.close(figure)
     return saved
+
+def faithfulness_table(report: dict, model_name: str, max_k: int) -> Table:
+    """``qkv faithfulness``'s table: each method's deletion AUC on the seed sentence (and on the WSD
+    sentences, with the share of sentences where it beats a random ranking), the most faithful in bold,
+    from :func:`qkv.inspect.faithfulness.faithfulness`'s report."""
+    parts = [p for p in ("seed", "wsd") if p in report]
+    table = Table(title=f"{markup_safe(model_name)}: deletion AUC, the mean drop of the focus word's cosine to its "
+                        f"sense prototype as each method's top 1..{max_k} tokens are dropped from attention; larger "
+                        f"is more faithful")
+    table.add_column("method")
+    table.add_column("seed sentence", justify="right")
+    if "wsd" in report:
+        table.add_column(f"{report['wsd']['sentences']} WSD sentences", justify="right")
+        table.add_column("beats random", justify="right")
+    for method in report["seed"]["methods"]:
+        cells = [f"{report['seed']['all'][method]['auc']:+.4f}" if report["seed"]["all"][method]["auc"] is not None
+                 else "-"]
+        if "wsd" in report:
+            entry = report["wsd"]["all"][method]
+            cells.append("-" if entry["auc"] is None else f"{entry['auc']:+.4f} ± {entry['auc_se']:.4f}"
+                         + ("" if entry["sentences"] == report["wsd"]["sentences"] else f" (n={entry['sentences']})"))
+            cells.append("" if "beats_random" not in entry else f"{100 * entry['beats_random']:.0f}%")
+        style = "bold" if any(report["best"][p] == method for p in parts) else None
+        table.add_row(method.replace("_", " "), *cells, style=style)
+    return table

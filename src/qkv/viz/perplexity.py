@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["plot_perplexity", "DEFAULT_SPAN"]
+from rich.table import Table
+
+from qkv.viz.terminal import markup_safe
+
+__all__ = ["plot_perplexity", "perplexity_table", "DEFAULT_SPAN"]
 
 DEFAULT_SPAN = 256  # tokens per point of the running perplexity
 
@@ -56,3 +60,16 @@ def _style(row: dict) -> dict:
             linestyle = "-."
         return {"color": colour, "linestyle": linestyle, "linewidth": 1.3}
     return {"color": PALETTE[{"linear": 3, "performer": 4}.get(row["family"], 5)], "linewidth": 1.3}
+
+def perplexity_table(result: dict, model_name: str, source: str) -> Table:
+    """``qkv perplexity``'s table: each variant's perplexity, its ratio to full attention and its mean
+    loss, from :func:`qkv.inspect.perplexity.perplexity`'s result; ``source`` names the text."""
+    table = Table(title=f"{markup_safe(model_name)}: next-token perplexity on {result['tokens']} tokens of "
+                        f"{markup_safe(source)}")
+    for column in ("variant", "evaluation", "perplexity", "ratio to full", "mean loss"):
+        table.add_column(column, justify="left" if column in ("variant", "evaluation") else "right")
+    for row in result["variants"]:
+        ratio = "-" if row["ratio_to_full"] is None else f"{row['ratio_to_full']:.3f}"
+        table.add_row(row["name"], row["evaluation"], f"{row['perplexity']:.3f}", ratio, f"{row['mean_loss']:.4f}",
+                      style="bold" if row["name"] == "full" else None)
+    return table
