@@ -322,8 +322,13 @@ def test_a_client_that_hangs_up_leaves_no_traceback(tiny, capfd):
             sock.sendall(f"GET {report_path(number)} HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\n\r\n".encode())
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, not FIN
             sock.close()
+        # The 12 may still sit in the listen backlog, unaccepted: the next request can find the report
+        # pool busy with them and get 503 with Retry-After, as designed; it must then be served.
+        deadline = time.monotonic() + 60
+        while (answer := running.get(report_path(0)))[0] == 503 and time.monotonic() < deadline:
+            time.sleep(float(answer[1].get("Retry-After", "1")))
+        assert answer[0] == 200
         running.wait_idle()
-        assert running.get(report_path(0))[0] == 200
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Error" not in err, err
 

@@ -2,7 +2,6 @@
 "use strict";
 (function () {
   const R = JSON.parse(document.getElementById("report").textContent);
-  const SVG = "http://www.w3.org/2000/svg";
   const L = R.model.layers, H = R.model.heads, W = R.tokens.length;
   const FOCUS = R.focus.index;
   const PALETTE = ["#1f5fbf", "#d9480f", "#2f9e44", "#ae3ec9", "#e8590c", "#0c8599"];
@@ -11,24 +10,8 @@
   let modelView = null;  // section 9, drawn from the same (L, H, W, W) matrices as the heatmap
 
   // ---- helpers ----
-  function el(tag, attrs, text) {
-    const node = document.createElement(tag);
-    if (attrs) for (const k of Object.keys(attrs)) node.setAttribute(k, String(attrs[k]));
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG, tag);
-    if (attrs) for (const k of Object.keys(attrs)) node.setAttribute(k, String(attrs[k]));
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-  const CONTROLS = /[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]/g;
-  function visible(text) {
-    return String(text).replace(CONTROLS, function (c) {
-      return "\u27e8U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e9";
-    });
-  }
+  // DOM helpers shared with the views (views.js runs first on the page)
+  const el = QKVViews.el, svg = QKVViews.svg, visible = QKVViews.visible;
   function fmt(x, digits) {
     if (x === null || x === undefined || Number.isNaN(x)) return "–";
     return Number(x).toFixed(digits === undefined ? 3 : digits);

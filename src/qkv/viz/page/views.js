@@ -260,5 +260,5 @@ const QKVViews = (function () {
     return { draw: draw };
   }
 
-  return { shade: shade, modelView: modelView, headView: headView };
+  return { shade: shade, modelView: modelView, headView: headView, el: el, svg: svg, visible: visible };
 })();
