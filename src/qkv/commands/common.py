@@ -83,17 +83,13 @@ def port(text: str) -> int:
 def load_data_and_model(command: str, args: argparse.Namespace):
     """(dataset, model, tokenizer) for the data commands, or None after printing the error.
 
-    The options are checked first (--words, the output paths, --data), the model loaded last.
+    The options are checked first (the output paths, --words, --data: :func:`wsd_subset`), the
+    model loaded last.
     """
     import qkv
-    from qkv.inspect.wsd import read_dataset
 
     try:
-        words = word_list(getattr(args, "words", None))
-        problem = output_options_problem(args)
-        if problem:
-            raise ValueError(problem)
-        return read_dataset(args.data, words), *qkv.load(args.model)
+        return wsd_subset(args), *qkv.load(args.model)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         fail(command, str(err))
         return None
@@ -135,7 +131,7 @@ def wsd_subset(args: argparse.Namespace):
     problem = output_options_problem(args)
     if problem:
         raise ValueError(problem)
-    words = word_list(args.words)
+    words = word_list(getattr(args, "words", None))  # not every data command has --words
     if words is not None and not args.data:
         raise ValueError("--words picks words of the --data folder; give --data DIR too")
     if not args.data:
