@@ -95,21 +95,24 @@ def kept(t: int, sinks: int, window: int) -> list[int]:
 @pytest.mark.parametrize("sinks, window", [(2, 5), (4, 3), (0, 4), (1, 1)])
 def test_sink_cache_equals_recomputation_on_the_kept_positions_at_every_step(sinks: int, window: int) -> None:
     """One layer, rotary: each step's logits equal a fresh forward on the positions the cache holds, numbered
-    0 .. S-1 (positions within the cache), so eviction, sinks and rotary positions are all checked."""
+    0 .. S-1 (positions within the cache), so eviction, sinks and rotary positions are all checked, over
+    enough steps for the cache to compact its buffers several times."""
     model = tiny_decoder(layers=1)
-    ids = torch.randint(0, VOCAB, (2, 23), generator=torch.Generator().manual_seed(5))
+    length = 61
+    ids = torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(5))
     cache = SinkCache(sinks, window)
     prefill = min(3, sinks + window)
     steps = [model(ids[:, :prefill], kv_cache=cache).logits[:, -1]]
-    steps += [model(ids[:, t:t + 1], kv_cache=cache).logits[:, -1] for t in range(prefill, 23)]
-    for t, logits in zip(range(prefill - 1, 23), steps):
+    steps += [model(ids[:, t:t + 1], kv_cache=cache).logits[:, -1] for t in range(prefill, length)]
+    for t, logits in zip(range(prefill - 1, length), steps):
         expected = model(ids[:, kept(t, sinks, window)]).logits[:, -1]
         assert (logits - expected).abs().max().item() < 1e-12, t
-    assert len(cache) == 23 and cache.stored(0) == sinks + window
+    assert len(cache) == length and cache.stored(0) == sinks + window
+    assert length - prefill > 2 * cache.slack  # the buffers were compacted on the way
     assert (model(ids).logits[:, -1] - steps[-1]).abs().max().item() > 1e-3  # the evicted positions mattered
 
 
-@pytest.mark.parametrize("chunks", [[1] * 21, [9, 1, 3, 1, 1, 6], [21]])
+@pytest.mark.parametrize("chunks", [[1] * 61, [9, 1, 3, 1, 1, 6, 1, 1, 30, 1, 1, 1, 2, 1, 1, 1], [61]])
 def test_sink_cache_in_a_deep_model_equals_one_forward_with_the_same_visibility(chunks: list[int]) -> None:
     """Three layers without positions: what each token stored was computed with the visibility it had
     then, which one forward with window (W - 1, 0) and global_tokens [0..k-1] gives every token at once.
@@ -118,7 +121,7 @@ def test_sink_cache_in_a_deep_model_equals_one_forward_with_the_same_visibility(
     model = tiny_decoder(layers=3)
     for block in model.blocks:
         block.attn.rotary = None
-    ids = torch.randint(0, VOCAB, (2, 21), generator=torch.Generator().manual_seed(6))
+    ids = torch.randint(0, VOCAB, (2, 61), generator=torch.Generator().manual_seed(6))
     model.set_attention("auto", window=(window - 1, 0), global_tokens=list(range(sinks)))
     expected = model(ids).logits
     model.set_attention("auto")
@@ -167,11 +170,14 @@ def test_a_sink_cache_holds_constant_memory_where_a_full_cache_grows() -> None:
 
     model = tiny_decoder(layers=2)
     prompt = torch.randint(0, VOCAB, (1, 3), generator=torch.Generator().manual_seed(9))
-    sink = decode_cost(model, prompt, 200, SinkCache(2, 8), checkpoints=[50, 100, 200])
+    cache = SinkCache(2, 8)
+    sink = decode_cost(model, prompt, 200, cache, checkpoints=[50, 100, 200])
     full = decode_cost(model, prompt, 200, KVCache(), checkpoints=[50, 100, 200])
     assert [row["tokens"] for row in sink] == [50, 100, 200]
-    assert len({row["cache_bytes"] for row in sink}) == 1  # 2 layers x (k, v) x (2 + 8) positions
-    assert sink[0]["cache_bytes"] == 2 * 2 * (2 + 8) * 2 * 6 * 8  # 2 kv heads of width 6, float64
+    assert len({row["cache_bytes"] for row in sink}) == 1
+    # 2 layers x (k, v) x (2 + 8 positions and the room for `slack` steps) x 2 kv heads of width 6, float64
+    assert sink[0]["cache_bytes"] == 2 * 2 * (2 + 8 + cache.slack) * 2 * 6 * 8
+    assert all(cache.stored(layer) == 2 + 8 for layer in range(2))
     assert full[0]["cache_bytes"] < full[1]["cache_bytes"] < full[2]["cache_bytes"]
 
 

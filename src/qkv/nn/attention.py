@@ -124,6 +124,12 @@ class SinkCache(KVCache):
                 raise ValueError(f"SinkCache {name} must be a whole number >= {least}; got {value!r}")
         self.sinks, self.window = sinks, window
         self._positions: dict[tuple[int, torch.device], Tensor] = {}
+        # Per layer, the key and value buffers (_keys, _values) have room past the held positions:
+        # the held ones are buffer[:, :, start:start + held], sinks first, so a step writes the new
+        # position and moves the sinks up by one instead of copying the window; a buffer is
+        # compacted to its start when the room runs out (one copy every `slack` steps).
+        self._spans: dict[int, tuple[int, int]] = {}  # layer -> (start, held)
+        self.slack = max(16, window // 4)  # steps between two compactions
 
     def __repr__(self) -> str:
         return f"SinkCache(sinks={self.sinks}, window={self.window})"
@@ -131,7 +137,7 @@ class SinkCache(KVCache):
     def stored(self, layer: int) -> int:
         """Positions held for ``layer`` now: at most ``sinks + window`` after a one-token step
         (``len(cache)`` counts the positions of the text seen so far)."""
-        return 0 if layer not in self._keys else self._keys[layer].shape[2]
+        return self._spans.get(layer, (0, 0))[1]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Drop the positions no new query can see, append the new ones, and return what is held.
@@ -144,19 +150,44 @@ class SinkCache(KVCache):
         Returns:
             keys (B, Hkv, S, Dh) (not rotated) and values (B, Hkv, S, Dv): the sinks, the
             ``window - 1`` positions before the first new one (or fewer), and the new ones.
+            They are views of the cache's buffers, valid until its next update of ``layer``.
         """
         n_new = k.shape[2]
-        if layer in self._keys:
-            keys, values = self._keys[layer], self._values[layer]
-            sinks = min(self.sinks, keys.shape[2])
-            drop = max(0, keys.shape[2] - sinks - (self.window - 1))  # older than the first new query's window
-            if drop:
-                keys = torch.cat([keys[:, :, :sinks], keys[:, :, sinks + drop:]], dim=2)
-                values = torch.cat([values[:, :, :sinks], values[:, :, sinks + drop:]], dim=2)
-            k, v = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        start, held = self._spans.get(layer, (0, 0))
+        sinks = min(self.sinks, held)
+        drop = max(0, held - sinks - (self.window - 1))  # older than the first new query's window
+        kept = held - drop  # the sinks and the window's recent positions
+        buffers = (self._keys[layer], self._values[layer]) if layer in self._keys else None
+        if buffers is None or start + drop + kept + n_new > buffers[0].shape[2]:
+            buffers = self._compacted(layer, buffers, start, sinks, drop, kept, k, v)
+            start, drop = 0, 0
+        for buffer, new in zip(buffers, (k, v)):
+            if drop and sinks:  # the sinks move up to sit just before the window's oldest kept position
+                buffer[:, :, start + drop:start + drop + sinks] = buffer[:, :, start:start + sinks].clone()
+            buffer[:, :, start + drop + kept:start + drop + kept + n_new] = new
+        start, held = start + drop, kept + n_new
+        self._spans[layer] = (start, held)
         self._lengths[layer] = self._lengths.get(layer, 0) + n_new  # positions of the text seen so far
-        self._keys[layer], self._values[layer] = k, v
-        return k, v
+        return buffers[0][:, :, start:start + held], buffers[1][:, :, start:start + held]
+
+    def _compacted(self, layer: int, buffers: tuple[Tensor, Tensor] | None, start: int, sinks: int, drop: int,
+                   kept: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Buffers for ``layer`` holding the kept positions from index 0, with room for the new ones and
+        ``slack`` more steps (reused when they are large enough)."""
+        needed = kept + k.shape[2]
+        capacity = max(needed, min(self.sinks, needed) + self.window) + self.slack
+        if buffers is not None and buffers[0].shape[2] >= capacity:
+            fresh = buffers
+        else:
+            fresh = (k.new_empty(k.shape[:2] + (capacity, k.shape[3])),
+                     v.new_empty(v.shape[:2] + (capacity, v.shape[3])))
+        if buffers is not None:
+            for old, new in zip(buffers, fresh):
+                window = old[:, :, start + sinks + drop:start + drop + kept].clone()  # may overlap the target
+                new[:, :, :sinks] = old[:, :, start:start + sinks].clone()
+                new[:, :, sinks:kept] = window
+        self._keys[layer], self._values[layer] = fresh
+        return fresh
 
     def positions(self, held: int, device: torch.device) -> Tensor:
         """Cache indices 0 .. held - 1 as one (held,) tensor per size, reused so that the shared
