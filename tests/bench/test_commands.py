@@ -186,7 +186,8 @@ def test_overhead_section_reports_each_ratio_and_goal(tmp_path: Path) -> None:
     result = json.loads(path.read_text())
     assert result["benchmark"] == "attention-overhead" and result["machine"]["torch_threads"] == 1
     calls = {(r["variant"], r["contender"]) for r in result["rows"] if r["part"] == "call"}
-    assert calls == {(v, c) for v in overhead.VARIANTS for c in ("sdpa (torch)", "qkv auto", "qkv sdpa")}
+    assert calls == ({(v, c) for v in overhead.VARIANTS for c in ("sdpa (torch)", "qkv auto", "qkv sdpa")}
+                     | {("key padding", overhead.CONTRACT_FLOOR)})
     modules = {(r["variant"], r["contender"]) for r in result["rows"] if r["part"] == "module"}
     module_names = ("SDPA inside the module", "MultiHeadAttention")
     assert modules == {(v, c) for v in ("full", "key padding") for c in module_names}
@@ -214,6 +215,26 @@ def test_the_sdpa_module_is_the_same_module(tmp_path: Path) -> None:
         padding[1, 6:] = False
         mask = padding if padded else None
         torch.testing.assert_close(direct(x, key_padding_mask=mask), layer(x, key_padding_mask=mask))
+
+
+def test_the_contract_floor_keeps_the_contract_as_qkv_attention_does() -> None:
+    """The overhead's floor for key padding is honest: with NaN in padded keys and values and in the
+    queries of a batch row whose keys are all padding, it returns what qkv.attention returns."""
+    import torch
+
+    import qkv
+    from qkv.bench.overhead import sdpa_with_contract_zeroing
+
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 10, 8, generator=generator) for _ in range(3))
+    padding = torch.ones(2, 10, dtype=torch.bool)
+    padding[0, 7:] = False
+    padding[1] = False  # every key of the second row is padding: its queries see nothing
+    k[0, :, 7:] = v[0, :, 7:] = float("nan")
+    q[1, :, 4] = float("nan")
+    out = sdpa_with_contract_zeroing(q, k, v, padding)
+    assert not out.isnan().any() and (out[1] == 0).all()
+    torch.testing.assert_close(out, qkv.attention(q, k, v, key_padding_mask=padding))
 
 
 def test_the_targets_put_auto_against_the_fastest_exact_backend() -> None:

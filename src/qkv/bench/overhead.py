@@ -6,6 +6,9 @@ On one thread (B=1, H=12, D=32 by default, the shape of a MiniLM layer), at N = 
 - ``sdpa (torch)``: a plain ``torch.nn.functional.scaled_dot_product_attention`` call, its mask
   (``is_causal``, or the padding as a (B, 1, 1, N) bool mask) prepared once, outside the timing;
 - ``qkv auto`` and ``qkv sdpa``: ``qkv.attention`` with its validation, masks and dispatch;
+- ``sdpa + contract zeroing`` (key padding): the plain call plus, in plain torch, the three passes the
+  attention contract asks of any implementation (keys and values zeroed at padded positions, the
+  queries of rows that see no key zeroed): the floor a contract-keeping call cannot go below;
 - ``MultiHeadAttention``: a ``qkv.nn.MultiHeadAttention`` (d_model = H * D) forward, against the same
   module whose attention step calls SDPA directly (``SdpaMultiHeadAttention``).
 
@@ -83,11 +86,36 @@ def call_contenders(n: int, heads: int, head_dim: int, variant: str) -> dict[str
     else:
         padding = padding_of(n)
         kwargs, plain = {"key_padding_mask": padding}, {"attn_mask": padding[:, None, None, :].clone()}
-    return {
+    contenders = {
         "sdpa (torch)": lambda: F.scaled_dot_product_attention(q, k, v, **plain),
         "qkv auto": lambda: qkv.attention(q, k, v, **kwargs),
         "qkv sdpa": lambda: qkv.attention(q, k, v, backend="sdpa", **kwargs),
     }
+    if variant == "key padding":
+        contenders[CONTRACT_FLOOR] = lambda: sdpa_with_contract_zeroing(q, k, v, padding)
+    return contenders
+
+
+CONTRACT_FLOOR = "sdpa + contract zeroing"
+
+
+def sdpa_with_contract_zeroing(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: torch.Tensor
+                               ) -> torch.Tensor:
+    """A plain SDPA call with key padding plus the three passes the attention contract asks of any
+    implementation, in plain torch: keys and values zeroed at padded positions (a NaN there must not
+    reach an output) and the queries of rows that see no key zeroed (their output must be zero, not
+    NaN). The cheapest a contract-keeping call can be, apart from Python.
+
+    Args:
+        q: (B, H, N, D); k, v: (B, H, N, D).
+        padding: (B, N) bool, True for real tokens.
+    """
+    batch, n = padding.shape
+    read = padding.view(batch, 1, n, 1)  # (B, 1, Nk, 1)
+    mask = padding.view(batch, 1, 1, n)  # (B, 1, 1, Nk)
+    sees_a_key = mask.any(dim=-1, keepdim=True)  # (B, 1, 1, 1)
+    k, v, q = (t.view(torch.int32).mul(keep).view(t.dtype) for t, keep in ((k, read), (v, read), (q, sees_a_key)))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def module_contenders(n: int, heads: int, head_dim: int, variant: str) -> dict[str, Callable[[], object]]:

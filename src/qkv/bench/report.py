@@ -464,8 +464,11 @@ def overhead_tabs(result: dict) -> list[Tab]:
         for r in rows:
             is_baseline = r["ratio"] == 1.0 and r["contender"] in ("sdpa (torch)", "SDPA inside the module",
                                                                   "qkv sliding")
-            met = "" if is_baseline else ("met" if r["ratio"] <= goal else "MISSED")
-            note = f"picks {r['picked']}" if r.get("picked") else ""
+            is_floor = r["contender"] == overhead.CONTRACT_FLOOR
+            met = "" if is_baseline or is_floor else ("met" if r["ratio"] <= goal else "MISSED")
+            note = (f"picks {r['picked']}" if r.get("picked") else
+                    "the contract's three zeroing passes in plain torch: no contract-keeping call is cheaper"
+                    if is_floor else "")
             body.append([str(r["n"]), r["variant"], r["contender"], format_seconds(r["time_s"]),
                          f"{r['ratio']:.3f}", f"<= {goal:g}" if met else "", met, note])
         tabs.append(Tab(f"{title}: median time per call, one thread",

@@ -515,13 +515,20 @@ def attention(
         >>> q = k = v = torch.randn(1, 8, 128, 64)
         >>> out = qkv.attention(q, k, v, causal=True)  # (1, 8, 128, 64)
     """
-    if (type(q) is Tensor and type(k) is Tensor and type(v) is Tensor and mask is None and key_padding_mask is None
-            and global_tokens is None and window is None and type(causal) is bool and type(return_lse) is bool
+    if (mask is None and window is None and global_tokens is None and type(q) is Tensor and type(k) is Tensor
+            and type(v) is Tensor and type(causal) is bool and type(return_lse) is bool
             and (scale is None or type(scale) is float) and type(backend) is str):
-        # the commonest calls, keyed inline as _call_key would key them
-        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal, None,
-               scale, backend, return_lse, type(options),
-               torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad), None, None)
+        # the commonest calls (a model's layers), keyed inline as _call_key would key them
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        if key_padding_mask is None:
+            key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal,
+                   None, scale, backend, return_lse, type(options), grad, None, None)
+        elif type(key_padding_mask) is Tensor:
+            key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal,
+                   None, scale, backend, return_lse, type(options), grad, None,
+                   (key_padding_mask.shape, key_padding_mask.dtype, key_padding_mask.device))
+        else:
+            key = None
     elif global_tokens is None:
         key = _call_key(q, k, v, causal, window, mask, key_padding_mask, scale, backend, return_lse, options)
     else:
@@ -532,8 +539,10 @@ def attention(
                           options, return_lse)
         if key is not None:
             _remember(key, plan)
-    spec = plan.spec
     keys = plan.keys
+    if keys == "all" and plan.runner is not None:
+        return plan.runner(q, k, v, plan.spec)
+    spec = plan.spec
     if keys == "padding":
         spec = spec.with_tensors(None, key_padding_mask)
         read_shape = (key_padding_mask.shape[0], 1, spec.nk, 1)  # (B, 1, Nk, 1)

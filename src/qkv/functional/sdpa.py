@@ -112,8 +112,8 @@ def sdpa_runner(spec: MaskSpec, scale: float, shape: CallShape, dtype: torch.dty
         def run_padded(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
             padding = spec.key_padding_mask
             mask = padding.view(padding_shape) if padding.is_contiguous() else padding.reshape(padding_shape)
-            row_is_empty = ~mask.any(dim=-1, keepdim=True)  # (B, 1, 1, 1): every key is padding
-            return sdpa(_blind_queries_zeroed(q, row_is_empty), k, v, attn_mask=mask, scale=scale)
+            sees_a_key = mask.any(dim=-1, keepdim=True)  # (B, 1, 1, 1): False where every key is padding
+            return sdpa(keep_read((q,), sees_a_key)[0], k, v, attn_mask=mask, scale=scale)  # blind queries zeroed
 
         return run_padded
 
