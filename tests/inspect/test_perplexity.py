@@ -143,6 +143,10 @@ def test_cli_prints_the_table_and_writes_json_and_the_plot(tiny_gpt2_folder, tmp
         assert row["perplexity"] == pytest.approx(math.exp(sum(row["losses"]) / 59), rel=1e-5)
         assert row["name"] in printed
     assert (out_dir / "perplexity.png").stat().st_size > 10_000
+    assert result["command"] == (f"qkv perplexity --model {tiny_gpt2_folder} --text {text} --variants "
+                                 f"full,window=8,window=8+sinks=2,stream=8+sinks=2,recompute=8+sinks=2+stride=4,linear "
+                                 f"--max-tokens 60")
+    assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch"] == torch.__version__
 
 
 def test_cli_refuses_bad_options_in_one_line(tiny_gpt2_folder, tmp_path, capsys) -> None:

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from qkv.bench.measure import machine_info
     from qkv.inspect.fidelity import Variant, variant_problem
     from qkv.inspect.perplexity import DEFAULT_VARIANTS, parse_variant, perplexity
     from qkv.viz.perplexity import perplexity_table, plot_perplexity
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             return fail("perplexity", str(err))
     result["text"] = source
+    result["command"] = command_line(args)
+    result["machine"] = machine_info("cpu")  # the model runs on the CPU
     console.print(perplexity_table(result, model.name, source))
     console.print("window=W: each token sees itself and the W - 1 tokens before it; +sinks=K: and the first K tokens "
                   "of the text. stream: token by token with SinkCache(K, W) (positions within the cache); "
@@ -114,3 +117,13 @@ def run(args: argparse.Namespace) -> int:
                       f"trained on")
     save_outputs(console, args, result, lambda data, path: plot_perplexity(data, path, args.span), "perplexity.png")
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``qkv perplexity`` call that gave a result, its options spelled out (for the JSON)."""
+    parts = ["qkv perplexity", f"--model {args.model}"]
+    for option, value in (("--text", args.text), ("--variants", args.variants), ("--max-tokens", args.max_tokens),
+                          ("--threads", args.threads)):
+        if value is not None:
+            parts.append(f"{option} {value}")
+    return " ".join(parts)

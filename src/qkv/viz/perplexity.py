@@ -38,7 +38,7 @@ def plot_perplexity(result: dict, path: str | Path, span: int = DEFAULT_SPAN) ->
     axis.set_yscale("log")
     axis.set_xlabel("position in the text (tokens)")
     axis.set_ylabel(f"perplexity of the last {span} tokens (log)")
-    axis.set_title(f"{result.get('model') or 'model'}: perplexity against position, {result['tokens']} tokens "
+    axis.set_title(f"{result.get('model') or 'model'}: perplexity against position, {result['tokens']} tokens\n"
                    f"(legend: perplexity of the whole text)", fontsize=10)
     axis.grid(alpha=0.3, which="both")
     log_ticks(axis, y="")
@@ -47,14 +47,16 @@ def plot_perplexity(result: dict, path: str | Path, span: int = DEFAULT_SPAN) ->
 
 def _style(row: dict) -> dict:
     """Full attention black and thick; a window's colour by its size, solid alone, dashed with 4 sinks or
-    more, dotted with fewer; streaming and recompute by their window too; other backends their own colour."""
+    more, dotted with fewer; streaming and recompute by their window too, each in its own colour; other
+    backends their own colour."""
     from qkv.viz.plotting import PALETTE
 
     if row["name"] == "full":
         return {"color": "black", "linewidth": 2.2}
     window, sinks = row["window"] or 1, row["sinks"]
     if row["family"] in ("window", "window+sinks", "stream", "recompute"):
-        colour = PALETTE[(window.bit_length() + (4 if row["family"] in ("stream", "recompute") else 0)) % len(PALETTE)]
+        shift = {"stream": 4, "recompute": 6}.get(row["family"], 0)  # the same window's stream and recompute apart
+        colour = PALETTE[(window.bit_length() + shift) % len(PALETTE)]
         linestyle = "-" if not sinks else ("--" if sinks >= 4 else ":")
         if row["family"] == "recompute":
             linestyle = "-."
