@@ -107,6 +107,11 @@ class SinkCache(KVCache):
     the cache, with the window and the sinks as the mask; a prompt longer than the cache is
     kept whole until the next call drops what no later token can see.
 
+    Memory: per layer, key and value buffers of ``sinks + window + slack`` positions (more
+    while a longer prompt is held), allocated once and kept (:meth:`nbytes` counts them
+    whole); a one-token step writes one position and moves the sinks up by one, and every
+    ``slack`` steps the held positions are copied back to the buffers' start.
+
     Hook points ``attn.k`` and ``attn.q`` see the new positions rotated at their cache
     indices; the cache stores the keys as projected (before ``attn.k``).
 
