@@ -519,16 +519,13 @@ def attention(
             and type(v) is Tensor and type(causal) is bool and type(return_lse) is bool
             and (scale is None or type(scale) is float) and type(backend) is str):
         # the commonest calls (a model's layers), keyed inline as _call_key would key them
-        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        if key_padding_mask is None:
-            key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal,
-                   None, scale, backend, return_lse, type(options), grad, None, None)
-        elif type(key_padding_mask) is Tensor:
-            key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal,
-                   None, scale, backend, return_lse, type(options), grad, None,
-                   (key_padding_mask.shape, key_padding_mask.dtype, key_padding_mask.device))
-        else:
-            key = None
+        kpm_key = (None if key_padding_mask is None else
+                   (key_padding_mask.shape, key_padding_mask.dtype, key_padding_mask.device)
+                   if type(key_padding_mask) is Tensor else False)  # False: not a tensor, the full checks say so
+        key = None if kpm_key is False else (
+            q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal, None, scale,
+            backend, return_lse, type(options),
+            torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad), None, kpm_key)
     elif global_tokens is None:
         key = _call_key(q, k, v, causal, window, mask, key_padding_mask, scale, backend, return_lse, options)
     else:
